@@ -1,0 +1,90 @@
+//! Commands: what clients ask for. A log entry holds one homogeneous batch of them.
+//!
+//! Batches are rkyv archives. The live path serializes a batch into the log and then applies
+//! the *archived* bytes, exactly as replay does, so live apply and replay share one code path.
+
+use crate::model::{AccountId, Currency, TransferId};
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// Create one account.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct NewAccount {
+    pub id: AccountId,
+    pub currency: Currency,
+    pub flags: u32,
+    /// 0 for a wallet; negative for an issuer (how far it may go below zero).
+    pub floor: i64,
+    pub user_data: u64,
+}
+
+/// Move `amount` minor units from `from` to `to`, once per `id`.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct NewTransfer {
+    pub id: TransferId,
+    pub from: AccountId,
+    pub to: AccountId,
+    pub amount: u64,
+    pub currency: Currency,
+    pub user_data: u64,
+}
+
+/// Most items in one batch (one log entry). Sized so a batch fits a 1 MiB frame.
+pub const BATCH_ITEMS_MAX: usize = 8190;
+
+/// The log record kinds that carry command batches (see `log::record` for the header).
+pub mod entry_kind {
+    /// Body: archived `Vec<NewAccount>`.
+    pub const CREATE_ACCOUNTS: u16 = 1;
+    /// Body: archived `Vec<NewTransfer>`.
+    pub const CREATE_TRANSFERS: u16 = 2;
+}
+
+/// One homogeneous batch of commands, as submitted to a partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandBatch {
+    CreateAccounts(Vec<NewAccount>),
+    CreateTransfers(Vec<NewTransfer>),
+}
+
+impl CommandBatch {
+    pub fn len(&self) -> usize {
+        match self {
+            CommandBatch::CreateAccounts(items) => items.len(),
+            CommandBatch::CreateTransfers(items) => items.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The log record kind for this batch.
+    pub fn kind(&self) -> u16 {
+        match self {
+            CommandBatch::CreateAccounts(_) => entry_kind::CREATE_ACCOUNTS,
+            CommandBatch::CreateTransfers(_) => entry_kind::CREATE_TRANSFERS,
+        }
+    }
+
+    /// Serializes the batch into `out` (cleared first), reusing its allocation.
+    pub fn encode_into(&self, out: &mut rkyv::util::AlignedVec<16>) {
+        let buffer = std::mem::take(out);
+        let mut buffer = match self {
+            CommandBatch::CreateAccounts(items) => {
+                rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(items, reset(buffer))
+            }
+            CommandBatch::CreateTransfers(items) => {
+                rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(items, reset(buffer))
+            }
+        }
+        .expect("serializing plain structs into memory cannot fail");
+        std::mem::swap(out, &mut buffer);
+    }
+}
+
+fn reset(mut buffer: rkyv::util::AlignedVec<16>) -> rkyv::util::AlignedVec<16> {
+    buffer.clear();
+    buffer
+}

@@ -1,0 +1,16 @@
+//! The segment log: per partition, an append-only sequence of checksummed records in
+//! fixed-size segment files. Shaped for Raft log storage: every record has an index and a term,
+//! the vote is persisted beside it, and the log can be purged from the front.
+
+pub mod error;
+pub mod record;
+pub mod scan;
+pub mod segments;
+pub mod vote;
+pub mod writer;
+
+pub use error::LogError;
+pub use record::{RecordError, RecordHeader};
+pub use scan::{find_tail, repair_log, scan_log, LogTail, TornTail};
+pub use segments::{list_segments, RecordRef, SegmentInfo};
+pub use writer::{LogWriter, WriterOptions};

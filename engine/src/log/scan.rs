@@ -1,0 +1,186 @@
+//! Reading a whole log in index order: validation, continuity, and the torn-tail rule.
+//!
+//! The rule that separates a crash from damage: bad bytes at offset `p` in the *last* segment,
+//! with no valid record of a higher index anywhere after `p`, are a torn tail (a write the crash
+//! cut short, never acknowledged) and may be cut off. Anything else, bad bytes in an earlier
+//! segment, or valid records after the bad ones, is corruption: the scan stops with an error
+//! naming the file and offset, and only an explicit repair truncates there.
+
+use super::error::LogError;
+use super::segments::{list_segments, valid_header_after, MappedSegment, RecordRef, SegmentEnd, SegmentInfo};
+use super::record::RecordError;
+use std::path::{Path, PathBuf};
+
+/// Where a log ends, as found by a scan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogTail {
+    pub segments: Vec<SegmentInfo>,
+    /// Index of the first record (0 when the log is empty).
+    pub first_index: u64,
+    pub last_index: u64,
+    pub last_term: u64,
+    pub last_timestamp: u64,
+    /// Offset just past the last valid record of the last segment.
+    pub end_offset: u64,
+    /// A torn tail that was found (not yet cut off): file, offset, what was wrong.
+    pub torn: Option<TornTail>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub reason: RecordError,
+}
+
+/// Calls `visit` for every valid record with index >= `from_index`, in order, and returns where
+/// the log ends. `visit` may stop the scan by returning an error.
+pub fn scan_log<E: From<LogError>>(
+    dir: &Path,
+    from_index: u64,
+    mut visit: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+) -> Result<LogTail, E> {
+    let segments = list_segments(dir)?;
+    let mut tail = LogTail {
+        segments: segments.clone(),
+        ..LogTail::default()
+    };
+    let count = segments.len();
+    tail.first_index = segments.first().map_or(0, |s| s.first_index);
+    for (n, info) in segments.into_iter().enumerate() {
+        let is_last = n + 1 == count;
+        // Skip whole segments that end before `from_index` (the next one starts at or below it).
+        // The one before the last is always read, so an empty last segment still has a
+        // predecessor that tells the last index.
+        if n + 2 < count && tail.segments[n + 1].first_index <= from_index && tail.last_index == 0 {
+            continue;
+        }
+        let segment = MappedSegment::open(info.clone())?;
+        let mut expected = if tail.last_index == 0 {
+            info.first_index
+        } else {
+            tail.last_index + 1
+        };
+        if info.first_index != expected {
+            return Err(LogError::IndexGap {
+                path: info.path,
+                offset: 0,
+                expected,
+                found: info.first_index,
+            }
+            .into());
+        }
+        let mut records = segment.records();
+        for record in records.by_ref() {
+            if record.header.index != expected {
+                return Err(LogError::IndexGap {
+                    path: info.path,
+                    offset: record.offset,
+                    expected,
+                    found: record.header.index,
+                }
+                .into());
+            }
+            tail.last_index = record.header.index;
+            tail.last_term = record.header.term;
+            tail.last_timestamp = record.header.timestamp;
+            expected += 1;
+            if record.header.index >= from_index {
+                visit(record)?;
+            }
+        }
+        let (offset, reason) = match records.end().cloned() {
+            Some(SegmentEnd::Clean { offset }) => (offset, None),
+            Some(SegmentEnd::Invalid { offset, reason }) => (offset, Some(reason)),
+            None => unreachable!("the iterator ran to its end"),
+        };
+        // Damage is anything followed by a valid, later record: never cut that off silently.
+        if valid_header_after(segment.bytes(), offset as usize, tail.last_index).is_some() {
+            return Err(LogError::Corrupt {
+                path: info.path,
+                offset,
+                reason: reason.unwrap_or(RecordError::BadMagic(0)),
+            }
+            .into());
+        }
+        if let Some(reason) = reason {
+            if !is_last {
+                return Err(LogError::Corrupt {
+                    path: info.path,
+                    offset,
+                    reason,
+                }
+                .into());
+            }
+            tail.torn = Some(TornTail {
+                path: info.path.clone(),
+                offset,
+                reason,
+            });
+        }
+        if is_last {
+            tail.end_offset = offset;
+        }
+    }
+    Ok(tail)
+}
+
+/// Finds the end of the log, validating the last two segments (earlier ones are validated
+/// when they are read, e.g. by replay or `wallet log verify`).
+pub fn find_tail(dir: &Path) -> Result<LogTail, LogError> {
+    scan_log::<LogError>(dir, u64::MAX, |_| Ok(()))
+}
+
+/// Zeroes `path` from `offset` to its end and syncs it: cuts a torn tail or, on explicit repair,
+/// everything from a corrupt record on.
+pub fn zero_from(path: &Path, offset: u64) -> Result<(), LogError> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| LogError::io(path, e))?;
+    let len = file.metadata().map_err(|e| LogError::io(path, e))?.len();
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| LogError::io(path, e))?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = len.saturating_sub(offset);
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..n]).map_err(|e| LogError::io(path, e))?;
+        left -= n as u64;
+    }
+    file.sync_all().map_err(|e| LogError::io(path, e))
+}
+
+/// Makes a directory entry change (create, rename, delete) durable.
+pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| LogError::io(dir, e))
+}
+
+/// Explicit repair: cuts the log at the first bad record, wherever it is, and deletes every
+/// later segment. Returns what was cut (file, offset) or `None` when the log was sound.
+/// Only called on operator request (`--repair`), never on a normal start.
+pub fn repair_log(dir: &Path) -> Result<Option<(PathBuf, u64)>, LogError> {
+    match find_tail(dir) {
+        Ok(tail) => {
+            if let Some(torn) = tail.torn {
+                zero_from(&torn.path, torn.offset)?;
+                return Ok(Some((torn.path, torn.offset)));
+            }
+            Ok(None)
+        }
+        Err(LogError::Corrupt { path, offset, .. }) | Err(LogError::IndexGap { path, offset, .. }) => {
+            zero_from(&path, offset)?;
+            for segment in list_segments(dir)? {
+                if segment.path > path {
+                    std::fs::remove_file(&segment.path).map_err(|e| LogError::io(&segment.path, e))?;
+                }
+            }
+            sync_dir(dir)?;
+            Ok(Some((path, offset)))
+        }
+        Err(other) => Err(other),
+    }
+}

@@ -1,0 +1,18 @@
+//! The shard runtime: one pinned glommio executor per configured core, each owning a fixed set
+//! of partitions. Nothing is shared between cores; callers reach a partition through its
+//! bounded queue, and a full queue pushes back on the caller.
+//!
+//! ```text
+//!   caller ──(partition_of(account))──▶ queue[p] ──▶ core c: PartitionTask p
+//!                                                    apply → append → fsync → reply
+//! ```
+
+mod config;
+mod node;
+mod partition_task;
+mod request;
+mod router;
+
+pub use config::EngineConfig;
+pub use node::{Node, StartError, SubmitError};
+pub use request::{BatchReply, PartitionStats, Request};

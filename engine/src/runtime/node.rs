@@ -1,0 +1,319 @@
+//! Starting, using and stopping a node's shards.
+
+use super::config::EngineConfig;
+use super::partition_task::PartitionTask;
+use super::request::{BatchReply, PartitionStats, Request};
+use crate::command::CommandBatch;
+use crate::log::{LogWriter, WriterOptions};
+use crate::model::{Account, AccountId, Transfer, TransferId};
+use crate::partition::{partition_of, PartitionId};
+use crate::recovery::{log_dir, partition_dir, recover_partition, snapshot_dir};
+use crate::result_code::ResultCode;
+use futures::channel::oneshot;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(
+        "could not start the executor for core {core}: {reason}. walletd needs io_uring (kernel \
+         5.8+, sysctl kernel.io_uring_disabled=0) and enough locked memory for its I/O buffers: \
+         raise `ulimit -l` (systemd: LimitMEMLOCK=) or lower io_memory_bytes; check that the core \
+         exists and is allowed (taskset/cgroups)"
+    )]
+    Executor { core: usize, reason: String },
+    #[error("partition {partition}: {reason}")]
+    Recovery { partition: PartitionId, reason: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the partition's queue is full")]
+    Busy,
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+impl SubmitError {
+    pub fn code(self) -> ResultCode {
+        match self {
+            SubmitError::Busy => ResultCode::Busy,
+            SubmitError::ShuttingDown => ResultCode::ShuttingDown,
+        }
+    }
+}
+
+/// A running node: handles to every partition's queue, and the executor threads.
+pub struct Node {
+    config: EngineConfig,
+    queues: Vec<flume::Sender<Request>>,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+const PARTITION_COUNT_FILE: &str = "partitions";
+
+impl Node {
+    /// Recovers every partition (in parallel, each on its own core) and starts serving.
+    pub fn start(config: EngineConfig) -> Result<Node, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        check_partition_count(&config)?;
+        let mut queues = Vec::with_capacity(config.partitions as usize);
+        let mut receivers: Vec<Option<flume::Receiver<Request>>> = Vec::new();
+        for _ in 0..config.partitions {
+            let (tx, rx) = flume::bounded(config.queue_depth_max);
+            queues.push(tx);
+            receivers.push(Some(rx));
+        }
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<PartitionId, StartError>>();
+        let mut executors = Vec::new();
+        for (slot, &core) in config.cores.iter().enumerate() {
+            let owned: Vec<(PartitionId, flume::Receiver<Request>)> = (0..config.partitions)
+                .filter(|p| *p as usize % config.cores.len() == slot)
+                .map(|p| (p, receivers[p as usize].take().expect("each partition is owned once")))
+                .collect();
+            let config = config.clone();
+            let ready = ready_tx.clone();
+            let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
+                .name(&format!("shard-{core}"))
+                .io_memory(config.io_memory_bytes)
+                .spawn(move || run_shard(config, owned, ready))
+                .map_err(|e| StartError::Executor {
+                    core,
+                    reason: e.to_string(),
+                })?;
+            executors.push(handle);
+        }
+        drop(ready_tx);
+        let mut node = Node {
+            config,
+            queues,
+            executors,
+        };
+        for _ in 0..node.config.partitions {
+            match ready_rx.recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    node.stop_threads();
+                    return Err(e);
+                }
+                Err(_) => {
+                    // A shard thread ended before reporting: its executor failed to start.
+                    let reason = node.stop_threads().unwrap_or_else(|| "shard thread exited".into());
+                    return Err(StartError::Executor {
+                        core: node.config.cores[0],
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(node)
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.config.partitions
+    }
+
+    /// The partition that owns `account`.
+    pub fn partition_of(&self, account: AccountId) -> PartitionId {
+        partition_of(account, self.config.partitions)
+    }
+
+    /// Sends a batch to `partition` and waits (asynchronously) for its durable reply. Waits for
+    /// queue space when the queue is full.
+    pub async fn submit(&self, partition: PartitionId, batch: CommandBatch) -> Result<BatchReply, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.queues[partition as usize]
+            .send_async(Request::Commands { batch, reply })
+            .await
+            .map_err(|_| SubmitError::ShuttingDown)?;
+        answer.await.map_err(|_| SubmitError::ShuttingDown)
+    }
+
+    /// Like `submit`, but answers `Busy` at once when the queue is full (for network edges that
+    /// must not block).
+    pub fn try_submit(
+        &self,
+        partition: PartitionId,
+        batch: CommandBatch,
+    ) -> Result<oneshot::Receiver<BatchReply>, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.queues[partition as usize]
+            .try_send(Request::Commands { batch, reply })
+            .map_err(|e| match e {
+                flume::TrySendError::Full(_) => SubmitError::Busy,
+                flume::TrySendError::Disconnected(_) => SubmitError::ShuttingDown,
+            })?;
+        Ok(answer)
+    }
+
+    /// Blocking `submit`, for plain threads.
+    pub fn submit_blocking(&self, partition: PartitionId, batch: CommandBatch) -> Result<BatchReply, SubmitError> {
+        futures::executor::block_on(self.submit(partition, batch))
+    }
+
+    async fn ask<T>(&self, partition: PartitionId, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.queues[partition as usize]
+            .send_async(make(reply))
+            .await
+            .map_err(|_| SubmitError::ShuttingDown)?;
+        answer.await.map_err(|_| SubmitError::ShuttingDown)
+    }
+
+    pub async fn lookup_accounts(&self, partition: PartitionId, ids: Vec<AccountId>) -> Result<Vec<Option<Account>>, SubmitError> {
+        self.ask(partition, |reply| Request::LookupAccounts { ids, reply }).await
+    }
+
+    pub async fn lookup_transfers(&self, partition: PartitionId, ids: Vec<TransferId>) -> Result<Vec<Option<Transfer>>, SubmitError> {
+        self.ask(partition, |reply| Request::LookupTransfers { ids, reply }).await
+    }
+
+    pub async fn stats(&self, partition: PartitionId) -> Result<PartitionStats, SubmitError> {
+        self.ask(partition, |reply| Request::Stats { reply }).await
+    }
+
+    /// Stats of every partition, in partition order (blocking).
+    pub fn all_stats(&self) -> Result<Vec<PartitionStats>, SubmitError> {
+        (0..self.config.partitions)
+            .map(|p| futures::executor::block_on(self.stats(p)))
+            .collect()
+    }
+
+    /// Writes a snapshot of `partition` now; returns the index it covers.
+    pub async fn snapshot(&self, partition: PartitionId) -> Result<Result<u64, String>, SubmitError> {
+        self.ask(partition, |reply| Request::Snapshot { reply }).await
+    }
+
+    /// Clean shutdown: close every queue, let each partition answer what it holds, flush,
+    /// snapshot and close its log, then join the executor threads.
+    pub fn shutdown(mut self) -> Result<(), String> {
+        match self.stop_threads() {
+            None => Ok(()),
+            Some(reason) => Err(reason),
+        }
+    }
+
+    /// Closes the queues and joins the threads; returns the first thread failure.
+    fn stop_threads(&mut self) -> Option<String> {
+        self.queues.clear();
+        let mut failure = None;
+        for handle in self.executors.drain(..) {
+            let outcome = match handle.join() {
+                Ok(()) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            failure = failure.or(outcome);
+        }
+        failure
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+/// Refuses to open a data dir with a different partition count (accounts would move).
+fn check_partition_count(config: &EngineConfig) -> Result<(), StartError> {
+    let io = |source| StartError::Io {
+        path: config.data_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(io)?;
+    let path = config.data_dir.join(PARTITION_COUNT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let found: u32 = text.trim().parse().map_err(|_| StartError::Config(format!("{}: not a number", path.display())))?;
+            if found != config.partitions {
+                return Err(StartError::Config(format!(
+                    "{} was created with {found} partitions, not {}; the partition count is fixed for the life of a data dir",
+                    config.data_dir.display(),
+                    config.partitions
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, format!("{}\n", config.partitions)).map_err(io)?;
+            crate::log::scan::sync_dir(&config.data_dir).map_err(|e| StartError::Config(e.to_string()))
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// The body of one shard executor: recover its partitions, then run their tasks.
+async fn run_shard(
+    config: EngineConfig,
+    owned: Vec<(PartitionId, flume::Receiver<Request>)>,
+    ready: mpsc::Sender<Result<PartitionId, StartError>>,
+) {
+    let mut tasks = Vec::new();
+    for (partition, queue) in owned {
+        let dir = partition_dir(&config.data_dir, partition);
+        let recovered = match recover_partition(&dir, partition, config.partitions) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = ready.send(Err(StartError::Recovery {
+                    partition,
+                    reason: e.to_string(),
+                }));
+                return;
+            }
+        };
+        let options = WriterOptions {
+            segment_bytes: config.segment_bytes,
+            pending_bytes_max: (config.segment_bytes / 4).min(32 << 20) as usize,
+        };
+        let writer = match LogWriter::open(&log_dir(&dir), options, &recovered.tail).await {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = ready.send(Err(StartError::Recovery {
+                    partition,
+                    reason: e.to_string(),
+                }));
+                return;
+            }
+        };
+        tracing::info!(
+            partition,
+            last_index = recovered.state.last_index(),
+            replayed = recovered.replayed_entries,
+            snapshot = ?recovered.snapshot,
+            "partition recovered"
+        );
+        let mut state = recovered.state;
+        if config.transfers_capacity_per_partition > 0 {
+            state.reserve_transfers(config.transfers_capacity_per_partition);
+        }
+        let task = PartitionTask {
+            last_snapshot_index: recovered.snapshot_index,
+            state,
+            writer,
+            term: recovered.last_term,
+            snapshot_dir: snapshot_dir(&dir),
+            snapshot_interval_entries: config.snapshot_interval_entries,
+            group_items_max: config.group_items_max,
+            replayed_entries: recovered.replayed_entries,
+            snapshots_written: 0,
+            fsyncs: 0,
+        };
+        tasks.push(glommio::spawn_local(task.run(queue)));
+        let _ = ready.send(Ok(partition));
+    }
+    for task in tasks {
+        task.await;
+    }
+}

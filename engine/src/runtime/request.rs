@@ -1,0 +1,63 @@
+//! What callers send to a partition task, and what comes back.
+
+use crate::command::CommandBatch;
+use crate::model::{Account, AccountId, Transfer, TransferId};
+use crate::result_code::ResultCode;
+use futures::channel::oneshot;
+
+/// The answer to a command batch: one code per item, in order. Sent only after the batch's log
+/// entry is durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchReply {
+    pub results: Vec<ResultCode>,
+    /// Log index of the entry (0 when the whole batch was refused before logging).
+    pub index: u64,
+    /// Timestamp of the first item.
+    pub timestamp: u64,
+}
+
+impl BatchReply {
+    /// The same code for every item of a batch that never reached the log.
+    pub fn refused(items: usize, code: ResultCode) -> BatchReply {
+        BatchReply {
+            results: vec![code; items],
+            index: 0,
+            timestamp: 0,
+        }
+    }
+}
+
+/// Counters of one partition, for status and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionStats {
+    pub partition: u32,
+    pub accounts: u64,
+    pub transfers: u64,
+    pub last_index: u64,
+    pub durable_index: u64,
+    pub replayed_entries: u64,
+    pub snapshots_written: u64,
+    pub fsyncs: u64,
+    pub digest: u128,
+}
+
+pub enum Request {
+    Commands {
+        batch: CommandBatch,
+        reply: oneshot::Sender<BatchReply>,
+    },
+    LookupAccounts {
+        ids: Vec<AccountId>,
+        reply: oneshot::Sender<Vec<Option<Account>>>,
+    },
+    LookupTransfers {
+        ids: Vec<TransferId>,
+        reply: oneshot::Sender<Vec<Option<Transfer>>>,
+    },
+    /// Stats, with the state digest (costs a full pass over the state: tests and audits only).
+    Stats {
+        reply: oneshot::Sender<PartitionStats>,
+    },
+    /// Writes a snapshot now (and waits for it to be durable).
+    Snapshot { reply: oneshot::Sender<Result<u64, String>> },
+}
