@@ -1,0 +1,161 @@
+//! The segment log under damage: a torn tail is cut off, damage in the middle stops the start
+//! with the file and offset, and an explicit repair truncates there.
+
+use engine::log::{find_tail, repair_log, scan_log, LogError, LogWriter, WriterOptions};
+use std::path::{Path, PathBuf};
+
+fn on_glommio<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(f: impl FnOnce() -> F + Send + 'static) -> T {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(1 << 20)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// Writes `count` records (body = index repeated), flushing every `per_flush`.
+fn write_records(dir: &Path, count: u64, per_flush: u64, segment_bytes: u64) {
+    let dir = dir.to_path_buf();
+    on_glommio(move || async move {
+        let tail = find_tail(&dir).unwrap();
+        let options = WriterOptions { segment_bytes, pending_bytes_max: (segment_bytes / 4) as usize };
+        let mut writer = LogWriter::open(&dir, options, &tail).await.unwrap();
+        let start = writer.last_index();
+        for i in 1..=count {
+            let body = vec![(start + i) as u8; 100 + (i as usize * 37) % 900];
+            writer.append(1, 1_000 + start + i, 9, &body).unwrap();
+            if i % per_flush == 0 {
+                writer.flush().await.unwrap();
+            }
+        }
+        writer.flush().await.unwrap();
+        writer.close().await.unwrap();
+    })
+}
+
+fn indexes(dir: &Path) -> Vec<u64> {
+    let mut seen = Vec::new();
+    scan_log::<LogError>(dir, 1, |r| {
+        assert!(r.body.iter().all(|b| *b == r.header.index as u8), "body intact");
+        seen.push(r.header.index);
+        Ok(())
+    })
+    .unwrap();
+    seen
+}
+
+fn last_segment(dir: &Path) -> PathBuf {
+    engine::log::list_segments(dir).unwrap().pop().unwrap().path
+}
+
+/// Offset of the record with `index` in `path`.
+fn offset_of(dir: &Path, index: u64) -> (PathBuf, u64) {
+    let mut found = None;
+    scan_log::<LogError>(dir, 1, |r| {
+        if r.header.index == index {
+            found = Some(r.offset);
+        }
+        Ok(())
+    })
+    .unwrap();
+    let path = engine::log::list_segments(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.first_index <= index)
+        .next_back()
+        .unwrap()
+        .path;
+    (path, found.unwrap())
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x5a;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn appends_survive_reopen_and_rotation_keeps_indexes_continuous() {
+    let dir = tempfile::tempdir().unwrap();
+    write_records(dir.path(), 300, 7, 64 << 10);
+    write_records(dir.path(), 200, 13, 64 << 10);
+    assert_eq!(indexes(dir.path()), (1..=500).collect::<Vec<_>>());
+    assert!(engine::log::list_segments(dir.path()).unwrap().len() > 3);
+}
+
+#[test]
+fn torn_tail_is_cut_off_and_the_log_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    write_records(dir.path(), 50, 5, 1 << 20);
+    // Tear the last record: garble its body's last bytes as a half-done write would.
+    let (path, offset) = offset_of(dir.path(), 50);
+    flip_byte(&path, offset + 64 + 20);
+    let tail = find_tail(dir.path()).unwrap();
+    let torn = tail.torn.clone().expect("a torn tail is reported");
+    assert_eq!((torn.path, torn.offset), (path, offset));
+    assert_eq!(tail.last_index, 49);
+    // Opening the writer cuts it; the next record takes index 50.
+    write_records(dir.path(), 10, 3, 1 << 20);
+    assert_eq!(indexes(dir.path()), (1..=59).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_half_written_header_at_the_end_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    write_records(dir.path(), 20, 4, 1 << 20);
+    let tail = find_tail(dir.path()).unwrap();
+    let path = last_segment(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[tail.end_offset as usize..tail.end_offset as usize + 30].fill(0xab);
+    std::fs::write(&path, bytes).unwrap();
+    let tail = find_tail(dir.path()).unwrap();
+    assert_eq!(tail.last_index, 20);
+    assert_eq!(tail.torn.unwrap().offset, tail.end_offset);
+}
+
+#[test]
+fn corruption_before_the_tail_refuses_with_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    write_records(dir.path(), 50, 5, 1 << 20);
+    let (path, offset) = offset_of(dir.path(), 20);
+    flip_byte(&path, offset + 64 + 3);
+    let err = find_tail(dir.path()).unwrap_err();
+    match &err {
+        LogError::Corrupt { path: p, offset: o, .. } => assert_eq!((p, *o), (&path, offset)),
+        other => panic!("expected corruption, got {other}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains(&path.display().to_string()) && message.contains(&offset.to_string()), "{message}");
+    assert!(message.contains("--repair"), "{message}");
+
+    // Explicit repair cuts the log at the damage; records before it stay.
+    let cut = repair_log(dir.path()).unwrap();
+    assert_eq!(cut, Some((path, offset)));
+    assert_eq!(indexes(dir.path()), (1..=19).collect::<Vec<_>>());
+}
+
+#[test]
+fn corruption_in_an_earlier_segment_is_never_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    write_records(dir.path(), 400, 9, 64 << 10);
+    let segments = engine::log::list_segments(dir.path()).unwrap();
+    assert!(segments.len() >= 3);
+    // The last record of the first segment: nothing valid follows it in that file.
+    let last_in_first = segments[1].first_index - 1;
+    let (path, offset) = offset_of(dir.path(), last_in_first);
+    assert_eq!(path, segments[0].path);
+    flip_byte(&path, offset + 64);
+    let err = scan_log::<LogError>(dir.path(), 1, |_| Ok(())).unwrap_err();
+    assert!(matches!(err, LogError::Corrupt { offset: o, .. } if o == offset), "{err}");
+}
+
+#[test]
+fn a_zeroed_block_in_the_middle_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    write_records(dir.path(), 50, 5, 1 << 20);
+    let (path, offset) = offset_of(dir.path(), 10);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[offset as usize..offset as usize + 64].fill(0);
+    std::fs::write(&path, bytes).unwrap();
+    assert!(matches!(find_tail(dir.path()), Err(LogError::Corrupt { .. })));
+}
