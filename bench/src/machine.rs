@@ -1,0 +1,39 @@
+//! Facts about the machine a run happened on, for the JSON summary.
+
+use serde::Serialize;
+
+#[derive(Serialize, Clone, Debug)]
+pub struct Machine {
+    pub cores: usize,
+    pub kernel: String,
+    pub commit: String,
+    pub cpu: String,
+}
+
+pub fn describe() -> Machine {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let commit = option_env!("WALLETD_COMMIT")
+        .map(str::to_string)
+        .or_else(|| {
+            std::process::Command::new("git")
+                .args(["rev-parse", "--short=12", "HEAD"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Machine { cores, kernel, commit, cpu }
+}
