@@ -75,8 +75,16 @@ pub fn run(args: EngineArgs) -> Result<(), String> {
     };
     let (data_dir, _temp) = match &args.data_dir {
         Some(dir) => {
-            if dir.exists() && std::fs::read_dir(dir).map_err(|e| e.to_string())?.next().is_some() {
-                return Err(format!("{} is not empty; the bench needs a fresh data dir", dir.display()));
+            if dir.exists()
+                && std::fs::read_dir(dir)
+                    .map_err(|e| e.to_string())?
+                    .next()
+                    .is_some()
+            {
+                return Err(format!(
+                    "{} is not empty; the bench needs a fresh data dir",
+                    dir.display()
+                ));
             }
             (dir.clone(), None)
         }
@@ -99,22 +107,33 @@ pub fn run(args: EngineArgs) -> Result<(), String> {
         ((expected_transfers + args.accounts) / args.partitions as u64).min(64 << 20) as usize;
     let node = Node::start(config).map_err(|e| e.to_string())?;
 
-    eprintln!("creating {} accounts in {} partitions...", args.accounts, args.partitions);
+    eprintln!(
+        "creating {} accounts in {} partitions...",
+        args.accounts, args.partitions
+    );
     let accounts = Accounts::new(args.accounts, args.partitions);
     let setup_started = Instant::now();
     for chunk in accounts.creations().chunks(engine::BATCH_ITEMS_MAX) {
-        let results = futures::executor::block_on(node.create_accounts(chunk)).map_err(|e| e.to_string())?;
+        let results =
+            futures::executor::block_on(node.create_accounts(chunk)).map_err(|e| e.to_string())?;
         if let Some(bad) = results.iter().find(|c| **c != ResultCode::Ok) {
             return Err(format!("account creation failed: {bad}"));
         }
     }
-    for chunk in accounts.deposits(FUNDING_PER_ACCOUNT, 1).chunks(engine::BATCH_ITEMS_MAX) {
-        let results = futures::executor::block_on(node.create_transfers(chunk)).map_err(|e| e.to_string())?;
+    for chunk in accounts
+        .deposits(FUNDING_PER_ACCOUNT, 1)
+        .chunks(engine::BATCH_ITEMS_MAX)
+    {
+        let results =
+            futures::executor::block_on(node.create_transfers(chunk)).map_err(|e| e.to_string())?;
         if let Some(bad) = results.iter().find(|c| **c != ResultCode::Ok) {
             return Err(format!("funding failed: {bad}"));
         }
     }
-    eprintln!("setup took {:.1} s; driving transfers...", setup_started.elapsed().as_secs_f64());
+    eprintln!(
+        "setup took {:.1} s; driving transfers...",
+        setup_started.elapsed().as_secs_f64()
+    );
 
     let outcome = futures::executor::block_on(drive(&node, &accounts, &args, duration));
     let check = futures::executor::block_on(check(&node, &accounts, &outcome))?;
@@ -152,7 +171,12 @@ struct Outcome {
     ok_sample: Vec<(u32, u128)>,
 }
 
-async fn drive(node: &Node, accounts: &Accounts, args: &EngineArgs, duration: Option<Duration>) -> Outcome {
+async fn drive(
+    node: &Node,
+    accounts: &Accounts,
+    args: &EngineArgs,
+    duration: Option<Duration>,
+) -> Outcome {
     let partitions = args.partitions as usize;
     let mut generators: Vec<TransferGenerator> = (0..partitions)
         .map(|p| TransferGenerator::new(args.seed, p, args.cross_partition_ratio))
@@ -173,16 +197,18 @@ async fn drive(node: &Node, accounts: &Accounts, args: &EngineArgs, duration: Op
         let ids: Vec<u128> = batch.iter().step_by(1024).map(|t| t.id).collect();
         let ready_at = Instant::now();
         async move {
-            let reply = node.submit(p as u32, CommandBatch::CreateTransfers(batch)).await;
+            let reply = node
+                .submit(p as u32, CommandBatch::CreateTransfers(batch))
+                .await;
             (p, ready_at, ids, reply)
         }
     };
     let mut batch = Vec::with_capacity(args.batch);
-    for p in 0..partitions {
+    for (p, generator) in generators.iter_mut().enumerate() {
         for _ in 0..args.inflight {
             if sent < limit {
                 let n = (limit - sent).min(args.batch as u64) as usize;
-                generators[p].fill(accounts, n, &mut batch);
+                generator.fill(accounts, n, &mut batch);
                 sent += n as u64;
                 in_flight.push(submit(p, std::mem::take(&mut batch)));
             }
@@ -190,7 +216,9 @@ async fn drive(node: &Node, accounts: &Accounts, args: &EngineArgs, duration: Op
     }
     while let Some((p, ready_at, ids, reply)) = in_flight.next().await {
         let latency = ready_at.elapsed().as_micros() as u64;
-        histogram.record(latency.max(1)).expect("latency within bounds");
+        histogram
+            .record(latency.max(1))
+            .expect("latency within bounds");
         match reply {
             Ok(reply) => {
                 for (i, code) in reply.results.iter().enumerate() {
@@ -205,7 +233,8 @@ async fn drive(node: &Node, accounts: &Accounts, args: &EngineArgs, duration: Op
         }
         let now = Instant::now();
         if now.duration_since(last_report) >= Duration::from_secs(1) {
-            let rate = (done - transfers_at_last_report) as f64 / now.duration_since(last_report).as_secs_f64();
+            let rate = (done - transfers_at_last_report) as f64
+                / now.duration_since(last_report).as_secs_f64();
             eprintln!(
                 "{:>6.1} s  {:>10.0} transfers/s  p99 so far {} us",
                 now.duration_since(started).as_secs_f64(),
@@ -248,7 +277,10 @@ async fn check(node: &Node, accounts: &Accounts, outcome: &Outcome) -> Result<Ch
         let mut ids = wallets.clone();
         ids.push(accounts.issuers[p]);
         for chunk in ids.chunks(engine::BATCH_ITEMS_MAX) {
-            let found = node.lookup_accounts(p as u32, chunk.to_vec()).await.map_err(|e| e.to_string())?;
+            let found = node
+                .lookup_accounts(p as u32, chunk.to_vec())
+                .await
+                .map_err(|e| e.to_string())?;
             for account in found {
                 let a = account.ok_or("an account created by the bench is missing")?;
                 total += a.balance as i128 + a.held as i128;
@@ -262,12 +294,24 @@ async fn check(node: &Node, accounts: &Accounts, outcome: &Outcome) -> Result<Ch
     for p in 0..node.partition_count() {
         stored += node.stats(p).await.map_err(|e| e.to_string())?.transfers;
     }
-    let deposits = accounts.by_partition.iter().map(|w| w.len() as u64).sum::<u64>();
+    let deposits = accounts
+        .by_partition
+        .iter()
+        .map(|w| w.len() as u64)
+        .sum::<u64>();
     let mut missing = (deposits + outcome.ok).saturating_sub(stored);
     for p in 0..accounts.by_partition.len() {
-        let ids: Vec<u128> = outcome.ok_sample.iter().filter(|(q, _)| *q as usize == p).map(|(_, id)| *id).collect();
+        let ids: Vec<u128> = outcome
+            .ok_sample
+            .iter()
+            .filter(|(q, _)| *q as usize == p)
+            .map(|(_, id)| *id)
+            .collect();
         for chunk in ids.chunks(engine::BATCH_ITEMS_MAX) {
-            let found = node.lookup_transfers(p as u32, chunk.to_vec()).await.map_err(|e| e.to_string())?;
+            let found = node
+                .lookup_transfers(p as u32, chunk.to_vec())
+                .await
+                .map_err(|e| e.to_string())?;
             missing += found.iter().filter(|t| t.is_none()).count() as u64;
         }
     }

@@ -35,5 +35,10 @@ pub fn describe() -> Machine {
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into());
-    Machine { cores, kernel, commit, cpu }
+    Machine {
+        cores,
+        kernel,
+        commit,
+        cpu,
+    }
 }

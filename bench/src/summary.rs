@@ -65,7 +65,11 @@ impl Summary {
             "batch latency (us): p50 {}  p99 {}  p999 {}  max {}",
             self.latency_us.p50, self.latency_us.p99, self.latency_us.p999, self.latency_us.max
         );
-        let results: Vec<String> = self.results.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let results: Vec<String> = self
+            .results
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         println!("results: {}", results.join(" "));
         println!(
             "check: conserved={} negative_balances={} missing_acks={} -> {}",

@@ -21,7 +21,11 @@ impl Accounts {
             by_partition[partition_of(id, partitions) as usize].push(id);
         }
         let issuers = (0..partitions)
-            .map(|p| (ISSUER_BASE..).find(|id| partition_of(*id, partitions) == p).expect("ids are plentiful"))
+            .map(|p| {
+                (ISSUER_BASE..)
+                    .find(|id| partition_of(*id, partitions) == p)
+                    .expect("ids are plentiful")
+            })
             .collect();
         Accounts {
             by_partition,
@@ -81,7 +85,9 @@ impl TransferGenerator {
     /// Ids are `partition << 64 | counter`, so generators never collide.
     pub fn new(seed: u64, partition: usize, cross_partition_ratio: f64) -> TransferGenerator {
         TransferGenerator {
-            rng: fastrand::Rng::with_seed(seed ^ (partition as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            rng: fastrand::Rng::with_seed(
+                seed ^ (partition as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            ),
             partition,
             next_id: ((partition as u128 + 1) << 64) | 1,
             cross_partition_ratio,
@@ -95,7 +101,9 @@ impl TransferGenerator {
         for _ in 0..count {
             let from_at = self.rng.usize(..local.len());
             let from = local[from_at];
-            let cross = partitions > 1 && self.cross_partition_ratio > 0.0 && self.rng.f64() < self.cross_partition_ratio;
+            let cross = partitions > 1
+                && self.cross_partition_ratio > 0.0
+                && self.rng.f64() < self.cross_partition_ratio;
             let to = if cross {
                 let mut q = self.rng.usize(..partitions - 1);
                 if q >= self.partition {

@@ -8,8 +8,15 @@ use crate::result_code::ResultCode;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
     AccountCreated(Account),
-    AccountRejected { id: u128, code: ResultCode },
+    AccountRejected {
+        id: u128,
+        code: ResultCode,
+    },
     TransferApplied(Transfer),
     /// A transfer that changed nothing: rejected, or a retry of an applied id (`exists`).
-    TransferRejected { id: u128, code: ResultCode, timestamp: u64 },
+    TransferRejected {
+        id: u128,
+        code: ResultCode,
+        timestamp: u64,
+    },
 }

@@ -13,7 +13,9 @@ pub type TransferId = u128;
 
 /// An ISO 4217 style currency code: three ASCII upper-case letters packed little-endian
 /// into a `u32` (`"EUR"` = `b'E' | b'U' << 8 | b'R' << 16`).
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 #[rkyv(derive(Debug))]
 pub struct Currency(pub u32);
 

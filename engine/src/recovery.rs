@@ -86,7 +86,14 @@ pub fn recover_partition(
         results.clear();
         events.clear();
         state
-            .apply_entry(index, record.header.kind, record.body, record.header.timestamp, &mut results, &mut events)
+            .apply_entry(
+                index,
+                record.header.kind,
+                record.body,
+                record.header.timestamp,
+                &mut results,
+                &mut events,
+            )
             .map_err(|source| RecoveryError::Apply {
                 path: logs.clone(),
                 index,

@@ -119,7 +119,9 @@ pub fn write_snapshot(dir: &Path, mut capture: SnapshotCapture) -> Result<PathBu
         emit(kind::TRANSFERS, &to_bytes(&batch), &mut out)?;
     }
     emit(kind::END, &[], &mut out)?;
-    let file = out.into_inner().map_err(|e| LogError::io(&tmp, e.into_error()))?;
+    let file = out
+        .into_inner()
+        .map_err(|e| LogError::io(&tmp, e.into_error()))?;
     file.sync_all().map_err(|e| LogError::io(&tmp, e))?;
     drop(file);
     std::fs::rename(&tmp, &path).map_err(|e| LogError::io(&path, e))?;
@@ -135,10 +137,15 @@ pub fn write_snapshot(dir: &Path, mut capture: SnapshotCapture) -> Result<PathBu
 fn to_bytes<T>(value: &T) -> rkyv::util::AlignedVec
 where
     T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>,
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rkyv::rancor::Error,
+        >,
     >,
 {
-    rkyv::to_bytes::<rkyv::rancor::Error>(value).expect("serializing plain structs into memory cannot fail")
+    rkyv::to_bytes::<rkyv::rancor::Error>(value)
+        .expect("serializing plain structs into memory cannot fail")
 }
 
 /// Snapshot files of `dir` as (last index, path), oldest first.
@@ -181,11 +188,17 @@ pub struct LoadedSnapshot {
 
 /// Loads the newest snapshot of `dir` that is complete and valid. Damaged ones are reported
 /// (warn) and skipped, falling back to older ones; `None` means replay from the log's start.
-pub fn load_latest(dir: &Path, partition: PartitionId, partition_count: u32) -> Result<Option<LoadedSnapshot>, LogError> {
+pub fn load_latest(
+    dir: &Path,
+    partition: PartitionId,
+    partition_count: u32,
+) -> Result<Option<LoadedSnapshot>, LogError> {
     for (_, path) in list_snapshots(dir)?.into_iter().rev() {
         match load_snapshot(&path) {
             Ok(loaded) => {
-                if loaded.state.partition != partition || loaded.state.partition_count != partition_count {
+                if loaded.state.partition != partition
+                    || loaded.state.partition_count != partition_count
+                {
                     tracing::warn!(path = %path.display(), "snapshot belongs to another partition layout; skipped");
                     continue;
                 }
@@ -212,21 +225,30 @@ pub fn load_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
     let mut accounts: Vec<Account> = Vec::new();
     let mut transfers = TransferStore::default();
     let mut ended = false;
-    let mut expected = 1u64;
-    for record in records.by_ref() {
+    for (expected, record) in (1u64..).zip(records.by_ref()) {
         if record.header.index != expected || ended {
-            return Err(invalid(format!("record out of sequence at offset {}", record.offset)));
+            return Err(invalid(format!(
+                "record out of sequence at offset {}",
+                record.offset
+            )));
         }
-        expected += 1;
-        let bad = |e: rkyv::rancor::Error| invalid(format!("bad archive at offset {}: {e}", record.offset));
+        let bad = |e: rkyv::rancor::Error| {
+            invalid(format!("bad archive at offset {}: {e}", record.offset))
+        };
         match (record.header.kind, meta.is_some()) {
             (kind::META, false) => {
-                meta = Some(rkyv::from_bytes::<SnapshotMeta, rkyv::rancor::Error>(record.body).map_err(bad)?);
+                meta = Some(
+                    rkyv::from_bytes::<SnapshotMeta, rkyv::rancor::Error>(record.body)
+                        .map_err(bad)?,
+                );
                 transfers = TransferStore::with_capacity(meta.map_or(0, |m| m.transfers as usize));
             }
             (kind::ACCOUNTS, true) => {
-                let chunk = rkyv::access::<rkyv::vec::ArchivedVec<crate::model::ArchivedAccount>, rkyv::rancor::Error>(record.body)
-                    .map_err(bad)?;
+                let chunk = rkyv::access::<
+                    rkyv::vec::ArchivedVec<crate::model::ArchivedAccount>,
+                    rkyv::rancor::Error,
+                >(record.body)
+                .map_err(bad)?;
                 accounts.extend(chunk.iter().map(|a| Account {
                     id: a.id.to_native(),
                     currency: a.currency.to_native(),
@@ -239,8 +261,11 @@ pub fn load_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
                 }));
             }
             (kind::TRANSFERS, true) => {
-                let chunk = rkyv::access::<rkyv::vec::ArchivedVec<crate::model::ArchivedTransfer>, rkyv::rancor::Error>(record.body)
-                    .map_err(bad)?;
+                let chunk = rkyv::access::<
+                    rkyv::vec::ArchivedVec<crate::model::ArchivedTransfer>,
+                    rkyv::rancor::Error,
+                >(record.body)
+                .map_err(bad)?;
                 for t in chunk.iter() {
                     let id = t.id.to_native();
                     if transfers.get(id).is_some() {
@@ -258,7 +283,12 @@ pub fn load_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
                 }
             }
             (kind::END, true) => ended = true,
-            (other, _) => return Err(invalid(format!("unexpected record kind {other} at offset {}", record.offset))),
+            (other, _) => {
+                return Err(invalid(format!(
+                    "unexpected record kind {other} at offset {}",
+                    record.offset
+                )))
+            }
         }
     }
     if let Some(SegmentEnd::Invalid { offset, reason }) = records.end() {

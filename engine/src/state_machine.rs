@@ -122,8 +122,9 @@ impl PartitionState {
         }
         match kind {
             entry_kind::CREATE_ACCOUNTS => {
-                let items = rkyv::access::<ArchivedVec<ArchivedNewAccount>, rkyv::rancor::Error>(body)
-                    .map_err(|e| ApplyError::InvalidArchive(e.to_string()))?;
+                let items =
+                    rkyv::access::<ArchivedVec<ArchivedNewAccount>, rkyv::rancor::Error>(body)
+                        .map_err(|e| ApplyError::InvalidArchive(e.to_string()))?;
                 for (i, item) in items.iter().enumerate() {
                     let code = self.create_account(item, timestamp + i as u64, events);
                     results.push(code);
@@ -131,8 +132,9 @@ impl PartitionState {
                 self.advance(index, timestamp, items.len());
             }
             entry_kind::CREATE_TRANSFERS => {
-                let items = rkyv::access::<ArchivedVec<ArchivedNewTransfer>, rkyv::rancor::Error>(body)
-                    .map_err(|e| ApplyError::InvalidArchive(e.to_string()))?;
+                let items =
+                    rkyv::access::<ArchivedVec<ArchivedNewTransfer>, rkyv::rancor::Error>(body)
+                        .map_err(|e| ApplyError::InvalidArchive(e.to_string()))?;
                 for (i, item) in items.iter().enumerate() {
                     let code = self.create_transfer(item, timestamp + i as u64, events);
                     results.push(code);
@@ -318,7 +320,10 @@ impl PartitionState {
 
     /// Accounts whose balance is below their floor (must always be 0).
     pub fn accounts_below_floor(&self) -> usize {
-        self.accounts.values().filter(|a| a.balance < a.floor).count()
+        self.accounts
+            .values()
+            .filter(|a| a.balance < a.floor)
+            .count()
     }
 
     /// Restores a partition from snapshot parts (used by `snapshot::load`).

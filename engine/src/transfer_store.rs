@@ -27,7 +27,10 @@ pub struct TransferStoreView {
 
 impl TransferStoreView {
     pub fn iter(&self) -> impl Iterator<Item = &Transfer> {
-        self.full.iter().flat_map(|c| c.iter()).chain(self.open.iter())
+        self.full
+            .iter()
+            .flat_map(|c| c.iter())
+            .chain(self.open.iter())
     }
 
     pub fn len(&self) -> usize {
@@ -81,7 +84,10 @@ impl TransferStore {
 
     /// Every transfer in log order.
     pub fn iter(&self) -> impl Iterator<Item = &Transfer> {
-        self.full.iter().flat_map(|c| c.iter()).chain(self.open.iter())
+        self.full
+            .iter()
+            .flat_map(|c| c.iter())
+            .chain(self.open.iter())
     }
 
     pub fn view(&self) -> TransferStoreView {

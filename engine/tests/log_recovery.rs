@@ -4,7 +4,9 @@
 use engine::log::{find_tail, repair_log, scan_log, LogError, LogWriter, WriterOptions};
 use std::path::{Path, PathBuf};
 
-fn on_glommio<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(f: impl FnOnce() -> F + Send + 'static) -> T {
+fn on_glommio<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
+    f: impl FnOnce() -> F + Send + 'static,
+) -> T {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(1 << 20)
         .spawn(f)
@@ -18,7 +20,10 @@ fn write_records(dir: &Path, count: u64, per_flush: u64, segment_bytes: u64) {
     let dir = dir.to_path_buf();
     on_glommio(move || async move {
         let tail = find_tail(&dir).unwrap();
-        let options = WriterOptions { segment_bytes, pending_bytes_max: (segment_bytes / 4) as usize };
+        let options = WriterOptions {
+            segment_bytes,
+            pending_bytes_max: (segment_bytes / 4) as usize,
+        };
         let mut writer = LogWriter::open(&dir, options, &tail).await.unwrap();
         let start = writer.last_index();
         for i in 1..=count {
@@ -36,7 +41,10 @@ fn write_records(dir: &Path, count: u64, per_flush: u64, segment_bytes: u64) {
 fn indexes(dir: &Path) -> Vec<u64> {
     let mut seen = Vec::new();
     scan_log::<LogError>(dir, 1, |r| {
-        assert!(r.body.iter().all(|b| *b == r.header.index as u8), "body intact");
+        assert!(
+            r.body.iter().all(|b| *b == r.header.index as u8),
+            "body intact"
+        );
         seen.push(r.header.index);
         Ok(())
     })
@@ -61,8 +69,7 @@ fn offset_of(dir: &Path, index: u64) -> (PathBuf, u64) {
     let path = engine::log::list_segments(dir)
         .unwrap()
         .into_iter()
-        .filter(|s| s.first_index <= index)
-        .next_back()
+        .rfind(|s| s.first_index <= index)
         .unwrap()
         .path;
     (path, found.unwrap())
@@ -121,11 +128,16 @@ fn corruption_before_the_tail_refuses_with_file_and_offset() {
     flip_byte(&path, offset + 64 + 3);
     let err = find_tail(dir.path()).unwrap_err();
     match &err {
-        LogError::Corrupt { path: p, offset: o, .. } => assert_eq!((p, *o), (&path, offset)),
+        LogError::Corrupt {
+            path: p, offset: o, ..
+        } => assert_eq!((p, *o), (&path, offset)),
         other => panic!("expected corruption, got {other}"),
     }
     let message = err.to_string();
-    assert!(message.contains(&path.display().to_string()) && message.contains(&offset.to_string()), "{message}");
+    assert!(
+        message.contains(&path.display().to_string()) && message.contains(&offset.to_string()),
+        "{message}"
+    );
     assert!(message.contains("--repair"), "{message}");
 
     // Explicit repair cuts the log at the damage; records before it stay.
@@ -146,7 +158,10 @@ fn corruption_in_an_earlier_segment_is_never_a_torn_tail() {
     assert_eq!(path, segments[0].path);
     flip_byte(&path, offset + 64);
     let err = scan_log::<LogError>(dir.path(), 1, |_| Ok(())).unwrap_err();
-    assert!(matches!(err, LogError::Corrupt { offset: o, .. } if o == offset), "{err}");
+    assert!(
+        matches!(err, LogError::Corrupt { offset: o, .. } if o == offset),
+        "{err}"
+    );
 }
 
 #[test]
@@ -157,5 +172,8 @@ fn a_zeroed_block_in_the_middle_is_detected() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[offset as usize..offset as usize + 64].fill(0);
     std::fs::write(&path, bytes).unwrap();
-    assert!(matches!(find_tail(dir.path()), Err(LogError::Corrupt { .. })));
+    assert!(matches!(
+        find_tail(dir.path()),
+        Err(LogError::Corrupt { .. })
+    ));
 }

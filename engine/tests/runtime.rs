@@ -30,7 +30,14 @@ fn pick_accounts(node: &Node) -> (u128, u128, u128, u128) {
 }
 
 fn t(id: u128, from: u128, to: u128, amount: u64) -> NewTransfer {
-    NewTransfer { id, from, to, amount, currency: eur(), user_data: 0 }
+    NewTransfer {
+        id,
+        from,
+        to,
+        amount,
+        currency: eur(),
+        user_data: 0,
+    }
 }
 
 #[test]
@@ -40,28 +47,48 @@ fn transfers_apply_once_and_survive_restart() {
     let (issuer, a, b, other) = pick_accounts(&node);
     let accounts: Vec<NewAccount> = [(issuer, -1_000_000), (a, 0), (b, 0), (other, 0)]
         .iter()
-        .map(|&(id, floor)| NewAccount { id, currency: eur(), flags: 0, floor, user_data: 0 })
+        .map(|&(id, floor)| NewAccount {
+            id,
+            currency: eur(),
+            flags: 0,
+            floor,
+            user_data: 0,
+        })
         .collect();
     let results = futures::executor::block_on(node.create_accounts(&accounts)).unwrap();
     assert_eq!(results, vec![ResultCode::Ok; 4]);
 
     let batch = vec![
-        t(1, issuer, a, 500),      // deposit
-        t(2, a, b, 200),           // transfer
-        t(2, a, b, 200),           // retry: exists
-        t(2, a, b, 201),           // same id, other amount
-        t(3, b, a, 1_000),         // overdraft
-        t(4, a, 77_777_777, 1),    // unknown account
-        t(5, a, a, 1),             // same account
-        t(6, a, b, 0),             // zero
-        t(7, a, other, 1),         // other partition
+        t(1, issuer, a, 500),   // deposit
+        t(2, a, b, 200),        // transfer
+        t(2, a, b, 200),        // retry: exists
+        t(2, a, b, 201),        // same id, other amount
+        t(3, b, a, 1_000),      // overdraft
+        t(4, a, 77_777_777, 1), // unknown account
+        t(5, a, a, 1),          // same account
+        t(6, a, b, 0),          // zero
+        t(7, a, other, 1),      // other partition
     ];
     let results = futures::executor::block_on(node.create_transfers(&batch)).unwrap();
     use ResultCode::*;
-    let unknown_code = if node.partition_of(77_777_777) == 0 { ToAccountNotFound } else { CrossPartitionUnsupported };
+    let unknown_code = if node.partition_of(77_777_777) == 0 {
+        ToAccountNotFound
+    } else {
+        CrossPartitionUnsupported
+    };
     assert_eq!(
         results,
-        vec![Ok, Ok, Exists, ExistsWithDifferentFields, InsufficientFunds, unknown_code, SameAccount, ZeroAmount, CrossPartitionUnsupported]
+        vec![
+            Ok,
+            Ok,
+            Exists,
+            ExistsWithDifferentFields,
+            InsufficientFunds,
+            unknown_code,
+            SameAccount,
+            ZeroAmount,
+            CrossPartitionUnsupported
+        ]
     );
     let balances = |node: &Node| {
         futures::executor::block_on(node.lookup_accounts(0, vec![issuer, a, b]))
@@ -94,7 +121,13 @@ fn replay_without_snapshot_equals_replay_with_snapshot() {
     let (issuer, a, b, _) = pick_accounts(&node);
     let accounts: Vec<NewAccount> = [(issuer, -1_000_000_000), (a, 0), (b, 0)]
         .iter()
-        .map(|&(id, floor)| NewAccount { id, currency: eur(), flags: 0, floor, user_data: 0 })
+        .map(|&(id, floor)| NewAccount {
+            id,
+            currency: eur(),
+            flags: 0,
+            floor,
+            user_data: 0,
+        })
         .collect();
     futures::executor::block_on(node.create_accounts(&accounts)).unwrap();
     let mut id = 100u128;
@@ -111,7 +144,9 @@ fn replay_without_snapshot_equals_replay_with_snapshot() {
             .collect();
         futures::executor::block_on(node.create_transfers(&batch)).unwrap();
         if round == 20 {
-            futures::executor::block_on(node.snapshot(0)).unwrap().unwrap();
+            futures::executor::block_on(node.snapshot(0))
+                .unwrap()
+                .unwrap();
         }
     }
     let live = node.all_stats().unwrap()[0].digest;
@@ -119,12 +154,18 @@ fn replay_without_snapshot_equals_replay_with_snapshot() {
 
     // Remove every snapshot but the mid-run one: restart replays the log after it.
     let snaps = dir.path().join("partition-00000/snapshots");
-    let mut files: Vec<_> = std::fs::read_dir(&snaps).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&snaps)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     std::fs::remove_file(files.last().unwrap()).unwrap();
     let node = Node::start(config(dir.path())).unwrap();
     let stats = node.all_stats().unwrap()[0];
-    assert!(stats.replayed_entries > 0, "the tail after the snapshot was replayed");
+    assert!(
+        stats.replayed_entries > 0,
+        "the tail after the snapshot was replayed"
+    );
     assert_eq!(stats.digest, live);
     drop(node);
 
@@ -153,4 +194,66 @@ fn a_core_that_does_not_exist_is_a_clear_error() {
     c.cores = vec![4096];
     let err = Node::start(c).err().unwrap().to_string();
     assert!(err.contains("core 4096"), "{err}");
+}
+
+#[test]
+fn mid_log_corruption_stops_the_start_and_repair_is_explicit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.partitions = 1;
+    c.cores = vec![0];
+    let node = Node::start(c.clone()).unwrap();
+    let (issuer, a) = (1u128, 2u128);
+    let accounts: Vec<NewAccount> = [(issuer, -1_000_000), (a, 0)]
+        .iter()
+        .map(|&(id, floor)| NewAccount {
+            id,
+            currency: eur(),
+            flags: 0,
+            floor,
+            user_data: 0,
+        })
+        .collect();
+    futures::executor::block_on(node.create_accounts(&accounts)).unwrap();
+    for i in 0..10u128 {
+        futures::executor::block_on(node.create_transfers(&[t(10 + i, issuer, a, 1)])).unwrap();
+    }
+    drop(node);
+    let pdir = engine::recovery::partition_dir(dir.path(), 0);
+    std::fs::remove_dir_all(engine::recovery::snapshot_dir(&pdir)).unwrap();
+    // Damage entry 3's body (entries 4..12 follow it).
+    let segment = engine::log::list_segments(&engine::recovery::log_dir(&pdir)).unwrap()[0]
+        .path
+        .clone();
+    let mut offset = 0u64;
+    engine::log::scan_log::<engine::log::LogError>(&engine::recovery::log_dir(&pdir), 1, |r| {
+        if r.header.index == 3 {
+            offset = r.offset;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[offset as usize + 70] ^= 0xff;
+    std::fs::write(&segment, bytes).unwrap();
+
+    let err = Node::start(c.clone())
+        .err()
+        .expect("refuses to start")
+        .to_string();
+    assert!(
+        err.contains(&format!("offset {offset}")) && err.contains("--repair"),
+        "{err}"
+    );
+    c.repair = true;
+    let node = Node::start(c).unwrap();
+    let stats = node.all_stats().unwrap()[0];
+    assert_eq!(
+        stats.last_index, 2,
+        "the log was cut before the damaged entry"
+    );
+    let balance = futures::executor::block_on(node.lookup_accounts(0, vec![a])).unwrap()[0]
+        .unwrap()
+        .balance;
+    assert_eq!(balance, 1, "only the transfer before the damage remains");
 }

@@ -181,7 +181,10 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = out.clone();
                 bad[byte] ^= 1 << bit;
-                assert!(decode_record(&bad).is_err(), "flip at {byte}:{bit} went unnoticed");
+                assert!(
+                    decode_record(&bad).is_err(),
+                    "flip at {byte}:{bit} went unnoticed"
+                );
             }
         }
     }
@@ -195,6 +198,9 @@ mod tests {
             decode_record(&out[..HEADER_BYTES + 1]),
             Err(RecordError::ShortBody { .. })
         ));
-        assert!(matches!(decode_record(&out[..10]), Err(RecordError::ShortHeader(10))));
+        assert!(matches!(
+            decode_record(&out[..10]),
+            Err(RecordError::ShortHeader(10))
+        ));
     }
 }

@@ -7,8 +7,10 @@
 //! naming the file and offset, and only an explicit repair truncates there.
 
 use super::error::LogError;
-use super::segments::{list_segments, valid_header_after, MappedSegment, RecordRef, SegmentEnd, SegmentInfo};
 use super::record::RecordError;
+use super::segments::{
+    list_segments, valid_header_after, MappedSegment, RecordRef, SegmentEnd, SegmentInfo,
+};
 use std::path::{Path, PathBuf};
 
 /// Where a log ends, as found by a scan.
@@ -56,7 +58,7 @@ pub fn scan_log<E: From<LogError>>(
             continue;
         }
         let segment = MappedSegment::open(info.clone())?;
-        let mut expected = if tail.last_index == 0 {
+        let expected = if tail.last_index == 0 {
             info.first_index
         } else {
             tail.last_index + 1
@@ -71,7 +73,7 @@ pub fn scan_log<E: From<LogError>>(
             .into());
         }
         let mut records = segment.records();
-        for record in records.by_ref() {
+        for (expected, record) in (expected..).zip(records.by_ref()) {
             if record.header.index != expected {
                 return Err(LogError::IndexGap {
                     path: info.path,
@@ -84,7 +86,6 @@ pub fn scan_log<E: From<LogError>>(
             tail.last_index = record.header.index;
             tail.last_term = record.header.term;
             tail.last_timestamp = record.header.timestamp;
-            expected += 1;
             if record.header.index >= from_index {
                 visit(record)?;
             }
@@ -146,7 +147,8 @@ pub fn zero_from(path: &Path, offset: u64) -> Result<(), LogError> {
     let mut left = len.saturating_sub(offset);
     while left > 0 {
         let n = left.min(zeros.len() as u64) as usize;
-        file.write_all(&zeros[..n]).map_err(|e| LogError::io(path, e))?;
+        file.write_all(&zeros[..n])
+            .map_err(|e| LogError::io(path, e))?;
         left -= n as u64;
     }
     file.sync_all().map_err(|e| LogError::io(path, e))
@@ -171,11 +173,13 @@ pub fn repair_log(dir: &Path) -> Result<Option<(PathBuf, u64)>, LogError> {
             }
             Ok(None)
         }
-        Err(LogError::Corrupt { path, offset, .. }) | Err(LogError::IndexGap { path, offset, .. }) => {
+        Err(LogError::Corrupt { path, offset, .. })
+        | Err(LogError::IndexGap { path, offset, .. }) => {
             zero_from(&path, offset)?;
             for segment in list_segments(dir)? {
                 if segment.path > path {
-                    std::fs::remove_file(&segment.path).map_err(|e| LogError::io(&segment.path, e))?;
+                    std::fs::remove_file(&segment.path)
+                        .map_err(|e| LogError::io(&segment.path, e))?;
                 }
             }
             sync_dir(dir)?;

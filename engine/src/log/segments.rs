@@ -5,7 +5,9 @@
 //! each body is handed out as a slice of the mapping (no copy) after its checksum matched.
 
 use super::error::LogError;
-use super::record::{decode_header, decode_record, record_bytes, RecordError, RecordHeader, RECORD_ALIGN};
+use super::record::{
+    decode_header, decode_record, record_bytes, RecordError, RecordHeader, RECORD_ALIGN,
+};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -33,7 +35,9 @@ pub fn list_segments(dir: &Path) -> Result<Vec<SegmentInfo>, LogError> {
         let entry = entry.map_err(|e| LogError::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(stem) = name.strip_suffix(SEGMENT_SUFFIX) else { continue };
+        let Some(stem) = name.strip_suffix(SEGMENT_SUFFIX) else {
+            continue;
+        };
         let path = entry.path();
         let first_index = match stem.parse::<u64>() {
             Ok(i) if stem.len() == 20 => i,
@@ -54,7 +58,10 @@ pub struct MappedSegment {
 impl MappedSegment {
     pub fn open(info: SegmentInfo) -> Result<MappedSegment, LogError> {
         let file = File::open(&info.path).map_err(|e| LogError::io(&info.path, e))?;
-        let len = file.metadata().map_err(|e| LogError::io(&info.path, e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| LogError::io(&info.path, e))?
+            .len();
         let map = if len == 0 {
             None
         } else {

@@ -40,7 +40,12 @@ pub fn load_vote(dir: &Path) -> Result<Option<Vote>, LogError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(LogError::io(&path, e)),
     };
-    let damaged = || LogError::io(&path, std::io::Error::other("vote file is damaged (bad length or checksum)"));
+    let damaged = || {
+        LogError::io(
+            &path,
+            std::io::Error::other("vote file is damaged (bad length or checksum)"),
+        )
+    };
     if bytes.len() != 21 {
         return Err(damaged());
     }
@@ -67,7 +72,11 @@ mod tests {
     fn vote_round_trips_and_damage_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load_vote(dir.path()).unwrap(), None);
-        let vote = Vote { term: 7, node_id: 3, committed: true };
+        let vote = Vote {
+            term: 7,
+            node_id: 3,
+            committed: true,
+        };
         save_vote(dir.path(), &vote).unwrap();
         assert_eq!(load_vote(dir.path()).unwrap(), Some(vote));
         let path = dir.path().join(VOTE_FILE);

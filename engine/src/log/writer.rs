@@ -59,8 +59,12 @@ pub struct LogWriter {
 impl LogWriter {
     /// Opens the log of `dir` for appending after a scan found its tail. A torn tail found by
     /// the scan is cut off (zeroed and synced) first.
-    pub async fn open(dir: &Path, options: WriterOptions, tail: &LogTail) -> Result<LogWriter, LogError> {
-        assert!(options.segment_bytes % BLOCK_BYTES == 0);
+    pub async fn open(
+        dir: &Path,
+        options: WriterOptions,
+        tail: &LogTail,
+    ) -> Result<LogWriter, LogError> {
+        assert!(options.segment_bytes.is_multiple_of(BLOCK_BYTES));
         assert!(
             options.pending_bytes_max as u64 * 2 <= options.segment_bytes,
             "a flush group must fit well inside a segment"
@@ -111,7 +115,10 @@ impl LogWriter {
                     .map_err(|e| LogError::io(&last.path, e.into()))?;
                 let partial = (tail.end_offset - block_start) as usize;
                 if read.len() < partial {
-                    return Err(LogError::io(&last.path, std::io::Error::other("short read of the tail block")));
+                    return Err(LogError::io(
+                        &last.path,
+                        std::io::Error::other("short read of the tail block"),
+                    ));
                 }
                 writer.tail_block.extend_from_slice(&read[..partial]);
             }
@@ -144,7 +151,13 @@ impl LogWriter {
     }
 
     /// Buffers one record; it is durable after the next successful `flush`.
-    pub fn append(&mut self, term: u64, timestamp: u64, kind: u16, body: &[u8]) -> Result<u64, LogError> {
+    pub fn append(
+        &mut self,
+        term: u64,
+        timestamp: u64,
+        kind: u16,
+        body: &[u8],
+    ) -> Result<u64, LogError> {
         if let Some(reason) = &self.poisoned {
             return Err(LogError::Poisoned(reason.clone()));
         }
@@ -224,9 +237,14 @@ impl LogWriter {
             .await
             .map_err(|e| LogError::io(&path, e.into()))?;
         if written != len {
-            return Err(LogError::io(&path, std::io::Error::other(format!("short write: {written} of {len} bytes"))));
+            return Err(LogError::io(
+                &path,
+                std::io::Error::other(format!("short write: {written} of {len} bytes")),
+            ));
         }
-        file.fdatasync().await.map_err(|e| LogError::io(&path, e.into()))?;
+        file.fdatasync()
+            .await
+            .map_err(|e| LogError::io(&path, e.into()))?;
         self.active_end += bytes.len() as u64;
         let partial = (self.active_end % BLOCK_BYTES) as usize;
         let mut new_tail = std::mem::take(&mut self.tail_block);
@@ -243,13 +261,18 @@ impl LogWriter {
     }
 
     fn active_path(&self) -> PathBuf {
-        self.segments.last().map(|s| s.path.clone()).unwrap_or_else(|| self.dir.clone())
+        self.segments
+            .last()
+            .map(|s| s.path.clone())
+            .unwrap_or_else(|| self.dir.clone())
     }
 
     /// Creates, preallocates and syncs a new segment (and its directory entry).
     async fn open_segment(&mut self, first_index: u64) -> Result<(), LogError> {
         if let Some(old) = self.active.take() {
-            old.close().await.map_err(|e| LogError::io(self.active_path(), e.into()))?;
+            old.close()
+                .await
+                .map_err(|e| LogError::io(self.active_path(), e.into()))?;
         }
         let path = segment_path(&self.dir, first_index);
         let file = OpenOptions::new()
@@ -262,7 +285,9 @@ impl LogWriter {
         file.pre_allocate(self.options.segment_bytes, false)
             .await
             .map_err(|e| LogError::io(&path, e.into()))?;
-        file.fdatasync().await.map_err(|e| LogError::io(&path, e.into()))?;
+        file.fdatasync()
+            .await
+            .map_err(|e| LogError::io(&path, e.into()))?;
         sync_dir(&self.dir)?;
         self.segments.push(SegmentInfo { first_index, path });
         self.active = Some(file);
@@ -274,7 +299,9 @@ impl LogWriter {
     /// Closes the active segment (after a final flush by the caller).
     pub async fn close(mut self) -> Result<(), LogError> {
         if let Some(file) = self.active.take() {
-            file.close().await.map_err(|e| LogError::io(self.active_path(), e.into()))?;
+            file.close()
+                .await
+                .map_err(|e| LogError::io(self.active_path(), e.into()))?;
         }
         Ok(())
     }

@@ -23,6 +23,9 @@ pub struct EngineConfig {
     pub io_memory_bytes: usize,
     /// Transfers to pre-size each partition's idempotency index for (avoids rehash pauses).
     pub transfers_capacity_per_partition: usize,
+    /// Operator escape hatch (`walletd --repair`): before recovery, cut each partition's log
+    /// at its first damaged record, losing everything after it. Never on by default.
+    pub repair: bool,
 }
 
 impl EngineConfig {
@@ -37,6 +40,7 @@ impl EngineConfig {
             snapshot_interval_entries: 4096,
             io_memory_bytes: 2 << 20,
             transfers_capacity_per_partition: 0,
+            repair: false,
         }
     }
 
@@ -50,9 +54,12 @@ impl EngineConfig {
             return Err("at least one core is needed".into());
         }
         if self.partitions == 0 || self.partitions > 4096 {
-            return Err(format!("partitions must be 1..=4096, not {}", self.partitions));
+            return Err(format!(
+                "partitions must be 1..=4096, not {}",
+                self.partitions
+            ));
         }
-        if self.segment_bytes < (4 << 20) || self.segment_bytes % 4096 != 0 {
+        if self.segment_bytes < (4 << 20) || !self.segment_bytes.is_multiple_of(4096) {
             return Err("segment_bytes must be a multiple of 4096 and at least 4 MiB".into());
         }
         if self.queue_depth_max == 0 || self.group_items_max == 0 {

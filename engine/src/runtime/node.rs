@@ -25,7 +25,10 @@ pub enum StartError {
     )]
     Executor { core: usize, reason: String },
     #[error("partition {partition}: {reason}")]
-    Recovery { partition: PartitionId, reason: String },
+    Recovery {
+        partition: PartitionId,
+        reason: String,
+    },
     #[error("{path}: {source}")]
     Io {
         path: std::path::PathBuf,
@@ -77,7 +80,14 @@ impl Node {
         for (slot, &core) in config.cores.iter().enumerate() {
             let owned: Vec<(PartitionId, flume::Receiver<Request>)> = (0..config.partitions)
                 .filter(|p| *p as usize % config.cores.len() == slot)
-                .map(|p| (p, receivers[p as usize].take().expect("each partition is owned once")))
+                .map(|p| {
+                    (
+                        p,
+                        receivers[p as usize]
+                            .take()
+                            .expect("each partition is owned once"),
+                    )
+                })
                 .collect();
             let config = config.clone();
             let ready = ready_tx.clone();
@@ -106,7 +116,9 @@ impl Node {
                 }
                 Err(_) => {
                     // A shard thread ended before reporting: its executor failed to start.
-                    let reason = node.stop_threads().unwrap_or_else(|| "shard thread exited".into());
+                    let reason = node
+                        .stop_threads()
+                        .unwrap_or_else(|| "shard thread exited".into());
                     return Err(StartError::Executor {
                         core: node.config.cores[0],
                         reason,
@@ -132,7 +144,11 @@ impl Node {
 
     /// Sends a batch to `partition` and waits (asynchronously) for its durable reply. Waits for
     /// queue space when the queue is full.
-    pub async fn submit(&self, partition: PartitionId, batch: CommandBatch) -> Result<BatchReply, SubmitError> {
+    pub async fn submit(
+        &self,
+        partition: PartitionId,
+        batch: CommandBatch,
+    ) -> Result<BatchReply, SubmitError> {
         let (reply, answer) = oneshot::channel();
         self.queues[partition as usize]
             .send_async(Request::Commands { batch, reply })
@@ -159,11 +175,19 @@ impl Node {
     }
 
     /// Blocking `submit`, for plain threads.
-    pub fn submit_blocking(&self, partition: PartitionId, batch: CommandBatch) -> Result<BatchReply, SubmitError> {
+    pub fn submit_blocking(
+        &self,
+        partition: PartitionId,
+        batch: CommandBatch,
+    ) -> Result<BatchReply, SubmitError> {
         futures::executor::block_on(self.submit(partition, batch))
     }
 
-    async fn ask<T>(&self, partition: PartitionId, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, SubmitError> {
+    async fn ask<T>(
+        &self,
+        partition: PartitionId,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, SubmitError> {
         let (reply, answer) = oneshot::channel();
         self.queues[partition as usize]
             .send_async(make(reply))
@@ -172,12 +196,22 @@ impl Node {
         answer.await.map_err(|_| SubmitError::ShuttingDown)
     }
 
-    pub async fn lookup_accounts(&self, partition: PartitionId, ids: Vec<AccountId>) -> Result<Vec<Option<Account>>, SubmitError> {
-        self.ask(partition, |reply| Request::LookupAccounts { ids, reply }).await
+    pub async fn lookup_accounts(
+        &self,
+        partition: PartitionId,
+        ids: Vec<AccountId>,
+    ) -> Result<Vec<Option<Account>>, SubmitError> {
+        self.ask(partition, |reply| Request::LookupAccounts { ids, reply })
+            .await
     }
 
-    pub async fn lookup_transfers(&self, partition: PartitionId, ids: Vec<TransferId>) -> Result<Vec<Option<Transfer>>, SubmitError> {
-        self.ask(partition, |reply| Request::LookupTransfers { ids, reply }).await
+    pub async fn lookup_transfers(
+        &self,
+        partition: PartitionId,
+        ids: Vec<TransferId>,
+    ) -> Result<Vec<Option<Transfer>>, SubmitError> {
+        self.ask(partition, |reply| Request::LookupTransfers { ids, reply })
+            .await
     }
 
     pub async fn stats(&self, partition: PartitionId) -> Result<PartitionStats, SubmitError> {
@@ -192,8 +226,12 @@ impl Node {
     }
 
     /// Writes a snapshot of `partition` now; returns the index it covers.
-    pub async fn snapshot(&self, partition: PartitionId) -> Result<Result<u64, String>, SubmitError> {
-        self.ask(partition, |reply| Request::Snapshot { reply }).await
+    pub async fn snapshot(
+        &self,
+        partition: PartitionId,
+    ) -> Result<Result<u64, String>, SubmitError> {
+        self.ask(partition, |reply| Request::Snapshot { reply })
+            .await
     }
 
     /// Clean shutdown: close every queue, let each partition answer what it holds, flush,
@@ -236,7 +274,10 @@ fn check_partition_count(config: &EngineConfig) -> Result<(), StartError> {
     let path = config.data_dir.join(PARTITION_COUNT_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let found: u32 = text.trim().parse().map_err(|_| StartError::Config(format!("{}: not a number", path.display())))?;
+            let found: u32 = text
+                .trim()
+                .parse()
+                .map_err(|_| StartError::Config(format!("{}: not a number", path.display())))?;
             if found != config.partitions {
                 return Err(StartError::Config(format!(
                     "{} was created with {found} partitions, not {}; the partition count is fixed for the life of a data dir",
@@ -248,7 +289,8 @@ fn check_partition_count(config: &EngineConfig) -> Result<(), StartError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::write(&path, format!("{}\n", config.partitions)).map_err(io)?;
-            crate::log::scan::sync_dir(&config.data_dir).map_err(|e| StartError::Config(e.to_string()))
+            crate::log::scan::sync_dir(&config.data_dir)
+                .map_err(|e| StartError::Config(e.to_string()))
         }
         Err(e) => Err(io(e)),
     }
@@ -263,6 +305,24 @@ async fn run_shard(
     let mut tasks = Vec::new();
     for (partition, queue) in owned {
         let dir = partition_dir(&config.data_dir, partition);
+        if config.repair {
+            match crate::log::repair_log(&log_dir(&dir)) {
+                Ok(Some((path, offset))) => tracing::error!(
+                    partition,
+                    path = %path.display(),
+                    offset,
+                    "REPAIR: log cut at a damaged record; everything after it is gone"
+                ),
+                Ok(None) => tracing::info!(partition, "repair: log is sound, nothing cut"),
+                Err(e) => {
+                    let _ = ready.send(Err(StartError::Recovery {
+                        partition,
+                        reason: e.to_string(),
+                    }));
+                    return;
+                }
+            }
+        }
         let recovered = match recover_partition(&dir, partition, config.partitions) {
             Ok(r) => r,
             Err(e) => {

@@ -61,33 +61,58 @@ impl PartitionTask {
                     Request::Commands { batch, reply } => {
                         if let Some(reason) = &failed {
                             tracing::debug!(%reason, "refusing a batch: the log is failed");
-                            let _ = reply.send(BatchReply::refused(batch.len(), ResultCode::StorageError));
+                            let _ = reply
+                                .send(BatchReply::refused(batch.len(), ResultCode::StorageError));
                             continue;
                         }
                         batch.encode_into(&mut body);
                         if !self.writer.has_room(body.len()) {
                             if let Err(e) = self.writer.flush().await {
                                 failed = Some(e.to_string());
-                                let _ = reply.send(BatchReply::refused(batch.len(), ResultCode::StorageError));
+                                let _ = reply.send(BatchReply::refused(
+                                    batch.len(),
+                                    ResultCode::StorageError,
+                                ));
                                 continue;
                             }
                             self.fsyncs += 1;
                         }
                         let timestamp = now_ns().max(self.state.next_timestamp_floor());
-                        let index = match self.writer.append(self.term, timestamp, batch.kind(), &body) {
-                            Ok(index) => index,
-                            Err(e) => {
-                                failed = Some(e.to_string());
-                                let _ = reply.send(BatchReply::refused(batch.len(), ResultCode::StorageError));
-                                continue;
-                            }
-                        };
+                        let index =
+                            match self
+                                .writer
+                                .append(self.term, timestamp, batch.kind(), &body)
+                            {
+                                Ok(index) => index,
+                                Err(e) => {
+                                    failed = Some(e.to_string());
+                                    let _ = reply.send(BatchReply::refused(
+                                        batch.len(),
+                                        ResultCode::StorageError,
+                                    ));
+                                    continue;
+                                }
+                            };
                         let mut results = Vec::with_capacity(batch.len());
                         events.clear();
                         self.state
-                            .apply_entry(index, batch.kind(), &body, timestamp, &mut results, &mut events)
+                            .apply_entry(
+                                index,
+                                batch.kind(),
+                                &body,
+                                timestamp,
+                                &mut results,
+                                &mut events,
+                            )
                             .expect("a batch this task encoded is a valid entry");
-                        replies.push((reply, BatchReply { results, index, timestamp }));
+                        replies.push((
+                            reply,
+                            BatchReply {
+                                results,
+                                index,
+                                timestamp,
+                            },
+                        ));
                     }
                     other => reads.push(other),
                 }
@@ -122,7 +147,8 @@ impl PartitionTask {
                 }
             }
             let due = self.snapshot_interval_entries > 0
-                && self.state.last_index() >= self.last_snapshot_index + self.snapshot_interval_entries;
+                && self.state.last_index()
+                    >= self.last_snapshot_index + self.snapshot_interval_entries;
             if due && snapshot.is_none() && failed.is_none() {
                 snapshot = Some(self.start_snapshot());
             }
@@ -131,12 +157,18 @@ impl PartitionTask {
         // The queue closed: shutdown. Everything answered was flushed; leave a snapshot so the
         // next start replays nothing.
         if let Some(inflight) = snapshot.take() {
-            let result = inflight.done.await.unwrap_or_else(|_| Err("snapshot thread died".into()));
+            let result = inflight
+                .done
+                .await
+                .unwrap_or_else(|_| Err("snapshot thread died".into()));
             self.finish_snapshot(inflight.index, result);
         }
         if failed.is_none() && self.state.last_index() > self.last_snapshot_index {
             let inflight = self.start_snapshot();
-            let result = inflight.done.await.unwrap_or_else(|_| Err("snapshot thread died".into()));
+            let result = inflight
+                .done
+                .await
+                .unwrap_or_else(|_| Err("snapshot thread died".into()));
             self.finish_snapshot(inflight.index, result);
         }
         if let Err(e) = self.writer.close().await {
@@ -153,10 +185,18 @@ impl PartitionTask {
         match read {
             Request::Commands { .. } => unreachable!("commands are not reads"),
             Request::LookupAccounts { ids, reply } => {
-                let _ = reply.send(ids.iter().map(|id| self.state.account(*id).copied()).collect());
+                let _ = reply.send(
+                    ids.iter()
+                        .map(|id| self.state.account(*id).copied())
+                        .collect(),
+                );
             }
             Request::LookupTransfers { ids, reply } => {
-                let _ = reply.send(ids.iter().map(|id| self.state.transfer(*id).copied()).collect());
+                let _ = reply.send(
+                    ids.iter()
+                        .map(|id| self.state.transfer(*id).copied())
+                        .collect(),
+                );
             }
             Request::Stats { reply } => {
                 let _ = reply.send(PartitionStats {
@@ -177,12 +217,18 @@ impl PartitionTask {
                     return;
                 }
                 if let Some(inflight) = snapshot.take() {
-                    let result = inflight.done.await.unwrap_or_else(|_| Err("snapshot thread died".into()));
+                    let result = inflight
+                        .done
+                        .await
+                        .unwrap_or_else(|_| Err("snapshot thread died".into()));
                     self.finish_snapshot(inflight.index, result);
                 }
                 let inflight = self.start_snapshot();
                 let index = inflight.index;
-                let result = inflight.done.await.unwrap_or_else(|_| Err("snapshot thread died".into()));
+                let result = inflight
+                    .done
+                    .await
+                    .unwrap_or_else(|_| Err("snapshot thread died".into()));
                 let answer = result.clone().map(|_| index);
                 self.finish_snapshot(index, result);
                 let _ = reply.send(answer);
@@ -210,7 +256,10 @@ impl PartitionTask {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "could not start the snapshot thread");
         }
-        SnapshotInFlight { index, done: done_rx }
+        SnapshotInFlight {
+            index,
+            done: done_rx,
+        }
     }
 
     fn finish_snapshot(&mut self, index: u64, result: Result<PathBuf, String>) {
@@ -220,7 +269,9 @@ impl PartitionTask {
                 self.last_snapshot_index = self.last_snapshot_index.max(index);
                 self.snapshots_written += 1;
             }
-            Err(e) => tracing::error!(partition = self.state.partition(), index, error = %e, "snapshot failed"),
+            Err(e) => {
+                tracing::error!(partition = self.state.partition(), index, error = %e, "snapshot failed")
+            }
         }
     }
 }

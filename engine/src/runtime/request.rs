@@ -59,5 +59,7 @@ pub enum Request {
         reply: oneshot::Sender<PartitionStats>,
     },
     /// Writes a snapshot now (and waits for it to be durable).
-    Snapshot { reply: oneshot::Sender<Result<u64, String>> },
+    Snapshot {
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
 }

@@ -9,20 +9,34 @@ use crate::result_code::ResultCode;
 
 impl Node {
     /// Creates accounts on their owning partitions; one result per item, in order.
-    pub async fn create_accounts(&self, accounts: &[NewAccount]) -> Result<Vec<ResultCode>, SubmitError> {
+    pub async fn create_accounts(
+        &self,
+        accounts: &[NewAccount],
+    ) -> Result<Vec<ResultCode>, SubmitError> {
         let groups = self.split(accounts, |a| a.id);
-        let batches = groups
-            .into_iter()
-            .map(|(p, positions)| (p, CommandBatch::CreateAccounts(positions.iter().map(|&i| accounts[i]).collect()), positions));
+        let batches = groups.into_iter().map(|(p, positions)| {
+            (
+                p,
+                CommandBatch::CreateAccounts(positions.iter().map(|&i| accounts[i]).collect()),
+                positions,
+            )
+        });
         self.submit_split(accounts.len(), batches).await
     }
 
     /// Creates transfers on their source partitions; one result per item, in order.
-    pub async fn create_transfers(&self, transfers: &[NewTransfer]) -> Result<Vec<ResultCode>, SubmitError> {
+    pub async fn create_transfers(
+        &self,
+        transfers: &[NewTransfer],
+    ) -> Result<Vec<ResultCode>, SubmitError> {
         let groups = self.split(transfers, |t| t.from);
-        let batches = groups
-            .into_iter()
-            .map(|(p, positions)| (p, CommandBatch::CreateTransfers(positions.iter().map(|&i| transfers[i]).collect()), positions));
+        let batches = groups.into_iter().map(|(p, positions)| {
+            (
+                p,
+                CommandBatch::CreateTransfers(positions.iter().map(|&i| transfers[i]).collect()),
+                positions,
+            )
+        });
         self.submit_split(transfers.len(), batches).await
     }
 

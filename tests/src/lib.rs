@@ -1,0 +1,99 @@
+//! Shared pieces of the cross-process tests: the workload the crash child runs, so the parent
+//! can check exactly what it expects to find.
+
+use engine::model::Currency;
+use engine::partition::partition_of;
+use engine::{NewAccount, NewTransfer};
+
+pub const PARTITIONS: u32 = 2;
+pub const WALLETS_PER_PARTITION: u128 = 40;
+
+pub fn eur() -> Currency {
+    Currency::parse("EUR").expect("valid code")
+}
+
+/// (issuer, wallets) of each partition.
+pub fn accounts() -> Vec<(u128, Vec<u128>)> {
+    (0..PARTITIONS)
+        .map(|p| {
+            let mut ids = (1u128..).filter(|id| partition_of(*id, PARTITIONS) == p);
+            let issuer = ids.next().expect("ids are plentiful");
+            let wallets = ids.take(WALLETS_PER_PARTITION as usize).collect();
+            (issuer, wallets)
+        })
+        .collect()
+}
+
+pub fn creations() -> Vec<NewAccount> {
+    let mut out = Vec::new();
+    for (issuer, wallets) in accounts() {
+        out.push(NewAccount {
+            id: issuer,
+            currency: eur(),
+            flags: 0,
+            floor: -1_000_000_000_000,
+            user_data: 0,
+        });
+        out.extend(wallets.iter().map(|&id| NewAccount {
+            id,
+            currency: eur(),
+            flags: 0,
+            floor: 0,
+            user_data: 0,
+        }));
+    }
+    out
+}
+
+/// A large opening deposit for every wallet, with fixed ids (so a rerun answers `exists`).
+pub fn funding() -> Vec<NewTransfer> {
+    let mut out = Vec::new();
+    for (issuer, wallets) in accounts() {
+        for wallet in wallets {
+            out.push(NewTransfer {
+                id: (1u128 << 100) + wallet,
+                from: issuer,
+                to: wallet,
+                amount: 1_000_000_000,
+                currency: eur(),
+                user_data: 0,
+            });
+        }
+    }
+    out
+}
+
+/// Batch `n` of a run: transfers with ids `first_id..first_id + size`, every one valid (the
+/// issuer deposits a lot first, then wallets pay each other small amounts), so every
+/// acknowledgement should be `ok`.
+pub fn batch(first_id: u128, size: usize, seed: u64) -> Vec<NewTransfer> {
+    let accounts = accounts();
+    let mut x = seed | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..size)
+        .map(|i| {
+            let id = first_id + i as u128;
+            let (issuer, wallets) = &accounts[(next() % PARTITIONS as u64) as usize];
+            let a = (next() % wallets.len() as u64) as usize;
+            let b = (a + 1 + (next() % (wallets.len() as u64 - 1)) as usize) % wallets.len();
+            let (from, to, amount) = if i % 10 == 0 {
+                (*issuer, wallets[a], 1_000)
+            } else {
+                (wallets[a], wallets[b], 1)
+            };
+            NewTransfer {
+                id,
+                from,
+                to,
+                amount,
+                currency: eur(),
+                user_data: 0,
+            }
+        })
+        .collect()
+}
