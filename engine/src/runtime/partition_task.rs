@@ -198,7 +198,7 @@ impl PartitionTask {
                         .collect(),
                 );
             }
-            Request::Stats { reply } => {
+            Request::Stats { digest, reply } => {
                 let _ = reply.send(PartitionStats {
                     partition: self.state.partition(),
                     accounts: self.state.account_count() as u64,
@@ -208,7 +208,7 @@ impl PartitionTask {
                     replayed_entries: self.replayed_entries,
                     snapshots_written: self.snapshots_written,
                     fsyncs: self.fsyncs,
-                    digest: state_digest(&self.state),
+                    digest: if digest { state_digest(&self.state) } else { 0 },
                 });
             }
             Request::Snapshot { reply } => {

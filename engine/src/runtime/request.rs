@@ -54,8 +54,10 @@ pub enum Request {
         ids: Vec<TransferId>,
         reply: oneshot::Sender<Vec<Option<Transfer>>>,
     },
-    /// Stats, with the state digest (costs a full pass over the state: tests and audits only).
+    /// Counters; with `digest`, also the state digest (a full pass over the state: tests and
+    /// audits only).
     Stats {
+        digest: bool,
         reply: oneshot::Sender<PartitionStats>,
     },
     /// Writes a snapshot now (and waits for it to be durable).

@@ -4,6 +4,7 @@
 
 use super::node::{Node, SubmitError};
 use crate::command::{CommandBatch, NewAccount, NewTransfer};
+use crate::model::{Account, AccountId, Transfer, TransferId};
 use crate::partition::PartitionId;
 use crate::result_code::ResultCode;
 
@@ -38,6 +39,39 @@ impl Node {
             )
         });
         self.submit_split(transfers.len(), batches).await
+    }
+
+    /// Looks accounts up in their owning partitions; answers in order.
+    pub async fn lookup_accounts_routed(&self, ids: &[AccountId]) -> Result<Vec<Option<Account>>, SubmitError> {
+        let groups = self.split(ids, |id| *id);
+        let mut pending = Vec::new();
+        let mut positions = Vec::new();
+        for (partition, at) in groups {
+            pending.push(self.lookup_accounts(partition, at.iter().map(|&i| ids[i]).collect()));
+            positions.push(at);
+        }
+        let mut out = vec![None; ids.len()];
+        for (found, at) in futures::future::join_all(pending).await.into_iter().zip(positions) {
+            for (account, i) in found?.into_iter().zip(at) {
+                out[i] = account;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Looks transfers up by id. A transfer lives in its source account's partition, which the
+    /// id alone does not tell, so every partition is asked and the answers merged.
+    pub async fn lookup_transfers_any(&self, ids: &[TransferId]) -> Result<Vec<Option<Transfer>>, SubmitError> {
+        let pending = (0..self.partition_count()).map(|p| self.lookup_transfers(p, ids.to_vec()));
+        let mut out = vec![None; ids.len()];
+        for found in futures::future::join_all(pending).await {
+            for (slot, transfer) in out.iter_mut().zip(found?) {
+                if slot.is_none() {
+                    *slot = transfer;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Item positions per partition, partitions in ascending order.

@@ -1,0 +1,225 @@
+//! One pipelined connection: callers write frames under a lock and wait on a oneshot; a reader
+//! thread matches replies to requests by id and fails requests whose deadline passed.
+
+use super::{ClientConfig, ClientError};
+use crate::codec::{self, role, Handshake};
+use crate::frame::{self, FrameHeader, HEADER_BYTES};
+use crate::operation::Operation;
+use bytes::BytesMut;
+use futures::channel::oneshot;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A reply body (error frames are turned into `ClientError::Refused`).
+pub struct Reply {
+    pub body: BytesMut,
+}
+
+type Waiter = (Instant, oneshot::Sender<Result<Reply, ClientError>>);
+
+pub struct Connection {
+    writer: Mutex<TcpStream>,
+    pending: Arc<Mutex<HashMap<u64, Waiter>>>,
+    next_id: AtomicU64,
+    alive: Arc<AtomicBool>,
+    partitions: u32,
+    timeout_ms: u64,
+}
+
+/// How often the reader wakes to expire overdue requests.
+const REAPER_TICK_MS: u64 = 50;
+
+impl Connection {
+    pub fn open(config: &ClientConfig) -> Result<Connection, ClientError> {
+        let connect_error = |reason: String| ClientError::Connect {
+            addr: config.addr.clone(),
+            reason,
+        };
+        let stream = TcpStream::connect(&config.addr).map_err(|e| connect_error(e.to_string()))?;
+        stream.set_nodelay(true).map_err(|e| connect_error(e.to_string()))?;
+        let mut stream_for_handshake = stream.try_clone().map_err(|e| connect_error(e.to_string()))?;
+        stream_for_handshake
+            .set_read_timeout(Some(Duration::from_millis(config.timeout_ms.max(1))))
+            .map_err(|e| connect_error(e.to_string()))?;
+        let mut out = BytesMut::new();
+        frame::encode_frame_with(&mut out, Operation::Handshake as u8, 0, 0, |b| {
+            codec::encode_handshake(
+                b,
+                &Handshake {
+                    role: role::CLIENT,
+                    cluster_id: config.cluster_id,
+                    token: config.token.clone().unwrap_or_default(),
+                },
+            )
+        });
+        stream_for_handshake.write_all(&out).map_err(|e| connect_error(e.to_string()))?;
+        let (header, body) = read_frame(&mut stream_for_handshake).map_err(|e| connect_error(e.to_string()))?;
+        if header.flags & frame::flags::ERROR != 0 {
+            let (error, message) = codec::decode_error(&body);
+            return Err(match error {
+                Some(error) => ClientError::Refused { error, message },
+                None => ClientError::BadReply,
+            });
+        }
+        let hello = codec::decode_handshake_reply(&body).map_err(|_| ClientError::BadReply)?;
+        stream_for_handshake
+            .set_read_timeout(Some(Duration::from_millis(REAPER_TICK_MS)))
+            .map_err(|e| connect_error(e.to_string()))?;
+
+        let pending: Arc<Mutex<HashMap<u64, Waiter>>> = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let reader_pending = pending.clone();
+        let reader_alive = alive.clone();
+        std::thread::Builder::new()
+            .name("walletd-client-reader".into())
+            .spawn(move || read_loop(stream_for_handshake, reader_pending, reader_alive))
+            .map_err(|e| connect_error(e.to_string()))?;
+        Ok(Connection {
+            writer: Mutex::new(stream),
+            pending,
+            next_id: AtomicU64::new(1),
+            alive,
+            partitions: hello.partitions,
+            timeout_ms: config.timeout_ms,
+        })
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Writes one request; the returned receiver completes with its reply.
+    pub fn send(&self, operation: Operation, body: &[u8]) -> Result<oneshot::Receiver<Result<Reply, ClientError>>, ClientError> {
+        if !self.is_alive() {
+            return Err(ClientError::Disconnected("connection closed".into()));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let deadline = Instant::now() + Duration::from_millis(self.timeout_ms);
+        self.pending
+            .lock()
+            .map_err(|_| ClientError::Disconnected("poisoned".into()))?
+            .insert(id, (deadline, tx));
+        let mut frame = BytesMut::with_capacity(HEADER_BYTES + body.len());
+        frame::encode_frame(&mut frame, operation as u8, 0, id, body);
+        let mut writer = self.writer.lock().map_err(|_| ClientError::Disconnected("poisoned".into()))?;
+        if let Err(e) = writer.write_all(&frame) {
+            self.alive.store(false, Ordering::Release);
+            let _ = writer.shutdown(std::net::Shutdown::Both);
+            if let Ok(mut p) = self.pending.lock() {
+                p.remove(&id);
+            }
+            return Err(ClientError::Disconnected(e.to_string()));
+        }
+        Ok(rx)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Ok(w) = self.writer.lock() {
+            let _ = w.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+fn read_frame(stream: &mut TcpStream) -> std::io::Result<(FrameHeader, BytesMut)> {
+    let mut header = [0u8; HEADER_BYTES];
+    stream.read_exact(&mut header)?;
+    let header = FrameHeader::decode(&header).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let mut body = BytesMut::zeroed(header.body_len as usize);
+    stream.read_exact(&mut body)?;
+    header
+        .check_body(&body)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    Ok((header, body))
+}
+
+/// Reads exactly `buf`, waking every tick to expire overdue requests.
+fn read_full(stream: &mut TcpStream, buf: &mut [u8], pending: &Mutex<HashMap<u64, Waiter>>, alive: &AtomicBool) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                if !alive.load(Ordering::Acquire) {
+                    return Err(std::io::ErrorKind::NotConnected.into());
+                }
+                expire(pending);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn expire(pending: &Mutex<HashMap<u64, Waiter>>) {
+    let now = Instant::now();
+    if let Ok(mut p) = pending.lock() {
+        let overdue: Vec<u64> = p.iter().filter(|(_, (deadline, _))| *deadline <= now).map(|(id, _)| *id).collect();
+        for id in overdue {
+            if let Some((deadline, tx)) = p.remove(&id) {
+                let waited = now.duration_since(deadline - Duration::ZERO).as_millis() as u64;
+                let _ = tx.send(Err(ClientError::Timeout(waited)));
+            }
+        }
+    }
+}
+
+fn read_loop(mut stream: TcpStream, pending: Arc<Mutex<HashMap<u64, Waiter>>>, alive: Arc<AtomicBool>) {
+    let reason = loop {
+        let mut header = [0u8; HEADER_BYTES];
+        if let Err(e) = read_full(&mut stream, &mut header, &pending, &alive) {
+            break e.to_string();
+        }
+        let header = match FrameHeader::decode(&header) {
+            Ok(h) => h,
+            Err(e) => break e.to_string(),
+        };
+        let mut body = BytesMut::zeroed(header.body_len as usize);
+        if let Err(e) = read_full(&mut stream, &mut body, &pending, &alive) {
+            break e.to_string();
+        }
+        if let Err(e) = header.check_body(&body) {
+            break e.to_string();
+        }
+        let waiter = pending.lock().ok().and_then(|mut p| p.remove(&header.request_id));
+        let result = if header.flags & frame::flags::ERROR != 0 {
+            let (error, message) = codec::decode_error(&body);
+            match error {
+                Some(error) => Err(ClientError::Refused { error, message }),
+                None => Err(ClientError::BadReply),
+            }
+        } else {
+            Ok(Reply { body })
+        };
+        match waiter {
+            Some((_, tx)) => {
+                let _ = tx.send(result);
+            }
+            None if header.request_id == 0 => {
+                // A connection-level error frame (e.g. the server is closing us).
+                if let Err(e) = result {
+                    break e.to_string();
+                }
+            }
+            None => {} // its caller timed out already
+        }
+    };
+    alive.store(false, Ordering::Release);
+    if let Ok(mut p) = pending.lock() {
+        for (_, (_, tx)) in p.drain() {
+            let _ = tx.send(Err(ClientError::Disconnected(reason.clone())));
+        }
+    }
+}

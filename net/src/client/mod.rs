@@ -1,0 +1,235 @@
+//! The Rust client library.
+//!
+//! One `Client` holds a small pool of pipelined connections. Every call has an async form
+//! (`*_async`, usable from any runtime: tokio, glommio, or `futures::executor`) and a blocking
+//! form for plain threads. Calls time out (`timeout_ms`) and are retried on a fresh connection
+//! after a disconnect or timeout: this is safe because accounts and transfers carry
+//! client-chosen ids, so a repeat answers `exists` instead of applying twice.
+//!
+//! ```no_run
+//! use net::{Client, ClientConfig};
+//! use engine::{NewTransfer, model::Currency};
+//!
+//! let client = Client::connect(ClientConfig::new("127.0.0.1:7400")).unwrap();
+//! let eur = Currency::parse("EUR").unwrap();
+//! let results = client
+//!     .create_transfers(&[NewTransfer { id: 7, from: 1, to: 2, amount: 500, currency: eur, user_data: 0 }])
+//!     .unwrap();
+//! println!("{}", results[0]); // "ok", "exists", "insufficient_funds", ...
+//! ```
+//!
+//! Single transfers from many threads are coalesced into batches by `Client::batcher`.
+
+mod batcher;
+mod connection;
+
+pub use batcher::Batcher;
+use connection::{Connection, Reply};
+
+use crate::codec::{self, PartitionStatus};
+use crate::operation::{Operation, ProtocolError};
+use bytes::BytesMut;
+use engine::model::{Account, Transfer};
+use engine::{NewAccount, NewTransfer, ResultCode, BATCH_ITEMS_MAX};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub addr: String,
+    pub token: Option<Vec<u8>>,
+    pub cluster_id: u64,
+    /// Connections in the pool (calls are spread round-robin).
+    pub connections: usize,
+    pub timeout_ms: u64,
+    /// Extra attempts after a disconnect or timeout.
+    pub retries: u32,
+}
+
+impl ClientConfig {
+    pub fn new(addr: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            addr: addr.into(),
+            token: None,
+            cluster_id: 0,
+            connections: 1,
+            timeout_ms: 10_000,
+            retries: 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("connection lost: {0}")]
+    Disconnected(String),
+    #[error("no reply within {0} ms")]
+    Timeout(u64),
+    #[error("server refused the request: {error} ({message})")]
+    Refused { error: ProtocolError, message: String },
+    #[error("server sent a malformed reply")]
+    BadReply,
+    #[error("a batch holds at most {BATCH_ITEMS_MAX} items, not {0}")]
+    TooManyItems(usize),
+}
+
+impl ClientError {
+    /// Worth retrying on a fresh connection (the request may or may not have been applied;
+    /// ids make the retry safe).
+    fn is_transient(&self) -> bool {
+        matches!(self, ClientError::Disconnected(_) | ClientError::Timeout(_) | ClientError::Connect { .. })
+    }
+}
+
+pub struct Client {
+    config: ClientConfig,
+    pool: Mutex<Vec<Option<Arc<Connection>>>>,
+    next: AtomicUsize,
+    partitions: u32,
+}
+
+/// Node status as reported by `Client::status`.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub cores: u32,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+impl Client {
+    /// Connects the first pooled connection (handshake included); others connect on demand.
+    pub fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let size = config.connections.max(1);
+        let first = Connection::open(&config)?;
+        let partitions = first.partitions();
+        let mut pool = vec![None; size];
+        pool[0] = Some(Arc::new(first));
+        Ok(Client {
+            config,
+            pool: Mutex::new(pool),
+            next: AtomicUsize::new(0),
+            partitions,
+        })
+    }
+
+    /// Partition count of the node (from the handshake).
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    fn connection(&self) -> Result<Arc<Connection>, ClientError> {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.config.connections.max(1);
+        let mut pool = self.pool.lock().map_err(|_| ClientError::Disconnected("pool poisoned".into()))?;
+        if let Some(c) = &pool[slot] {
+            if c.is_alive() {
+                return Ok(c.clone());
+            }
+        }
+        let fresh = Arc::new(Connection::open(&self.config)?);
+        pool[slot] = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Sends one request and waits for its reply body, retrying transient failures.
+    async fn call(&self, operation: Operation, body: &[u8]) -> Result<Reply, ClientError> {
+        let mut attempt = 0;
+        loop {
+            let result = match self.connection() {
+                Ok(conn) => match conn.send(operation, body) {
+                    Ok(pending) => pending.await.unwrap_or_else(|_| Err(ClientError::Disconnected("reader stopped".into()))),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e) if e.is_transient() && attempt < self.config.retries => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "retrying on a fresh connection");
+                    std::thread::sleep(std::time::Duration::from_millis(20 * attempt as u64));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub async fn create_accounts_async(&self, items: &[NewAccount]) -> Result<Vec<ResultCode>, ClientError> {
+        check_len(items.len())?;
+        let mut body = BytesMut::with_capacity(8 + items.len() * codec::NEW_ACCOUNT_BYTES);
+        codec::encode_new_accounts(&mut body, items);
+        let reply = self.call(Operation::CreateAccounts, &body).await?;
+        decode_counted(codec::decode_results(&reply.body), items.len())
+    }
+
+    pub async fn create_transfers_async(&self, items: &[NewTransfer]) -> Result<Vec<ResultCode>, ClientError> {
+        check_len(items.len())?;
+        let mut body = BytesMut::with_capacity(8 + items.len() * codec::NEW_TRANSFER_BYTES);
+        codec::encode_new_transfers(&mut body, items);
+        let reply = self.call(Operation::CreateTransfers, &body).await?;
+        decode_counted(codec::decode_results(&reply.body), items.len())
+    }
+
+    pub async fn lookup_accounts_async(&self, ids: &[u128]) -> Result<Vec<Option<Account>>, ClientError> {
+        check_len(ids.len())?;
+        let mut body = BytesMut::new();
+        codec::encode_ids(&mut body, ids);
+        let reply = self.call(Operation::LookupAccounts, &body).await?;
+        decode_counted(codec::decode_account_replies(&reply.body), ids.len())
+    }
+
+    pub async fn lookup_transfers_async(&self, ids: &[u128]) -> Result<Vec<Option<Transfer>>, ClientError> {
+        check_len(ids.len())?;
+        let mut body = BytesMut::new();
+        codec::encode_ids(&mut body, ids);
+        let reply = self.call(Operation::LookupTransfers, &body).await?;
+        decode_counted(codec::decode_transfer_replies(&reply.body), ids.len())
+    }
+
+    pub async fn status_async(&self) -> Result<Status, ClientError> {
+        let reply = self.call(Operation::Status, &[]).await?;
+        let (cores, partitions) = codec::decode_status(&reply.body).map_err(|_| ClientError::BadReply)?;
+        Ok(Status { cores, partitions })
+    }
+
+    pub async fn ping_async(&self) -> Result<(), ClientError> {
+        self.call(Operation::Ping, &[]).await.map(|_| ())
+    }
+
+    pub fn create_accounts(&self, items: &[NewAccount]) -> Result<Vec<ResultCode>, ClientError> {
+        futures::executor::block_on(self.create_accounts_async(items))
+    }
+    pub fn create_transfers(&self, items: &[NewTransfer]) -> Result<Vec<ResultCode>, ClientError> {
+        futures::executor::block_on(self.create_transfers_async(items))
+    }
+    pub fn lookup_accounts(&self, ids: &[u128]) -> Result<Vec<Option<Account>>, ClientError> {
+        futures::executor::block_on(self.lookup_accounts_async(ids))
+    }
+    pub fn lookup_transfers(&self, ids: &[u128]) -> Result<Vec<Option<Transfer>>, ClientError> {
+        futures::executor::block_on(self.lookup_transfers_async(ids))
+    }
+    pub fn status(&self) -> Result<Status, ClientError> {
+        futures::executor::block_on(self.status_async())
+    }
+    pub fn ping(&self) -> Result<(), ClientError> {
+        futures::executor::block_on(self.ping_async())
+    }
+
+    /// A batcher that coalesces single transfers from many threads into batches.
+    pub fn batcher(self: &Arc<Self>) -> Batcher {
+        Batcher::start(self.clone())
+    }
+}
+
+fn check_len(n: usize) -> Result<(), ClientError> {
+    if n > BATCH_ITEMS_MAX {
+        return Err(ClientError::TooManyItems(n));
+    }
+    Ok(())
+}
+
+fn decode_counted<T>(decoded: Result<Vec<T>, ProtocolError>, expected: usize) -> Result<Vec<T>, ClientError> {
+    match decoded {
+        Ok(items) if items.len() == expected => Ok(items),
+        _ => Err(ClientError::BadReply),
+    }
+}

@@ -1,0 +1,99 @@
+//! Operation codes and protocol-level error codes (see docs/PROTOCOL.md).
+
+/// What a frame asks for. The reply carries the same code with the REPLY flag.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Handshake = 1,
+    Ping = 2,
+    Status = 3,
+    CreateAccounts = 16,
+    CreateTransfers = 17,
+    LookupAccounts = 18,
+    LookupTransfers = 19,
+}
+
+impl Operation {
+    pub fn from_u8(value: u8) -> Option<Operation> {
+        Some(match value {
+            1 => Operation::Handshake,
+            2 => Operation::Ping,
+            3 => Operation::Status,
+            16 => Operation::CreateAccounts,
+            17 => Operation::CreateTransfers,
+            18 => Operation::LookupAccounts,
+            19 => Operation::LookupTransfers,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a request was refused as a whole (the body of an error frame). Framing errors
+/// (1..=5) close the connection after the error frame; the others leave it open.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("bad_magic")]
+    BadMagic = 1,
+    #[error("bad_version")]
+    BadVersion = 2,
+    #[error("header_checksum")]
+    HeaderChecksum = 3,
+    #[error("frame_too_large")]
+    FrameTooLarge = 4,
+    #[error("body_checksum")]
+    BodyChecksum = 5,
+    #[error("unknown_operation")]
+    UnknownOperation = 6,
+    #[error("malformed_body")]
+    MalformedBody = 7,
+    #[error("handshake_required")]
+    HandshakeRequired = 8,
+    #[error("auth_failed")]
+    AuthFailed = 9,
+    #[error("too_many_items")]
+    TooManyItems = 10,
+    #[error("shutting_down")]
+    ShuttingDown = 11,
+    #[error("cluster_mismatch")]
+    ClusterMismatch = 12,
+}
+
+impl ProtocolError {
+    pub fn from_u16(value: u16) -> Option<ProtocolError> {
+        use ProtocolError::*;
+        Some(match value {
+            1 => BadMagic,
+            2 => BadVersion,
+            3 => HeaderChecksum,
+            4 => FrameTooLarge,
+            5 => BodyChecksum,
+            6 => UnknownOperation,
+            7 => MalformedBody,
+            8 => HandshakeRequired,
+            9 => AuthFailed,
+            10 => TooManyItems,
+            11 => ShuttingDown,
+            12 => ClusterMismatch,
+            _ => return None,
+        })
+    }
+
+    /// True when the connection is closed after this error (the byte stream is untrusted).
+    pub fn closes_connection(self) -> bool {
+        (self as u16) <= 5 || self == ProtocolError::AuthFailed || self == ProtocolError::HandshakeRequired
+    }
+}
+
+impl From<crate::frame::FrameError> for ProtocolError {
+    fn from(e: crate::frame::FrameError) -> ProtocolError {
+        use crate::frame::FrameError::*;
+        match e {
+            BadMagic(_) => ProtocolError::BadMagic,
+            BadVersion(_) => ProtocolError::BadVersion,
+            HeaderChecksum => ProtocolError::HeaderChecksum,
+            TooLarge(_) => ProtocolError::FrameTooLarge,
+            BodyChecksum => ProtocolError::BodyChecksum,
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Turns one validated request frame into its reply frame.
+
+use super::connection::error_frame;
+use super::CoreContext;
+use crate::codec;
+use crate::frame::{self, FrameHeader};
+use crate::operation::{Operation, ProtocolError};
+use bytes::{Bytes, BytesMut};
+use engine::runtime::SubmitError;
+
+pub(crate) async fn handle(ctx: &CoreContext, header: FrameHeader, body: Bytes) -> BytesMut {
+    let op = header.operation;
+    let id = header.request_id;
+    match answer(ctx, op, &body).await {
+        Ok(reply) => reply_frame(op, id, reply),
+        Err((error, message)) => error_frame(op, id, error, &message),
+    }
+}
+
+fn reply_frame(op: u8, id: u64, body: BytesMut) -> BytesMut {
+    let mut out = BytesMut::with_capacity(frame::HEADER_BYTES + body.len());
+    frame::encode_frame(&mut out, op, frame::flags::REPLY, id, &body);
+    out
+}
+
+type Answer = Result<BytesMut, (ProtocolError, String)>;
+
+fn shutting_down(_: SubmitError) -> (ProtocolError, String) {
+    (ProtocolError::ShuttingDown, "the node is shutting down".into())
+}
+
+async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
+    let Some(operation) = Operation::from_u8(op) else {
+        return Err((ProtocolError::UnknownOperation, format!("operation {op} is not known")));
+    };
+    let malformed = |e: ProtocolError| (e, "the body does not match the operation's layout".to_string());
+    let mut out = BytesMut::new();
+    match operation {
+        Operation::Handshake => return Err((ProtocolError::MalformedBody, "already handshaken".into())),
+        Operation::Ping => {}
+        Operation::Status => {
+            let node = &ctx.node;
+            let mut parts = Vec::with_capacity(node.partition_count() as usize);
+            for p in 0..node.partition_count() {
+                let s = node.counters(p).await.map_err(shutting_down)?;
+                parts.push(codec::PartitionStatus {
+                    partition: p,
+                    last_index: s.last_index,
+                    durable_index: s.durable_index,
+                    accounts: s.accounts,
+                    transfers: s.transfers,
+                    fsyncs: s.fsyncs,
+                });
+            }
+            codec::encode_status(&mut out, node.config().cores.len() as u32, &parts);
+        }
+        Operation::CreateAccounts => {
+            let items: Vec<_> = codec::records(body, codec::NEW_ACCOUNT_BYTES)
+                .map_err(malformed)?
+                .map(codec::decode_new_account)
+                .collect();
+            let results = ctx.node.create_accounts(&items).await.map_err(shutting_down)?;
+            codec::encode_results(&mut out, &results);
+        }
+        Operation::CreateTransfers => {
+            let items: Vec<_> = codec::records(body, codec::NEW_TRANSFER_BYTES)
+                .map_err(malformed)?
+                .map(codec::decode_new_transfer)
+                .collect();
+            let results = ctx.node.create_transfers(&items).await.map_err(shutting_down)?;
+            codec::encode_results(&mut out, &results);
+        }
+        Operation::LookupAccounts => {
+            let ids: Vec<u128> = codec::records(body, codec::ID_BYTES).map_err(malformed)?.map(codec::decode_id).collect();
+            let found = ctx.node.lookup_accounts_routed(&ids).await.map_err(shutting_down)?;
+            codec::encode_account_replies(&mut out, &found);
+        }
+        Operation::LookupTransfers => {
+            let ids: Vec<u128> = codec::records(body, codec::ID_BYTES).map_err(malformed)?.map(codec::decode_id).collect();
+            let found = ctx.node.lookup_transfers_any(&ids).await.map_err(shutting_down)?;
+            codec::encode_transfer_replies(&mut out, &found);
+        }
+    }
+    Ok(out)
+}

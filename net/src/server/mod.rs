@@ -1,0 +1,174 @@
+//! The glommio TCP server. One network executor per configured core (pinned beside that core's
+//! shard executor) listens on the same address with SO_REUSEPORT, so the kernel spreads
+//! connections over cores. Each connection pipelines requests; each request is split by
+//! partition and forwarded to the owning shards in batches (`engine::runtime::Node`).
+//!
+//! Limits: requests in flight per connection, bytes in flight per core, connections per core.
+//! Beyond a limit the server stops reading from that socket (TCP pushes back on the client).
+
+mod connection;
+mod handler;
+
+use engine::runtime::Node;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub cores: Vec<usize>,
+    /// Clients must present this token at handshake (compared in constant time).
+    pub auth_token: Option<Vec<u8>>,
+    /// 0 accepts any client cluster id.
+    pub cluster_id: u64,
+    pub node_id: u64,
+    pub requests_in_flight_per_connection_max: u64,
+    pub bytes_in_flight_per_core_max: u64,
+    pub connections_per_core_max: usize,
+    pub io_memory_bytes: usize,
+}
+
+impl ServerConfig {
+    pub fn new(listen: SocketAddr) -> ServerConfig {
+        ServerConfig {
+            listen,
+            cores: vec![0],
+            auth_token: None,
+            cluster_id: 0,
+            node_id: 1,
+            requests_in_flight_per_connection_max: 32,
+            bytes_in_flight_per_core_max: 256 << 20,
+            connections_per_core_max: 1024,
+            io_memory_bytes: 1 << 20,
+        }
+    }
+}
+
+/// A running server; `stop` (or drop) stops accepting and lets in-flight requests finish.
+pub struct Server {
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    stop: Option<flume::Sender<()>>,
+}
+
+/// Shared by the connections of one core.
+pub(crate) struct CoreContext {
+    pub node: Arc<Node>,
+    pub config: ServerConfig,
+    pub bytes_in_flight: Rc<glommio::sync::Semaphore>,
+    pub connections: std::cell::Cell<usize>,
+}
+
+impl Server {
+    pub fn start(node: Arc<Node>, config: ServerConfig) -> Result<Server, String> {
+        let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let mut executors = Vec::new();
+        for &core in &config.cores {
+            let node = node.clone();
+            let config = config.clone();
+            let stop = stop_rx.clone();
+            let ready = ready_tx.clone();
+            let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
+                .name(&format!("net-{core}"))
+                .io_memory(config.io_memory_bytes)
+                .spawn(move || accept_loop(node, config, stop, ready))
+                .map_err(|e| format!("network executor on core {core}: {e}"))?;
+            executors.push(handle);
+        }
+        drop(ready_tx);
+        let mut server = Server {
+            executors,
+            stop: Some(stop_tx),
+        };
+        for _ in 0..config.cores.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    server.stop_now();
+                    return Err(e);
+                }
+                Err(_) => {
+                    server.stop_now();
+                    return Err("a network executor ended during start-up".into());
+                }
+            }
+        }
+        Ok(server)
+    }
+
+    /// Stops accepting, waits for requests in flight (bounded), joins the network executors.
+    pub fn stop(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        self.stop.take();
+        for handle in self.executors.drain(..) {
+            if let Err(e) = handle.join() {
+                tracing::error!(error = %e, "network executor failed");
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+async fn accept_loop(
+    node: Arc<Node>,
+    config: ServerConfig,
+    stop: flume::Receiver<()>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let listener = match TcpListener::bind(config.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot listen on {}: {e}", config.listen)));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let ctx = Rc::new(CoreContext {
+        bytes_in_flight: Rc::new(glommio::sync::Semaphore::new(config.bytes_in_flight_per_core_max)),
+        node,
+        config,
+        connections: std::cell::Cell::new(0),
+    });
+    loop {
+        let accept = Box::pin(listener.accept());
+        let stopped = Box::pin(stop.recv_async());
+        match futures::future::select(accept, stopped).await {
+            futures::future::Either::Left((Ok(stream), _)) => {
+                if ctx.connections.get() >= ctx.config.connections_per_core_max {
+                    tracing::warn!("connection limit reached; refusing a connection");
+                    drop(stream);
+                    continue;
+                }
+                ctx.connections.set(ctx.connections.get() + 1);
+                let ctx = ctx.clone();
+                glommio::spawn_local(async move {
+                    connection::serve(stream, ctx.clone()).await;
+                    ctx.connections.set(ctx.connections.get() - 1);
+                })
+                .detach();
+            }
+            futures::future::Either::Left((Err(e), _)) => {
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            futures::future::Either::Right(_) => break,
+        }
+    }
+    // Let requests already handed to the shards come back (bounded wait).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ctx.bytes_in_flight.available() < ctx.config.bytes_in_flight_per_core_max && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}

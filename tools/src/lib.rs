@@ -1,0 +1,5 @@
+//! The programs people run. Their logic lives here, as library modules, so the binaries in
+//! `src/bin` and the cross-process tests (`tests/`) run exactly the same code.
+
+pub mod wallet;
+pub mod walletd;

@@ -1,0 +1,195 @@
+//! `wallet`: the command-line client. Human output by default, one JSON object with `--json`;
+//! exit status 1 (and a one-line reason on stderr) when the command did not succeed.
+
+use clap::{Parser, Subcommand};
+use engine::model::{account_flags, Currency};
+use engine::{NewAccount, NewTransfer, ResultCode};
+use net::{Client, ClientConfig};
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "wallet", version, about = "walletd command-line client")]
+struct Cli {
+    #[arg(long, global = true, default_value = "127.0.0.1:7400")]
+    addr: String,
+    /// File holding the auth token the server expects.
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    #[arg(long, global = true)]
+    json: bool,
+    #[arg(long, global = true, default_value_t = 10_000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an account (a negative --floor makes an issuer).
+    CreateAccount {
+        #[arg(long)]
+        id: u128,
+        #[arg(long)]
+        currency: String,
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        floor: i64,
+        #[arg(long)]
+        frozen: bool,
+        #[arg(long, default_value_t = 0)]
+        user_data: u64,
+    },
+    /// Move money between two accounts, once per --id.
+    Transfer {
+        #[arg(long)]
+        id: u128,
+        #[arg(long)]
+        from: u128,
+        #[arg(long)]
+        to: u128,
+        #[arg(long)]
+        amount: u64,
+        #[arg(long)]
+        currency: String,
+        #[arg(long, default_value_t = 0)]
+        user_data: u64,
+    },
+    /// Deposit: a transfer from an issuer account.
+    Deposit {
+        #[arg(long)]
+        id: u128,
+        #[arg(long)]
+        issuer: u128,
+        #[arg(long)]
+        to: u128,
+        #[arg(long)]
+        amount: u64,
+        #[arg(long)]
+        currency: String,
+    },
+    /// Show an account's balance.
+    Balance { id: u128 },
+    /// Show a transfer.
+    LookupTransfer { id: u128 },
+    /// Node status: partitions and their log positions.
+    Status,
+}
+
+/// The whole program; `std::process::exit`s with 1 on failure.
+pub fn main() {
+    let cli = Cli::parse();
+    if let Err(reason) = run(cli) {
+        eprintln!("wallet: {reason}");
+        std::process::exit(1);
+    }
+}
+
+fn currency(code: &str) -> Result<Currency, String> {
+    Currency::parse(code).ok_or_else(|| format!("currency {code:?} is not three upper-case letters"))
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let mut config = ClientConfig::new(cli.addr.clone());
+    config.timeout_ms = cli.timeout_ms;
+    if let Some(path) = &cli.token_file {
+        let token = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        config.token = Some(token.trim().as_bytes().to_vec());
+    }
+    let client = Client::connect(config).map_err(|e| e.to_string())?;
+    match cli.command {
+        Command::CreateAccount { id, currency: code, floor, frozen, user_data } => {
+            let account = NewAccount {
+                id,
+                currency: currency(&code)?,
+                flags: if frozen { account_flags::FROZEN } else { 0 },
+                floor,
+                user_data,
+            };
+            let code = single(client.create_accounts(&[account]).map_err(|e| e.to_string())?)?;
+            report(cli.json, code, json!({"id": id}))
+        }
+        Command::Transfer { id, from, to, amount, currency: code, user_data } => {
+            let transfer = NewTransfer { id, from, to, amount, currency: currency(&code)?, user_data };
+            let code = single(client.create_transfers(&[transfer]).map_err(|e| e.to_string())?)?;
+            report(cli.json, code, json!({"id": id}))
+        }
+        Command::Deposit { id, issuer, to, amount, currency: code } => {
+            let transfer = NewTransfer { id, from: issuer, to, amount, currency: currency(&code)?, user_data: 0 };
+            let code = single(client.create_transfers(&[transfer]).map_err(|e| e.to_string())?)?;
+            report(cli.json, code, json!({"id": id}))
+        }
+        Command::Balance { id } => {
+            let found = client.lookup_accounts(&[id]).map_err(|e| e.to_string())?;
+            let a = found.into_iter().next().flatten().ok_or(format!("account {id} not found"))?;
+            let available = a.available();
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({
+                        "id": a.id, "currency": a.currency.code(), "balance": a.balance,
+                        "available": available, "held": a.held, "floor": a.floor,
+                        "frozen": a.is_frozen(), "user_data": a.user_data, "timestamp": a.timestamp,
+                    })
+                );
+            } else {
+                println!("account {}: {} {} (available {}, held {}, floor {})", a.id, a.balance, a.currency, available, a.held, a.floor);
+            }
+            Ok(())
+        }
+        Command::LookupTransfer { id } => {
+            let found = client.lookup_transfers(&[id]).map_err(|e| e.to_string())?;
+            let t = found.into_iter().next().flatten().ok_or(format!("transfer {id} not found"))?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({
+                        "id": t.id, "from": t.from, "to": t.to, "amount": t.amount,
+                        "currency": t.currency.code(), "user_data": t.user_data,
+                        "timestamp": t.timestamp, "status": "applied",
+                    })
+                );
+            } else {
+                println!("transfer {}: {} -> {} {} {} (applied at {})", t.id, t.from, t.to, t.amount, t.currency, t.timestamp);
+            }
+            Ok(())
+        }
+        Command::Status => {
+            let status = client.status().map_err(|e| e.to_string())?;
+            if cli.json {
+                let parts: Vec<_> = status
+                    .partitions
+                    .iter()
+                    .map(|p| json!({"partition": p.partition, "last_index": p.last_index, "durable_index": p.durable_index, "accounts": p.accounts, "transfers": p.transfers, "fsyncs": p.fsyncs}))
+                    .collect();
+                println!("{}", json!({"node": cli.addr, "cores": status.cores, "partitions": parts}));
+            } else {
+                println!("node {}: {} cores, {} partitions", cli.addr, status.cores, status.partitions.len());
+                for p in &status.partitions {
+                    println!(
+                        "  partition {}: index {} (durable {}), {} accounts, {} transfers",
+                        p.partition, p.last_index, p.durable_index, p.accounts, p.transfers
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn single(results: Vec<ResultCode>) -> Result<ResultCode, String> {
+    results.into_iter().next().ok_or_else(|| "the server sent no result".to_string())
+}
+
+/// Prints the result; `ok` and `exists` (a harmless repeat) succeed, every other code fails.
+fn report(as_json: bool, code: ResultCode, mut fields: serde_json::Value) -> Result<(), String> {
+    if as_json {
+        fields["result"] = json!(code.name());
+        println!("{fields}");
+    } else {
+        println!("{code}");
+    }
+    match code {
+        ResultCode::Ok | ResultCode::Exists => Ok(()),
+        other => Err(other.name().to_string()),
+    }
+}

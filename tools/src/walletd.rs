@@ -1,0 +1,149 @@
+//! `walletd`: the server. Flags override the TOML config file, which overrides the defaults
+//! (single node on 127.0.0.1:7400, data in ./walletd-data, core 0, one partition).
+
+use clap::Parser;
+use engine::runtime::{EngineConfig, Node};
+use net::{Server, ServerConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(name = "walletd", version, about = "walletd: the digital-wallet ledger server")]
+struct Args {
+    /// TOML config file (keys as the long flags, with underscores).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Client address.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// CPU ids to pin one shard (and one network executor) to, e.g. 0,1.
+    #[arg(long, value_delimiter = ',')]
+    cores: Option<Vec<usize>>,
+    /// Partition count; fixed when the data dir is created (read back from it later).
+    #[arg(long)]
+    partitions: Option<u32>,
+    /// Clients must present the token in this file at handshake.
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
+    /// Cut each partition's log at its first damaged record before starting (loses what
+    /// follows it; see docs/OPERATIONS.md). Never needed after a plain crash.
+    #[arg(long)]
+    repair: bool,
+}
+
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    cores: Option<Vec<usize>>,
+    partitions: Option<u32>,
+    auth_token_file: Option<PathBuf>,
+    segment_bytes: Option<u64>,
+    snapshot_interval_entries: Option<u64>,
+    queue_depth_max: Option<usize>,
+    group_items_max: Option<usize>,
+    io_memory_bytes: Option<usize>,
+    connections_per_core_max: Option<usize>,
+    requests_in_flight_per_connection_max: Option<u64>,
+    cluster_id: Option<u64>,
+    node_id: Option<u64>,
+}
+
+/// The whole program; `std::process::exit`s with 1 on failure.
+pub fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WALLETD_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(reason) = run(Args::parse()) {
+        eprintln!("walletd: {reason}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("walletd-data"));
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400)));
+    // One core and one partition by default, so every transfer works on a fresh machine
+    // (transfers across partitions need TC/C); production configs list their cores.
+    let cores = args.cores.or(file.cores).unwrap_or_else(|| vec![0]);
+    let existing_partitions = std::fs::read_to_string(data_dir.join("partitions"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    let partitions = args
+        .partitions
+        .or(file.partitions)
+        .or(existing_partitions)
+        .unwrap_or(cores.len() as u32);
+    let token_file = args.auth_token_file.or(file.auth_token_file);
+    let auth_token = match &token_file {
+        Some(path) => {
+            let token = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let token = token.trim().as_bytes().to_vec();
+            if token.is_empty() || token.len() > net::codec::TOKEN_BYTES_MAX {
+                return Err(format!("{}: the token must be 1..=256 bytes", path.display()));
+            }
+            Some(token)
+        }
+        None => None,
+    };
+
+    let mut engine = EngineConfig::new(&data_dir);
+    engine.cores = cores.clone();
+    engine.partitions = partitions;
+    engine.repair = args.repair;
+    if let Some(v) = file.segment_bytes {
+        engine.segment_bytes = v;
+    }
+    if let Some(v) = file.snapshot_interval_entries {
+        engine.snapshot_interval_entries = v;
+    }
+    if let Some(v) = file.queue_depth_max {
+        engine.queue_depth_max = v;
+    }
+    if let Some(v) = file.group_items_max {
+        engine.group_items_max = v;
+    }
+    if let Some(v) = file.io_memory_bytes {
+        engine.io_memory_bytes = v;
+    }
+    let node = Arc::new(Node::start(engine).map_err(|e| e.to_string())?);
+
+    let mut server_config = ServerConfig::new(listen);
+    server_config.cores = cores.clone();
+    server_config.auth_token = auth_token;
+    if let Some(v) = file.connections_per_core_max {
+        server_config.connections_per_core_max = v;
+    }
+    if let Some(v) = file.requests_in_flight_per_connection_max {
+        server_config.requests_in_flight_per_connection_max = v;
+    }
+    server_config.cluster_id = file.cluster_id.unwrap_or(0);
+    server_config.node_id = file.node_id.unwrap_or(1);
+    let server = Server::start(node.clone(), server_config)?;
+    tracing::info!(%listen, data_dir = %data_dir.display(), ?cores, partitions, "walletd listening");
+
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .map_err(|e| format!("installing signal handlers: {e}"))?;
+    let signal = signals.forever().next();
+    tracing::info!(?signal, "stopping: no new connections, finishing requests in flight");
+    server.stop();
+    let node = Arc::try_unwrap(node).map_err(|_| "the node is still in use after the server stopped".to_string())?;
+    node.shutdown()?;
+    tracing::info!("stopped cleanly (logs flushed, snapshots written)");
+    Ok(())
+}
