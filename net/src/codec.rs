@@ -34,7 +34,10 @@ impl Reader<'_> {
 }
 
 /// Splits `count u32 | reserved u32 | count * record_bytes` into records.
-pub fn records(body: &[u8], record_bytes: usize) -> Result<std::slice::ChunksExact<'_, u8>, ProtocolError> {
+pub fn records(
+    body: &[u8],
+    record_bytes: usize,
+) -> Result<std::slice::ChunksExact<'_, u8>, ProtocolError> {
     if body.len() < 8 {
         return Err(ProtocolError::MalformedBody);
     }
@@ -132,7 +135,16 @@ pub fn encode_account_replies(out: &mut BytesMut, items: &[Option<Account>]) {
             Some(a) => (ResultCode::Ok, *a),
             None => (
                 ResultCode::NotFound,
-                Account { id: 0, currency: Currency(0), flags: 0, balance: 0, held: 0, floor: 0, user_data: 0, timestamp: 0 },
+                Account {
+                    id: 0,
+                    currency: Currency(0),
+                    flags: 0,
+                    balance: 0,
+                    held: 0,
+                    floor: 0,
+                    user_data: 0,
+                    timestamp: 0,
+                },
             ),
         };
         out.put_u8(code as u8);
@@ -177,7 +189,15 @@ pub fn encode_transfer_replies(out: &mut BytesMut, items: &[Option<Transfer>]) {
             Some(t) => (ResultCode::Ok, *t),
             None => (
                 ResultCode::NotFound,
-                Transfer { id: 0, from: 0, to: 0, amount: 0, currency: Currency(0), user_data: 0, timestamp: 0 },
+                Transfer {
+                    id: 0,
+                    from: 0,
+                    to: 0,
+                    amount: 0,
+                    currency: Currency(0),
+                    user_data: 0,
+                    timestamp: 0,
+                },
             ),
         };
         out.put_u128_le(t.id);
@@ -348,7 +368,10 @@ pub fn decode_error(body: &[u8]) -> (Option<ProtocolError>, String) {
     }
     let r = Reader(body);
     let len = (r.u16(2) as usize).min(body.len() - 8);
-    (ProtocolError::from_u16(r.u16(0)), String::from_utf8_lossy(&body[8..8 + len]).into_owned())
+    (
+        ProtocolError::from_u16(r.u16(0)),
+        String::from_utf8_lossy(&body[8..8 + len]).into_owned(),
+    )
 }
 
 #[cfg(test)]
@@ -385,8 +408,14 @@ mod tests {
         let mut out = BytesMut::new();
         encode_ids(&mut out, &[1, 2, 3]);
         out[0] = 4;
-        assert_eq!(records(&out, ID_BYTES).err(), Some(ProtocolError::MalformedBody));
+        assert_eq!(
+            records(&out, ID_BYTES).err(),
+            Some(ProtocolError::MalformedBody)
+        );
         out[0..4].copy_from_slice(&(BATCH_ITEMS_MAX as u32 + 1).to_le_bytes());
-        assert_eq!(records(&out, ID_BYTES).err(), Some(ProtocolError::TooManyItems));
+        assert_eq!(
+            records(&out, ID_BYTES).err(),
+            Some(ProtocolError::TooManyItems)
+        );
     }
 }

@@ -91,7 +91,11 @@ impl FrameHeader {
 
 /// Appends a whole frame (header + body) to `out`.
 pub fn encode_frame(out: &mut BytesMut, operation: u8, flags: u16, request_id: u64, body: &[u8]) {
-    assert!(body.len() <= BODY_BYTES_MAX, "frame body of {} bytes", body.len());
+    assert!(
+        body.len() <= BODY_BYTES_MAX,
+        "frame body of {} bytes",
+        body.len()
+    );
     let start = out.len();
     out.reserve(HEADER_BYTES + body.len());
     out.put_u32_le(MAGIC);
@@ -108,7 +112,13 @@ pub fn encode_frame(out: &mut BytesMut, operation: u8, flags: u16, request_id: u
 }
 
 /// Writes a frame whose body is built in place by `build` (avoids a body copy).
-pub fn encode_frame_with(out: &mut BytesMut, operation: u8, flags: u16, request_id: u64, build: impl FnOnce(&mut BytesMut)) {
+pub fn encode_frame_with(
+    out: &mut BytesMut,
+    operation: u8,
+    flags: u16,
+    request_id: u64,
+    build: impl FnOnce(&mut BytesMut),
+) {
     let start = out.len();
     out.put_bytes(0, HEADER_BYTES);
     build(out);
@@ -137,10 +147,20 @@ mod tests {
         let mut a = BytesMut::new();
         encode_frame(&mut a, 7, flags::REPLY, 42, b"body");
         let mut b = BytesMut::new();
-        encode_frame_with(&mut b, 7, flags::REPLY, 42, |out| out.extend_from_slice(b"body"));
+        encode_frame_with(&mut b, 7, flags::REPLY, 42, |out| {
+            out.extend_from_slice(b"body")
+        });
         assert_eq!(a, b);
         let header = FrameHeader::decode(a[..HEADER_BYTES].try_into().unwrap()).unwrap();
-        assert_eq!((header.operation, header.flags, header.request_id, header.body_len), (7, 1, 42, 4));
+        assert_eq!(
+            (
+                header.operation,
+                header.flags,
+                header.request_id,
+                header.body_len
+            ),
+            (7, 1, 42, 4)
+        );
         header.check_body(&a[HEADER_BYTES..]).unwrap();
     }
 
@@ -151,7 +171,10 @@ mod tests {
         for byte in 0..HEADER_BYTES {
             let mut bad = frame.clone();
             bad[byte] ^= 0x10;
-            assert!(FrameHeader::decode(bad[..HEADER_BYTES].try_into().unwrap()).is_err(), "byte {byte}");
+            assert!(
+                FrameHeader::decode(bad[..HEADER_BYTES].try_into().unwrap()).is_err(),
+                "byte {byte}"
+            );
         }
     }
 }

@@ -81,7 +81,9 @@ impl ProtocolError {
 
     /// True when the connection is closed after this error (the byte stream is untrusted).
     pub fn closes_connection(self) -> bool {
-        (self as u16) <= 5 || self == ProtocolError::AuthFailed || self == ProtocolError::HandshakeRequired
+        (self as u16) <= 5
+            || self == ProtocolError::AuthFailed
+            || self == ProtocolError::HandshakeRequired
     }
 }
 

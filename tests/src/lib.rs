@@ -1,5 +1,7 @@
 //! Shared pieces of the cross-process tests: the workload the crash child runs, so the parent
-//! can check exactly what it expects to find.
+//! can check exactly what it expects to find, and a walletd child process on a free port.
+
+pub mod server_process;
 
 use engine::model::Currency;
 use engine::partition::partition_of;

@@ -85,19 +85,27 @@ pub fn main() {
 }
 
 fn currency(code: &str) -> Result<Currency, String> {
-    Currency::parse(code).ok_or_else(|| format!("currency {code:?} is not three upper-case letters"))
+    Currency::parse(code)
+        .ok_or_else(|| format!("currency {code:?} is not three upper-case letters"))
 }
 
 fn run(cli: Cli) -> Result<(), String> {
     let mut config = ClientConfig::new(cli.addr.clone());
     config.timeout_ms = cli.timeout_ms;
     if let Some(path) = &cli.token_file {
-        let token = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let token =
+            std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         config.token = Some(token.trim().as_bytes().to_vec());
     }
     let client = Client::connect(config).map_err(|e| e.to_string())?;
     match cli.command {
-        Command::CreateAccount { id, currency: code, floor, frozen, user_data } => {
+        Command::CreateAccount {
+            id,
+            currency: code,
+            floor,
+            frozen,
+            user_data,
+        } => {
             let account = NewAccount {
                 id,
                 currency: currency(&code)?,
@@ -105,22 +113,65 @@ fn run(cli: Cli) -> Result<(), String> {
                 floor,
                 user_data,
             };
-            let code = single(client.create_accounts(&[account]).map_err(|e| e.to_string())?)?;
+            let code = single(
+                client
+                    .create_accounts(&[account])
+                    .map_err(|e| e.to_string())?,
+            )?;
             report(cli.json, code, json!({"id": id}))
         }
-        Command::Transfer { id, from, to, amount, currency: code, user_data } => {
-            let transfer = NewTransfer { id, from, to, amount, currency: currency(&code)?, user_data };
-            let code = single(client.create_transfers(&[transfer]).map_err(|e| e.to_string())?)?;
+        Command::Transfer {
+            id,
+            from,
+            to,
+            amount,
+            currency: code,
+            user_data,
+        } => {
+            let transfer = NewTransfer {
+                id,
+                from,
+                to,
+                amount,
+                currency: currency(&code)?,
+                user_data,
+            };
+            let code = single(
+                client
+                    .create_transfers(&[transfer])
+                    .map_err(|e| e.to_string())?,
+            )?;
             report(cli.json, code, json!({"id": id}))
         }
-        Command::Deposit { id, issuer, to, amount, currency: code } => {
-            let transfer = NewTransfer { id, from: issuer, to, amount, currency: currency(&code)?, user_data: 0 };
-            let code = single(client.create_transfers(&[transfer]).map_err(|e| e.to_string())?)?;
+        Command::Deposit {
+            id,
+            issuer,
+            to,
+            amount,
+            currency: code,
+        } => {
+            let transfer = NewTransfer {
+                id,
+                from: issuer,
+                to,
+                amount,
+                currency: currency(&code)?,
+                user_data: 0,
+            };
+            let code = single(
+                client
+                    .create_transfers(&[transfer])
+                    .map_err(|e| e.to_string())?,
+            )?;
             report(cli.json, code, json!({"id": id}))
         }
         Command::Balance { id } => {
             let found = client.lookup_accounts(&[id]).map_err(|e| e.to_string())?;
-            let a = found.into_iter().next().flatten().ok_or(format!("account {id} not found"))?;
+            let a = found
+                .into_iter()
+                .next()
+                .flatten()
+                .ok_or(format!("account {id} not found"))?;
             let available = a.available();
             if cli.json {
                 println!(
@@ -132,13 +183,20 @@ fn run(cli: Cli) -> Result<(), String> {
                     })
                 );
             } else {
-                println!("account {}: {} {} (available {}, held {}, floor {})", a.id, a.balance, a.currency, available, a.held, a.floor);
+                println!(
+                    "account {}: {} {} (available {}, held {}, floor {})",
+                    a.id, a.balance, a.currency, available, a.held, a.floor
+                );
             }
             Ok(())
         }
         Command::LookupTransfer { id } => {
             let found = client.lookup_transfers(&[id]).map_err(|e| e.to_string())?;
-            let t = found.into_iter().next().flatten().ok_or(format!("transfer {id} not found"))?;
+            let t = found
+                .into_iter()
+                .next()
+                .flatten()
+                .ok_or(format!("transfer {id} not found"))?;
             if cli.json {
                 println!(
                     "{}",
@@ -149,7 +207,10 @@ fn run(cli: Cli) -> Result<(), String> {
                     })
                 );
             } else {
-                println!("transfer {}: {} -> {} {} {} (applied at {})", t.id, t.from, t.to, t.amount, t.currency, t.timestamp);
+                println!(
+                    "transfer {}: {} -> {} {} {} (applied at {})",
+                    t.id, t.from, t.to, t.amount, t.currency, t.timestamp
+                );
             }
             Ok(())
         }
@@ -161,9 +222,17 @@ fn run(cli: Cli) -> Result<(), String> {
                     .iter()
                     .map(|p| json!({"partition": p.partition, "last_index": p.last_index, "durable_index": p.durable_index, "accounts": p.accounts, "transfers": p.transfers, "fsyncs": p.fsyncs}))
                     .collect();
-                println!("{}", json!({"node": cli.addr, "cores": status.cores, "partitions": parts}));
+                println!(
+                    "{}",
+                    json!({"node": cli.addr, "cores": status.cores, "partitions": parts})
+                );
             } else {
-                println!("node {}: {} cores, {} partitions", cli.addr, status.cores, status.partitions.len());
+                println!(
+                    "node {}: {} cores, {} partitions",
+                    cli.addr,
+                    status.cores,
+                    status.partitions.len()
+                );
                 for p in &status.partitions {
                     println!(
                         "  partition {}: index {} (durable {}), {} accounts, {} transfers",
@@ -177,7 +246,10 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn single(results: Vec<ResultCode>) -> Result<ResultCode, String> {
-    results.into_iter().next().ok_or_else(|| "the server sent no result".to_string())
+    results
+        .into_iter()
+        .next()
+        .ok_or_else(|| "the server sent no result".to_string())
 }
 
 /// Prints the result; `ok` and `exists` (a harmless repeat) succeed, every other code fails.

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser, Debug)]
-#[command(name = "walletd", version, about = "walletd: the digital-wallet ledger server")]
+#[command(
+    name = "walletd",
+    version,
+    about = "walletd: the digital-wallet ledger server"
+)]
 struct Args {
     /// TOML config file (keys as the long flags, with underscores).
     #[arg(long)]
@@ -56,7 +60,10 @@ struct FileConfig {
 /// The whole program; `std::process::exit`s with 1 on failure.
 pub fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WALLETD_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WALLETD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Err(reason) = run(Args::parse()) {
@@ -68,12 +75,16 @@ pub fn main() {
 fn run(args: Args) -> Result<(), String> {
     let file: FileConfig = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
         }
         None => FileConfig::default(),
     };
-    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("walletd-data"));
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("walletd-data"));
     let listen = args
         .listen
         .or(file.listen)
@@ -92,10 +103,14 @@ fn run(args: Args) -> Result<(), String> {
     let token_file = args.auth_token_file.or(file.auth_token_file);
     let auth_token = match &token_file {
         Some(path) => {
-            let token = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let token =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
             let token = token.trim().as_bytes().to_vec();
             if token.is_empty() || token.len() > net::codec::TOKEN_BYTES_MAX {
-                return Err(format!("{}: the token must be 1..=256 bytes", path.display()));
+                return Err(format!(
+                    "{}: the token must be 1..=256 bytes",
+                    path.display()
+                ));
             }
             Some(token)
         }
@@ -137,12 +152,19 @@ fn run(args: Args) -> Result<(), String> {
     let server = Server::start(node.clone(), server_config)?;
     tracing::info!(%listen, data_dir = %data_dir.display(), ?cores, partitions, "walletd listening");
 
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .map_err(|e| format!("installing signal handlers: {e}"))?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("installing signal handlers: {e}"))?;
     let signal = signals.forever().next();
-    tracing::info!(?signal, "stopping: no new connections, finishing requests in flight");
+    tracing::info!(
+        ?signal,
+        "stopping: no new connections, finishing requests in flight"
+    );
     server.stop();
-    let node = Arc::try_unwrap(node).map_err(|_| "the node is still in use after the server stopped".to_string())?;
+    let node = Arc::try_unwrap(node)
+        .map_err(|_| "the node is still in use after the server stopped".to_string())?;
     node.shutdown()?;
     tracing::info!("stopped cleanly (logs flushed, snapshots written)");
     Ok(())

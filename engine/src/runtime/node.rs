@@ -217,12 +217,20 @@ impl Node {
     /// Counters and the state digest of `partition` (the digest is a full pass: not for hot
     /// paths; see `counters`).
     pub async fn stats(&self, partition: PartitionId) -> Result<PartitionStats, SubmitError> {
-        self.ask(partition, |reply| Request::Stats { digest: true, reply }).await
+        self.ask(partition, |reply| Request::Stats {
+            digest: true,
+            reply,
+        })
+        .await
     }
 
     /// Counters of `partition` without the digest (cheap).
     pub async fn counters(&self, partition: PartitionId) -> Result<PartitionStats, SubmitError> {
-        self.ask(partition, |reply| Request::Stats { digest: false, reply }).await
+        self.ask(partition, |reply| Request::Stats {
+            digest: false,
+            reply,
+        })
+        .await
     }
 
     /// Stats of every partition, in partition order (blocking).

@@ -42,7 +42,10 @@ impl Node {
     }
 
     /// Looks accounts up in their owning partitions; answers in order.
-    pub async fn lookup_accounts_routed(&self, ids: &[AccountId]) -> Result<Vec<Option<Account>>, SubmitError> {
+    pub async fn lookup_accounts_routed(
+        &self,
+        ids: &[AccountId],
+    ) -> Result<Vec<Option<Account>>, SubmitError> {
         let groups = self.split(ids, |id| *id);
         let mut pending = Vec::new();
         let mut positions = Vec::new();
@@ -51,7 +54,11 @@ impl Node {
             positions.push(at);
         }
         let mut out = vec![None; ids.len()];
-        for (found, at) in futures::future::join_all(pending).await.into_iter().zip(positions) {
+        for (found, at) in futures::future::join_all(pending)
+            .await
+            .into_iter()
+            .zip(positions)
+        {
             for (account, i) in found?.into_iter().zip(at) {
                 out[i] = account;
             }
@@ -61,7 +68,10 @@ impl Node {
 
     /// Looks transfers up by id. A transfer lives in its source account's partition, which the
     /// id alone does not tell, so every partition is asked and the answers merged.
-    pub async fn lookup_transfers_any(&self, ids: &[TransferId]) -> Result<Vec<Option<Transfer>>, SubmitError> {
+    pub async fn lookup_transfers_any(
+        &self,
+        ids: &[TransferId],
+    ) -> Result<Vec<Option<Transfer>>, SubmitError> {
         let pending = (0..self.partition_count()).map(|p| self.lookup_transfers(p, ids.to_vec()));
         let mut out = vec![None; ids.len()];
         for found in futures::future::join_all(pending).await {

@@ -7,7 +7,10 @@ use engine::{NewTransfer, ResultCode, BATCH_ITEMS_MAX};
 use futures::channel::oneshot;
 use std::sync::Arc;
 
-type Item = (NewTransfer, oneshot::Sender<Result<ResultCode, ClientError>>);
+type Item = (
+    NewTransfer,
+    oneshot::Sender<Result<ResultCode, ClientError>>,
+);
 
 /// Items waiting to be batched before `transfer` blocks the caller.
 const QUEUE_MAX: usize = 4 * BATCH_ITEMS_MAX;
@@ -63,7 +66,8 @@ impl Batcher {
             .send_async((transfer, tx))
             .await
             .map_err(|_| ClientError::Disconnected("batcher stopped".into()))?;
-        rx.await.unwrap_or_else(|_| Err(ClientError::Disconnected("batcher stopped".into())))
+        rx.await
+            .unwrap_or_else(|_| Err(ClientError::Disconnected("batcher stopped".into())))
     }
 
     /// Blocking form of `transfer_async`.

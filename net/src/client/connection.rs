@@ -40,8 +40,12 @@ impl Connection {
             reason,
         };
         let stream = TcpStream::connect(&config.addr).map_err(|e| connect_error(e.to_string()))?;
-        stream.set_nodelay(true).map_err(|e| connect_error(e.to_string()))?;
-        let mut stream_for_handshake = stream.try_clone().map_err(|e| connect_error(e.to_string()))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| connect_error(e.to_string()))?;
+        let mut stream_for_handshake = stream
+            .try_clone()
+            .map_err(|e| connect_error(e.to_string()))?;
         stream_for_handshake
             .set_read_timeout(Some(Duration::from_millis(config.timeout_ms.max(1))))
             .map_err(|e| connect_error(e.to_string()))?;
@@ -56,8 +60,11 @@ impl Connection {
                 },
             )
         });
-        stream_for_handshake.write_all(&out).map_err(|e| connect_error(e.to_string()))?;
-        let (header, body) = read_frame(&mut stream_for_handshake).map_err(|e| connect_error(e.to_string()))?;
+        stream_for_handshake
+            .write_all(&out)
+            .map_err(|e| connect_error(e.to_string()))?;
+        let (header, body) =
+            read_frame(&mut stream_for_handshake).map_err(|e| connect_error(e.to_string()))?;
         if header.flags & frame::flags::ERROR != 0 {
             let (error, message) = codec::decode_error(&body);
             return Err(match error {
@@ -97,7 +104,11 @@ impl Connection {
     }
 
     /// Writes one request; the returned receiver completes with its reply.
-    pub fn send(&self, operation: Operation, body: &[u8]) -> Result<oneshot::Receiver<Result<Reply, ClientError>>, ClientError> {
+    pub fn send(
+        &self,
+        operation: Operation,
+        body: &[u8],
+    ) -> Result<oneshot::Receiver<Result<Reply, ClientError>>, ClientError> {
         if !self.is_alive() {
             return Err(ClientError::Disconnected("connection closed".into()));
         }
@@ -110,7 +121,10 @@ impl Connection {
             .insert(id, (deadline, tx));
         let mut frame = BytesMut::with_capacity(HEADER_BYTES + body.len());
         frame::encode_frame(&mut frame, operation as u8, 0, id, body);
-        let mut writer = self.writer.lock().map_err(|_| ClientError::Disconnected("poisoned".into()))?;
+        let mut writer = self
+            .writer
+            .lock()
+            .map_err(|_| ClientError::Disconnected("poisoned".into()))?;
         if let Err(e) = writer.write_all(&frame) {
             self.alive.store(false, Ordering::Release);
             let _ = writer.shutdown(std::net::Shutdown::Both);
@@ -134,7 +148,8 @@ impl Drop for Connection {
 fn read_frame(stream: &mut TcpStream) -> std::io::Result<(FrameHeader, BytesMut)> {
     let mut header = [0u8; HEADER_BYTES];
     stream.read_exact(&mut header)?;
-    let header = FrameHeader::decode(&header).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let header = FrameHeader::decode(&header)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     let mut body = BytesMut::zeroed(header.body_len as usize);
     stream.read_exact(&mut body)?;
     header
@@ -144,13 +159,23 @@ fn read_frame(stream: &mut TcpStream) -> std::io::Result<(FrameHeader, BytesMut)
 }
 
 /// Reads exactly `buf`, waking every tick to expire overdue requests.
-fn read_full(stream: &mut TcpStream, buf: &mut [u8], pending: &Mutex<HashMap<u64, Waiter>>, alive: &AtomicBool) -> std::io::Result<()> {
+fn read_full(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    pending: &Mutex<HashMap<u64, Waiter>>,
+    alive: &AtomicBool,
+) -> std::io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         match stream.read(&mut buf[filled..]) {
             Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => filled += n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 if !alive.load(Ordering::Acquire) {
                     return Err(std::io::ErrorKind::NotConnected.into());
                 }
@@ -166,7 +191,11 @@ fn read_full(stream: &mut TcpStream, buf: &mut [u8], pending: &Mutex<HashMap<u64
 fn expire(pending: &Mutex<HashMap<u64, Waiter>>) {
     let now = Instant::now();
     if let Ok(mut p) = pending.lock() {
-        let overdue: Vec<u64> = p.iter().filter(|(_, (deadline, _))| *deadline <= now).map(|(id, _)| *id).collect();
+        let overdue: Vec<u64> = p
+            .iter()
+            .filter(|(_, (deadline, _))| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
         for id in overdue {
             if let Some((deadline, tx)) = p.remove(&id) {
                 let waited = now.duration_since(deadline - Duration::ZERO).as_millis() as u64;
@@ -176,7 +205,11 @@ fn expire(pending: &Mutex<HashMap<u64, Waiter>>) {
     }
 }
 
-fn read_loop(mut stream: TcpStream, pending: Arc<Mutex<HashMap<u64, Waiter>>>, alive: Arc<AtomicBool>) {
+fn read_loop(
+    mut stream: TcpStream,
+    pending: Arc<Mutex<HashMap<u64, Waiter>>>,
+    alive: Arc<AtomicBool>,
+) {
     let reason = loop {
         let mut header = [0u8; HEADER_BYTES];
         if let Err(e) = read_full(&mut stream, &mut header, &pending, &alive) {
@@ -193,7 +226,10 @@ fn read_loop(mut stream: TcpStream, pending: Arc<Mutex<HashMap<u64, Waiter>>>, a
         if let Err(e) = header.check_body(&body) {
             break e.to_string();
         }
-        let waiter = pending.lock().ok().and_then(|mut p| p.remove(&header.request_id));
+        let waiter = pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&header.request_id));
         let result = if header.flags & frame::flags::ERROR != 0 {
             let (error, message) = codec::decode_error(&body);
             match error {

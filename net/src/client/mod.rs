@@ -68,7 +68,10 @@ pub enum ClientError {
     #[error("no reply within {0} ms")]
     Timeout(u64),
     #[error("server refused the request: {error} ({message})")]
-    Refused { error: ProtocolError, message: String },
+    Refused {
+        error: ProtocolError,
+        message: String,
+    },
     #[error("server sent a malformed reply")]
     BadReply,
     #[error("a batch holds at most {BATCH_ITEMS_MAX} items, not {0}")]
@@ -79,7 +82,10 @@ impl ClientError {
     /// Worth retrying on a fresh connection (the request may or may not have been applied;
     /// ids make the retry safe).
     fn is_transient(&self) -> bool {
-        matches!(self, ClientError::Disconnected(_) | ClientError::Timeout(_) | ClientError::Connect { .. })
+        matches!(
+            self,
+            ClientError::Disconnected(_) | ClientError::Timeout(_) | ClientError::Connect { .. }
+        )
     }
 }
 
@@ -99,9 +105,21 @@ pub struct Status {
 
 impl Client {
     /// Connects the first pooled connection (handshake included); others connect on demand.
+    /// Transient connect failures (refused, reset: e.g. a server restarting) are retried
+    /// `retries` times with a growing pause.
     pub fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let size = config.connections.max(1);
-        let first = Connection::open(&config)?;
+        let mut attempt = 0;
+        let first = loop {
+            match Connection::open(&config) {
+                Ok(c) => break c,
+                Err(e) if e.is_transient() && attempt < config.retries => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50 * attempt as u64));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let partitions = first.partitions();
         let mut pool = vec![None; size];
         pool[0] = Some(Arc::new(first));
@@ -120,7 +138,10 @@ impl Client {
 
     fn connection(&self) -> Result<Arc<Connection>, ClientError> {
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.config.connections.max(1);
-        let mut pool = self.pool.lock().map_err(|_| ClientError::Disconnected("pool poisoned".into()))?;
+        let mut pool = self
+            .pool
+            .lock()
+            .map_err(|_| ClientError::Disconnected("pool poisoned".into()))?;
         if let Some(c) = &pool[slot] {
             if c.is_alive() {
                 return Ok(c.clone());
@@ -137,7 +158,9 @@ impl Client {
         loop {
             let result = match self.connection() {
                 Ok(conn) => match conn.send(operation, body) {
-                    Ok(pending) => pending.await.unwrap_or_else(|_| Err(ClientError::Disconnected("reader stopped".into()))),
+                    Ok(pending) => pending.await.unwrap_or_else(|_| {
+                        Err(ClientError::Disconnected("reader stopped".into()))
+                    }),
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),
@@ -153,7 +176,10 @@ impl Client {
         }
     }
 
-    pub async fn create_accounts_async(&self, items: &[NewAccount]) -> Result<Vec<ResultCode>, ClientError> {
+    pub async fn create_accounts_async(
+        &self,
+        items: &[NewAccount],
+    ) -> Result<Vec<ResultCode>, ClientError> {
         check_len(items.len())?;
         let mut body = BytesMut::with_capacity(8 + items.len() * codec::NEW_ACCOUNT_BYTES);
         codec::encode_new_accounts(&mut body, items);
@@ -161,7 +187,10 @@ impl Client {
         decode_counted(codec::decode_results(&reply.body), items.len())
     }
 
-    pub async fn create_transfers_async(&self, items: &[NewTransfer]) -> Result<Vec<ResultCode>, ClientError> {
+    pub async fn create_transfers_async(
+        &self,
+        items: &[NewTransfer],
+    ) -> Result<Vec<ResultCode>, ClientError> {
         check_len(items.len())?;
         let mut body = BytesMut::with_capacity(8 + items.len() * codec::NEW_TRANSFER_BYTES);
         codec::encode_new_transfers(&mut body, items);
@@ -169,7 +198,10 @@ impl Client {
         decode_counted(codec::decode_results(&reply.body), items.len())
     }
 
-    pub async fn lookup_accounts_async(&self, ids: &[u128]) -> Result<Vec<Option<Account>>, ClientError> {
+    pub async fn lookup_accounts_async(
+        &self,
+        ids: &[u128],
+    ) -> Result<Vec<Option<Account>>, ClientError> {
         check_len(ids.len())?;
         let mut body = BytesMut::new();
         codec::encode_ids(&mut body, ids);
@@ -177,7 +209,10 @@ impl Client {
         decode_counted(codec::decode_account_replies(&reply.body), ids.len())
     }
 
-    pub async fn lookup_transfers_async(&self, ids: &[u128]) -> Result<Vec<Option<Transfer>>, ClientError> {
+    pub async fn lookup_transfers_async(
+        &self,
+        ids: &[u128],
+    ) -> Result<Vec<Option<Transfer>>, ClientError> {
         check_len(ids.len())?;
         let mut body = BytesMut::new();
         codec::encode_ids(&mut body, ids);
@@ -187,7 +222,8 @@ impl Client {
 
     pub async fn status_async(&self) -> Result<Status, ClientError> {
         let reply = self.call(Operation::Status, &[]).await?;
-        let (cores, partitions) = codec::decode_status(&reply.body).map_err(|_| ClientError::BadReply)?;
+        let (cores, partitions) =
+            codec::decode_status(&reply.body).map_err(|_| ClientError::BadReply)?;
         Ok(Status { cores, partitions })
     }
 
@@ -227,7 +263,10 @@ fn check_len(n: usize) -> Result<(), ClientError> {
     Ok(())
 }
 
-fn decode_counted<T>(decoded: Result<Vec<T>, ProtocolError>, expected: usize) -> Result<Vec<T>, ClientError> {
+fn decode_counted<T>(
+    decoded: Result<Vec<T>, ProtocolError>,
+    expected: usize,
+) -> Result<Vec<T>, ClientError> {
     match decoded {
         Ok(items) if items.len() == expected => Ok(items),
         _ => Err(ClientError::BadReply),

@@ -29,7 +29,9 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
         }
         let _ = writer.close().await;
     });
-    let requests = Rc::new(glommio::sync::Semaphore::new(ctx.config.requests_in_flight_per_connection_max));
+    let requests = Rc::new(glommio::sync::Semaphore::new(
+        ctx.config.requests_in_flight_per_connection_max,
+    ));
     let mut handshaken = false;
     loop {
         let mut header_bytes = [0u8; HEADER_BYTES];
@@ -45,16 +47,29 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
         };
         // Both limits are waited for *before* reading the body: a client that floods us is
         // simply not read from.
-        let Ok(bytes_permit) = ctx.bytes_in_flight.acquire_static_permit(header.body_len as u64 + HEADER_BYTES as u64).await else {
+        let Ok(bytes_permit) = ctx
+            .bytes_in_flight
+            .acquire_static_permit(header.body_len as u64 + HEADER_BYTES as u64)
+            .await
+        else {
             break;
         };
-        let Ok(request_permit) = requests.acquire_static_permit(1).await else { break };
+        let Ok(request_permit) = requests.acquire_static_permit(1).await else {
+            break;
+        };
         let mut body = BytesMut::zeroed(header.body_len as usize);
         if reader.read_exact(&mut body).await.is_err() {
             break;
         }
         if let Err(e) = header.check_body(&body) {
-            send_error(&replies, header.operation, header.request_id, e.into(), &e.to_string()).await;
+            send_error(
+                &replies,
+                header.operation,
+                header.request_id,
+                e.into(),
+                &e.to_string(),
+            )
+            .await;
             break;
         }
         if !handshaken {
@@ -66,7 +81,14 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
                 }
                 Err((error, message)) => {
                     tracing::info!(?peer, %error, "handshake refused");
-                    send_error(&replies, header.operation, header.request_id, error, message).await;
+                    send_error(
+                        &replies,
+                        header.operation,
+                        header.request_id,
+                        error,
+                        message,
+                    )
+                    .await;
                     break;
                 }
             }
@@ -84,9 +106,16 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
     writer_task.await;
 }
 
-fn accept_handshake(ctx: &CoreContext, header: &FrameHeader, body: &[u8]) -> Result<BytesMut, (ProtocolError, &'static str)> {
+fn accept_handshake(
+    ctx: &CoreContext,
+    header: &FrameHeader,
+    body: &[u8],
+) -> Result<BytesMut, (ProtocolError, &'static str)> {
     if header.operation != Operation::Handshake as u8 {
-        return Err((ProtocolError::HandshakeRequired, "the first frame must be a handshake"));
+        return Err((
+            ProtocolError::HandshakeRequired,
+            "the first frame must be a handshake",
+        ));
     }
     let hello = codec::decode_handshake(body).map_err(|e| (e, "malformed handshake"))?;
     if hello.role != role::CLIENT {
@@ -97,20 +126,32 @@ fn accept_handshake(ctx: &CoreContext, header: &FrameHeader, body: &[u8]) -> Res
             return Err((ProtocolError::AuthFailed, "wrong or missing token"));
         }
     }
-    if hello.cluster_id != 0 && ctx.config.cluster_id != 0 && hello.cluster_id != ctx.config.cluster_id {
-        return Err((ProtocolError::ClusterMismatch, "client expects another cluster"));
+    if hello.cluster_id != 0
+        && ctx.config.cluster_id != 0
+        && hello.cluster_id != ctx.config.cluster_id
+    {
+        return Err((
+            ProtocolError::ClusterMismatch,
+            "client expects another cluster",
+        ));
     }
     let mut out = BytesMut::new();
-    frame::encode_frame_with(&mut out, Operation::Handshake as u8, frame::flags::REPLY, header.request_id, |b| {
-        codec::encode_handshake_reply(
-            b,
-            &codec::HandshakeReply {
-                partitions: ctx.node.partition_count(),
-                cluster_id: ctx.config.cluster_id,
-                node_id: ctx.config.node_id,
-            },
-        )
-    });
+    frame::encode_frame_with(
+        &mut out,
+        Operation::Handshake as u8,
+        frame::flags::REPLY,
+        header.request_id,
+        |b| {
+            codec::encode_handshake_reply(
+                b,
+                &codec::HandshakeReply {
+                    partitions: ctx.node.partition_count(),
+                    cluster_id: ctx.config.cluster_id,
+                    node_id: ctx.config.node_id,
+                },
+            )
+        },
+    );
     Ok(out)
 }
 
@@ -125,16 +166,33 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-pub(crate) fn error_frame(operation: u8, request_id: u64, error: ProtocolError, message: &str) -> BytesMut {
+pub(crate) fn error_frame(
+    operation: u8,
+    request_id: u64,
+    error: ProtocolError,
+    message: &str,
+) -> BytesMut {
     let mut out = BytesMut::new();
-    frame::encode_frame_with(&mut out, operation, frame::flags::REPLY | frame::flags::ERROR, request_id, |b| {
-        codec::encode_error(b, error, message)
-    });
+    frame::encode_frame_with(
+        &mut out,
+        operation,
+        frame::flags::REPLY | frame::flags::ERROR,
+        request_id,
+        |b| codec::encode_error(b, error, message),
+    );
     out
 }
 
-async fn send_error(replies: &LocalSender<BytesMut>, operation: u8, request_id: u64, error: ProtocolError, message: &str) {
-    let _ = replies.send(error_frame(operation, request_id, error, message)).await;
+async fn send_error(
+    replies: &LocalSender<BytesMut>,
+    operation: u8,
+    request_id: u64,
+    error: ProtocolError,
+    message: &str,
+) {
+    let _ = replies
+        .send(error_frame(operation, request_id, error, message))
+        .await;
 }
 
 #[cfg(test)]

@@ -26,17 +26,30 @@ fn reply_frame(op: u8, id: u64, body: BytesMut) -> BytesMut {
 type Answer = Result<BytesMut, (ProtocolError, String)>;
 
 fn shutting_down(_: SubmitError) -> (ProtocolError, String) {
-    (ProtocolError::ShuttingDown, "the node is shutting down".into())
+    (
+        ProtocolError::ShuttingDown,
+        "the node is shutting down".into(),
+    )
 }
 
 async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
     let Some(operation) = Operation::from_u8(op) else {
-        return Err((ProtocolError::UnknownOperation, format!("operation {op} is not known")));
+        return Err((
+            ProtocolError::UnknownOperation,
+            format!("operation {op} is not known"),
+        ));
     };
-    let malformed = |e: ProtocolError| (e, "the body does not match the operation's layout".to_string());
+    let malformed = |e: ProtocolError| {
+        (
+            e,
+            "the body does not match the operation's layout".to_string(),
+        )
+    };
     let mut out = BytesMut::new();
     match operation {
-        Operation::Handshake => return Err((ProtocolError::MalformedBody, "already handshaken".into())),
+        Operation::Handshake => {
+            return Err((ProtocolError::MalformedBody, "already handshaken".into()))
+        }
         Operation::Ping => {}
         Operation::Status => {
             let node = &ctx.node;
@@ -59,7 +72,11 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
                 .map_err(malformed)?
                 .map(codec::decode_new_account)
                 .collect();
-            let results = ctx.node.create_accounts(&items).await.map_err(shutting_down)?;
+            let results = ctx
+                .node
+                .create_accounts(&items)
+                .await
+                .map_err(shutting_down)?;
             codec::encode_results(&mut out, &results);
         }
         Operation::CreateTransfers => {
@@ -67,17 +84,35 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
                 .map_err(malformed)?
                 .map(codec::decode_new_transfer)
                 .collect();
-            let results = ctx.node.create_transfers(&items).await.map_err(shutting_down)?;
+            let results = ctx
+                .node
+                .create_transfers(&items)
+                .await
+                .map_err(shutting_down)?;
             codec::encode_results(&mut out, &results);
         }
         Operation::LookupAccounts => {
-            let ids: Vec<u128> = codec::records(body, codec::ID_BYTES).map_err(malformed)?.map(codec::decode_id).collect();
-            let found = ctx.node.lookup_accounts_routed(&ids).await.map_err(shutting_down)?;
+            let ids: Vec<u128> = codec::records(body, codec::ID_BYTES)
+                .map_err(malformed)?
+                .map(codec::decode_id)
+                .collect();
+            let found = ctx
+                .node
+                .lookup_accounts_routed(&ids)
+                .await
+                .map_err(shutting_down)?;
             codec::encode_account_replies(&mut out, &found);
         }
         Operation::LookupTransfers => {
-            let ids: Vec<u128> = codec::records(body, codec::ID_BYTES).map_err(malformed)?.map(codec::decode_id).collect();
-            let found = ctx.node.lookup_transfers_any(&ids).await.map_err(shutting_down)?;
+            let ids: Vec<u128> = codec::records(body, codec::ID_BYTES)
+                .map_err(malformed)?
+                .map(codec::decode_id)
+                .collect();
+            let found = ctx
+                .node
+                .lookup_transfers_any(&ids)
+                .await
+                .map_err(shutting_down)?;
             codec::encode_transfer_replies(&mut out, &found);
         }
     }

@@ -136,7 +136,9 @@ async fn accept_loop(
     };
     let _ = ready.send(Ok(()));
     let ctx = Rc::new(CoreContext {
-        bytes_in_flight: Rc::new(glommio::sync::Semaphore::new(config.bytes_in_flight_per_core_max)),
+        bytes_in_flight: Rc::new(glommio::sync::Semaphore::new(
+            config.bytes_in_flight_per_core_max,
+        )),
         node,
         config,
         connections: std::cell::Cell::new(0),
@@ -168,7 +170,9 @@ async fn accept_loop(
     }
     // Let requests already handed to the shards come back (bounded wait).
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while ctx.bytes_in_flight.available() < ctx.config.bytes_in_flight_per_core_max && std::time::Instant::now() < deadline {
+    while ctx.bytes_in_flight.available() < ctx.config.bytes_in_flight_per_core_max
+        && std::time::Instant::now() < deadline
+    {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -1,0 +1,109 @@
+//! A `walletd` child process on a free loopback port with its own data dir, for tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct ServerProcess {
+    pub addr: String,
+    pub data_dir: PathBuf,
+    binary: PathBuf,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+/// A port that was free a moment ago (bind to :0, read it, release it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl ServerProcess {
+    /// Starts `binary` (the walletd program) and waits until it accepts connections.
+    pub fn start(binary: &Path, data_dir: &Path, extra_args: &[&str]) -> ServerProcess {
+        let mut server = ServerProcess {
+            addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: data_dir.to_path_buf(),
+            binary: binary.to_path_buf(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new(&self.binary)
+            .arg("--listen")
+            .arg(&self.addr)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra_args)
+            .env(
+                "WALLETD_LOG",
+                std::env::var("WALLETD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start walletd");
+        self.child = Some(child);
+        // Ready means a full handshake and ping succeed: a bare TCP connect can still land on
+        // the listening socket of a just-killed predecessor, which the kernel releases only
+        // when its io_uring instance is torn down.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut config = net::ClientConfig::new(self.addr.clone());
+        config.retries = 0;
+        config.timeout_ms = 2_000;
+        while net::Client::connect(config.clone())
+            .and_then(|c| c.ping())
+            .is_err()
+        {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("walletd exited during start-up: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "walletd did not start listening on {}",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// SIGTERM and wait: the clean shutdown path. Returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().ok().and_then(|s| s.code())
+    }
+
+    /// SIGKILL and wait: a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same address and data dir.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill first");
+        self.launch();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

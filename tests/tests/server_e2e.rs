@@ -1,0 +1,417 @@
+//! A real `walletd` process, used through the client library and the `wallet` CLI: accounts,
+//! deposits, transfers, every common rejection, restarts (clean and SIGKILL), and batches of
+//! 8190 transfers pipelined over one connection.
+
+use engine::model::Currency;
+use engine::{NewAccount, NewTransfer, ResultCode};
+use net::{Client, ClientConfig};
+use std::process::Command;
+use std::time::Instant;
+use walletd_tests::server_process::ServerProcess;
+
+const WALLETD: &str = env!("CARGO_BIN_EXE_test-walletd");
+const WALLET: &str = env!("CARGO_BIN_EXE_test-wallet");
+
+fn eur() -> Currency {
+    Currency::parse("EUR").unwrap()
+}
+
+/// Runs the CLI; returns (exit ok, stdout, stderr).
+fn wallet(addr: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(WALLET)
+        .arg("--addr")
+        .arg(addr)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+fn balance(addr: &str, id: u128) -> i64 {
+    let (ok, out, err) = wallet(addr, &["--json", "balance", &id.to_string()]);
+    assert!(ok, "balance {id}: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["balance"].as_i64().unwrap()
+}
+
+#[test]
+fn cli_and_client_move_money_and_it_survives_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(std::path::Path::new(WALLETD), dir.path(), &[]);
+    let addr = server.addr.clone();
+
+    // The CLI: issuer, two wallets, a deposit and a transfer.
+    assert!(
+        wallet(
+            &addr,
+            &[
+                "create-account",
+                "--id",
+                "1",
+                "--currency",
+                "EUR",
+                "--floor",
+                "-1000000"
+            ]
+        )
+        .0
+    );
+    assert!(wallet(&addr, &["create-account", "--id", "2", "--currency", "EUR"]).0);
+    assert!(wallet(&addr, &["create-account", "--id", "3", "--currency", "EUR"]).0);
+    let (ok, out, _) = wallet(
+        &addr,
+        &[
+            "deposit",
+            "--id",
+            "100",
+            "--issuer",
+            "1",
+            "--to",
+            "2",
+            "--amount",
+            "500",
+            "--currency",
+            "EUR",
+        ],
+    );
+    assert!(ok && out == "ok", "{out}");
+    let (ok, out, _) = wallet(
+        &addr,
+        &[
+            "--json",
+            "transfer",
+            "--id",
+            "101",
+            "--from",
+            "2",
+            "--to",
+            "3",
+            "--amount",
+            "200",
+            "--currency",
+            "EUR",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["result"],
+        "ok"
+    );
+    // A retry of the same id is harmless; a different body under it is refused.
+    assert_eq!(
+        wallet(
+            &addr,
+            &[
+                "transfer",
+                "--id",
+                "101",
+                "--from",
+                "2",
+                "--to",
+                "3",
+                "--amount",
+                "200",
+                "--currency",
+                "EUR"
+            ]
+        )
+        .1,
+        "exists"
+    );
+    let (ok, _, err) = wallet(
+        &addr,
+        &[
+            "transfer",
+            "--id",
+            "101",
+            "--from",
+            "2",
+            "--to",
+            "3",
+            "--amount",
+            "999",
+            "--currency",
+            "EUR",
+        ],
+    );
+    assert!(!ok && err.contains("exists_with_different_fields"), "{err}");
+    // Rejections exit non-zero with the precise code.
+    let (ok, _, err) = wallet(
+        &addr,
+        &[
+            "transfer",
+            "--id",
+            "102",
+            "--from",
+            "2",
+            "--to",
+            "3",
+            "--amount",
+            "10000",
+            "--currency",
+            "EUR",
+        ],
+    );
+    assert!(!ok && err.contains("insufficient_funds"), "{err}");
+    let (ok, _, err) = wallet(
+        &addr,
+        &[
+            "transfer",
+            "--id",
+            "103",
+            "--from",
+            "2",
+            "--to",
+            "99",
+            "--amount",
+            "1",
+            "--currency",
+            "EUR",
+        ],
+    );
+    assert!(!ok && err.contains("to_account_not_found"), "{err}");
+    let (ok, _, err) = wallet(&addr, &["balance", "4242"]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, out, _) = wallet(&addr, &["--json", "lookup-transfer", "101"]);
+    assert!(ok);
+    let t: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (t["from"].as_u64(), t["to"].as_u64(), t["amount"].as_u64()),
+        (Some(2), Some(3), Some(200))
+    );
+    assert_eq!(t["status"], "applied");
+
+    // The client library, same server.
+    let client = Client::connect(ClientConfig::new(addr.clone())).unwrap();
+    let accounts = [NewAccount {
+        id: 4,
+        currency: eur(),
+        flags: 0,
+        floor: 0,
+        user_data: 7,
+    }];
+    assert_eq!(
+        client.create_accounts(&accounts).unwrap(),
+        vec![ResultCode::Ok]
+    );
+    let transfers = [
+        NewTransfer {
+            id: 200,
+            from: 3,
+            to: 4,
+            amount: 50,
+            currency: eur(),
+            user_data: 0,
+        },
+        NewTransfer {
+            id: 201,
+            from: 3,
+            to: 4,
+            amount: 1_000,
+            currency: eur(),
+            user_data: 0,
+        },
+        NewTransfer {
+            id: 202,
+            from: 3,
+            to: 3,
+            amount: 1,
+            currency: eur(),
+            user_data: 0,
+        },
+        NewTransfer {
+            id: 203,
+            from: 3,
+            to: 4,
+            amount: 0,
+            currency: eur(),
+            user_data: 0,
+        },
+        NewTransfer {
+            id: 204,
+            from: 77,
+            to: 4,
+            amount: 1,
+            currency: eur(),
+            user_data: 0,
+        },
+        NewTransfer {
+            id: 205,
+            from: 3,
+            to: 4,
+            amount: 1,
+            currency: Currency::parse("USD").unwrap(),
+            user_data: 0,
+        },
+    ];
+    use ResultCode::*;
+    assert_eq!(
+        client.create_transfers(&transfers).unwrap(),
+        vec![
+            Ok,
+            InsufficientFunds,
+            SameAccount,
+            ZeroAmount,
+            FromAccountNotFound,
+            CurrencyMismatch
+        ]
+    );
+    drop(client);
+    let before: Vec<i64> = (1..=4).map(|id| balance(&addr, id)).collect();
+    assert_eq!(before, vec![-500, 300, 150, 50]);
+
+    // Clean restart (SIGTERM: exit 0), then a crash (SIGKILL): balances stay.
+    assert_eq!(server.stop(), Some(0));
+    server.restart();
+    assert_eq!(
+        (1..=4).map(|id| balance(&addr, id)).collect::<Vec<_>>(),
+        before
+    );
+    server.kill();
+    server.restart();
+    assert_eq!(
+        (1..=4).map(|id| balance(&addr, id)).collect::<Vec<_>>(),
+        before
+    );
+    assert_eq!(
+        wallet(
+            &addr,
+            &[
+                "transfer",
+                "--id",
+                "101",
+                "--from",
+                "2",
+                "--to",
+                "3",
+                "--amount",
+                "200",
+                "--currency",
+                "EUR"
+            ]
+        )
+        .1,
+        "exists"
+    );
+}
+
+#[test]
+fn batches_of_8190_pipelined_over_one_connection_all_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        std::path::Path::new(WALLETD),
+        dir.path(),
+        &["--cores", "0,1", "--partitions", "2"],
+    );
+    let client = Client::connect(ClientConfig::new(server.addr.clone())).unwrap();
+    // Accounts of partition 0 only (ids 2..8 of 2 partitions, see engine::partition), plus
+    // an issuer there, so every transfer is same-partition.
+    let ids: Vec<u128> = (2u128..2_000)
+        .filter(|id| engine::partition::partition_of(*id, 2) == 0)
+        .take(1_000)
+        .collect();
+    let issuer = ids[0];
+    let mut accounts = vec![NewAccount {
+        id: issuer,
+        currency: eur(),
+        flags: 0,
+        floor: -1_000_000_000_000,
+        user_data: 0,
+    }];
+    accounts.extend(ids[1..].iter().map(|&id| NewAccount {
+        id,
+        currency: eur(),
+        flags: 0,
+        floor: 0,
+        user_data: 0,
+    }));
+    assert!(client
+        .create_accounts(&accounts)
+        .unwrap()
+        .iter()
+        .all(|c| *c == ResultCode::Ok));
+    let deposits: Vec<NewTransfer> = ids[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, &to)| NewTransfer {
+            id: 1 + i as u128,
+            from: issuer,
+            to,
+            amount: 1_000_000,
+            currency: eur(),
+            user_data: 0,
+        })
+        .collect();
+    assert!(client
+        .create_transfers(&deposits)
+        .unwrap()
+        .iter()
+        .all(|c| *c == ResultCode::Ok));
+
+    let batches = 40usize;
+    let in_flight = 8usize;
+    let mut next_id = 1_000_000u128;
+    let mut make_batch = || -> Vec<NewTransfer> {
+        (0..8190)
+            .map(|i| {
+                next_id += 1;
+                let a = ids[1 + (next_id as usize * 7 + i) % (ids.len() - 1)];
+                let b = ids[1 + (next_id as usize * 13 + i + 1) % (ids.len() - 1)];
+                let b = if a == b { issuer } else { b };
+                NewTransfer {
+                    id: next_id,
+                    from: a,
+                    to: b,
+                    amount: 1,
+                    currency: eur(),
+                    user_data: 0,
+                }
+            })
+            .collect()
+    };
+    let started = Instant::now();
+    let mut total = 0usize;
+    let mut ok = 0usize;
+    futures::executor::block_on(async {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let client = &client;
+        let send = |batch: Vec<NewTransfer>| async move {
+            let n = batch.len();
+            (n, client.create_transfers_async(&batch).await)
+        };
+        let mut pending = FuturesUnordered::new();
+        let mut sent = 0;
+        let prepared: Vec<Vec<NewTransfer>> = (0..batches).map(|_| make_batch()).collect();
+        let mut prepared = prepared.into_iter();
+        while sent < in_flight {
+            let batch = prepared.next().unwrap();
+            pending.push(send(batch));
+            sent += 1;
+        }
+        while let Some((n, reply)) = pending.next().await {
+            let results = reply.expect("every batch gets a reply");
+            assert_eq!(results.len(), n);
+            total += n;
+            ok += results.iter().filter(|c| **c == ResultCode::Ok).count();
+            if let Some(batch) = prepared.next() {
+                pending.push(send(batch));
+            }
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(total, batches * 8190);
+    assert_eq!(ok, total, "every transfer is valid and applies");
+    println!(
+        "{total} transfers in {batches} batches of 8190, {in_flight} in flight on one connection: {seconds:.2} s = {:.0} transfers/s (debug build)",
+        total as f64 / seconds
+    );
+    // Every acknowledged transfer is there.
+    let found = client
+        .lookup_transfers(&(1_000_001u128..1_000_001 + 8190).collect::<Vec<_>>())
+        .unwrap();
+    assert!(found.iter().all(|t| t.is_some()));
+}
