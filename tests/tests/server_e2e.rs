@@ -406,8 +406,9 @@ fn batches_of_8190_pipelined_over_one_connection_all_come_back() {
     assert_eq!(total, batches * 8190);
     assert_eq!(ok, total, "every transfer is valid and applies");
     println!(
-        "{total} transfers in {batches} batches of 8190, {in_flight} in flight on one connection: {seconds:.2} s = {:.0} transfers/s (debug build)",
-        total as f64 / seconds
+        "{total} transfers in {batches} batches of 8190, {in_flight} in flight on one connection: {seconds:.2} s = {:.0} transfers/s ({} build)",
+        total as f64 / seconds,
+        if cfg!(debug_assertions) { "debug" } else { "release" }
     );
     // Every acknowledged transfer is there.
     let found = client
