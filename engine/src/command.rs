@@ -39,6 +39,8 @@ pub mod entry_kind {
     pub const CREATE_ACCOUNTS: u16 = 1;
     /// Body: archived `Vec<NewTransfer>`.
     pub const CREATE_TRANSFERS: u16 = 2;
+    /// Body: archived `Vec<tcc::TccMessage>` (from other partitions, or the local coordinator).
+    pub const TCC_MESSAGES: u16 = 3;
 }
 
 /// One homogeneous batch of commands, as submitted to a partition.
@@ -46,6 +48,7 @@ pub mod entry_kind {
 pub enum CommandBatch {
     CreateAccounts(Vec<NewAccount>),
     CreateTransfers(Vec<NewTransfer>),
+    Tcc(Vec<crate::tcc::TccMessage>),
 }
 
 impl CommandBatch {
@@ -53,6 +56,7 @@ impl CommandBatch {
         match self {
             CommandBatch::CreateAccounts(items) => items.len(),
             CommandBatch::CreateTransfers(items) => items.len(),
+            CommandBatch::Tcc(items) => items.len(),
         }
     }
 
@@ -65,6 +69,7 @@ impl CommandBatch {
         match self {
             CommandBatch::CreateAccounts(_) => entry_kind::CREATE_ACCOUNTS,
             CommandBatch::CreateTransfers(_) => entry_kind::CREATE_TRANSFERS,
+            CommandBatch::Tcc(_) => entry_kind::TCC_MESSAGES,
         }
     }
 
@@ -76,6 +81,9 @@ impl CommandBatch {
                 rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(items, reset(buffer))
             }
             CommandBatch::CreateTransfers(items) => {
+                rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(items, reset(buffer))
+            }
+            CommandBatch::Tcc(items) => {
                 rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(items, reset(buffer))
             }
         }

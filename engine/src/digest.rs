@@ -16,6 +16,7 @@ pub fn state_digest(state: &PartitionState) -> u128 {
         h.update(&a.flags.to_le_bytes());
         h.update(&a.balance.to_le_bytes());
         h.update(&a.held.to_le_bytes());
+        h.update(&a.incoming.to_le_bytes());
         h.update(&a.floor.to_le_bytes());
         h.update(&a.user_data.to_le_bytes());
         h.update(&a.timestamp.to_le_bytes());
@@ -28,6 +29,27 @@ pub fn state_digest(state: &PartitionState) -> u128 {
         h.update(&t.currency.0.to_le_bytes());
         h.update(&t.user_data.to_le_bytes());
         h.update(&t.timestamp.to_le_bytes());
+    }
+    for r in state.tcc_records_sorted() {
+        h.update(&r.transfer.id.to_le_bytes());
+        h.update(&r.transfer.from.to_le_bytes());
+        h.update(&r.transfer.to.to_le_bytes());
+        h.update(&r.transfer.amount.to_le_bytes());
+        h.update(&r.transfer.timestamp.to_le_bytes());
+        h.update(&[
+            r.phase,
+            r.destination_try,
+            r.final_code,
+            r.cancel_acked as u8,
+        ]);
+        h.update(&r.destination.to_le_bytes());
+    }
+    for p in state.participants_sorted() {
+        h.update(&p.id.to_le_bytes());
+        h.update(&p.to.to_le_bytes());
+        h.update(&p.amount.to_le_bytes());
+        h.update(&[p.state, p.code, p.out_of_order as u8]);
+        h.update(&p.source.to_le_bytes());
     }
     h.digest128()
 }

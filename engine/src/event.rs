@@ -19,4 +19,31 @@ pub enum Event {
         code: ResultCode,
         timestamp: u64,
     },
+    /// Source: the debit went into a hold; the destination is asked to Try.
+    TccTried(Transfer),
+    /// Destination: the Try's verdict.
+    TccParticipantTried {
+        id: u128,
+        code: ResultCode,
+    },
+    /// Destination: credited.
+    TccCredited {
+        id: u128,
+        to: u128,
+        amount: u64,
+    },
+    /// Source: cancelled and refunded, with the final code.
+    TccCancelled {
+        id: u128,
+        code: ResultCode,
+    },
+    /// Destination: a Cancel came before its Try (the late Try will fail).
+    TccCancelledBeforeTry {
+        id: u128,
+    },
+    /// A TC/C message that did not fit the record's state (a protocol bug; nothing changed).
+    TccIgnored {
+        id: u128,
+        kind: u8,
+    },
 }

@@ -23,6 +23,7 @@ pub mod result_code;
 pub mod runtime;
 pub mod snapshot;
 pub mod state_machine;
+pub mod tcc;
 pub mod transfer_store;
 
 pub use command::{CommandBatch, NewAccount, NewTransfer, BATCH_ITEMS_MAX};

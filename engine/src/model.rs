@@ -79,6 +79,9 @@ pub struct Account {
     /// Money debited from this account into in-flight cross-partition transfers (TC/C holds).
     /// Conservation counts `balance + held`.
     pub held: i64,
+    /// Credits reserved by cross-partition transfers that passed their Try here but are not
+    /// confirmed yet (not money: a reservation, so the Confirm can never overflow).
+    pub incoming: i64,
     /// Lowest allowed balance: 0 for wallets, negative for issuers (how money enters).
     pub floor: i64,
     pub user_data: u64,

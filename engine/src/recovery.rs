@@ -2,12 +2,10 @@
 //! Replay runs the very same `apply_entry` as the live path, so the state comes back bit for
 //! bit (tests compare digests).
 
-use crate::event::Event;
 use crate::log::{scan_log, LogError, LogTail};
 use crate::partition::PartitionId;
-use crate::result_code::ResultCode;
 use crate::snapshot::load_latest;
-use crate::state_machine::{ApplyError, PartitionState};
+use crate::state_machine::{ApplyError, ApplyOutput, PartitionState};
 use std::path::{Path, PathBuf};
 
 /// The log directory inside a partition directory.
@@ -71,8 +69,7 @@ pub fn recover_partition(
     };
     let snapshot_index = state.last_index();
     let from_index = snapshot_index + 1;
-    let mut results: Vec<ResultCode> = Vec::new();
-    let mut events: Vec<Event> = Vec::new();
+    let mut out = ApplyOutput::default();
     let mut replayed = 0u64;
     let mut tail = scan_log::<RecoveryError>(&logs, from_index, |record| {
         let index = record.header.index;
@@ -83,16 +80,14 @@ pub fn recover_partition(
                 log_index: index,
             });
         }
-        results.clear();
-        events.clear();
+        out.clear();
         state
             .apply_entry(
                 index,
                 record.header.kind,
                 record.body,
                 record.header.timestamp,
-                &mut results,
-                &mut events,
+                &mut out,
             )
             .map_err(|source| RecoveryError::Apply {
                 path: logs.clone(),

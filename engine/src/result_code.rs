@@ -82,6 +82,14 @@ result_codes! {
     ShuttingDown = 21 => "shutting_down",
     /// This node is not the leader of the partition (replication).
     NotLeader = 22 => "not_leader",
+    /// Internal: a cross-partition transfer whose TC/C is still running. Clients never see it;
+    /// they get the final code when the transfer is decided.
+    Pending = 23 => "pending",
+    /// The cross-partition transfer was cancelled because the destination did not answer its
+    /// Try in time; the source was refunded, nothing moved.
+    TccTimeout = 24 => "tcc_timeout",
+    /// A Try reached the destination after that transfer's Cancel (out of order); refused.
+    TccCancelled = 25 => "tcc_cancelled",
 }
 
 impl std::fmt::Display for ResultCode {

@@ -32,6 +32,8 @@ mod kind {
     pub const ACCOUNTS: u16 = 101;
     pub const TRANSFERS: u16 = 102;
     pub const END: u16 = 103;
+    pub const TCC: u16 = 104;
+    pub const PARTICIPANTS: u16 = 105;
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +46,8 @@ pub struct SnapshotMeta {
     pub last_timestamp: u64,
     pub accounts: u64,
     pub transfers: u64,
+    pub tcc_records: u64,
+    pub participants: u64,
 }
 
 /// Everything a snapshot needs, taken from a live partition in a few milliseconds.
@@ -51,12 +55,16 @@ pub struct SnapshotCapture {
     pub meta: SnapshotMeta,
     pub accounts: Vec<Account>,
     pub transfers: TransferStoreView,
+    pub tcc_records: Vec<crate::tcc::TccRecord>,
+    pub participants: Vec<crate::tcc::TccParticipant>,
 }
 
 impl SnapshotCapture {
     pub fn take(state: &PartitionState, last_term: u64) -> SnapshotCapture {
         let accounts: Vec<Account> = state.accounts.values().copied().collect();
         let transfers = state.transfers.view();
+        let tcc_records = state.tcc_records_sorted();
+        let participants = state.participants_sorted();
         SnapshotCapture {
             meta: SnapshotMeta {
                 partition: state.partition,
@@ -66,9 +74,13 @@ impl SnapshotCapture {
                 last_timestamp: state.last_timestamp,
                 accounts: accounts.len() as u64,
                 transfers: transfers.len() as u64,
+                tcc_records: tcc_records.len() as u64,
+                participants: participants.len() as u64,
             },
             accounts,
             transfers,
+            tcc_records,
+            participants,
         }
     }
 }
@@ -117,6 +129,12 @@ pub fn write_snapshot(dir: &Path, mut capture: SnapshotCapture) -> Result<PathBu
     }
     if !batch.is_empty() {
         emit(kind::TRANSFERS, &to_bytes(&batch), &mut out)?;
+    }
+    for chunk in capture.tcc_records.chunks(ITEMS_PER_RECORD) {
+        emit(kind::TCC, &to_bytes(&chunk.to_vec()), &mut out)?;
+    }
+    for chunk in capture.participants.chunks(ITEMS_PER_RECORD) {
+        emit(kind::PARTICIPANTS, &to_bytes(&chunk.to_vec()), &mut out)?;
     }
     emit(kind::END, &[], &mut out)?;
     let file = out
@@ -224,6 +242,8 @@ pub fn load_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
     let mut meta: Option<SnapshotMeta> = None;
     let mut accounts: Vec<Account> = Vec::new();
     let mut transfers = TransferStore::default();
+    let mut tcc_records: Vec<crate::tcc::TccRecord> = Vec::new();
+    let mut participants: Vec<crate::tcc::TccParticipant> = Vec::new();
     let mut ended = false;
     for (expected, record) in (1u64..).zip(records.by_ref()) {
         if record.header.index != expected || ended {
@@ -255,6 +275,7 @@ pub fn load_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
                     flags: a.flags.to_native(),
                     balance: a.balance.to_native(),
                     held: a.held.to_native(),
+                    incoming: a.incoming.to_native(),
                     floor: a.floor.to_native(),
                     user_data: a.user_data.to_native(),
                     timestamp: a.timestamp.to_native(),
@@ -282,6 +303,21 @@ pub fn load_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
                     });
                 }
             }
+            (kind::TCC, true) => {
+                let chunk = rkyv::from_bytes::<Vec<crate::tcc::TccRecord>, rkyv::rancor::Error>(
+                    record.body,
+                )
+                .map_err(bad)?;
+                tcc_records.extend(chunk);
+            }
+            (kind::PARTICIPANTS, true) => {
+                let chunk =
+                    rkyv::from_bytes::<Vec<crate::tcc::TccParticipant>, rkyv::rancor::Error>(
+                        record.body,
+                    )
+                    .map_err(bad)?;
+                participants.extend(chunk);
+            }
             (kind::END, true) => ended = true,
             (other, _) => {
                 return Err(invalid(format!(
@@ -300,7 +336,11 @@ pub fn load_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
     if !ended {
         return Err(invalid("incomplete (no end record)".into()));
     }
-    if accounts.len() as u64 != meta.accounts || transfers.len() as u64 != meta.transfers {
+    if accounts.len() as u64 != meta.accounts
+        || transfers.len() as u64 != meta.transfers
+        || tcc_records.len() as u64 != meta.tcc_records
+        || participants.len() as u64 != meta.participants
+    {
         return Err(invalid("item counts differ from the meta record".into()));
     }
     if meta.partition >= meta.partition_count {
@@ -311,6 +351,8 @@ pub fn load_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
         meta.partition_count,
         accounts,
         transfers,
+        tcc_records,
+        participants,
         meta.last_index,
         meta.last_timestamp,
     );

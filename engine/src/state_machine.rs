@@ -10,12 +10,37 @@
 
 use crate::command::{entry_kind, ArchivedNewAccount, ArchivedNewTransfer, NewAccount};
 use crate::event::Event;
-use crate::model::{account_flags, is_valid_id, Account, AccountId, Currency, Transfer};
+use crate::model::{
+    account_flags, is_valid_id, Account, AccountId, Currency, Transfer, TransferId,
+};
 use crate::partition::{partition_of, PartitionId};
 use crate::result_code::ResultCode;
+use crate::tcc::{self, ArchivedTccMessage, TccMessage, TccParticipant, TccRecord, DEST_PENDING};
 use crate::transfer_store::TransferStore;
 use hashbrown::HashMap;
 use rkyv::vec::ArchivedVec;
+
+/// Everything one `apply_entry` produces besides the new state. Buffers are reused: the caller
+/// clears them between entries.
+#[derive(Default, Debug)]
+pub struct ApplyOutput {
+    /// One code per item of a command batch (`Pending` for a TC/C still running).
+    pub results: Vec<ResultCode>,
+    pub events: Vec<Event>,
+    /// TC/C messages to ship to other partitions once this entry is durable.
+    pub outbox: Vec<(PartitionId, TccMessage)>,
+    /// TC/C transfers of this partition that reached their final result in this entry.
+    pub resolved: Vec<(TransferId, ResultCode)>,
+}
+
+impl ApplyOutput {
+    pub fn clear(&mut self) {
+        self.results.clear();
+        self.events.clear();
+        self.outbox.clear();
+        self.resolved.clear();
+    }
+}
 
 /// Why a log entry could not be applied at all (as opposed to an item being rejected).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -35,6 +60,11 @@ pub struct PartitionState {
     pub(crate) partition_count: u32,
     pub(crate) accounts: HashMap<AccountId, Account>,
     pub(crate) transfers: TransferStore,
+    /// Source side of TC/C: phase-status records of transfers that started here and are not
+    /// confirmed (in flight, or cancelled and kept to answer retries).
+    pub(crate) tcc: HashMap<TransferId, TccRecord>,
+    /// Destination side of TC/C.
+    pub(crate) participants: HashMap<TransferId, TccParticipant>,
     /// Index of the last applied log entry (0 = none).
     pub(crate) last_index: u64,
     /// Highest item timestamp used so far (0 = none).
@@ -49,6 +79,8 @@ impl PartitionState {
             partition_count,
             accounts: HashMap::new(),
             transfers: TransferStore::default(),
+            tcc: HashMap::new(),
+            participants: HashMap::new(),
             last_index: 0,
             last_timestamp: 0,
         }
@@ -110,8 +142,7 @@ impl PartitionState {
         kind: u16,
         body: &[u8],
         timestamp: u64,
-        results: &mut Vec<ResultCode>,
-        events: &mut Vec<Event>,
+        out: &mut ApplyOutput,
     ) -> Result<(), ApplyError> {
         assert_eq!(index, self.last_index + 1, "entries apply in index order");
         if timestamp <= self.last_timestamp {
@@ -126,8 +157,8 @@ impl PartitionState {
                     rkyv::access::<ArchivedVec<ArchivedNewAccount>, rkyv::rancor::Error>(body)
                         .map_err(|e| ApplyError::InvalidArchive(e.to_string()))?;
                 for (i, item) in items.iter().enumerate() {
-                    let code = self.create_account(item, timestamp + i as u64, events);
-                    results.push(code);
+                    let code = self.create_account(item, timestamp + i as u64, &mut out.events);
+                    out.results.push(code);
                 }
                 self.advance(index, timestamp, items.len());
             }
@@ -136,8 +167,17 @@ impl PartitionState {
                     rkyv::access::<ArchivedVec<ArchivedNewTransfer>, rkyv::rancor::Error>(body)
                         .map_err(|e| ApplyError::InvalidArchive(e.to_string()))?;
                 for (i, item) in items.iter().enumerate() {
-                    let code = self.create_transfer(item, timestamp + i as u64, events);
-                    results.push(code);
+                    let code = self.create_transfer(item, timestamp + i as u64, out);
+                    out.results.push(code);
+                }
+                self.advance(index, timestamp, items.len());
+            }
+            entry_kind::TCC_MESSAGES => {
+                let items =
+                    rkyv::access::<ArchivedVec<ArchivedTccMessage>, rkyv::rancor::Error>(body)
+                        .map_err(|e| ApplyError::InvalidArchive(e.to_string()))?;
+                for (i, item) in items.iter().enumerate() {
+                    self.apply_tcc(&item.to_native(), timestamp + i as u64, out);
                 }
                 self.advance(index, timestamp, items.len());
             }
@@ -173,6 +213,7 @@ impl PartitionState {
                 flags: new.flags,
                 balance: 0,
                 held: 0,
+                incoming: 0,
                 floor: new.floor,
                 user_data: new.user_data,
                 timestamp,
@@ -219,7 +260,7 @@ impl PartitionState {
         &mut self,
         item: &ArchivedNewTransfer,
         timestamp: u64,
-        events: &mut Vec<Event>,
+        out: &mut ApplyOutput,
     ) -> ResultCode {
         let transfer = Transfer {
             id: item.id.to_native(),
@@ -230,12 +271,14 @@ impl PartitionState {
             user_data: item.user_data.to_native(),
             timestamp,
         };
-        let code = self.try_transfer(&transfer);
+        let code = self.try_transfer(&transfer, out);
         if code == ResultCode::Ok {
             self.transfers.push(transfer);
-            events.push(Event::TransferApplied(transfer));
+            out.events.push(Event::TransferApplied(transfer));
+        } else if code == ResultCode::Pending {
+            // A TC/C started (event emitted by start_tcc) or a retry of one still running.
         } else {
-            events.push(Event::TransferRejected {
+            out.events.push(Event::TransferRejected {
                 id: transfer.id,
                 code,
                 timestamp,
@@ -246,20 +289,26 @@ impl PartitionState {
 
     /// Validates and, when everything holds, moves the money. Check order is part of the
     /// contract (the first failing check names the result).
-    fn try_transfer(&mut self, t: &Transfer) -> ResultCode {
+    fn try_transfer(&mut self, t: &Transfer, out: &mut ApplyOutput) -> ResultCode {
         if !is_valid_id(t.id) {
             return ResultCode::IdInvalid;
         }
         if let Some(existing) = self.transfers.get(t.id) {
-            let same = existing.from == t.from
-                && existing.to == t.to
-                && existing.amount == t.amount
-                && existing.currency == t.currency
-                && existing.user_data == t.user_data;
-            return if same {
+            return if same_fields(existing, t) {
                 ResultCode::Exists
             } else {
                 ResultCode::ExistsWithDifferentFields
+            };
+        }
+        if let Some(record) = self.tcc.get(&t.id) {
+            // A TC/C under this id started here: same outcome, once.
+            if !same_fields(&record.transfer, t) {
+                return ResultCode::ExistsWithDifferentFields;
+            }
+            return if record.phase == tcc::phase::CANCELLED {
+                ResultCode::from_u8(record.final_code).unwrap_or(ResultCode::TccCancelled)
+            } else {
+                ResultCode::Pending
             };
         }
         if t.from == t.to {
@@ -277,8 +326,9 @@ impl PartitionState {
         let Some(from) = self.accounts.get(&t.from).copied() else {
             return ResultCode::FromAccountNotFound;
         };
-        if partition_of(t.to, self.partition_count) != self.partition {
-            return ResultCode::CrossPartitionUnsupported;
+        let destination = partition_of(t.to, self.partition_count);
+        if destination != self.partition {
+            return self.start_tcc(t, &from, amount, destination, out);
         }
         let Some(to) = self.accounts.get(&t.to).copied() else {
             return ResultCode::ToAccountNotFound;
@@ -309,6 +359,346 @@ impl PartitionState {
         ResultCode::Ok
     }
 
+    /// TC/C step 1 on the source: check the source side, debit it into a hold, record the
+    /// phase status, and ask the destination to Try.
+    fn start_tcc(
+        &mut self,
+        t: &Transfer,
+        from: &Account,
+        amount: i64,
+        destination: PartitionId,
+        out: &mut ApplyOutput,
+    ) -> ResultCode {
+        if from.currency != t.currency {
+            return ResultCode::CurrencyMismatch;
+        }
+        if from.is_frozen() {
+            return ResultCode::FromAccountFrozen;
+        }
+        let balance = match from.balance.checked_sub(amount) {
+            Some(b) if b >= from.floor => b,
+            _ => return ResultCode::InsufficientFunds,
+        };
+        let Some(held) = from.held.checked_add(amount) else {
+            return ResultCode::Overflow;
+        };
+        if let Some(a) = self.accounts.get_mut(&t.from) {
+            a.balance = balance;
+            a.held = held;
+        }
+        let record = TccRecord {
+            transfer: *t,
+            destination,
+            phase: tcc::phase::TRYING,
+            destination_try: DEST_PENDING,
+            final_code: ResultCode::Pending as u8,
+            cancel_acked: false,
+        };
+        self.tcc.insert(t.id, record);
+        out.events.push(Event::TccTried(*t));
+        out.outbox.push((
+            destination,
+            TccMessage::about(tcc::kind::TRY, self.partition, t),
+        ));
+        ResultCode::Pending
+    }
+
+    /// Applies one TC/C message (either side).
+    fn apply_tcc(&mut self, m: &TccMessage, timestamp: u64, out: &mut ApplyOutput) {
+        match m.kind {
+            tcc::kind::TRY => self.tcc_try(m, out),
+            tcc::kind::CONFIRM => self.tcc_confirm(m, out),
+            tcc::kind::CANCEL => self.tcc_cancel(m, out),
+            tcc::kind::TRY_RESULT => self.tcc_try_result(m, out),
+            tcc::kind::ABORT => {
+                if self
+                    .tcc
+                    .get(&m.id)
+                    .is_some_and(|r| r.phase == tcc::phase::TRYING)
+                {
+                    self.tcc_decide_cancel(m.id, ResultCode::TccTimeout, out);
+                }
+            }
+            tcc::kind::CONFIRM_ACK => self.tcc_confirm_ack(m, timestamp, out),
+            tcc::kind::CANCEL_ACK => {
+                if let Some(r) = self.tcc.get_mut(&m.id) {
+                    if r.phase == tcc::phase::CANCELLED {
+                        r.cancel_acked = true;
+                    }
+                }
+            }
+            _ => out.events.push(Event::TccIgnored {
+                id: m.id,
+                kind: m.kind,
+            }),
+        }
+    }
+
+    /// Destination, step 2: validate `to` and reserve room for the credit. Idempotent.
+    fn tcc_try(&mut self, m: &TccMessage, out: &mut ApplyOutput) {
+        let code = match self.participants.get(&m.id) {
+            Some(p) => match p.state {
+                tcc::participant::TRIED | tcc::participant::CONFIRMED => ResultCode::Ok,
+                tcc::participant::FAILED => {
+                    ResultCode::from_u8(p.code).unwrap_or(ResultCode::TccCancelled)
+                }
+                _ => ResultCode::TccCancelled, // cancelled before (or after) this Try arrived
+            },
+            None => {
+                let code = self.check_destination(m);
+                let amount = m.amount as i64; // the source checked it fits
+                if code == ResultCode::Ok {
+                    if let Some(a) = self.accounts.get_mut(&m.to) {
+                        a.incoming += amount;
+                    }
+                }
+                let state = if code == ResultCode::Ok {
+                    tcc::participant::TRIED
+                } else {
+                    tcc::participant::FAILED
+                };
+                self.participants.insert(
+                    m.id,
+                    TccParticipant {
+                        id: m.id,
+                        source: m.source,
+                        to: m.to,
+                        amount: m.amount,
+                        state,
+                        code: code as u8,
+                        out_of_order: false,
+                    },
+                );
+                out.events
+                    .push(Event::TccParticipantTried { id: m.id, code });
+                code
+            }
+        };
+        let mut reply = *m;
+        reply.kind = tcc::kind::TRY_RESULT;
+        reply.code = code as u8;
+        out.outbox.push((m.source, reply));
+    }
+
+    fn check_destination(&self, m: &TccMessage) -> ResultCode {
+        if partition_of(m.to, self.partition_count) != self.partition {
+            return ResultCode::WrongPartition;
+        }
+        let Some(to) = self.accounts.get(&m.to) else {
+            return ResultCode::ToAccountNotFound;
+        };
+        if to.currency != m.currency {
+            return ResultCode::CurrencyMismatch;
+        }
+        if to.is_frozen() {
+            return ResultCode::ToAccountFrozen;
+        }
+        let room = i64::try_from(m.amount)
+            .ok()
+            .and_then(|amount| to.balance.checked_add(to.incoming)?.checked_add(amount));
+        if room.is_none() {
+            return ResultCode::Overflow;
+        }
+        ResultCode::Ok
+    }
+
+    /// Destination, step 3 (confirm): credit `to`. Idempotent.
+    fn tcc_confirm(&mut self, m: &TccMessage, out: &mut ApplyOutput) {
+        let Some(p) = self.participants.get_mut(&m.id) else {
+            out.events.push(Event::TccIgnored {
+                id: m.id,
+                kind: m.kind,
+            });
+            return;
+        };
+        match p.state {
+            tcc::participant::TRIED => {
+                p.state = tcc::participant::CONFIRMED;
+                let amount = p.amount as i64;
+                if let Some(a) = self.accounts.get_mut(&p.to) {
+                    // Reserved at Try: `balance + incoming` had room, so this cannot overflow.
+                    a.incoming -= amount;
+                    a.balance += amount;
+                }
+                out.events.push(Event::TccCredited {
+                    id: m.id,
+                    to: m.to,
+                    amount: m.amount,
+                });
+            }
+            tcc::participant::CONFIRMED => {}
+            _ => {
+                // The source only confirms after this side's Try succeeded.
+                out.events.push(Event::TccIgnored {
+                    id: m.id,
+                    kind: m.kind,
+                });
+                return;
+            }
+        }
+        let mut ack = *m;
+        ack.kind = tcc::kind::CONFIRM_ACK;
+        out.outbox.push((m.source, ack));
+    }
+
+    /// Destination, step 3 (cancel): forget the reservation; before the Try, leave a marker.
+    /// Acknowledged, so the source stops re-sending it.
+    fn tcc_cancel(&mut self, m: &TccMessage, out: &mut ApplyOutput) {
+        if self
+            .participants
+            .get(&m.id)
+            .is_some_and(|p| p.state == tcc::participant::CONFIRMED)
+        {
+            // The source only cancels before a confirm; nothing to undo here.
+            out.events.push(Event::TccIgnored {
+                id: m.id,
+                kind: m.kind,
+            });
+            return;
+        }
+        let mut ack = *m;
+        ack.kind = tcc::kind::CANCEL_ACK;
+        out.outbox.push((m.source, ack));
+        match self.participants.get_mut(&m.id) {
+            Some(p) => match p.state {
+                tcc::participant::TRIED => {
+                    p.state = tcc::participant::CANCELLED;
+                    let amount = p.amount as i64;
+                    if let Some(a) = self.accounts.get_mut(&p.to) {
+                        a.incoming -= amount;
+                    }
+                }
+                tcc::participant::FAILED => p.state = tcc::participant::CANCELLED,
+                _ => {}
+            },
+            None => {
+                self.participants.insert(
+                    m.id,
+                    TccParticipant {
+                        id: m.id,
+                        source: m.source,
+                        to: m.to,
+                        amount: m.amount,
+                        state: tcc::participant::CANCELLED,
+                        code: ResultCode::TccCancelled as u8,
+                        out_of_order: true,
+                    },
+                );
+                out.events.push(Event::TccCancelledBeforeTry { id: m.id });
+            }
+        }
+    }
+
+    /// Source: the destination's verdict decides Confirm or Cancel (once).
+    fn tcc_try_result(&mut self, m: &TccMessage, out: &mut ApplyOutput) {
+        let Some(record) = self.tcc.get_mut(&m.id) else {
+            return; // already confirmed and filed: a duplicate
+        };
+        if record.phase != tcc::phase::TRYING {
+            return; // decided already (duplicate, or aborted before the verdict came)
+        }
+        record.destination_try = m.code;
+        if m.code == ResultCode::Ok as u8 {
+            record.phase = tcc::phase::CONFIRMING;
+            let t = record.transfer;
+            out.outbox.push((
+                record.destination,
+                TccMessage::about(tcc::kind::CONFIRM, self.partition, &t),
+            ));
+        } else {
+            let code = ResultCode::from_u8(m.code).unwrap_or(ResultCode::TccCancelled);
+            self.tcc_decide_cancel(m.id, code, out);
+        }
+    }
+
+    /// Source: refund the hold, file the final code, tell the destination.
+    fn tcc_decide_cancel(&mut self, id: TransferId, code: ResultCode, out: &mut ApplyOutput) {
+        let Some(record) = self.tcc.get_mut(&id) else {
+            return;
+        };
+        record.phase = tcc::phase::CANCELLED;
+        record.final_code = code as u8;
+        let t = record.transfer;
+        let destination = record.destination;
+        let amount = t.amount as i64;
+        if let Some(a) = self.accounts.get_mut(&t.from) {
+            a.held -= amount;
+            a.balance += amount;
+        }
+        out.events.push(Event::TccCancelled { id, code });
+        out.outbox.push((
+            destination,
+            TccMessage::about(tcc::kind::CANCEL, self.partition, &t),
+        ));
+        out.resolved.push((id, code));
+    }
+
+    /// Source, last step: the credit is done; release the hold and file the transfer.
+    fn tcc_confirm_ack(&mut self, m: &TccMessage, _timestamp: u64, out: &mut ApplyOutput) {
+        if !self
+            .tcc
+            .get(&m.id)
+            .is_some_and(|r| r.phase == tcc::phase::CONFIRMING)
+        {
+            return; // a duplicate ack
+        }
+        let Some(record) = self.tcc.remove(&m.id) else {
+            return;
+        };
+        let t = record.transfer;
+        if let Some(a) = self.accounts.get_mut(&t.from) {
+            a.held -= t.amount as i64;
+        }
+        self.transfers.push(t);
+        out.events.push(Event::TransferApplied(t));
+        out.resolved.push((t.id, ResultCode::Ok));
+    }
+
+    /// Messages that move every unfinished TC/C of this partition forward: after a restart or
+    /// a lost message. Safe to send any number of times.
+    pub fn tcc_redrive(&self) -> Vec<(PartitionId, TccMessage)> {
+        let mut records: Vec<&TccRecord> = self.tcc.values().filter(|r| !r.cancel_acked).collect();
+        records.sort_unstable_by_key(|r| r.transfer.id);
+        records
+            .into_iter()
+            .map(|r| {
+                let kind = match r.phase {
+                    tcc::phase::TRYING => tcc::kind::TRY,
+                    tcc::phase::CONFIRMING => tcc::kind::CONFIRM,
+                    _ => tcc::kind::CANCEL,
+                };
+                (
+                    r.destination,
+                    TccMessage::about(kind, self.partition, &r.transfer),
+                )
+            })
+            .collect()
+    }
+
+    /// TC/C transfers started here with work left: Trying, Confirming, or cancelled without
+    /// the destination's acknowledgement yet.
+    pub fn tcc_in_flight(&self) -> usize {
+        self.tcc.values().filter(|r| !r.cancel_acked).count()
+    }
+
+    /// The phase-status record of a TC/C that started here (in flight or cancelled).
+    pub fn tcc_record(&self, id: TransferId) -> Option<&TccRecord> {
+        self.tcc.get(&id)
+    }
+
+    /// Records in id order (digests, snapshots).
+    pub fn tcc_records_sorted(&self) -> Vec<TccRecord> {
+        let mut v: Vec<TccRecord> = self.tcc.values().copied().collect();
+        v.sort_unstable_by_key(|r| r.transfer.id);
+        v
+    }
+
+    pub fn participants_sorted(&self) -> Vec<TccParticipant> {
+        let mut v: Vec<TccParticipant> = self.participants.values().copied().collect();
+        v.sort_unstable_by_key(|p| p.id);
+        v
+    }
+
     /// Sum of `balance + held` per currency, in currency order.
     pub fn totals_by_currency(&self) -> Vec<(Currency, i128)> {
         let mut totals: std::collections::BTreeMap<Currency, i128> = Default::default();
@@ -332,6 +722,8 @@ impl PartitionState {
         partition_count: u32,
         accounts: Vec<Account>,
         transfers: TransferStore,
+        tcc_records: Vec<TccRecord>,
+        participants: Vec<TccParticipant>,
         last_index: u64,
         last_timestamp: u64,
     ) -> PartitionState {
@@ -344,8 +736,22 @@ impl PartitionState {
             partition_count,
             accounts: map,
             transfers,
+            tcc: tcc_records
+                .into_iter()
+                .map(|r| (r.transfer.id, r))
+                .collect(),
+            participants: participants.into_iter().map(|p| (p.id, p)).collect(),
             last_index,
             last_timestamp,
         }
     }
+}
+
+/// Same transfer content (everything but the timestamp).
+fn same_fields(a: &Transfer, b: &Transfer) -> bool {
+    a.from == b.from
+        && a.to == b.to
+        && a.amount == b.amount
+        && a.currency == b.currency
+        && a.user_data == b.user_data
 }

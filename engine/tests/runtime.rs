@@ -64,18 +64,15 @@ fn transfers_apply_once_and_survive_restart() {
         t(2, a, b, 200),        // retry: exists
         t(2, a, b, 201),        // same id, other amount
         t(3, b, a, 1_000),      // overdraft
-        t(4, a, 77_777_777, 1), // unknown account
+        t(4, a, 77_777_777, 1), // unknown account (in another partition: TC/C cancels)
         t(5, a, a, 1),          // same account
         t(6, a, b, 0),          // zero
-        t(7, a, other, 1),      // other partition
+        t(7, a, other, 1),      // other partition: TC/C confirms
     ];
     let results = futures::executor::block_on(node.create_transfers(&batch)).unwrap();
     use ResultCode::*;
-    let unknown_code = if node.partition_of(77_777_777) == 0 {
-        ToAccountNotFound
-    } else {
-        CrossPartitionUnsupported
-    };
+    assert_ne!(node.partition_of(77_777_777), 0);
+    let unknown_code = ToAccountNotFound;
     assert_eq!(
         results,
         vec![
@@ -87,7 +84,7 @@ fn transfers_apply_once_and_survive_restart() {
             unknown_code,
             SameAccount,
             ZeroAmount,
-            CrossPartitionUnsupported
+            Ok
         ]
     );
     let balances = |node: &Node| {
@@ -97,13 +94,35 @@ fn transfers_apply_once_and_survive_restart() {
             .map(|acc| acc.unwrap().balance)
             .collect::<Vec<_>>()
     };
-    assert_eq!(balances(&node), vec![-500, 300, 200]);
+    assert_eq!(balances(&node), vec![-500, 299, 200]);
+    let held: Vec<i64> = futures::executor::block_on(node.lookup_accounts(0, vec![a]))
+        .unwrap()
+        .into_iter()
+        .map(|acc| acc.unwrap().held)
+        .collect();
+    assert_eq!(held, vec![0], "the TC/C hold was released");
+    let other_balance = futures::executor::block_on(node.lookup_accounts(1, vec![other])).unwrap()
+        [0]
+    .unwrap()
+    .balance;
+    assert_eq!(other_balance, 1, "the destination was credited");
     let digests: Vec<u128> = node.all_stats().unwrap().iter().map(|s| s.digest).collect();
     node.shutdown().unwrap();
 
     // Restart: same state (from the shutdown snapshot), and the old id is still remembered.
     let node = Node::start(config(dir.path())).unwrap();
-    assert_eq!(balances(&node), vec![-500, 300, 200]);
+    assert_eq!(balances(&node), vec![-500, 299, 200]);
+    let held: Vec<i64> = futures::executor::block_on(node.lookup_accounts(0, vec![a]))
+        .unwrap()
+        .into_iter()
+        .map(|acc| acc.unwrap().held)
+        .collect();
+    assert_eq!(held, vec![0], "the TC/C hold was released");
+    let other_balance = futures::executor::block_on(node.lookup_accounts(1, vec![other])).unwrap()
+        [0]
+    .unwrap()
+    .balance;
+    assert_eq!(other_balance, 1, "the destination was credited");
     let after: Vec<u128> = node.all_stats().unwrap().iter().map(|s| s.digest).collect();
     assert_eq!(digests, after);
     let retry = futures::executor::block_on(node.create_transfers(&[t(2, a, b, 200)])).unwrap();

@@ -26,6 +26,8 @@ pub struct EngineConfig {
     /// Operator escape hatch (`walletd --repair`): before recovery, cut each partition's log
     /// at its first damaged record, losing everything after it. Never on by default.
     pub repair: bool,
+    /// A cross-partition Try that gets no answer for this long is cancelled (refunded).
+    pub tcc_try_timeout_ms: u64,
 }
 
 impl EngineConfig {
@@ -41,6 +43,7 @@ impl EngineConfig {
             io_memory_bytes: 2 << 20,
             transfers_capacity_per_partition: 0,
             repair: false,
+            tcc_try_timeout_ms: 5_000,
         }
     }
 

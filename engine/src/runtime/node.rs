@@ -91,10 +91,11 @@ impl Node {
                 .collect();
             let config = config.clone();
             let ready = ready_tx.clone();
+            let peers = queues.clone();
             let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
                 .name(&format!("shard-{core}"))
                 .io_memory(config.io_memory_bytes)
-                .spawn(move || run_shard(config, owned, ready))
+                .spawn(move || run_shard(config, owned, peers, ready))
                 .map_err(|e| StartError::Executor {
                     core,
                     reason: e.to_string(),
@@ -260,7 +261,11 @@ impl Node {
 
     /// Closes the queues and joins the threads; returns the first thread failure.
     fn stop_threads(&mut self) -> Option<String> {
-        self.queues.clear();
+        // Partition tasks hold each other's queues (TC/C), so closing ours is not enough:
+        // each is told to stop explicitly.
+        for queue in self.queues.drain(..) {
+            let _ = queue.send(Request::Shutdown);
+        }
         let mut failure = None;
         for handle in self.executors.drain(..) {
             let outcome = match handle.join() {
@@ -315,6 +320,7 @@ fn check_partition_count(config: &EngineConfig) -> Result<(), StartError> {
 async fn run_shard(
     config: EngineConfig,
     owned: Vec<(PartitionId, flume::Receiver<Request>)>,
+    peers: Vec<flume::Sender<Request>>,
     ready: mpsc::Sender<Result<PartitionId, StartError>>,
 ) {
     let mut tasks = Vec::new();
@@ -384,6 +390,8 @@ async fn run_shard(
             replayed_entries: recovered.replayed_entries,
             snapshots_written: 0,
             fsyncs: 0,
+            peers: peers.clone(),
+            tcc_try_timeout: std::time::Duration::from_millis(config.tcc_try_timeout_ms),
         };
         tasks.push(glommio::spawn_local(task.run(queue)));
         let _ = ready.send(Ok(partition));

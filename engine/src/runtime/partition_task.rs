@@ -2,16 +2,26 @@
 //! applies command batches in groups, makes each group durable with one fsync, and only then
 //! answers. Reads are answered after the group's fsync too, so they never show a write that a
 //! crash could still take back.
+//!
+//! It is also the TC/C coordinator for transfers whose source account lives here: it ships the
+//! messages the state machine emits (after they are durable, batched per destination), keeps
+//! the client's reply until each cross-partition transfer is decided, re-drives unfinished
+//! records after a restart, and aborts a Try that gets no answer in time.
 
 use super::request::{BatchReply, PartitionStats, Request};
+use crate::command::CommandBatch;
 use crate::digest::state_digest;
-use crate::event::Event;
 use crate::log::LogWriter;
+use crate::model::TransferId;
+use crate::partition::PartitionId;
 use crate::result_code::ResultCode;
 use crate::snapshot::{write_snapshot, SnapshotCapture};
-use crate::state_machine::PartitionState;
+use crate::state_machine::{ApplyOutput, PartitionState};
+use crate::tcc::{self, TccMessage};
 use futures::channel::oneshot;
+use hashbrown::HashMap;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 pub struct PartitionTask {
     pub state: PartitionState,
@@ -24,6 +34,9 @@ pub struct PartitionTask {
     pub last_snapshot_index: u64,
     pub snapshots_written: u64,
     pub fsyncs: u64,
+    /// Every partition's queue, by partition id (TC/C messages go through them).
+    pub peers: Vec<flume::Sender<Request>>,
+    pub tcc_try_timeout: Duration,
 }
 
 /// A snapshot being written on a helper thread.
@@ -32,17 +45,146 @@ struct SnapshotInFlight {
     done: oneshot::Receiver<Result<PathBuf, String>>,
 }
 
+/// A client batch whose reply waits for TC/C outcomes.
+struct HeldReply {
+    reply: oneshot::Sender<BatchReply>,
+    answer: BatchReply,
+    remaining: usize,
+}
+
+/// How often the loop wakes to retry shipping messages and check Try timeouts while TC/C
+/// work is outstanding.
+const TCC_TICK: Duration = Duration::from_millis(2);
+
+#[derive(Default)]
+struct Coordinator {
+    held: Vec<Option<HeldReply>>,
+    free_slots: Vec<usize>,
+    /// Transfer id -> (held reply slot, item position) waiting for its outcome.
+    waiters: HashMap<TransferId, Vec<(usize, usize)>>,
+    /// When each running TC/C of this partition was (re)started, for the Try timeout.
+    started: HashMap<TransferId, Instant>,
+    /// Messages to other partitions not yet accepted by their queues.
+    outbox: Vec<(PartitionId, Vec<TccMessage>)>,
+    /// Local messages (aborts) to log in the next group.
+    local: Vec<TccMessage>,
+}
+
+impl Coordinator {
+    fn has_work(&self) -> bool {
+        !self.outbox.is_empty() || !self.local.is_empty() || !self.started.is_empty()
+    }
+
+    fn hold(
+        &mut self,
+        reply: oneshot::Sender<BatchReply>,
+        answer: BatchReply,
+        pending: &[(usize, TransferId)],
+    ) {
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.held.push(None);
+            self.held.len() - 1
+        });
+        self.held[slot] = Some(HeldReply {
+            reply,
+            answer,
+            remaining: pending.len(),
+        });
+        let now = Instant::now();
+        for &(position, id) in pending {
+            self.waiters.entry(id).or_default().push((slot, position));
+            self.started.entry(id).or_insert(now);
+        }
+    }
+
+    fn resolve(&mut self, id: TransferId, code: ResultCode) {
+        self.started.remove(&id);
+        for (slot, position) in self.waiters.remove(&id).unwrap_or_default() {
+            let Some(held) = self.held[slot].as_mut() else {
+                continue;
+            };
+            held.answer.results[position] = code;
+            held.remaining -= 1;
+            if held.remaining == 0 {
+                if let Some(done) = self.held[slot].take() {
+                    let _ = done.reply.send(done.answer);
+                }
+                self.free_slots.push(slot);
+            }
+        }
+    }
+
+    /// Queues messages by destination (one batch per destination).
+    fn queue(&mut self, messages: &[(PartitionId, TccMessage)]) {
+        for &(destination, message) in messages {
+            match self.outbox.iter_mut().find(|(d, _)| *d == destination) {
+                Some((_, batch)) => batch.push(message),
+                None => self.outbox.push((destination, vec![message])),
+            }
+        }
+    }
+
+    /// Hands queued batches to their partitions' queues without ever blocking (two tasks
+    /// waiting on each other's full queues would deadlock); what does not fit waits for the
+    /// next tick.
+    fn ship(&mut self, peers: &[flume::Sender<Request>]) {
+        let mut kept = Vec::new();
+        for (destination, messages) in self.outbox.drain(..) {
+            match peers[destination as usize].try_send(Request::Tcc { messages }) {
+                Ok(()) => {}
+                Err(flume::TrySendError::Full(Request::Tcc { messages })) => {
+                    kept.push((destination, messages))
+                }
+                Err(_) => {} // the peer stopped: the source re-drives after the next start
+            }
+        }
+        self.outbox = kept;
+    }
+}
+
 impl PartitionTask {
     pub async fn run(mut self, requests: flume::Receiver<Request>) {
         let mut group: Vec<Request> = Vec::with_capacity(64);
-        let mut replies: Vec<(oneshot::Sender<BatchReply>, BatchReply)> = Vec::with_capacity(64);
+        let mut replies: Vec<(
+            oneshot::Sender<BatchReply>,
+            BatchReply,
+            Vec<(usize, TransferId)>,
+        )> = Vec::with_capacity(64);
         let mut body = rkyv::util::AlignedVec::<16>::with_capacity(1 << 20);
-        let mut events: Vec<Event> = Vec::with_capacity(crate::command::BATCH_ITEMS_MAX);
+        let mut out = ApplyOutput::default();
+        let mut emitted: Vec<(PartitionId, TccMessage)> = Vec::new();
+        let mut resolved: Vec<(TransferId, ResultCode)> = Vec::new();
         let mut failed: Option<String> = None;
         let mut snapshot: Option<SnapshotInFlight> = None;
+        let mut coordinator = Coordinator::default();
+        let mut stopping = false;
 
-        while let Ok(first) = requests.recv_async().await {
-            group.push(first);
+        // Recovery: move every unfinished TC/C that started here forward again.
+        let redrive = self.state.tcc_redrive();
+        let now = Instant::now();
+        for (_, m) in &redrive {
+            coordinator.started.insert(m.id, now);
+        }
+        coordinator.queue(&redrive);
+        coordinator.ship(&self.peers);
+
+        while !stopping {
+            // Wait for work; tick while TC/C work is outstanding.
+            let next = if coordinator.has_work() {
+                let recv = Box::pin(requests.recv_async());
+                let tick = Box::pin(glommio::timer::sleep(TCC_TICK));
+                match futures::future::select(recv, tick).await {
+                    futures::future::Either::Left((r, _)) => Some(r),
+                    futures::future::Either::Right(_) => None,
+                }
+            } else {
+                Some(requests.recv_async().await)
+            };
+            match next {
+                Some(Ok(first)) => group.push(first),
+                Some(Err(_)) => break, // every sender is gone
+                None => {}
+            }
             let mut items = group_items(&group);
             while items < self.group_items_max {
                 match requests.try_recv() {
@@ -53,93 +195,107 @@ impl PartitionTask {
                     Err(_) => break,
                 }
             }
+            self.abort_overdue(&mut coordinator);
 
-            // 1. Apply every command batch of the group and append it to the log.
+            // 1. Apply every command batch of the group and append it to the log; incoming
+            //    TC/C messages of the group become one more entry.
             let mut reads = Vec::new();
+            let mut tcc_in: Vec<TccMessage> = std::mem::take(&mut coordinator.local);
             for request in group.drain(..) {
                 match request {
                     Request::Commands { batch, reply } => {
-                        if let Some(reason) = &failed {
-                            tracing::debug!(%reason, "refusing a batch: the log is failed");
-                            let _ = reply
-                                .send(BatchReply::refused(batch.len(), ResultCode::StorageError));
-                            continue;
-                        }
-                        batch.encode_into(&mut body);
-                        if !self.writer.has_room(body.len()) {
-                            if let Err(e) = self.writer.flush().await {
-                                failed = Some(e.to_string());
+                        let pending_ids = |results: &[ResultCode]| -> Vec<(usize, TransferId)> {
+                            let CommandBatch::CreateTransfers(items) = &batch else {
+                                return Vec::new();
+                            };
+                            results
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, c)| **c == ResultCode::Pending)
+                                .map(|(i, _)| (i, items[i].id))
+                                .collect()
+                        };
+                        match self
+                            .append_and_apply(&batch, &mut body, &mut out, &mut failed)
+                            .await
+                        {
+                            Some((index, timestamp)) => {
+                                let results = std::mem::take(&mut out.results);
+                                let pending = pending_ids(&results);
+                                emitted.append(&mut out.outbox);
+                                resolved.append(&mut out.resolved);
+                                replies.push((
+                                    reply,
+                                    BatchReply {
+                                        results,
+                                        index,
+                                        timestamp,
+                                    },
+                                    pending,
+                                ));
+                            }
+                            None => {
                                 let _ = reply.send(BatchReply::refused(
                                     batch.len(),
                                     ResultCode::StorageError,
                                 ));
-                                continue;
                             }
-                            self.fsyncs += 1;
                         }
-                        let timestamp = now_ns().max(self.state.next_timestamp_floor());
-                        let index =
-                            match self
-                                .writer
-                                .append(self.term, timestamp, batch.kind(), &body)
-                            {
-                                Ok(index) => index,
-                                Err(e) => {
-                                    failed = Some(e.to_string());
-                                    let _ = reply.send(BatchReply::refused(
-                                        batch.len(),
-                                        ResultCode::StorageError,
-                                    ));
-                                    continue;
-                                }
-                            };
-                        let mut results = Vec::with_capacity(batch.len());
-                        events.clear();
-                        self.state
-                            .apply_entry(
-                                index,
-                                batch.kind(),
-                                &body,
-                                timestamp,
-                                &mut results,
-                                &mut events,
-                            )
-                            .expect("a batch this task encoded is a valid entry");
-                        replies.push((
-                            reply,
-                            BatchReply {
-                                results,
-                                index,
-                                timestamp,
-                            },
-                        ));
                     }
+                    Request::Tcc { messages } => tcc_in.extend(messages),
+                    Request::Shutdown => stopping = true,
                     other => reads.push(other),
                 }
             }
+            if !tcc_in.is_empty() {
+                let batch = CommandBatch::Tcc(tcc_in);
+                if self
+                    .append_and_apply(&batch, &mut body, &mut out, &mut failed)
+                    .await
+                    .is_some()
+                {
+                    emitted.append(&mut out.outbox);
+                    resolved.append(&mut out.resolved);
+                }
+            }
 
-            // 2. One fsync for the whole group, then the answers.
-            if !replies.is_empty() && failed.is_none() {
+            // 2. One fsync for the whole group.
+            if self.writer.last_index() > self.writer.durable_index() && failed.is_none() {
                 match self.writer.flush().await {
                     Ok(()) => self.fsyncs += 1,
                     Err(e) => failed = Some(e.to_string()),
                 }
             }
-            for (reply, answer) in replies.drain(..) {
-                let answer = if failed.is_some() {
-                    BatchReply::refused(answer.results.len(), ResultCode::StorageError)
-                } else {
-                    answer
-                };
-                let _ = reply.send(answer);
-            }
 
-            // 3. Reads see exactly the durable state.
+            // 3. Answers (durable now), held ones for running TC/Cs, then decided TC/Cs.
+            for (reply, answer, pending) in replies.drain(..) {
+                if failed.is_some() {
+                    let _ = reply.send(BatchReply::refused(
+                        answer.results.len(),
+                        ResultCode::StorageError,
+                    ));
+                } else if pending.is_empty() {
+                    let _ = reply.send(answer);
+                } else {
+                    coordinator.hold(reply, answer, &pending);
+                }
+            }
+            if failed.is_none() {
+                for (id, code) in resolved.drain(..) {
+                    coordinator.resolve(id, code);
+                }
+                coordinator.queue(&emitted);
+            }
+            resolved.clear();
+            emitted.clear();
+            coordinator.ship(&self.peers);
+
+            // 4. Reads see exactly the durable state.
             for read in reads {
                 self.answer_read(read, &failed, &mut snapshot).await;
             }
 
-            // 4. Snapshots: collect a finished one, start a new one when due.
+            // 5. Snapshots: collect a finished one, start a new one when due.
             if let Some(inflight) = &mut snapshot {
                 if let Ok(Some(result)) = inflight.done.try_recv() {
                     self.finish_snapshot(inflight.index, result);
@@ -154,8 +310,10 @@ impl PartitionTask {
             }
         }
 
-        // The queue closed: shutdown. Everything answered was flushed; leave a snapshot so the
-        // next start replays nothing.
+        // Shutdown. Everything answered was flushed; leave a snapshot so the next start
+        // replays nothing. Clients still waiting on a TC/C see their reply channel close; the
+        // records are durable and are re-driven at the next start.
+        drop(coordinator);
         if let Some(inflight) = snapshot.take() {
             let result = inflight
                 .done
@@ -171,8 +329,81 @@ impl PartitionTask {
                 .unwrap_or_else(|_| Err("snapshot thread died".into()));
             self.finish_snapshot(inflight.index, result);
         }
+        self.peers.clear();
         if let Err(e) = self.writer.close().await {
             tracing::error!(error = %e, "closing the log failed");
+        }
+    }
+
+    /// Encodes `batch`, appends it, applies it. `None` when the log is failed (and then it
+    /// stays failed).
+    async fn append_and_apply(
+        &mut self,
+        batch: &CommandBatch,
+        body: &mut rkyv::util::AlignedVec<16>,
+        out: &mut ApplyOutput,
+        failed: &mut Option<String>,
+    ) -> Option<(u64, u64)> {
+        if let Some(reason) = failed {
+            tracing::debug!(%reason, "refusing a batch: the log is failed");
+            return None;
+        }
+        batch.encode_into(body);
+        if !self.writer.has_room(body.len()) {
+            if let Err(e) = self.writer.flush().await {
+                *failed = Some(e.to_string());
+                return None;
+            }
+            self.fsyncs += 1;
+        }
+        let timestamp = now_ns().max(self.state.next_timestamp_floor());
+        let index = match self.writer.append(self.term, timestamp, batch.kind(), body) {
+            Ok(index) => index,
+            Err(e) => {
+                *failed = Some(e.to_string());
+                return None;
+            }
+        };
+        out.clear();
+        self.state
+            .apply_entry(index, batch.kind(), body, timestamp, out)
+            .expect("a batch this task encoded is a valid entry");
+        Some((index, timestamp))
+    }
+
+    /// Turns Tries that waited longer than the timeout into ABORT commands (logged, so the
+    /// decision is deterministic on replay).
+    fn abort_overdue(&mut self, coordinator: &mut Coordinator) {
+        let now = Instant::now();
+        let overdue: Vec<TransferId> = coordinator
+            .started
+            .iter()
+            .filter(|(_, started)| now.duration_since(**started) > self.tcc_try_timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            coordinator.started.insert(id, now);
+            if let Some(record) = self.state.tcc_record(id) {
+                if record.phase == tcc::phase::TRYING {
+                    coordinator.local.push(TccMessage::about(
+                        tcc::kind::ABORT,
+                        self.state.partition(),
+                        &record.transfer,
+                    ));
+                } else if record.phase == tcc::phase::CONFIRMING {
+                    // The confirm or its ack got lost: send it again (idempotent).
+                    coordinator.queue(&[(
+                        record.destination,
+                        TccMessage::about(
+                            tcc::kind::CONFIRM,
+                            self.state.partition(),
+                            &record.transfer,
+                        ),
+                    )]);
+                }
+            } else {
+                coordinator.started.remove(&id);
+            }
         }
     }
 
@@ -183,7 +414,9 @@ impl PartitionTask {
         snapshot: &mut Option<SnapshotInFlight>,
     ) {
         match read {
-            Request::Commands { .. } => unreachable!("commands are not reads"),
+            Request::Commands { .. } | Request::Tcc { .. } | Request::Shutdown => {
+                unreachable!("not reads")
+            }
             Request::LookupAccounts { ids, reply } => {
                 let _ = reply.send(
                     ids.iter()
@@ -208,6 +441,7 @@ impl PartitionTask {
                     replayed_entries: self.replayed_entries,
                     snapshots_written: self.snapshots_written,
                     fsyncs: self.fsyncs,
+                    tcc_in_flight: self.state.tcc_in_flight() as u64,
                     digest: if digest { state_digest(&self.state) } else { 0 },
                 });
             }
@@ -281,6 +515,7 @@ fn group_items(group: &[Request]) -> usize {
         .iter()
         .map(|r| match r {
             Request::Commands { batch, .. } => batch.len().max(1),
+            Request::Tcc { messages } => messages.len().max(1),
             _ => 1,
         })
         .sum()

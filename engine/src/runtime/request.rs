@@ -3,6 +3,7 @@
 use crate::command::CommandBatch;
 use crate::model::{Account, AccountId, Transfer, TransferId};
 use crate::result_code::ResultCode;
+use crate::tcc::TccMessage;
 use futures::channel::oneshot;
 
 /// The answer to a command batch: one code per item, in order. Sent only after the batch's log
@@ -38,6 +39,8 @@ pub struct PartitionStats {
     pub replayed_entries: u64,
     pub snapshots_written: u64,
     pub fsyncs: u64,
+    /// TC/C transfers started here and not finished.
+    pub tcc_in_flight: u64,
     pub digest: u128,
 }
 
@@ -64,4 +67,8 @@ pub enum Request {
     Snapshot {
         reply: oneshot::Sender<Result<u64, String>>,
     },
+    /// TC/C messages from another partition (no reply: answers travel as messages too).
+    Tcc { messages: Vec<TccMessage> },
+    /// Finish what is queued, flush, snapshot, close the log, stop.
+    Shutdown,
 }
