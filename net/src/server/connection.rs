@@ -35,8 +35,12 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
     let mut handshaken = false;
     loop {
         let mut header_bytes = [0u8; HEADER_BYTES];
-        if reader.read_exact(&mut header_bytes).await.is_err() {
-            break; // closed (or cut mid-header)
+        let read = Box::pin(reader.read_exact(&mut header_bytes));
+        let stopped = Box::pin(ctx.stop.recv_async());
+        match futures::future::select(read, stopped).await {
+            futures::future::Either::Left((Ok(()), _)) => {}
+            futures::future::Either::Left((Err(_), _)) => break, // closed (or cut mid-header)
+            futures::future::Either::Right(_) => break,          // the server is stopping
         }
         let header = match FrameHeader::decode(&header_bytes) {
             Ok(h) => h,

@@ -60,6 +60,8 @@ pub(crate) struct CoreContext {
     pub config: ServerConfig,
     pub bytes_in_flight: Rc<glommio::sync::Semaphore>,
     pub connections: std::cell::Cell<usize>,
+    /// Resolves (with an error) when the server stops: connections stop reading then.
+    pub stop: flume::Receiver<()>,
 }
 
 impl Server {
@@ -142,6 +144,7 @@ async fn accept_loop(
         node,
         config,
         connections: std::cell::Cell::new(0),
+        stop: stop.clone(),
     });
     loop {
         let accept = Box::pin(listener.accept());
