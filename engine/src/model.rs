@@ -115,6 +115,16 @@ pub struct Transfer {
     pub timestamp: u64,
 }
 
+/// A transfer as a lookup sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransferLookup {
+    pub transfer: Transfer,
+    /// `Ok`: applied. `Pending`: a cross-partition transfer still running its TC/C (the
+    /// amount is held on the source account). Any other code: cancelled for that reason
+    /// (the source was refunded; nothing moved).
+    pub status: crate::result_code::ResultCode,
+}
+
 /// True for ids a client may use (0 and `u128::MAX` are reserved as sentinels).
 pub fn is_valid_id(id: u128) -> bool {
     id != 0 && id != u128::MAX

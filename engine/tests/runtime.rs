@@ -128,7 +128,7 @@ fn transfers_apply_once_and_survive_restart() {
     let retry = futures::executor::block_on(node.create_transfers(&[t(2, a, b, 200)])).unwrap();
     assert_eq!(retry, vec![Exists]);
     let found = futures::executor::block_on(node.lookup_transfers(0, vec![2, 3])).unwrap();
-    assert_eq!(found[0].map(|t| t.amount), Some(200));
+    assert_eq!(found[0].map(|t| t.transfer.amount), Some(200));
     assert_eq!(found[1], None, "rejected transfers are not stored");
     node.shutdown().unwrap();
 }

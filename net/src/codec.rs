@@ -3,7 +3,7 @@
 
 use crate::operation::ProtocolError;
 use bytes::{BufMut, BytesMut};
-use engine::model::{Account, Currency, Transfer};
+use engine::model::{Account, Currency, Transfer, TransferLookup};
 use engine::{NewAccount, NewTransfer, ResultCode, BATCH_ITEMS_MAX};
 
 pub const NEW_ACCOUNT_BYTES: usize = 48;
@@ -184,11 +184,13 @@ pub fn decode_account_replies(body: &[u8]) -> Result<Vec<Option<Account>>, Proto
         .collect()
 }
 
-pub fn encode_transfer_replies(out: &mut BytesMut, items: &[Option<Transfer>]) {
+/// Reply to lookup_transfers. The status byte is `ok` (applied), `pending` (a cross-partition
+/// transfer still running), a cancellation reason, or `not_found`.
+pub fn encode_transfer_replies(out: &mut BytesMut, items: &[Option<TransferLookup>]) {
     put_count(out, items.len());
     for item in items {
         let (code, t) = match item {
-            Some(t) => (ResultCode::Ok, *t),
+            Some(found) => (found.status, found.transfer),
             None => (
                 ResultCode::NotFound,
                 Transfer {
@@ -214,22 +216,25 @@ pub fn encode_transfer_replies(out: &mut BytesMut, items: &[Option<Transfer>]) {
     }
 }
 
-pub fn decode_transfer_replies(body: &[u8]) -> Result<Vec<Option<Transfer>>, ProtocolError> {
+pub fn decode_transfer_replies(body: &[u8]) -> Result<Vec<Option<TransferLookup>>, ProtocolError> {
     records(body, TRANSFER_REPLY_BYTES)?
         .map(|rec| {
             let r = Reader(rec);
             match ResultCode::from_u8(rec[76]) {
-                Some(ResultCode::Ok) => Ok(Some(Transfer {
-                    id: r.u128(0),
-                    from: r.u128(16),
-                    to: r.u128(32),
-                    amount: r.u64(48),
-                    user_data: r.u64(56),
-                    timestamp: r.u64(64),
-                    currency: Currency(r.u32(72)),
-                })),
                 Some(ResultCode::NotFound) => Ok(None),
-                _ => Err(ProtocolError::MalformedBody),
+                Some(status) => Ok(Some(TransferLookup {
+                    transfer: Transfer {
+                        id: r.u128(0),
+                        from: r.u128(16),
+                        to: r.u128(32),
+                        amount: r.u64(48),
+                        user_data: r.u64(56),
+                        timestamp: r.u64(64),
+                        currency: Currency(r.u32(72)),
+                    },
+                    status,
+                })),
+                None => Err(ProtocolError::MalformedBody),
             }
         })
         .collect()

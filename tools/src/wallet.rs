@@ -192,23 +192,31 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::LookupTransfer { id } => {
             let found = client.lookup_transfers(&[id]).map_err(|e| e.to_string())?;
-            let t = found
+            let found = found
                 .into_iter()
                 .next()
                 .flatten()
                 .ok_or(format!("transfer {id} not found"))?;
+            let t = found.transfer;
+            // applied | pending (TC/C running, amount held on the source) | cancelled
+            let (status, reason) = match found.status {
+                ResultCode::Ok => ("applied", None),
+                ResultCode::Pending => ("pending", None),
+                other => ("cancelled", Some(other.name())),
+            };
             if cli.json {
                 println!(
                     "{}",
                     json!({
                         "id": t.id, "from": t.from, "to": t.to, "amount": t.amount,
                         "currency": t.currency.code(), "user_data": t.user_data,
-                        "timestamp": t.timestamp, "status": "applied",
+                        "timestamp": t.timestamp, "status": status, "reason": reason,
                     })
                 );
             } else {
+                let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
                 println!(
-                    "transfer {}: {} -> {} {} {} (applied at {})",
+                    "transfer {}: {} -> {} {} {} ({status}{why}, at {})",
                     t.id, t.from, t.to, t.amount, t.currency, t.timestamp
                 );
             }

@@ -5,7 +5,7 @@ use super::partition_task::PartitionTask;
 use super::request::{BatchReply, PartitionStats, Request};
 use crate::command::CommandBatch;
 use crate::log::{LogWriter, WriterOptions};
-use crate::model::{Account, AccountId, Transfer, TransferId};
+use crate::model::{Account, AccountId, TransferId, TransferLookup};
 use crate::partition::{partition_of, PartitionId};
 use crate::recovery::{log_dir, partition_dir, recover_partition, snapshot_dir};
 use crate::result_code::ResultCode;
@@ -210,7 +210,7 @@ impl Node {
         &self,
         partition: PartitionId,
         ids: Vec<TransferId>,
-    ) -> Result<Vec<Option<Transfer>>, SubmitError> {
+    ) -> Result<Vec<Option<TransferLookup>>, SubmitError> {
         self.ask(partition, |reply| Request::LookupTransfers { ids, reply })
             .await
     }

@@ -64,6 +64,9 @@ struct Coordinator {
     waiters: HashMap<TransferId, Vec<(usize, usize)>>,
     /// When each running TC/C of this partition was (re)started, for the Try timeout.
     started: HashMap<TransferId, Instant>,
+    /// The same starts in time order, so the timeout check looks only at the oldest ones.
+    /// Entries whose id finished (or restarted later) are skipped when they reach the front.
+    timeline: std::collections::VecDeque<(Instant, TransferId)>,
     /// Messages to other partitions not yet accepted by their queues.
     outbox: Vec<(PartitionId, Vec<TccMessage>)>,
     /// Local messages (aborts) to log in the next group.
@@ -93,8 +96,36 @@ impl Coordinator {
         let now = Instant::now();
         for &(position, id) in pending {
             self.waiters.entry(id).or_default().push((slot, position));
-            self.started.entry(id).or_insert(now);
+            self.start(id, now);
         }
+    }
+
+    /// Starts (or keeps) the Try timer of `id`.
+    fn start(&mut self, id: TransferId, now: Instant) {
+        if let hashbrown::hash_map::Entry::Vacant(v) = self.started.entry(id) {
+            v.insert(now);
+            self.timeline.push_back((now, id));
+        }
+    }
+
+    /// Ids whose timer started before `cutoff` (and still runs), oldest first; their timers
+    /// restart at `now`.
+    fn overdue(&mut self, cutoff: Instant, now: Instant) -> Vec<TransferId> {
+        let mut due = Vec::new();
+        while let Some(&(at, id)) = self.timeline.front() {
+            if at > cutoff {
+                break;
+            }
+            self.timeline.pop_front();
+            if self.started.get(&id) == Some(&at) {
+                due.push(id);
+            }
+        }
+        for &id in &due {
+            self.started.insert(id, now);
+            self.timeline.push_back((now, id));
+        }
+        due
     }
 
     fn resolve(&mut self, id: TransferId, code: ResultCode) {
@@ -163,7 +194,7 @@ impl PartitionTask {
         let redrive = self.state.tcc_redrive();
         let now = Instant::now();
         for (_, m) in &redrive {
-            coordinator.started.insert(m.id, now);
+            coordinator.start(m.id, now);
         }
         coordinator.queue(&redrive);
         coordinator.ship(&self.peers);
@@ -375,14 +406,10 @@ impl PartitionTask {
     /// decision is deterministic on replay).
     fn abort_overdue(&mut self, coordinator: &mut Coordinator) {
         let now = Instant::now();
-        let overdue: Vec<TransferId> = coordinator
-            .started
-            .iter()
-            .filter(|(_, started)| now.duration_since(**started) > self.tcc_try_timeout)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in overdue {
-            coordinator.started.insert(id, now);
+        let Some(cutoff) = now.checked_sub(self.tcc_try_timeout) else {
+            return;
+        };
+        for id in coordinator.overdue(cutoff, now) {
             if let Some(record) = self.state.tcc_record(id) {
                 if record.phase == tcc::phase::TRYING {
                     coordinator.local.push(TccMessage::about(
@@ -427,7 +454,7 @@ impl PartitionTask {
             Request::LookupTransfers { ids, reply } => {
                 let _ = reply.send(
                     ids.iter()
-                        .map(|id| self.state.transfer(*id).copied())
+                        .map(|id| self.state.lookup_transfer(*id))
                         .collect(),
                 );
             }

@@ -1,7 +1,7 @@
 //! What callers send to a partition task, and what comes back.
 
 use crate::command::CommandBatch;
-use crate::model::{Account, AccountId, Transfer, TransferId};
+use crate::model::{Account, AccountId, TransferId, TransferLookup};
 use crate::result_code::ResultCode;
 use crate::tcc::TccMessage;
 use futures::channel::oneshot;
@@ -55,7 +55,7 @@ pub enum Request {
     },
     LookupTransfers {
         ids: Vec<TransferId>,
-        reply: oneshot::Sender<Vec<Option<Transfer>>>,
+        reply: oneshot::Sender<Vec<Option<TransferLookup>>>,
     },
     /// Counters; with `digest`, also the state digest (a full pass over the state: tests and
     /// audits only).

@@ -4,7 +4,7 @@
 
 use super::node::{Node, SubmitError};
 use crate::command::{CommandBatch, NewAccount, NewTransfer};
-use crate::model::{Account, AccountId, Transfer, TransferId};
+use crate::model::{Account, AccountId, TransferId, TransferLookup};
 use crate::partition::PartitionId;
 use crate::result_code::ResultCode;
 
@@ -71,7 +71,7 @@ impl Node {
     pub async fn lookup_transfers_any(
         &self,
         ids: &[TransferId],
-    ) -> Result<Vec<Option<Transfer>>, SubmitError> {
+    ) -> Result<Vec<Option<TransferLookup>>, SubmitError> {
         let pending = (0..self.partition_count()).map(|p| self.lookup_transfers(p, ids.to_vec()));
         let mut out = vec![None; ids.len()];
         for found in futures::future::join_all(pending).await {

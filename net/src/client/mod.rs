@@ -29,7 +29,7 @@ use connection::{Connection, Reply};
 use crate::codec::{self, PartitionStatus};
 use crate::operation::{Operation, ProtocolError};
 use bytes::BytesMut;
-use engine::model::{Account, Transfer};
+use engine::model::{Account, TransferLookup};
 use engine::{NewAccount, NewTransfer, ResultCode, BATCH_ITEMS_MAX};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -212,7 +212,7 @@ impl Client {
     pub async fn lookup_transfers_async(
         &self,
         ids: &[u128],
-    ) -> Result<Vec<Option<Transfer>>, ClientError> {
+    ) -> Result<Vec<Option<TransferLookup>>, ClientError> {
         check_len(ids.len())?;
         let mut body = BytesMut::new();
         codec::encode_ids(&mut body, ids);
@@ -240,7 +240,10 @@ impl Client {
     pub fn lookup_accounts(&self, ids: &[u128]) -> Result<Vec<Option<Account>>, ClientError> {
         futures::executor::block_on(self.lookup_accounts_async(ids))
     }
-    pub fn lookup_transfers(&self, ids: &[u128]) -> Result<Vec<Option<Transfer>>, ClientError> {
+    pub fn lookup_transfers(
+        &self,
+        ids: &[u128],
+    ) -> Result<Vec<Option<TransferLookup>>, ClientError> {
         futures::executor::block_on(self.lookup_transfers_async(ids))
     }
     pub fn status(&self) -> Result<Status, ClientError> {
