@@ -35,8 +35,8 @@ fn main() {
         for id in 1..=ACCOUNTS {
             by_partition[partition_of(id, 2) as usize].push(id);
         }
-        for p in 0..2 {
-            for chunk in by_partition[p].chunks(BATCH) {
+        for (p, ids) in by_partition.iter().enumerate() {
+            for chunk in ids.chunks(BATCH) {
                 let accounts = chunk
                     .iter()
                     .map(|&id| NewAccount {
@@ -57,9 +57,9 @@ fn main() {
         }
         // Fund every account from the first (issuer) account of its partition's first chunk.
         let mut id = 1u128 << 64;
-        for p in 0..2 {
-            let issuer = by_partition[p][0];
-            for chunk in by_partition[p][1..].chunks(BATCH) {
+        for (p, ids) in by_partition.iter().enumerate() {
+            let issuer = ids[0];
+            for chunk in ids[1..].chunks(BATCH) {
                 let t = chunk
                     .iter()
                     .map(|&to| {
@@ -132,7 +132,7 @@ fn main() {
                         .iter()
                         .filter(|(_, c)| *c == engine::ResultCode::Ok)
                         .count();
-                    next.extend(out.outbox.drain(..));
+                    next.append(&mut out.outbox);
                 }
                 messages = next;
             }

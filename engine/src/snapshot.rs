@@ -346,16 +346,13 @@ pub fn load_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
     if meta.partition >= meta.partition_count {
         return Err(invalid("partition out of range".into()));
     }
-    let state = PartitionState::from_parts(
-        meta.partition,
-        meta.partition_count,
+    let parts = crate::state_machine::StateParts {
         accounts,
         transfers,
         tcc_records,
         participants,
-        meta.last_index,
-        meta.last_timestamp,
-    );
+    };
+    let state = PartitionState::from_parts(&meta, parts);
     Ok(LoadedSnapshot {
         state,
         last_term: meta.last_term,

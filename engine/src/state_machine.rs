@@ -699,11 +699,7 @@ impl PartitionState {
 
     /// Source, last step: the credit is done; release the hold and file the transfer.
     fn tcc_confirm_ack(&mut self, m: &TccMessage, _timestamp: u64, out: &mut ApplyOutput) {
-        if !self
-            .tcc
-            .get(&m.id)
-            .is_some_and(|r| r.phase == tcc::phase::CONFIRMING)
-        {
+        if self.tcc.get(&m.id).map(|r| r.phase) != Some(tcc::phase::CONFIRMING) {
             return; // a duplicate ack
         }
         let Some(record) = self.tcc.remove(&m.id) else {
@@ -782,15 +778,17 @@ impl PartitionState {
 
     /// Restores a partition from snapshot parts (used by `snapshot::load`).
     pub(crate) fn from_parts(
-        partition: PartitionId,
-        partition_count: u32,
-        accounts: Vec<Account>,
-        transfers: TransferStore,
-        tcc_records: Vec<TccRecord>,
-        participants: Vec<TccParticipant>,
-        last_index: u64,
-        last_timestamp: u64,
+        meta: &crate::snapshot::SnapshotMeta,
+        parts: StateParts,
     ) -> PartitionState {
+        let StateParts {
+            accounts,
+            transfers,
+            tcc_records,
+            participants,
+        } = parts;
+        let (partition, partition_count) = (meta.partition, meta.partition_count);
+        let (last_index, last_timestamp) = (meta.last_index, meta.last_timestamp);
         let mut map = HashMap::with_capacity(accounts.len());
         for a in accounts {
             map.insert(a.id, a);
@@ -809,6 +807,14 @@ impl PartitionState {
             last_timestamp,
         }
     }
+}
+
+/// The collections of a partition's state, as a snapshot stores them.
+pub(crate) struct StateParts {
+    pub accounts: Vec<Account>,
+    pub transfers: TransferStore,
+    pub tcc_records: Vec<TccRecord>,
+    pub participants: Vec<TccParticipant>,
 }
 
 /// Same transfer content (everything but the timestamp).

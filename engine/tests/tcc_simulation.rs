@@ -147,7 +147,7 @@ impl World {
 
     /// Collects what an apply produced: messages onto the network, final outcomes.
     fn collect(&mut self, out: &mut ApplyOutput) {
-        self.network.extend(out.outbox.drain(..));
+        self.network.append(&mut out.outbox);
         for (id, code) in out.resolved.drain(..) {
             let previous = self.outcomes.insert(id, code);
             assert!(

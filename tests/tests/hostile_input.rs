@@ -9,7 +9,9 @@ use bytes::BytesMut;
 use engine::model::Currency;
 use engine::{NewAccount, NewTransfer, ResultCode, BATCH_ITEMS_MAX};
 use net::codec::{self, role, Handshake};
-use net::frame::{encode_frame, flags, FrameHeader, BODY_BYTES_MAX, HEADER_BYTES, MAGIC};
+use net::frame::{
+    encode_frame, flags, FrameError, FrameHeader, BODY_BYTES_MAX, HEADER_BYTES, MAGIC,
+};
 use net::operation::{Operation, ProtocolError};
 use net::{Client, ClientConfig};
 use std::io::{ErrorKind, Read, Write};
@@ -19,6 +21,15 @@ use std::time::{Duration, Instant};
 
 /// How long a raw connection waits for the server to answer or close before calling it a hang.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The flooding tests measure latency and memory of a server pinned to core 0, as every
+/// server of this file is: they run one at a time so they do not disturb each other.
+fn heavy_test() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A `test-walletd` child on a free loopback port with its own data dir; killed on drop.
 struct Server {
@@ -333,8 +344,11 @@ fn a_body_length_of_4_gib_is_refused_before_anything_is_allocated() {
         let mut header = frame(Operation::Ping as u8, 9, &[]);
         header[16..20].copy_from_slice(&len.to_le_bytes());
         reseal(&mut header);
-        FrameHeader::decode(header[..HEADER_BYTES].try_into().expect("32 bytes"))
-            .expect_err("the header itself is valid apart from its length");
+        assert_eq!(
+            FrameHeader::decode(header[..HEADER_BYTES].try_into().expect("32 bytes")),
+            Err(FrameError::TooLarge(len)),
+            "the header is valid apart from its length"
+        );
         stream.write_all(&header).expect("send the header");
         // Framing errors are answered with request id 0 and operation 0: the header is untrusted.
         expect_error_then_close(&mut stream, ProtocolError::FrameTooLarge, 0, 0);
@@ -564,7 +578,7 @@ fn the_first_frame_must_be_a_handshake() {
     );
 }
 
-/// What one garbage connection got back.
+/// How the garbage connections ended.
 #[derive(Debug, Default)]
 struct GarbageOutcomes {
     error_frames: usize,
@@ -591,7 +605,7 @@ fn random_garbage_gets_an_error_or_a_close_never_a_hang() {
             // Plain garbage from the first byte.
             0 => {}
             // A valid handshake, then garbage.
-            1 => garbage.splice(0..0, handshake_frame(1)).for_each(drop),
+            1 => garbage = [handshake_frame(1), garbage].concat(),
             // A header that passes every check (random operation, flags, id, and a body length
             // that may or may not fit), then garbage.
             _ => {
@@ -688,18 +702,18 @@ fn random_garbage_gets_an_error_or_a_close_never_a_hang() {
 ///
 /// With one network core the server holds at most 32 requests of this connection (the
 /// per-connection limit; the 256 MiB per-core byte limit is far off at 32 x 576 KiB = 18 MiB),
-/// each a 576 KiB body plus two decoded copies (~0.65 MiB each), about 60 MiB; 64 queued
-/// replies of 8 KiB; the log writer's pending buffer (at most 32 MiB); glommio I/O memory
-/// (3 MiB). Even if the whole per-core budget of 256 MiB of request bytes were held, with its
-/// decoded copies, the total would stay under ~800 MiB. 512 MiB is therefore generous for the
-/// one connection here, and far below what buffering the flood (several hundred MiB sent)
-/// would cost.
+/// each a 576 KiB body plus two decoded copies (~0.65 MiB each): about 60 MiB. Add 64 queued
+/// replies of 8 KiB, the log writer's pending buffer (at most 32 MiB), glommio I/O memory
+/// (3 MiB) and the idle process (~25 MiB): about 120 MiB. 512 MiB leaves ample room for
+/// allocator slack while staying far below what buffering the flood would cost (the flooder
+/// pushes over 300 MiB).
 const FLOOD_RSS_MAX_KIB: u64 = 512 * 1024;
 /// Each ping or lookup of the well-behaved client while the flood goes on.
 const PROBE_LATENCY_MAX: Duration = Duration::from_secs(2);
 
 #[test]
 fn a_client_that_floods_and_never_reads_starves_no_one() {
+    let _heavy = heavy_test();
     let mut server = Server::start();
     let pid = server.pid();
     let client = server.client();
@@ -725,10 +739,8 @@ fn a_client_that_floods_and_never_reads_starves_no_one() {
     let (rss_before, _, _) = rss_kib(pid);
 
     // The flooding client: a full batch of transfers between accounts that do not exist, sent
-    // again and again under new request ids, replies never read. A small receive buffer makes
-    // the server's replies back up sooner.
-    let mut slow = handshaken(&server.addr);
-    shrink_receive_buffer(&slow);
+    // again and again under new request ids, replies never read.
+    let mut slow = non_reading_client(&server.addr);
     let transfers: Vec<NewTransfer> = (0..BATCH_ITEMS_MAX as u128)
         .map(|i| NewTransfer {
             id: (1 << 100) + i,
@@ -744,8 +756,6 @@ fn a_client_that_floods_and_never_reads_starves_no_one() {
     let mut template = frame(Operation::CreateTransfers as u8, 0, &body);
     let flood_for = Duration::from_secs(3);
     let flood = std::thread::spawn(move || {
-        slow.set_write_timeout(Some(Duration::from_millis(100)))
-            .expect("write timeout");
         let deadline = Instant::now() + flood_for;
         let (mut frames, mut bytes, mut stalls) = (0u64, 0u64, 0u64);
         let mut at = template.len();
@@ -876,4 +886,217 @@ fn shrink_receive_buffer(stream: &TcpStream) {
         "setsockopt(SO_RCVBUF): {}",
         std::io::Error::last_os_error()
     );
+}
+
+/// A raw client that completed the handshake and will never read a reply (its receive buffer
+/// is kept small, so the server's replies back up sooner).
+fn non_reading_client(addr: &str) -> TcpStream {
+    let stream = handshaken(addr);
+    shrink_receive_buffer(&stream);
+    stream
+        .set_write_timeout(Some(Duration::from_millis(100)))
+        .expect("write timeout");
+    stream
+}
+
+/// Writes `frames` back to back until all are written or `deadline` passes (the server may
+/// have stopped reading long before; what it has not read stays in the kernel's buffers).
+/// Returns how many frames were written whole.
+fn write_frames(
+    stream: &mut TcpStream,
+    frames: impl Iterator<Item = Vec<u8>>,
+    deadline: Instant,
+) -> usize {
+    let mut written = 0;
+    for frame in frames {
+        let mut at = 0;
+        while at < frame.len() {
+            if Instant::now() >= deadline {
+                return written;
+            }
+            match stream.write(&frame[at..]) {
+                Ok(n) => at += n,
+                Err(e) if is_timeout(&e) || e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    panic!("the server dropped a non-reading client after {written} frames: {e}")
+                }
+            }
+        }
+        written += 1;
+    }
+    written
+}
+
+/// A full-size lookup: 8190 ids (128 KiB) whose reply is 8190 x 72 bytes (576 KiB).
+fn big_lookup_frame(request_id: u64) -> Vec<u8> {
+    let ids: Vec<u128> = (1..=BATCH_ITEMS_MAX as u128).collect();
+    let mut body = BytesMut::new();
+    codec::encode_ids(&mut body, &ids);
+    frame(Operation::LookupAccounts as u8, request_id, &body)
+}
+
+/// Body bytes of a create_transfers request with a full batch.
+const FULL_TRANSFER_BATCH_BODY: usize = 8 + BATCH_ITEMS_MAX * codec::NEW_TRANSFER_BYTES;
+
+/// Clients that stop reading must not be able to take the per-core byte budget (256 MiB of
+/// request bytes in flight) away from everyone else. Each client here first makes the server's
+/// replies back up (large lookup replies fill its socket buffers, empty pings its reply
+/// queue), then sends pings with a body as large as a full batch of transfers: the server
+/// reads them, answers at once, and cannot deliver the answers. A well-behaved client,
+/// connected before, must still get a full batch of transfers through.
+#[test]
+fn clients_that_never_read_cannot_pin_the_per_core_byte_budget() {
+    const FLOODERS: usize = 24;
+    let _heavy = heavy_test();
+    let mut server = Server::start();
+    let client = server.client();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(4);
+    let flooders: Vec<_> = (0..FLOODERS)
+        .map(|_| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || {
+                let mut stream = non_reading_client(&addr);
+                // 12 replies of 576 KiB fill the socket buffers (4 MiB at most) and block the
+                // server's writer for this connection ...
+                let mut written = write_frames(
+                    &mut stream,
+                    (0..12).map(|i| big_lookup_frame(10 + i)),
+                    deadline,
+                );
+                std::thread::sleep(Duration::from_secs(1));
+                // ... 64 empty pings then fill its reply queue, and the replies to the big pings
+                // that follow wait for room in the queue, holding their request bytes (up to 32
+                // at a time per connection). They are exactly as big as the well-behaved
+                // client's batch, so what is left of the budget never fits that batch.
+                let big_body = vec![0x5au8; FULL_TRANSFER_BATCH_BODY];
+                let frames = (0..64)
+                    .map(|i| frame(Operation::Ping as u8, 100 + i, &[]))
+                    .chain((0..48).map(|i| frame(Operation::Ping as u8, 1_000 + i, &big_body)));
+                written += write_frames(&mut stream, frames, deadline);
+                (stream, written)
+            })
+        })
+        .collect();
+    let flooders: Vec<(TcpStream, usize)> = flooders
+        .into_iter()
+        .map(|t| t.join().expect("a flooding thread"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    println!(
+        "{FLOODERS} non-reading clients wrote {:?} frames in {:?}",
+        flooders.iter().map(|f| f.1).collect::<Vec<_>>(),
+        started.elapsed()
+    );
+
+    let transfers: Vec<NewTransfer> = (0..BATCH_ITEMS_MAX as u128)
+        .map(|i| NewTransfer {
+            id: 1 + i,
+            from: (1 << 80) + i,
+            to: (1 << 81) + i,
+            amount: 1,
+            currency: eur(),
+            user_data: 0,
+        })
+        .collect();
+    let t = Instant::now();
+    let result = client.create_transfers(&transfers);
+    let took = t.elapsed();
+    assert!(
+        result.is_ok() && took < PROBE_LATENCY_MAX,
+        "with {FLOODERS} clients that never read, a well-behaved client's batch of {BATCH_ITEMS_MAX} transfers \
+         got {:?} after {took:?}",
+        result.map(|r| r.len())
+    );
+    let t = Instant::now();
+    client
+        .ping()
+        .unwrap_or_else(|e| panic!("ping on the same connection after the batch: {e}"));
+    assert!(
+        t.elapsed() < PROBE_LATENCY_MAX,
+        "ping took {:?}",
+        t.elapsed()
+    );
+    drop(flooders);
+    server.assert_alive("clients that never read left");
+}
+
+/// Bound on resident memory however many clients stop reading: the per-core budget of request
+/// bytes in flight (256 MiB), the same again for their decoded copies, and 128 MiB for the
+/// process itself (idle ~25 MiB, log writer at most 32 MiB, I/O memory).
+const MANY_FLOODERS_RSS_MAX_KIB: u64 = 640 * 1024;
+
+/// Lookups are small requests with large replies (128 KiB in, 576 KiB out). Clients that send
+/// many and never read must not make the server hold reply bytes without bound: memory must
+/// stay within the server's limits however many such connections there are (up to the 1024
+/// connections per core that are accepted).
+#[test]
+fn clients_that_never_read_lookup_replies_cannot_grow_memory_without_bound() {
+    const FLOODERS: usize = 16;
+    let _heavy = heavy_test();
+    let mut server = Server::start();
+    let pid = server.pid();
+    let (rss_before, _, _) = rss_kib(pid);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(6);
+    let flooders: Vec<_> = (0..FLOODERS)
+        .map(|_| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || {
+                let mut stream = non_reading_client(&addr);
+                let written = write_frames(
+                    &mut stream,
+                    (0..110).map(|i| big_lookup_frame(10 + i)),
+                    deadline,
+                );
+                (stream, written)
+            })
+        })
+        .collect();
+    // Sample while they write, then until the server has taken in what the kernel still
+    // buffers (memory stops growing).
+    let mut peak = rss_kib(pid);
+    let sample = |peak: &mut (u64, u64, u64)| {
+        let now = rss_kib(pid);
+        if now.0 > peak.0 {
+            *peak = now;
+        }
+        now.0
+    };
+    while !flooders.iter().all(|t| t.is_finished()) {
+        sample(&mut peak);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let flooders: Vec<(TcpStream, usize)> = flooders
+        .into_iter()
+        .map(|t| t.join().expect("a flooding thread"))
+        .collect();
+    let mut last = sample(&mut peak);
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = sample(&mut peak);
+        if now <= last {
+            break;
+        }
+        last = now;
+    }
+    let rss = peak;
+    println!(
+        "{FLOODERS} non-reading lookup clients wrote {} frames in {:?}; server RSS {} MiB before, peak {} MiB \
+         (anon {} MiB, file {} MiB)",
+        flooders.iter().map(|f| f.1).sum::<usize>(),
+        started.elapsed(),
+        rss_before / 1024,
+        rss.0 / 1024,
+        rss.1 / 1024,
+        rss.2 / 1024
+    );
+    assert!(
+        rss.0 < MANY_FLOODERS_RSS_MAX_KIB,
+        "{FLOODERS} clients that never read their lookup replies grew the server to {} MiB (bound {} MiB)",
+        rss.0 / 1024,
+        MANY_FLOODERS_RSS_MAX_KIB / 1024
+    );
+    drop(flooders);
+    server.assert_alive("clients that never read their lookup replies left");
 }

@@ -45,6 +45,13 @@ struct SnapshotInFlight {
     done: oneshot::Receiver<Result<PathBuf, String>>,
 }
 
+/// A client batch's reply and the items of it that wait for a TC/C outcome.
+type Answered = (
+    oneshot::Sender<BatchReply>,
+    BatchReply,
+    Vec<(usize, TransferId)>,
+);
+
 /// A client batch whose reply waits for TC/C outcomes.
 struct HeldReply {
     reply: oneshot::Sender<BatchReply>,
@@ -176,11 +183,7 @@ impl Coordinator {
 impl PartitionTask {
     pub async fn run(mut self, requests: flume::Receiver<Request>) {
         let mut group: Vec<Request> = Vec::with_capacity(64);
-        let mut replies: Vec<(
-            oneshot::Sender<BatchReply>,
-            BatchReply,
-            Vec<(usize, TransferId)>,
-        )> = Vec::with_capacity(64);
+        let mut replies: Vec<Answered> = Vec::with_capacity(64);
         let mut body = rkyv::util::AlignedVec::<16>::with_capacity(1 << 20);
         let mut out = ApplyOutput::default();
         let mut emitted: Vec<(PartitionId, TccMessage)> = Vec::new();

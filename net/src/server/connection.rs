@@ -1,5 +1,11 @@
 //! One client connection: handshake, then a read loop that hands each request to its own task
 //! (pipelining) and a writer task that sends replies as they complete (matched by request id).
+//!
+//! Memory per connection is bounded: request bodies by the per-connection request permits and
+//! the per-core byte budget (released as soon as a request is handled, so a client that does
+//! not read cannot pin it), replies by a per-connection reply-byte budget (a handler waits for
+//! room, which in turn stops the reader). A client whose replies cannot be written for
+//! `write_stall_timeout_ms` is disconnected.
 
 use super::handler::handle;
 use super::CoreContext;
@@ -15,18 +21,36 @@ use std::rc::Rc;
 /// Replies queued for the writer per connection.
 const REPLY_QUEUE_MAX: usize = 64;
 
+/// A reply frame and its share of the connection's reply budget (none for error frames,
+/// which are small and end the connection anyway).
+type Reply = (BytesMut, Option<glommio::sync::StaticPermit>);
+
 pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.split();
-    let (replies, reply_queue) = local_channel::new_bounded::<BytesMut>(REPLY_QUEUE_MAX);
+    let (replies, reply_queue) = local_channel::new_bounded::<Reply>(REPLY_QUEUE_MAX);
     let replies = Rc::new(replies);
+    let reply_budget = Rc::new(glommio::sync::Semaphore::new(
+        ctx.config.reply_bytes_per_connection_max,
+    ));
+    // Dropped by the writer when it gives up: wakes the reader so the connection ends.
+    let (writer_gone_tx, writer_gone) = flume::bounded::<()>(1);
+    let stall = std::time::Duration::from_millis(ctx.config.write_stall_timeout_ms);
     let writer_task = glommio::spawn_local(async move {
-        while let Some(frame) = reply_queue.recv().await {
-            if writer.write_all(&frame).await.is_err() {
-                break;
+        while let Some((frame, permit)) = reply_queue.recv().await {
+            let write = Box::pin(writer.write_all(&frame));
+            let timeout = Box::pin(glommio::timer::sleep(stall));
+            match futures::future::select(write, timeout).await {
+                futures::future::Either::Left((Ok(()), _)) => drop(permit),
+                futures::future::Either::Left((Err(_), _)) => break,
+                futures::future::Either::Right(_) => {
+                    tracing::warn!(?peer, "closing a connection that does not read its replies");
+                    break;
+                }
             }
         }
+        drop(writer_gone_tx);
         let _ = writer.close().await;
     });
     let requests = Rc::new(glommio::sync::Semaphore::new(
@@ -36,7 +60,10 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
     loop {
         let mut header_bytes = [0u8; HEADER_BYTES];
         let read = Box::pin(reader.read_exact(&mut header_bytes));
-        let stopped = Box::pin(ctx.stop.recv_async());
+        let stopped = futures::future::select(
+            Box::pin(ctx.stop.recv_async()),
+            Box::pin(writer_gone.recv_async()),
+        );
         match futures::future::select(read, stopped).await {
             futures::future::Either::Left((Ok(()), _)) => {}
             futures::future::Either::Left((Err(_), _)) => break, // closed (or cut mid-header)
@@ -80,7 +107,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
             match accept_handshake(&ctx, &header, &body) {
                 Ok(reply) => {
                     handshaken = true;
-                    let _ = replies.send(reply).await;
+                    let _ = replies.send((reply, None)).await;
                     continue;
                 }
                 Err((error, message)) => {
@@ -99,10 +126,17 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
         }
         let ctx = ctx.clone();
         let replies = replies.clone();
+        let reply_budget = reply_budget.clone();
         glommio::spawn_local(async move {
             let reply = handle(&ctx, header, body.freeze()).await;
-            let _ = replies.send(reply).await;
-            drop((bytes_permit, request_permit));
+            // The request is done with the shards: its share of the core's budget goes back
+            // now, whether or not the client ever reads the reply.
+            drop(bytes_permit);
+            let units = (reply.len() as u64).min(ctx.config.reply_bytes_per_connection_max);
+            if let Ok(permit) = reply_budget.acquire_static_permit(units).await {
+                let _ = replies.send((reply, Some(permit))).await;
+            }
+            drop(request_permit);
         })
         .detach();
     }
@@ -188,14 +222,14 @@ pub(crate) fn error_frame(
 }
 
 async fn send_error(
-    replies: &LocalSender<BytesMut>,
+    replies: &LocalSender<Reply>,
     operation: u8,
     request_id: u64,
     error: ProtocolError,
     message: &str,
 ) {
     let _ = replies
-        .send(error_frame(operation, request_id, error, message))
+        .send((error_frame(operation, request_id, error, message), None))
         .await;
 }
 

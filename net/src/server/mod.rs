@@ -29,6 +29,11 @@ pub struct ServerConfig {
     pub requests_in_flight_per_connection_max: u64,
     pub bytes_in_flight_per_core_max: u64,
     pub connections_per_core_max: usize,
+    /// Reply bytes a connection may have waiting to be written before its handlers (and so
+    /// its reader) wait.
+    pub reply_bytes_per_connection_max: u64,
+    /// A connection whose replies cannot be written for this long is closed.
+    pub write_stall_timeout_ms: u64,
     pub io_memory_bytes: usize,
 }
 
@@ -40,9 +45,11 @@ impl ServerConfig {
             auth_token: None,
             cluster_id: 0,
             node_id: 1,
-            requests_in_flight_per_connection_max: 32,
+            requests_in_flight_per_connection_max: 16,
             bytes_in_flight_per_core_max: 256 << 20,
             connections_per_core_max: 1024,
+            reply_bytes_per_connection_max: 8 << 20,
+            write_stall_timeout_ms: 10_000,
             io_memory_bytes: 1 << 20,
         }
     }
