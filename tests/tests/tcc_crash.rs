@@ -21,11 +21,18 @@ fn eur() -> Currency {
 
 #[test]
 fn sigkill_during_cross_partition_transfers_leaves_no_hold() {
-    let seed: u64 = std::env::var("TCC_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+    let seed: u64 = std::env::var("TCC_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
     println!("TCC_CRASH_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
     let dir = tempfile::tempdir().unwrap();
-    let mut server = ServerProcess::start(Path::new(WALLETD), dir.path(), &["--cores", "0,1", "--partitions", "2"]);
+    let mut server = ServerProcess::start(
+        Path::new(WALLETD),
+        dir.path(),
+        &["--cores", "0,1", "--partitions", "2"],
+    );
     let client = Client::connect(ClientConfig::new(server.addr.clone())).unwrap();
 
     let mut wallets: [Vec<u128>; 2] = [Vec::new(), Vec::new()];
@@ -38,21 +45,56 @@ fn sigkill_during_cross_partition_transfers_leaves_no_hold() {
             wallets[p].push(id);
         }
     }
-    let mut accounts: Vec<NewAccount> = issuers.iter().map(|&id| NewAccount { id, currency: eur(), flags: 0, floor: -1_000_000_000, user_data: 0 }).collect();
-    accounts.extend(wallets.iter().flatten().map(|&id| NewAccount { id, currency: eur(), flags: 0, floor: 0, user_data: 0 }));
-    assert!(client.create_accounts(&accounts).unwrap().iter().all(|c| *c == ResultCode::Ok));
+    let mut accounts: Vec<NewAccount> = issuers
+        .iter()
+        .map(|&id| NewAccount {
+            id,
+            currency: eur(),
+            flags: 0,
+            floor: -1_000_000_000,
+            user_data: 0,
+        })
+        .collect();
+    accounts.extend(wallets.iter().flatten().map(|&id| NewAccount {
+        id,
+        currency: eur(),
+        flags: 0,
+        floor: 0,
+        user_data: 0,
+    }));
+    assert!(client
+        .create_accounts(&accounts)
+        .unwrap()
+        .iter()
+        .all(|c| *c == ResultCode::Ok));
     let deposits: Vec<NewTransfer> = (0..2)
         .flat_map(|p| wallets[p].iter().map(move |&to| (p, to)))
         .enumerate()
-        .map(|(i, (p, to))| NewTransfer { id: 1 + i as u128, from: issuers[p], to, amount: 100_000, currency: eur(), user_data: 0 })
+        .map(|(i, (p, to))| NewTransfer {
+            id: 1 + i as u128,
+            from: issuers[p],
+            to,
+            amount: 100_000,
+            currency: eur(),
+            user_data: 0,
+        })
         .collect();
-    assert!(client.create_transfers(&deposits).unwrap().iter().all(|c| *c == ResultCode::Ok));
+    assert!(client
+        .create_transfers(&deposits)
+        .unwrap()
+        .iter()
+        .all(|c| *c == ResultCode::Ok));
 
     // Load: batches of cross-partition transfers, both directions, until the server dies.
     let acked: Arc<Mutex<Vec<u128>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let loader = {
-        let (acked, stop, wallets, addr) = (acked.clone(), stop.clone(), wallets.clone(), server.addr.clone());
+        let (acked, stop, wallets, addr) = (
+            acked.clone(),
+            stop.clone(),
+            wallets.clone(),
+            server.addr.clone(),
+        );
         std::thread::spawn(move || {
             let mut config = ClientConfig::new(addr);
             config.retries = 0;
@@ -67,7 +109,14 @@ fn sigkill_during_cross_partition_transfers_leaves_no_hold() {
                         let p = (i + n) % 2;
                         let from = wallets[p][(i * 7 + n) % 20];
                         let to = wallets[1 - p][(i * 3 + n) % 20];
-                        NewTransfer { id, from, to, amount: 1 + (i % 5) as u64, currency: eur(), user_data: 0 }
+                        NewTransfer {
+                            id,
+                            from,
+                            to,
+                            amount: 1 + (i % 5) as u64,
+                            currency: eur(),
+                            user_data: 0,
+                        }
                     })
                     .collect();
                 n += 1;
@@ -75,7 +124,11 @@ fn sigkill_during_cross_partition_transfers_leaves_no_hold() {
                     Ok(results) => {
                         let mut acked = acked.lock().unwrap();
                         for (t, code) in batch.iter().zip(results) {
-                            assert_eq!(code, ResultCode::Ok, "every transfer of this load is valid");
+                            assert_eq!(
+                                code,
+                                ResultCode::Ok,
+                                "every transfer of this load is valid"
+                            );
                             acked.push(t.id);
                         }
                     }
@@ -89,25 +142,46 @@ fn sigkill_during_cross_partition_transfers_leaves_no_hold() {
     stop.store(true, Ordering::Relaxed);
     loader.join().unwrap();
     let acked = acked.lock().unwrap().clone();
-    println!("{} cross-partition transfers acknowledged before SIGKILL", acked.len());
+    println!(
+        "{} cross-partition transfers acknowledged before SIGKILL",
+        acked.len()
+    );
     assert!(acked.len() > 200, "the load ran before the kill");
 
     // Restart: the coordinators re-drive every unfinished TC/C; wait for holds to drain.
     server.restart();
     let client = Client::connect(ClientConfig::new(server.addr.clone())).unwrap();
-    let all: Vec<u128> = issuers.iter().chain(wallets.iter().flatten()).copied().collect();
+    let all: Vec<u128> = issuers
+        .iter()
+        .chain(wallets.iter().flatten())
+        .copied()
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     let accounts = loop {
-        let accounts: Vec<_> = client.lookup_accounts(&all).unwrap().into_iter().map(|a| a.unwrap()).collect();
+        let accounts: Vec<_> = client
+            .lookup_accounts(&all)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.unwrap())
+            .collect();
         if accounts.iter().all(|a| a.held == 0) {
             break accounts;
         }
-        assert!(Instant::now() < deadline, "holds remain after restart (seed {seed})");
+        assert!(
+            Instant::now() < deadline,
+            "holds remain after restart (seed {seed})"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let total: i128 = accounts.iter().map(|a| a.balance as i128 + a.held as i128).sum();
+    let total: i128 = accounts
+        .iter()
+        .map(|a| a.balance as i128 + a.held as i128)
+        .sum();
     assert_eq!(total, 0, "money conserved (seed {seed})");
-    assert!(accounts.iter().all(|a| a.balance >= a.floor), "no balance below its floor (seed {seed})");
+    assert!(
+        accounts.iter().all(|a| a.balance >= a.floor),
+        "no balance below its floor (seed {seed})"
+    );
     for chunk in acked.chunks(8190) {
         let found = client.lookup_transfers(chunk).unwrap();
         let missing = found.iter().filter(|t| t.is_none()).count();
