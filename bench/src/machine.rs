@@ -26,13 +26,11 @@ pub fn describe() -> Machine {
         .unwrap_or_else(|| "unknown".into());
     let commit = option_env!("WALLETD_COMMIT")
         .map(str::to_string)
+        .or_else(|| git_head(None))
+        // Run from elsewhere: the executable usually sits in the repo's target/ dir.
         .or_else(|| {
-            std::process::Command::new("git")
-                .args(["rev-parse", "--short=12", "HEAD"])
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            let exe = std::env::current_exe().ok()?;
+            git_head(exe.parent())
         })
         .unwrap_or_else(|| "unknown".into());
     Machine {
@@ -41,4 +39,17 @@ pub fn describe() -> Machine {
         commit,
         cpu,
     }
+}
+
+fn git_head(dir: Option<&std::path::Path>) -> Option<String> {
+    let mut git = std::process::Command::new("git");
+    if let Some(dir) = dir {
+        git.arg("-C").arg(dir);
+    }
+    git.args(["rev-parse", "--short=12", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
 }

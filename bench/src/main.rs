@@ -2,12 +2,19 @@
 //! per-batch latency from the moment a batch was ready to send).
 //!
 //! Modes: `engine` runs the engine in this process (no network) through the real shard
-//! runtime and durable log.
+//! runtime and durable log; `run` drives a walletd server over the network through the client
+//! library (started here with `--spawn`, or given with `--addr`).
 
 mod engine_mode;
+mod hgrm;
 mod machine;
+mod progress;
+mod report;
+mod run_mode;
+mod spawn;
 mod summary;
 mod workload;
+mod zipf;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +32,8 @@ struct Cli {
 enum Mode {
     /// Run the engine in process: shards, durable log, group commit; no network.
     Engine(engine_mode::EngineArgs),
+    /// Drive a walletd server over the network (closed loop, or open loop with --rate).
+    Run(run_mode::RunArgs),
 }
 
 fn main() {
@@ -38,6 +47,7 @@ fn main() {
     let cli = Cli::parse();
     let outcome = match cli.mode {
         Mode::Engine(args) => engine_mode::run(args),
+        Mode::Run(args) => run_mode::run(args),
     };
     if let Err(reason) = outcome {
         eprintln!("wallet-bench: {reason}");

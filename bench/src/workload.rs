@@ -4,6 +4,8 @@ use engine::model::Currency;
 use engine::partition::partition_of;
 use engine::{NewAccount, NewTransfer};
 
+use crate::zipf::Zipf;
+
 /// Accounts grouped by the partition that owns them, plus one issuer per partition.
 pub struct Accounts {
     pub by_partition: Vec<Vec<u128>>,
@@ -32,6 +34,17 @@ impl Accounts {
             issuers,
             currency: Currency::parse("EUR").expect("valid code"),
         }
+    }
+
+    /// Wallets (not issuers); their ids are `1..=wallets()`.
+    pub fn wallets(&self) -> u64 {
+        self.by_partition.iter().map(|w| w.len() as u64).sum()
+    }
+
+    /// Issuers and wallets, every account of the run.
+    pub fn all_ids(&self) -> Vec<u128> {
+        let wallets = self.by_partition.iter().flatten().copied();
+        self.issuers.iter().copied().chain(wallets).collect()
     }
 
     pub fn creations(&self) -> Vec<NewAccount> {
@@ -127,6 +140,133 @@ impl TransferGenerator {
                 user_data: 0,
             });
             self.next_id += 1;
+        }
+    }
+}
+
+/// How sources and destinations are picked among the wallets of a run.
+pub enum Popularity {
+    Uniform,
+    /// Wallet `k` (ids are `1..=N`) is drawn with probability proportional to `1 / k^s`.
+    Zipf(Zipf),
+}
+
+/// Draws transfers over all wallets, whatever partition they live in (run mode: the server
+/// routes each transfer to its source's partition). `cross_partition_ratio` of them go to a
+/// wallet of another partition, the rest stay in the source's partition. Seeded, reproducible.
+pub struct MixedGenerator {
+    rng: fastrand::Rng,
+    next_id: u128,
+    cross_partition_ratio: f64,
+    popularity: std::sync::Arc<Popularity>,
+}
+
+/// Tries at drawing a destination with the right partition before falling back to a uniform
+/// pick there (only matters for very skewed Zipf exponents).
+const DRAW_TRIES: usize = 32;
+
+impl MixedGenerator {
+    /// Transfer ids are `first_id, first_id + 1, ...`; give each generator its own range.
+    pub fn new(
+        seed: u64,
+        stream: u64,
+        first_id: u128,
+        cross_partition_ratio: f64,
+        popularity: std::sync::Arc<Popularity>,
+    ) -> MixedGenerator {
+        MixedGenerator {
+            rng: fastrand::Rng::with_seed(seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            next_id: first_id,
+            cross_partition_ratio,
+            popularity,
+        }
+    }
+
+    /// A wallet id in `1..=wallets`.
+    fn draw(&mut self, wallets: u64) -> u128 {
+        match &*self.popularity {
+            Popularity::Uniform => 1 + self.rng.u64(..wallets) as u128,
+            Popularity::Zipf(zipf) => zipf.sample(&mut self.rng) as u128,
+        }
+    }
+
+    pub fn fill(&mut self, accounts: &Accounts, count: usize, out: &mut Vec<NewTransfer>) {
+        out.clear();
+        let partitions = accounts.by_partition.len() as u32;
+        let wallets = accounts.wallets();
+        for _ in 0..count {
+            let from = self.draw(wallets);
+            let home = partition_of(from, partitions);
+            let cross = partitions > 1
+                && self.cross_partition_ratio > 0.0
+                && self.rng.f64() < self.cross_partition_ratio;
+            let mut to = None;
+            for _ in 0..DRAW_TRIES {
+                let candidate = self.draw(wallets);
+                let there = partition_of(candidate, partitions);
+                if (cross && there != home) || (!cross && there == home && candidate != from) {
+                    to = Some(candidate);
+                    break;
+                }
+            }
+            let to = to.unwrap_or_else(|| {
+                let p = if cross {
+                    let q = self.rng.u32(..partitions - 1);
+                    if q >= home {
+                        q + 1
+                    } else {
+                        q
+                    }
+                } else {
+                    home
+                };
+                let list = &accounts.by_partition[p as usize];
+                loop {
+                    let candidate = list[self.rng.usize(..list.len())];
+                    if candidate != from {
+                        break candidate;
+                    }
+                }
+            });
+            out.push(NewTransfer {
+                id: self.next_id,
+                from,
+                to,
+                amount: 1 + self.rng.u64(..100),
+                currency: accounts.currency,
+                user_data: 0,
+            });
+            self.next_id += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixed_generator_keeps_the_cross_partition_ratio() {
+        let accounts = Accounts::new(10_000, 4);
+        for popularity in [
+            Popularity::Uniform,
+            Popularity::Zipf(Zipf::new(10_000, 1.1)),
+        ] {
+            let popularity = std::sync::Arc::new(popularity);
+            let mut generator = MixedGenerator::new(9, 0, 1 << 64, 0.25, popularity);
+            let mut out = Vec::new();
+            generator.fill(&accounts, 40_000, &mut out);
+            let cross = out
+                .iter()
+                .filter(|t| partition_of(t.from, 4) != partition_of(t.to, 4))
+                .count() as f64
+                / out.len() as f64;
+            assert!((cross - 0.25).abs() < 0.02, "cross share {cross}");
+            assert!(out.iter().all(|t| t.from != t.to));
+            assert!(out
+                .iter()
+                .all(|t| (1..=10_000).contains(&t.from) && (1..=10_000).contains(&t.to)));
+            assert!(out.windows(2).all(|w| w[1].id == w[0].id + 1));
         }
     }
 }

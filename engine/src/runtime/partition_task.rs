@@ -63,15 +63,24 @@ struct HeldReply {
 /// work is outstanding.
 const TCC_TICK: Duration = Duration::from_millis(2);
 
+/// A TC/C of this partition that is not decided yet, as the coordinator tracks it.
+struct Running {
+    /// When its Try timer (re)started.
+    started: Instant,
+    /// The client reply slot and item position waiting for its outcome (none after a restart).
+    waiter: Option<(u32, u32)>,
+    /// Further waiters (retries of the same id while it runs): rare, so usually empty and
+    /// not allocated.
+    more: Vec<(u32, u32)>,
+}
+
 #[derive(Default)]
 struct Coordinator {
     held: Vec<Option<HeldReply>>,
     free_slots: Vec<usize>,
-    /// Transfer id -> (held reply slot, item position) waiting for its outcome.
-    waiters: HashMap<TransferId, Vec<(usize, usize)>>,
-    /// When each running TC/C of this partition was (re)started, for the Try timeout.
-    started: HashMap<TransferId, Instant>,
-    /// The same starts in time order, so the timeout check looks only at the oldest ones.
+    /// Every running TC/C of this partition: its timer and who waits for it.
+    running: HashMap<TransferId, Running>,
+    /// Timer starts in time order, so the timeout check looks only at the oldest ones.
     /// Entries whose id finished (or restarted later) are skipped when they reach the front.
     timeline: std::collections::VecDeque<(Instant, TransferId)>,
     /// Messages to other partitions not yet accepted by their queues.
@@ -82,7 +91,7 @@ struct Coordinator {
 
 impl Coordinator {
     fn has_work(&self) -> bool {
-        !self.outbox.is_empty() || !self.local.is_empty() || !self.started.is_empty()
+        !self.outbox.is_empty() || !self.local.is_empty() || !self.running.is_empty()
     }
 
     fn hold(
@@ -102,17 +111,27 @@ impl Coordinator {
         });
         let now = Instant::now();
         for &(position, id) in pending {
-            self.waiters.entry(id).or_default().push((slot, position));
-            self.start(id, now);
+            let waiter = (slot as u32, position as u32);
+            let running = self.start(id, now);
+            if running.waiter.is_none() {
+                running.waiter = Some(waiter);
+            } else {
+                running.more.push(waiter);
+            }
         }
     }
 
     /// Starts (or keeps) the Try timer of `id`.
-    fn start(&mut self, id: TransferId, now: Instant) {
-        if let hashbrown::hash_map::Entry::Vacant(v) = self.started.entry(id) {
-            v.insert(now);
-            self.timeline.push_back((now, id));
-        }
+    fn start(&mut self, id: TransferId, now: Instant) -> &mut Running {
+        let timeline = &mut self.timeline;
+        self.running.entry(id).or_insert_with(|| {
+            timeline.push_back((now, id));
+            Running {
+                started: now,
+                waiter: None,
+                more: Vec::new(),
+            }
+        })
     }
 
     /// Ids whose timer started before `cutoff` (and still runs), oldest first; their timers
@@ -124,24 +143,29 @@ impl Coordinator {
                 break;
             }
             self.timeline.pop_front();
-            if self.started.get(&id) == Some(&at) {
-                due.push(id);
+            if let Some(running) = self.running.get_mut(&id) {
+                if running.started == at {
+                    running.started = now;
+                    due.push(id);
+                }
             }
         }
         for &id in &due {
-            self.started.insert(id, now);
             self.timeline.push_back((now, id));
         }
         due
     }
 
     fn resolve(&mut self, id: TransferId, code: ResultCode) {
-        self.started.remove(&id);
-        for (slot, position) in self.waiters.remove(&id).unwrap_or_default() {
+        let Some(running) = self.running.remove(&id) else {
+            return;
+        };
+        for (slot, position) in running.waiter.into_iter().chain(running.more) {
+            let slot = slot as usize;
             let Some(held) = self.held[slot].as_mut() else {
                 continue;
             };
-            held.answer.results[position] = code;
+            held.answer.results[position as usize] = code;
             held.remaining -= 1;
             if held.remaining == 0 {
                 if let Some(done) = self.held[slot].take() {
@@ -432,7 +456,7 @@ impl PartitionTask {
                     )]);
                 }
             } else {
-                coordinator.started.remove(&id);
+                coordinator.running.remove(&id);
             }
         }
     }

@@ -1,0 +1,880 @@
+//! `wallet-bench run`: load over the network, through the client library, against a walletd
+//! given by `--addr` or started here (`--spawn`).
+//!
+//! Closed loop (default): each of `--connections` workers has its own connection and keeps
+//! `--pipeline` batches in flight on it, sending a new batch as each reply comes back.
+//! Open loop (`--rate TPS`): batches are scheduled every `batch / TPS` seconds whatever the
+//! replies do, and latency counts from the scheduled time, so a slow server shows up as
+//! latency instead of being hidden by a client that politely waited (coordinated omission).
+//!
+//! Latency is per batch, from the moment the batch was ready (closed loop) or due (open loop)
+//! to its reply, which the server sends only after the batch is durable. Batches that complete
+//! during `--warmup` are left out of every number but the consistency check.
+
+use crate::machine;
+use crate::progress::Progress;
+use crate::spawn::{self, Walletd};
+use crate::summary::{Check, Latency, Summary};
+use crate::workload::{Accounts, MixedGenerator, Popularity};
+use crate::zipf::Zipf;
+use crate::{hgrm, report};
+use engine::{NewTransfer, ResultCode, BATCH_ITEMS_MAX};
+use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
+use futures::stream::{FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
+use net::{Client, ClientConfig, ClientError};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug, Serialize)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["addr", "spawn"])))]
+pub struct RunArgs {
+    /// A running walletd (it should hold no accounts but this bench's, or the conservation
+    /// check covers only part of the money).
+    #[arg(long)]
+    addr: Option<String>,
+    /// Start a local walletd on a free loopback port with a temporary data dir, stop it after.
+    #[arg(long)]
+    spawn: bool,
+    /// walletd processes to spawn (only 1 until replication exists).
+    #[arg(long, default_value_t = 1, conflicts_with = "addr")]
+    nodes: u32,
+    /// Wallet accounts to create (plus one issuer per partition).
+    #[arg(long, default_value_t = 100_000)]
+    accounts: u64,
+    /// How long to measure, after the warm-up (e.g. 10s).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "as_secs")]
+    duration: Duration,
+    /// Load before measuring starts; its batches are not counted.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "as_secs")]
+    warmup: Duration,
+    /// Transfers per batch (one request).
+    #[arg(long, default_value_t = BATCH_ITEMS_MAX)]
+    batch: usize,
+    /// Connections, one load worker each.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Batches in flight per connection (closed loop).
+    #[arg(long, default_value_t = 4)]
+    pipeline: usize,
+    /// Share of transfers whose destination lives in another partition.
+    #[arg(long, default_value_t = 0.0)]
+    cross_partition_ratio: f64,
+    /// Zipf exponent for picking accounts (0 = uniform; 1 = classic Zipf, hot accounts).
+    #[arg(long, default_value_t = 0.0)]
+    zipf: f64,
+    /// Open loop: schedule this many transfers per second (in batches of --batch).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Open loop: at most this many batches outstanding; a batch due beyond it waits (counted).
+    #[arg(long, default_value_t = 10_000)]
+    max_outstanding: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Per-request client timeout in milliseconds (a timed-out request is retried).
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
+    /// --spawn: cores for walletd [default: 0,1].
+    #[arg(long, value_delimiter = ',', conflicts_with = "addr")]
+    cores: Option<Vec<usize>>,
+    /// --spawn: partitions for walletd [default: 2]. With --addr the server's count is used.
+    #[arg(long, conflicts_with = "addr")]
+    partitions: Option<u32>,
+    /// --spawn: the walletd binary [default: the one next to this executable].
+    #[arg(long, conflicts_with = "addr")]
+    walletd: Option<PathBuf>,
+    /// Write the JSON summary here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the batch latency distribution (HdrHistogram .hgrm text, microseconds) here.
+    #[arg(long)]
+    hgrm: Option<PathBuf>,
+    /// Write DIR/index.html, a self-contained report with plots.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+const FUNDING_PER_ACCOUNT: u64 = 1_000_000_000;
+/// Acknowledged-ok transfers are all looked up afterwards below this many, else every 64th.
+const CHECK_ALL_ACKS_BELOW: usize = 100_000;
+/// A power of two.
+const CHECK_ACK_STRIDE: u64 = 64;
+/// Latency histograms: 1 us to 1 hour, 3 significant digits.
+const LATENCY_MAX_US: u64 = 3_600_000_000;
+
+/// The JSON summary of run mode: the common schema plus what only a network run has.
+#[derive(Serialize)]
+pub struct RunSummary {
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// Per transfer (each transfer counts with its batch's latency).
+    pub transfer_latency_us: Latency,
+    pub partitions: u32,
+    /// Transfers acknowledged during the warm-up (not in `transfers`).
+    pub warmup_transfers: u64,
+    /// Transfers per second over time, one point per second of the measurement.
+    pub throughput_series: Vec<SeriesPoint>,
+    /// Batches that failed after the client's retries, by error (their transfers are in no
+    /// result count: their outcome is unknown).
+    pub errors: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_loop: Option<OpenLoopStats>,
+    /// Transfers acknowledged `ok`, warm-up included.
+    pub acknowledged_ok: u64,
+    /// Acknowledged-ok transfers looked up by the check.
+    pub checked_acks: u64,
+    /// The run was cut short by Ctrl-C.
+    pub interrupted: bool,
+}
+
+#[derive(Serialize, Clone, Copy, Debug)]
+pub struct SeriesPoint {
+    /// End of the interval, seconds since the measurement started.
+    pub t: f64,
+    pub transfers_per_sec: f64,
+}
+
+#[derive(Serialize, Clone, Copy, Debug, Default)]
+pub struct OpenLoopStats {
+    pub target_transfers_per_sec: f64,
+    pub scheduled_batches: u64,
+    /// Batches that were due while `max_outstanding` batches were already out, so went late
+    /// (their latency still counts from when they were due).
+    pub delayed_by_cap: u64,
+    pub max_outstanding_seen: u64,
+}
+
+pub fn run(mut args: RunArgs) -> Result<(), String> {
+    if args.nodes != 1 {
+        return Err(format!(
+            "--nodes {}: replication is not built yet; only --nodes 1 works",
+            args.nodes
+        ));
+    }
+    if args.batch == 0 || args.batch > BATCH_ITEMS_MAX {
+        return Err(format!("--batch must be 1..={BATCH_ITEMS_MAX}"));
+    }
+    if args.connections == 0 || args.pipeline == 0 {
+        return Err("--connections and --pipeline must be at least 1".into());
+    }
+    if !(0.0..=1.0).contains(&args.cross_partition_ratio) {
+        return Err("--cross-partition-ratio must be within 0..=1".into());
+    }
+    if !(args.zipf >= 0.0 && args.zipf.is_finite()) {
+        return Err("--zipf must be 0 (uniform) or a positive exponent".into());
+    }
+    if let Some(rate) = args.rate {
+        if !(rate > 0.0 && rate.is_finite()) {
+            return Err("--rate must be a positive number of transfers per second".into());
+        }
+    }
+    if args.duration.is_zero() {
+        return Err("--duration must be above zero".into());
+    }
+    if args.max_outstanding == 0 {
+        return Err("--max-outstanding must be at least 1".into());
+    }
+
+    // Ctrl-C once: stop the load, check and report what ran. Twice: exit at once.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    // (Actions run in registration order: the exit test sees the flag of the previous Ctrl-C.)
+    signal_hook::flag::register_conditional_shutdown(
+        signal_hook::consts::SIGINT,
+        130,
+        interrupted.clone(),
+    )
+    .and_then(|_| signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone()))
+    .and_then(|_| signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone()))
+    .map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+
+    let mut server: Option<Walletd> = None;
+    let addr = if args.spawn {
+        let cores = args.cores.get_or_insert_with(|| vec![0, 1]).clone();
+        let partitions = *args.partitions.get_or_insert(2);
+        let binary = match &args.walletd {
+            Some(path) => path.clone(),
+            None => spawn::default_binary()?,
+        };
+        args.walletd = Some(binary.clone());
+        eprintln!(
+            "starting {} (cores {:?}, {} partitions)...",
+            binary.display(),
+            cores,
+            partitions
+        );
+        let started = Walletd::start(&binary, &cores, partitions)?;
+        let addr = started.addr.clone();
+        server = Some(started);
+        addr
+    } else {
+        args.addr.clone().expect("clap requires --addr or --spawn")
+    };
+
+    let config = ClientConfig {
+        connections: args.connections,
+        timeout_ms: args.timeout_ms,
+        ..ClientConfig::new(addr.clone())
+    };
+    let client = Client::connect(config.clone()).map_err(|e| e.to_string())?;
+    let partitions = client.partitions();
+    if args.partitions.is_some_and(|p| p != partitions) {
+        eprintln!(
+            "wallet-bench: note: the server has {partitions} partitions (its data dir decides)"
+        );
+    }
+    args.partitions = Some(partitions);
+    let accounts = Accounts::new(args.accounts, partitions);
+    if let Some(p) = accounts.by_partition.iter().position(|w| w.len() < 2) {
+        return Err(format!(
+            "partition {p} got fewer than 2 of the {} wallets; use more --accounts",
+            args.accounts
+        ));
+    }
+
+    let concurrency = args.connections * args.pipeline;
+    eprintln!(
+        "creating and funding {} wallets + {} issuers on {addr} ({partitions} partitions)...",
+        args.accounts, partitions
+    );
+    let setup_started = Instant::now();
+    setup(&client, &accounts, concurrency)?;
+    eprintln!("setup took {:.1} s", setup_started.elapsed().as_secs_f64());
+    if interrupted.load(Ordering::Relaxed) {
+        return Err("interrupted during setup".into());
+    }
+
+    // One client (one connection) per worker, so `--pipeline` is exactly per connection.
+    let worker_clients = (0..args.connections)
+        .map(|_| {
+            Client::connect(ClientConfig {
+                connections: 1,
+                ..config.clone()
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let popularity = Arc::new(if args.zipf > 0.0 {
+        Popularity::Zipf(Zipf::new(args.accounts, args.zipf))
+    } else {
+        Popularity::Uniform
+    });
+    // Transfer ids: a spawned server is empty, so fixed ids make runs reproducible; a given
+    // server may hold an earlier run's transfers, so ids there are unique per run.
+    let run_nonce: u64 = if args.spawn {
+        1
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            .max(1)
+    };
+    let generators = (0..args.connections)
+        .map(|w| {
+            MixedGenerator::new(
+                args.seed,
+                w as u64,
+                ((run_nonce as u128) << 64) | ((w as u128 + 1) << 48),
+                args.cross_partition_ratio,
+                popularity.clone(),
+            )
+        })
+        .collect();
+
+    let mode = if args.rate.is_some() {
+        "open loop"
+    } else {
+        "closed loop"
+    };
+    eprintln!(
+        "driving transfers ({mode}): {} s warm-up + {} s measured...",
+        args.warmup.as_secs_f64(),
+        args.duration.as_secs_f64()
+    );
+    let outcome = drive(
+        &args,
+        &accounts,
+        &worker_clients,
+        generators,
+        &stop,
+        &interrupted,
+    );
+    drop(worker_clients);
+    let outcome = outcome?;
+
+    eprintln!(
+        "checking: looking up {} accounts and {} acknowledged transfers...",
+        accounts.wallets() + accounts.issuers.len() as u64,
+        outcome.ok_sample().len()
+    );
+    let check = check(&client, &accounts, outcome.ok_sample(), concurrency)?;
+    drop(client);
+    if let Some(mut server) = server.take() {
+        server.stop();
+    }
+
+    let seconds = outcome.seconds;
+    let summary = RunSummary {
+        summary: Summary {
+            mode: "run",
+            config: serde_json::to_value(&args).map_err(|e| e.to_string())?,
+            machine: machine::describe(),
+            transfers: outcome.transfers,
+            seconds,
+            transfers_per_sec: if seconds > 0.0 {
+                outcome.transfers as f64 / seconds
+            } else {
+                0.0
+            },
+            latency_us: Latency::of(&outcome.batch_latency_us),
+            results: outcome.results.clone(),
+            check,
+        },
+        transfer_latency_us: Latency::of(&outcome.transfer_latency_us),
+        partitions,
+        warmup_transfers: outcome.warmup_transfers,
+        throughput_series: outcome.series.clone(),
+        errors: outcome.errors.clone(),
+        open_loop: outcome.open_loop,
+        acknowledged_ok: outcome.ok_acks,
+        checked_acks: outcome.ok_sample().len() as u64,
+        interrupted: interrupted.load(Ordering::Relaxed),
+    };
+    summary.summary.print_human();
+    print_extras(&summary);
+    if let Some(path) = &args.json {
+        write_json(&summary, path)?;
+    }
+    if let Some(path) = &args.hgrm {
+        std::fs::write(
+            path,
+            hgrm::percentile_distribution(&outcome.batch_latency_us, 1.0),
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(dir) = &args.report {
+        let page = report::render(&report::Inputs {
+            summary: &summary,
+            batch_latency_us: &outcome.batch_latency_us,
+            batch: args.batch,
+        });
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join("index.html");
+        std::fs::write(&path, page).map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!("report: {}", path.display());
+    }
+    if !summary.summary.check.passed() {
+        eprintln!();
+        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+        eprintln!("!!  FAIL: the consistency check failed (see \"check\" above)        !!");
+        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+        return Err("consistency check FAILED".into());
+    }
+    if summary.interrupted {
+        return Err("interrupted (the numbers above cover the part that ran)".into());
+    }
+    Ok(())
+}
+
+fn print_extras(s: &RunSummary) {
+    let t = &s.transfer_latency_us;
+    println!(
+        "transfer latency (us): p50 {}  p99 {}  p999 {}  max {}",
+        t.p50, t.p99, t.p999, t.max
+    );
+    if let Some(open) = &s.open_loop {
+        println!(
+            "open loop: target {:.0} transfers/s, {} batches scheduled, {} delayed by the outstanding cap, at most {} outstanding",
+            open.target_transfers_per_sec,
+            open.scheduled_batches,
+            open.delayed_by_cap,
+            open.max_outstanding_seen
+        );
+    }
+    if !s.errors.is_empty() {
+        let errors: Vec<String> = s.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "WARNING: failed batches (outcome unknown): {}",
+            errors.join(" ")
+        );
+    }
+    println!(
+        "warm-up: {} transfers not counted; check looked up {} acknowledged transfers",
+        s.warmup_transfers, s.checked_acks
+    );
+}
+
+fn write_json(summary: &RunSummary, path: &std::path::Path) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(summary).map_err(|e| e.to_string())?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Creates every account, then funds every wallet from its partition's issuer (transfer ids
+/// `1..=N`). `exists` is fine: a given server may hold an earlier run's accounts.
+fn setup(client: &Client, accounts: &Accounts, concurrency: usize) -> Result<(), String> {
+    let creations = accounts.creations();
+    let replies: Vec<_> = futures::executor::block_on(
+        futures::stream::iter(creations.chunks(BATCH_ITEMS_MAX))
+            .map(|chunk| client.create_accounts_async(chunk))
+            .buffer_unordered(concurrency)
+            .collect(),
+    );
+    for reply in replies {
+        let codes = reply.map_err(|e| format!("account creation failed: {e}"))?;
+        if let Some(bad) = codes
+            .iter()
+            .find(|c| !matches!(c, ResultCode::Ok | ResultCode::Exists))
+        {
+            return Err(format!("account creation failed: {bad}"));
+        }
+    }
+    let deposits = accounts.deposits(FUNDING_PER_ACCOUNT, 1);
+    let replies: Vec<_> = futures::executor::block_on(
+        futures::stream::iter(deposits.chunks(BATCH_ITEMS_MAX))
+            .map(|chunk| client.create_transfers_async(chunk))
+            .buffer_unordered(concurrency)
+            .collect(),
+    );
+    for reply in replies {
+        let codes = reply.map_err(|e| format!("funding failed: {e}"))?;
+        if let Some(bad) = codes
+            .iter()
+            .find(|c| !matches!(c, ResultCode::Ok | ResultCode::Exists))
+        {
+            return Err(format!("funding failed: {bad}"));
+        }
+    }
+    Ok(())
+}
+
+/// One batch's round trip, as a worker hands it to the aggregator.
+struct Done {
+    /// When the batch was ready (closed loop) or due (open loop).
+    intended: Instant,
+    finished: Instant,
+    batch: Vec<NewTransfer>,
+    reply: Result<Vec<ResultCode>, ClientError>,
+}
+
+struct Outcome {
+    transfers: u64,
+    seconds: f64,
+    batch_latency_us: Histogram<u64>,
+    transfer_latency_us: Histogram<u64>,
+    results: BTreeMap<String, u64>,
+    errors: BTreeMap<String, u64>,
+    warmup_transfers: u64,
+    series: Vec<SeriesPoint>,
+    open_loop: Option<OpenLoopStats>,
+    ok_acks: u64,
+    /// Every acknowledged-ok id while there are fewer than `CHECK_ALL_ACKS_BELOW`.
+    ok_all: Vec<u128>,
+    /// Every 64th acknowledged-ok id.
+    ok_strided: Vec<u128>,
+}
+
+impl Outcome {
+    fn ok_sample(&self) -> &[u128] {
+        if (self.ok_acks as usize) < CHECK_ALL_ACKS_BELOW {
+            &self.ok_all
+        } else {
+            &self.ok_strided
+        }
+    }
+}
+
+fn drive(
+    args: &RunArgs,
+    accounts: &Accounts,
+    clients: &[Client],
+    generators: Vec<MixedGenerator>,
+    stop: &AtomicBool,
+    interrupted: &AtomicBool,
+) -> Result<Outcome, String> {
+    let start = Instant::now();
+    let measure_from = start + args.warmup;
+    let deadline = measure_from + args.duration;
+    let outstanding = AtomicUsize::new(0);
+    let (done_tx, done_rx) = mpsc::channel::<Done>();
+    let open_loop = args.rate.is_some();
+
+    std::thread::scope(|scope| {
+        let mut schedules = Vec::new();
+        for (w, (client, generator)) in clients.iter().zip(generators).enumerate() {
+            let (tx, rx) = if open_loop {
+                let (tx, rx) = unbounded();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
+            schedules.extend(tx);
+            let done_tx = done_tx.clone();
+            let outstanding = &outstanding;
+            std::thread::Builder::new()
+                .name(format!("bench-worker-{w}"))
+                .spawn_scoped(scope, move || {
+                    work(Worker {
+                        client,
+                        accounts,
+                        generator,
+                        batch: args.batch,
+                        pipeline: args.pipeline,
+                        deadline,
+                        stop,
+                        schedule: rx,
+                        done: done_tx,
+                        outstanding,
+                    })
+                })
+                .expect("spawn a worker thread");
+        }
+        drop(done_tx);
+        let scheduler = args.rate.map(|rate| {
+            let outstanding = &outstanding;
+            let interval = args.batch as f64 / rate;
+            let cap = args.max_outstanding;
+            std::thread::Builder::new()
+                .name("bench-scheduler".into())
+                .spawn_scoped(scope, move || {
+                    let mut stats =
+                        schedule(start, deadline, interval, cap, schedules, stop, outstanding);
+                    stats.target_transfers_per_sec = rate;
+                    stats
+                })
+                .expect("spawn the scheduler thread")
+        });
+        let mut outcome = aggregate(
+            args,
+            start,
+            measure_from,
+            deadline,
+            done_rx,
+            stop,
+            interrupted,
+        );
+        if let Some(scheduler) = scheduler {
+            let stats = scheduler.join().expect("scheduler thread");
+            if let Ok(outcome) = outcome.as_mut() {
+                outcome.open_loop = Some(stats);
+            }
+        }
+        outcome
+    })
+}
+
+struct Worker<'a> {
+    client: &'a Client,
+    accounts: &'a Accounts,
+    generator: MixedGenerator,
+    batch: usize,
+    pipeline: usize,
+    deadline: Instant,
+    stop: &'a AtomicBool,
+    /// Open loop: the times batches are due; closed loop: none.
+    schedule: Option<UnboundedReceiver<Instant>>,
+    done: mpsc::Sender<Done>,
+    outstanding: &'a AtomicUsize,
+}
+
+fn work(w: Worker<'_>) {
+    let Worker {
+        client,
+        accounts,
+        mut generator,
+        batch,
+        pipeline,
+        deadline,
+        stop,
+        schedule,
+        done,
+        outstanding,
+    } = w;
+    let mut send = move |intended: Option<Instant>| {
+        let mut items = Vec::with_capacity(batch);
+        generator.fill(accounts, batch, &mut items);
+        let intended = intended.unwrap_or_else(Instant::now);
+        async move {
+            let reply = client.create_transfers_async(&items).await;
+            Done {
+                intended,
+                finished: Instant::now(),
+                batch: items,
+                reply,
+            }
+        }
+    };
+    futures::executor::block_on(async {
+        let mut in_flight = FuturesUnordered::new();
+        match schedule {
+            None => {
+                let keep_going = || Instant::now() < deadline && !stop.load(Ordering::Relaxed);
+                for _ in 0..pipeline {
+                    if keep_going() {
+                        in_flight.push(send(None));
+                    }
+                }
+                while let Some(d) = in_flight.next().await {
+                    let _ = done.send(d);
+                    if keep_going() {
+                        in_flight.push(send(None));
+                    }
+                }
+            }
+            Some(schedule) => {
+                let mut schedule = schedule.fuse();
+                loop {
+                    futures::select! {
+                        due = schedule.next() => {
+                            if let Some(due) = due {
+                                in_flight.push(send(Some(due)));
+                            }
+                        }
+                        d = in_flight.select_next_some() => {
+                            outstanding.fetch_sub(1, Ordering::Relaxed);
+                            let _ = done.send(d);
+                        }
+                        complete => break,
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Open loop: hands out due times every `interval` seconds, round-robin over the workers.
+fn schedule(
+    start: Instant,
+    deadline: Instant,
+    interval: f64,
+    cap: usize,
+    workers: Vec<UnboundedSender<Instant>>,
+    stop: &AtomicBool,
+    outstanding: &AtomicUsize,
+) -> OpenLoopStats {
+    let mut stats = OpenLoopStats::default();
+    for i in 0u64.. {
+        let due = start + Duration::from_secs_f64(i as f64 * interval);
+        if due >= deadline || stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        if outstanding.load(Ordering::Relaxed) >= cap {
+            stats.delayed_by_cap += 1;
+            while outstanding.load(Ordering::Relaxed) >= cap && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        let now_out = outstanding.fetch_add(1, Ordering::Relaxed) as u64 + 1;
+        stats.max_outstanding_seen = stats.max_outstanding_seen.max(now_out);
+        if workers[i as usize % workers.len()]
+            .unbounded_send(due)
+            .is_err()
+        {
+            outstanding.fetch_sub(1, Ordering::Relaxed);
+            break;
+        }
+        stats.scheduled_batches += 1;
+    }
+    stats
+}
+
+/// Collects every batch's outcome, draws progress, and stops the load on a fatal error.
+fn aggregate(
+    args: &RunArgs,
+    start: Instant,
+    measure_from: Instant,
+    deadline: Instant,
+    done_rx: mpsc::Receiver<Done>,
+    stop: &AtomicBool,
+    interrupted: &AtomicBool,
+) -> Result<Outcome, String> {
+    let new_histogram =
+        || Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_US, 3).expect("valid histogram bounds");
+    let mut o = Outcome {
+        transfers: 0,
+        seconds: 0.0,
+        batch_latency_us: new_histogram(),
+        transfer_latency_us: new_histogram(),
+        results: BTreeMap::new(),
+        errors: BTreeMap::new(),
+        warmup_transfers: 0,
+        series: Vec::new(),
+        open_loop: None,
+        ok_acks: 0,
+        ok_all: Vec::new(),
+        ok_strided: Vec::new(),
+    };
+    let mut counts = [0u64; 256];
+    let mut per_second: Vec<u64> = Vec::new();
+    let mut last_finish = measure_from;
+    let mut fatal: Option<String> = None;
+
+    let mut progress = Progress::new(start, args.warmup + args.duration);
+    let mut completed_all = 0u64;
+    let mut told_interrupt = false;
+    loop {
+        match done_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(done) => {
+                let n = done.batch.len() as u64;
+                match &done.reply {
+                    Ok(codes) => {
+                        for (t, code) in done.batch.iter().zip(codes) {
+                            if *code == ResultCode::Ok {
+                                if o.ok_acks & (CHECK_ACK_STRIDE - 1) == 0 {
+                                    o.ok_strided.push(t.id);
+                                }
+                                o.ok_acks += 1;
+                                if o.ok_all.len() < CHECK_ALL_ACKS_BELOW {
+                                    o.ok_all.push(t.id);
+                                }
+                            }
+                        }
+                        completed_all += n;
+                        if done.finished >= measure_from {
+                            let latency = (done.finished - done.intended).as_micros() as u64;
+                            let latency = latency.clamp(1, LATENCY_MAX_US);
+                            o.batch_latency_us.saturating_record(latency);
+                            o.transfer_latency_us.saturating_record_n(latency, n);
+                            for code in codes {
+                                counts[*code as usize] += 1;
+                            }
+                            o.transfers += n;
+                            let second = (done.finished - measure_from).as_secs() as usize;
+                            if per_second.len() <= second {
+                                per_second.resize(second + 1, 0);
+                            }
+                            per_second[second] += n;
+                            last_finish = last_finish.max(done.finished);
+                        } else {
+                            o.warmup_transfers += n;
+                        }
+                    }
+                    Err(e) => {
+                        *o.errors.entry(error_kind(e).to_string()).or_default() += 1;
+                        if is_fatal(e) && fatal.is_none() {
+                            fatal = Some(e.to_string());
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if interrupted.load(Ordering::Relaxed) && !told_interrupt {
+            told_interrupt = true;
+            stop.store(true, Ordering::Relaxed);
+            progress.println(
+                "interrupted: stopping the load, then checking and reporting (Ctrl-C again quits at once)",
+            );
+        }
+        progress.update(completed_all, &o.batch_latency_us, &o.errors, deadline);
+    }
+    progress.finish();
+    if let Some(reason) = fatal {
+        return Err(format!("the load stopped: {reason}"));
+    }
+
+    o.seconds = (last_finish - measure_from).as_secs_f64();
+    for (i, count) in per_second.iter().enumerate() {
+        let begin = i as f64;
+        let end = (begin + 1.0).min(o.seconds);
+        if end - begin > 0.05 {
+            o.series.push(SeriesPoint {
+                t: end,
+                transfers_per_sec: *count as f64 / (end - begin),
+            });
+        }
+    }
+    for code in ResultCode::ALL {
+        if counts[*code as usize] > 0 {
+            o.results
+                .insert(code.name().to_string(), counts[*code as usize]);
+        }
+    }
+    Ok(o)
+}
+
+fn error_kind(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::Connect { .. } => "connect",
+        ClientError::Disconnected(_) => "disconnected",
+        ClientError::Timeout(_) => "timeout",
+        ClientError::Refused { .. } => "refused",
+        ClientError::BadReply => "bad_reply",
+        ClientError::TooManyItems(_) => "too_many_items",
+    }
+}
+
+/// Errors after which more load makes no sense (the server is gone or refuses us).
+fn is_fatal(e: &ClientError) -> bool {
+    !matches!(e, ClientError::Timeout(_) | ClientError::Disconnected(_))
+}
+
+/// Through the protocol: every account (conservation, floors) and the sampled acknowledged
+/// transfers (present).
+fn check(
+    client: &Client,
+    accounts: &Accounts,
+    ok_sample: &[u128],
+    concurrency: usize,
+) -> Result<Check, String> {
+    let ids = accounts.all_ids();
+    let replies: Vec<_> = futures::executor::block_on(
+        futures::stream::iter(ids.chunks(BATCH_ITEMS_MAX))
+            .map(|chunk| client.lookup_accounts_async(chunk))
+            .buffer_unordered(concurrency)
+            .collect(),
+    );
+    let mut total: i128 = 0;
+    let mut below_floor = 0u64;
+    let mut missing_accounts = 0u64;
+    for reply in replies {
+        for account in reply.map_err(|e| format!("check: account lookup failed: {e}"))? {
+            match account {
+                Some(a) => {
+                    total += a.balance as i128 + a.held as i128;
+                    if a.balance < a.floor {
+                        below_floor += 1;
+                    }
+                }
+                None => missing_accounts += 1,
+            }
+        }
+    }
+    if missing_accounts > 0 {
+        eprintln!(
+            "wallet-bench: FAIL: {missing_accounts} accounts created by the bench are missing"
+        );
+    }
+    let replies: Vec<_> = futures::executor::block_on(
+        futures::stream::iter(ok_sample.chunks(BATCH_ITEMS_MAX))
+            .map(|chunk| client.lookup_transfers_async(chunk))
+            .buffer_unordered(concurrency)
+            .collect(),
+    );
+    let mut missing = 0u64;
+    for reply in replies {
+        let found = reply.map_err(|e| format!("check: transfer lookup failed: {e}"))?;
+        missing += found.iter().filter(|t| t.is_none()).count() as u64;
+    }
+    Ok(Check {
+        // A missing account's money is missing too.
+        conserved: total == 0 && missing_accounts == 0,
+        negative_balances: below_floor,
+        missing_acks: missing,
+    })
+}
