@@ -51,6 +51,7 @@ struct FileConfig {
     queue_depth_max: Option<usize>,
     group_items_max: Option<usize>,
     io_memory_bytes: Option<usize>,
+    transfers_capacity_per_partition: Option<usize>,
     connections_per_core_max: Option<usize>,
     requests_in_flight_per_connection_max: Option<u64>,
     cluster_id: Option<u64>,
@@ -136,6 +137,9 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(v) = file.io_memory_bytes {
         engine.io_memory_bytes = v;
     }
+    // Pre-size the idempotency index: growing a table of millions of ids rehashes it in one
+    // go, which stalls the partition for a noticeable time. Address space only until used.
+    engine.transfers_capacity_per_partition = file.transfers_capacity_per_partition.unwrap_or(8 << 20);
     let node = Arc::new(Node::start(engine).map_err(|e| e.to_string())?);
 
     let mut server_config = ServerConfig::new(listen);
