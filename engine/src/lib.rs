@@ -12,6 +12,7 @@
 //! - `recovery`: snapshot + log tail -> state, at start.
 //! - `runtime`: one pinned glommio executor per core, partitions owned by cores.
 
+pub mod audit;
 pub mod command;
 pub mod digest;
 pub mod event;

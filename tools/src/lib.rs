@@ -2,4 +2,5 @@
 //! `src/bin` and the cross-process tests (`tests/`) run exactly the same code.
 
 pub mod wallet;
+pub mod wallet_audit;
 pub mod walletd;

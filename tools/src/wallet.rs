@@ -73,6 +73,47 @@ enum Command {
     LookupTransfer { id: u128 },
     /// Node status: partitions and their log positions.
     Status,
+    /// Offline log tools on a data dir (no server needed).
+    #[command(subcommand)]
+    Log(LogCommand),
+    /// Offline audit: rebuild state from the log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Validate every record of every partition: checksums, index continuity, torn tails.
+    Verify {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Print every log record (JSON lines with --json), one line per command item.
+    Dump {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Only this partition.
+        #[arg(long)]
+        partition: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Rebuild every balance from the log (from a snapshot before --until when there is one)
+    /// and print the state digest and totals as of --until (ns since the epoch).
+    Replay {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        until: Option<u64>,
+        /// Ignore snapshots: replay every entry from the first.
+        #[arg(long)]
+        from_genesis: bool,
+        /// Also print every account's balance.
+        #[arg(long)]
+        balances: bool,
+    },
 }
 
 /// The whole program; `std::process::exit`s with 1 on failure.
@@ -90,6 +131,18 @@ fn currency(code: &str) -> Result<Currency, String> {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Log(command) => return crate::wallet_audit::log(command_log(command), cli.json),
+        Command::Audit(AuditCommand::Replay {
+            data_dir,
+            until,
+            from_genesis,
+            balances,
+        }) => {
+            return crate::wallet_audit::replay(&data_dir, until, from_genesis, balances, cli.json)
+        }
+        _ => {}
+    }
     let mut config = ClientConfig::new(cli.addr.clone());
     config.timeout_ms = cli.timeout_ms;
     if let Some(path) = &cli.token_file {
@@ -222,6 +275,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Log(_) | Command::Audit(_) => unreachable!("handled above"),
         Command::Status => {
             let status = client.status().map_err(|e| e.to_string())?;
             if cli.json {
@@ -271,5 +325,18 @@ fn report(as_json: bool, code: ResultCode, mut fields: serde_json::Value) -> Res
     match code {
         ResultCode::Ok | ResultCode::Exists => Ok(()),
         other => Err(other.name().to_string()),
+    }
+}
+
+fn command_log(command: LogCommand) -> crate::wallet_audit::LogAction {
+    match command {
+        LogCommand::Verify { data_dir } => crate::wallet_audit::LogAction::Verify { data_dir },
+        LogCommand::Dump {
+            data_dir,
+            partition,
+        } => crate::wallet_audit::LogAction::Dump {
+            data_dir,
+            partition,
+        },
     }
 }

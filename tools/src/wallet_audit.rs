@@ -1,0 +1,211 @@
+//! `wallet log verify|dump` and `wallet audit replay`: offline tools over a data dir (or a
+//! copied set of segments and snapshots). Output contract in ../shared/CLI.md.
+
+use engine::command::{entry_kind, ArchivedNewAccount, ArchivedNewTransfer};
+use engine::log::RecordRef;
+use engine::tcc::ArchivedTccMessage;
+use rkyv::vec::ArchivedVec;
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub enum LogAction {
+    Verify {
+        data_dir: PathBuf,
+    },
+    Dump {
+        data_dir: PathBuf,
+        partition: Option<u32>,
+    },
+}
+
+pub fn log(action: LogAction, as_json: bool) -> Result<(), String> {
+    match action {
+        LogAction::Verify { data_dir } => {
+            let reports = engine::audit::verify(&data_dir).map_err(|e| e.to_string())?;
+            for r in &reports {
+                let torn = r
+                    .torn_tail
+                    .as_ref()
+                    .map(|(file, offset)| format!("{file} at offset {offset}"));
+                if as_json {
+                    println!(
+                        "{}",
+                        json!({"partition": r.partition, "segments": r.segments, "records": r.records,
+                               "first_index": r.first_index, "last_index": r.last_index, "torn_tail": torn, "ok": true})
+                    );
+                } else {
+                    println!(
+                        "partition {}: {} records in {} segments (index {}..={}), checksums and continuity ok{}",
+                        r.partition,
+                        r.records,
+                        r.segments,
+                        r.first_index,
+                        r.last_index,
+                        torn.map(|t| format!("; torn tail (cut at next start): {t}")).unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
+        LogAction::Dump {
+            data_dir,
+            partition,
+        } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut failure: Option<String> = None;
+            engine::audit::visit_records(&data_dir, |p, record| {
+                if failure.is_some() || partition.is_some_and(|only| only != p) {
+                    return;
+                }
+                if let Err(e) = dump_record(&mut out, p, record, as_json) {
+                    failure = Some(e);
+                }
+            })
+            .map_err(|e| e.to_string())?;
+            out.flush().map_err(|e| e.to_string())?;
+            failure.map_or(Ok(()), Err)
+        }
+    }
+}
+
+fn dump_record(
+    out: &mut impl Write,
+    partition: u32,
+    r: &RecordRef<'_>,
+    as_json: bool,
+) -> Result<(), String> {
+    let h = &r.header;
+    let mut line = |value: serde_json::Value, text: String| -> Result<(), String> {
+        if as_json {
+            writeln!(out, "{value}")
+        } else {
+            writeln!(out, "{text}")
+        }
+        .map_err(|e| e.to_string())
+    };
+    let at = format!("p{partition} #{} t={} ts={}", h.index, h.term, h.timestamp);
+    let bad = |e: rkyv::rancor::Error| {
+        format!("partition {partition}, entry {}: bad archive: {e}", h.index)
+    };
+    match h.kind {
+        entry_kind::CREATE_ACCOUNTS => {
+            let items =
+                rkyv::access::<ArchivedVec<ArchivedNewAccount>, rkyv::rancor::Error>(r.body)
+                    .map_err(bad)?;
+            for (i, a) in items.iter().enumerate() {
+                let (id, currency, floor, flags) = (
+                    a.id.to_native(),
+                    a.currency.to_native(),
+                    a.floor.to_native(),
+                    a.flags.to_native(),
+                );
+                line(
+                    json!({"partition": partition, "index": h.index, "item": i, "timestamp": h.timestamp + i as u64,
+                           "kind": "create_account", "id": id, "currency": currency.code(), "floor": floor, "flags": flags}),
+                    format!("{at} create_account id={id} {currency} floor={floor} flags={flags}"),
+                )?;
+            }
+        }
+        entry_kind::CREATE_TRANSFERS => {
+            let items =
+                rkyv::access::<ArchivedVec<ArchivedNewTransfer>, rkyv::rancor::Error>(r.body)
+                    .map_err(bad)?;
+            for (i, t) in items.iter().enumerate() {
+                let (id, from, to, amount, currency) = (
+                    t.id.to_native(),
+                    t.from.to_native(),
+                    t.to.to_native(),
+                    t.amount.to_native(),
+                    t.currency.to_native(),
+                );
+                line(
+                    json!({"partition": partition, "index": h.index, "item": i, "timestamp": h.timestamp + i as u64,
+                           "kind": "transfer", "id": id, "from": from, "to": to, "amount": amount, "currency": currency.code()}),
+                    format!("{at} transfer id={id} {from}->{to} {amount} {currency}"),
+                )?;
+            }
+        }
+        entry_kind::TCC_MESSAGES => {
+            let items =
+                rkyv::access::<ArchivedVec<ArchivedTccMessage>, rkyv::rancor::Error>(r.body)
+                    .map_err(bad)?;
+            for (i, m) in items.iter().enumerate() {
+                let m = m.to_native();
+                let kind = tcc_kind_name(m.kind);
+                line(
+                    json!({"partition": partition, "index": h.index, "item": i, "timestamp": h.timestamp + i as u64,
+                           "kind": format!("tcc_{kind}"), "id": m.id, "from": m.from, "to": m.to, "amount": m.amount,
+                           "source": m.source, "code": engine::ResultCode::from_u8(m.code).map(|c| c.name())}),
+                    format!(
+                        "{at} tcc {kind} id={} {}->{} {} (source p{})",
+                        m.id, m.from, m.to, m.amount, m.source
+                    ),
+                )?;
+            }
+        }
+        other => line(
+            json!({"partition": partition, "index": h.index, "timestamp": h.timestamp, "kind": other, "bytes": r.body.len()}),
+            format!("{at} kind={other} ({} bytes)", r.body.len()),
+        )?,
+    }
+    Ok(())
+}
+
+fn tcc_kind_name(kind: u8) -> &'static str {
+    use engine::tcc::kind::*;
+    match kind {
+        TRY => "try",
+        TRY_RESULT => "try_result",
+        CONFIRM => "confirm",
+        CONFIRM_ACK => "confirm_ack",
+        CANCEL => "cancel",
+        CANCEL_ACK => "cancel_ack",
+        ABORT => "abort",
+        _ => "unknown",
+    }
+}
+
+pub fn replay(
+    data_dir: &Path,
+    until: Option<u64>,
+    from_genesis: bool,
+    balances: bool,
+    as_json: bool,
+) -> Result<(), String> {
+    let report = engine::audit::replay(data_dir, until, from_genesis).map_err(|e| e.to_string())?;
+    let digest = format!("{:032x}", report.digest);
+    if as_json {
+        let mut value = json!({
+            "events": report.events, "entries": report.entries, "seconds": report.seconds,
+            "events_per_sec": report.events_per_sec, "digest": digest,
+            "balances_total": report.balances_total.to_string(), "until": until,
+        });
+        if balances {
+            let accounts: Vec<_> = report
+                .states
+                .iter()
+                .flat_map(|s| s.accounts_sorted())
+                .map(|a| json!({"id": a.id, "currency": a.currency.code(), "balance": a.balance, "held": a.held}))
+                .collect();
+            value["accounts"] = json!(accounts);
+        }
+        println!("{value}");
+    } else {
+        println!(
+            "replayed {} entries ({} events) in {:.3} s = {:.0} events/s",
+            report.entries, report.events, report.seconds, report.events_per_sec
+        );
+        println!("digest {digest}, balances total {}", report.balances_total);
+        if balances {
+            for a in report.states.iter().flat_map(|s| s.accounts_sorted()) {
+                println!(
+                    "  account {}: {} {} (held {})",
+                    a.id, a.balance, a.currency, a.held
+                );
+            }
+        }
+    }
+    Ok(())
+}
