@@ -271,6 +271,23 @@ async fn drive(
 
 /// Conservation over every account, floors, and acknowledged transfers present.
 async fn check(node: &Node, accounts: &Accounts, outcome: &Outcome) -> Result<Check, String> {
+    // Cross-partition transfers are answered when decided; credits and hold releases follow
+    // by one message. Wait (bounded) until no TC/C is running so the sums are exact.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut running = 0;
+        for p in 0..node.partition_count() {
+            running += node
+                .counters(p)
+                .await
+                .map_err(|e| e.to_string())?
+                .tcc_in_flight;
+        }
+        if running == 0 || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut total: i128 = 0;
     let mut below_floor = 0u64;
     for (p, wallets) in accounts.by_partition.iter().enumerate() {

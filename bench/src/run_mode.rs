@@ -833,12 +833,26 @@ fn check(
     concurrency: usize,
 ) -> Result<Check, String> {
     let ids = accounts.all_ids();
-    let replies: Vec<_> = futures::executor::block_on(
-        futures::stream::iter(ids.chunks(BATCH_ITEMS_MAX))
-            .map(|chunk| client.lookup_accounts_async(chunk))
-            .buffer_unordered(concurrency)
-            .collect(),
-    );
+    // Cross-partition transfers are answered when decided; the destination's credit and the
+    // release of the source's hold follow by one message. Sums are exact once no hold remains,
+    // so wait for that (bounded), then check.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let replies = loop {
+        let replies: Vec<_> = futures::executor::block_on(
+            futures::stream::iter(ids.chunks(BATCH_ITEMS_MAX))
+                .map(|chunk| client.lookup_accounts_async(chunk))
+                .buffer_unordered(concurrency)
+                .collect(),
+        );
+        let holds = replies
+            .iter()
+            .flat_map(|r| r.iter().flatten().flatten())
+            .any(|a| a.held != 0);
+        if !holds || std::time::Instant::now() > deadline {
+            break replies;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     let mut total: i128 = 0;
     let mut below_floor = 0u64;
     let mut missing_accounts = 0u64;

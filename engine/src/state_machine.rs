@@ -127,10 +127,12 @@ impl PartitionState {
             });
         }
         let record = self.tcc.get(&id)?;
-        let status = if record.phase == tcc::phase::CANCELLED {
-            ResultCode::from_u8(record.final_code).unwrap_or(ResultCode::TccCancelled)
-        } else {
-            ResultCode::Pending
+        let status = match record.phase {
+            tcc::phase::CANCELLED => {
+                ResultCode::from_u8(record.final_code).unwrap_or(ResultCode::TccCancelled)
+            }
+            tcc::phase::CONFIRMING => ResultCode::Ok, // decided; the credit may lag one message
+            _ => ResultCode::Pending,
         };
         Some(TransferLookup {
             transfer: record.transfer,
@@ -369,10 +371,14 @@ impl PartitionState {
             if !same_fields(&record.transfer, t) {
                 return ResultCode::ExistsWithDifferentFields;
             }
-            return if record.phase == tcc::phase::CANCELLED {
-                ResultCode::from_u8(record.final_code).unwrap_or(ResultCode::TccCancelled)
-            } else {
-                ResultCode::Pending
+            return match record.phase {
+                tcc::phase::CANCELLED => {
+                    ResultCode::from_u8(record.final_code).unwrap_or(ResultCode::TccCancelled)
+                }
+                // Decided: confirmed (the credit follows); a retry answers like one of an
+                // applied transfer.
+                tcc::phase::CONFIRMING => ResultCode::Exists,
+                _ => ResultCode::Pending,
             };
         }
         if t.from == t.to {
@@ -665,6 +671,9 @@ impl PartitionState {
         if m.code == ResultCode::Ok as u8 {
             record.phase = tcc::phase::CONFIRMING;
             let t = record.transfer;
+            // The decision is the outcome: the client hears `ok` once this entry is durable;
+            // the destination's credit is guaranteed (re-driven until acknowledged).
+            out.resolved.push((t.id, ResultCode::Ok));
             out.outbox.push((
                 record.destination,
                 TccMessage::about(tcc::kind::CONFIRM, self.partition, &t),
@@ -711,7 +720,6 @@ impl PartitionState {
         }
         self.transfers.push(t);
         out.events.push(Event::TransferApplied(t));
-        out.resolved.push((t.id, ResultCode::Ok));
     }
 
     /// Messages that move every unfinished TC/C of this partition forward: after a restart or

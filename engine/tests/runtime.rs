@@ -94,6 +94,17 @@ fn transfers_apply_once_and_survive_restart() {
             .map(|acc| acc.unwrap().balance)
             .collect::<Vec<_>>()
     };
+    // The TC/C was answered at its decision; its credit and hold release follow.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while node
+        .all_stats()
+        .unwrap()
+        .iter()
+        .any(|s| s.tcc_in_flight > 0)
+    {
+        assert!(std::time::Instant::now() < deadline, "TC/C did not finish");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     assert_eq!(balances(&node), vec![-500, 299, 200]);
     let held: Vec<i64> = futures::executor::block_on(node.lookup_accounts(0, vec![a]))
         .unwrap()
