@@ -137,6 +137,16 @@ pub fn run(args: EngineArgs) -> Result<(), String> {
 
     let outcome = futures::executor::block_on(drive(&node, &accounts, &args, duration));
     let check = futures::executor::block_on(check(&node, &accounts, &outcome))?;
+    let fsyncs: u64 = node
+        .all_stats()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|s| s.fsyncs)
+        .sum();
+    eprintln!(
+        "group commits: {fsyncs} fsyncs in all partitions ({:.0} transfers per fsync, setup included)",
+        outcome.transfers as f64 / fsyncs.max(1) as f64
+    );
     node.shutdown()?;
 
     let seconds = outcome.elapsed.as_secs_f64();

@@ -56,6 +56,8 @@ type Answered = (
 struct HeldReply {
     reply: oneshot::Sender<BatchReply>,
     answer: BatchReply,
+    /// (item position, transfer id) of the items that were pending when the batch was held.
+    pending: Vec<(usize, TransferId)>,
     remaining: usize,
 }
 
@@ -65,8 +67,6 @@ const TCC_TICK: Duration = Duration::from_millis(2);
 
 /// A TC/C of this partition that is not decided yet, as the coordinator tracks it.
 struct Running {
-    /// When its Try timer (re)started.
-    started: Instant,
     /// The client reply slot and item position waiting for its outcome (none after a restart).
     waiter: Option<(u32, u32)>,
     /// Further waiters (retries of the same id while it runs): rare, so usually empty and
@@ -74,15 +74,26 @@ struct Running {
     more: Vec<(u32, u32)>,
 }
 
+/// Whose Try timer is this: a held client batch (slot + generation, so a reused slot is not
+/// mistaken for the old one) or the transfers re-driven at start, which nobody waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    Batch { slot: usize, generation: u64 },
+    Redriven,
+}
+
 #[derive(Default)]
 struct Coordinator {
     held: Vec<Option<HeldReply>>,
+    generations: Vec<u64>,
     free_slots: Vec<usize>,
-    /// Every running TC/C of this partition: its timer and who waits for it.
+    /// Every running TC/C of this partition, and who waits for it.
     running: HashMap<TransferId, Running>,
-    /// Timer starts in time order, so the timeout check looks only at the oldest ones.
-    /// Entries whose id finished (or restarted later) are skipped when they reach the front.
-    timeline: std::collections::VecDeque<(Instant, TransferId)>,
+    /// Timers in start order, one per held batch (not per transfer), so checking them costs
+    /// nothing per transfer.
+    timeline: std::collections::VecDeque<(Instant, Timer)>,
+    /// Transfers re-driven after a restart (no client waits for them).
+    redriven: Vec<TransferId>,
     /// Messages to other partitions not yet accepted by their queues.
     outbox: Vec<(PartitionId, Vec<TccMessage>)>,
     /// Local messages (aborts) to log in the next group.
@@ -98,60 +109,90 @@ impl Coordinator {
         &mut self,
         reply: oneshot::Sender<BatchReply>,
         answer: BatchReply,
-        pending: &[(usize, TransferId)],
+        pending: Vec<(usize, TransferId)>,
     ) {
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.held.push(None);
+            self.generations.push(0);
             self.held.len() - 1
         });
-        self.held[slot] = Some(HeldReply {
-            reply,
-            answer,
-            remaining: pending.len(),
-        });
-        let now = Instant::now();
-        for &(position, id) in pending {
+        for &(position, id) in &pending {
             let waiter = (slot as u32, position as u32);
-            let running = self.start(id, now);
+            let running = self.running.entry(id).or_insert(Running {
+                waiter: None,
+                more: Vec::new(),
+            });
             if running.waiter.is_none() {
                 running.waiter = Some(waiter);
             } else {
                 running.more.push(waiter);
             }
         }
+        self.held[slot] = Some(HeldReply {
+            reply,
+            answer,
+            remaining: pending.len(),
+            pending,
+        });
+        self.generations[slot] += 1;
+        let timer = Timer::Batch {
+            slot,
+            generation: self.generations[slot],
+        };
+        self.timeline.push_back((Instant::now(), timer));
     }
 
-    /// Starts (or keeps) the Try timer of `id`.
-    fn start(&mut self, id: TransferId, now: Instant) -> &mut Running {
-        let timeline = &mut self.timeline;
-        self.running.entry(id).or_insert_with(|| {
-            timeline.push_back((now, id));
-            Running {
-                started: now,
+    /// Tracks transfers re-driven at start (nobody waits for them).
+    fn redrive(&mut self, ids: impl Iterator<Item = TransferId>) {
+        for id in ids {
+            self.running.entry(id).or_insert(Running {
                 waiter: None,
                 more: Vec::new(),
-            }
-        })
+            });
+            self.redriven.push(id);
+        }
+        self.timeline.push_back((Instant::now(), Timer::Redriven));
     }
 
-    /// Ids whose timer started before `cutoff` (and still runs), oldest first; their timers
-    /// restart at `now`.
+    /// Transfers whose timer started before `cutoff` and that still run; their timers restart
+    /// at `now`.
     fn overdue(&mut self, cutoff: Instant, now: Instant) -> Vec<TransferId> {
         let mut due = Vec::new();
-        while let Some(&(at, id)) = self.timeline.front() {
+        let mut rearm = Vec::new();
+        while let Some(&(at, timer)) = self.timeline.front() {
             if at > cutoff {
                 break;
             }
             self.timeline.pop_front();
-            if let Some(running) = self.running.get_mut(&id) {
-                if running.started == at {
-                    running.started = now;
-                    due.push(id);
+            let before = due.len();
+            match timer {
+                Timer::Batch { slot, generation } => {
+                    if self.generations[slot] != generation {
+                        continue;
+                    }
+                    if let Some(held) = &self.held[slot] {
+                        due.extend(
+                            held.pending
+                                .iter()
+                                .filter(|(position, _)| {
+                                    held.answer.results[*position] == ResultCode::Pending
+                                })
+                                .map(|(_, id)| *id),
+                        );
+                    }
+                }
+                Timer::Redriven => {
+                    let running = &self.running;
+                    self.redriven.retain(|id| running.contains_key(id));
+                    due.extend(self.redriven.iter().copied());
                 }
             }
+            if due.len() > before {
+                rearm.push(timer);
+            }
         }
-        for &id in &due {
-            self.timeline.push_back((now, id));
+        for timer in rearm {
+            self.timeline.push_back((now, timer));
         }
         due
     }
@@ -171,6 +212,7 @@ impl Coordinator {
                 if let Some(done) = self.held[slot].take() {
                     let _ = done.reply.send(done.answer);
                 }
+                self.generations[slot] += 1;
                 self.free_slots.push(slot);
             }
         }
@@ -219,10 +261,7 @@ impl PartitionTask {
 
         // Recovery: move every unfinished TC/C that started here forward again.
         let redrive = self.state.tcc_redrive();
-        let now = Instant::now();
-        for (_, m) in &redrive {
-            coordinator.start(m.id, now);
-        }
+        coordinator.redrive(redrive.iter().map(|(_, m)| m.id));
         coordinator.queue(&redrive);
         coordinator.ship(&self.peers);
 
@@ -335,7 +374,7 @@ impl PartitionTask {
                 } else if pending.is_empty() {
                     let _ = reply.send(answer);
                 } else {
-                    coordinator.hold(reply, answer, &pending);
+                    coordinator.hold(reply, answer, pending);
                 }
             }
             if failed.is_none() {
