@@ -57,6 +57,8 @@ fn as_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S:
 }
 
 const FUNDING_PER_ACCOUNT: u64 = 1_000_000_000;
+/// Pre-drawn transfers per partition (replayed with fresh ids; see `TransferGenerator::prepare`).
+const POOL_TRANSFERS_PER_PARTITION: usize = 1 << 19;
 
 pub fn run(args: EngineArgs) -> Result<(), String> {
     if args.batch == 0 || args.batch > engine::BATCH_ITEMS_MAX {
@@ -189,7 +191,11 @@ async fn drive(
 ) -> Outcome {
     let partitions = args.partitions as usize;
     let mut generators: Vec<TransferGenerator> = (0..partitions)
-        .map(|p| TransferGenerator::new(args.seed, p, args.cross_partition_ratio))
+        .map(|p| {
+            let mut g = TransferGenerator::new(args.seed, p, args.cross_partition_ratio);
+            g.prepare(accounts, POOL_TRANSFERS_PER_PARTITION);
+            g
+        })
         .collect();
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
     let mut counts = [0u64; 256];

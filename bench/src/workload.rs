@@ -9,6 +9,8 @@ use crate::zipf::Zipf;
 /// Accounts grouped by the partition that owns them, plus one issuer per partition.
 pub struct Accounts {
     pub by_partition: Vec<Vec<u128>>,
+    /// The same wallet ids as `u32` (they are `1..=N`), for the generators' hot loop.
+    pub compact: Vec<Vec<u32>>,
     pub issuers: Vec<u128>,
     pub currency: Currency,
 }
@@ -18,6 +20,10 @@ const ISSUER_BASE: u128 = 1 << 100;
 
 impl Accounts {
     pub fn new(count: u64, partitions: u32) -> Accounts {
+        assert!(
+            count <= u32::MAX as u64,
+            "wallet ids must fit the compact tables"
+        );
         let mut by_partition = vec![Vec::new(); partitions as usize];
         for id in 1..=count as u128 {
             by_partition[partition_of(id, partitions) as usize].push(id);
@@ -29,8 +35,13 @@ impl Accounts {
                     .expect("ids are plentiful")
             })
             .collect();
+        let compact = by_partition
+            .iter()
+            .map(|ids| ids.iter().map(|&id| id as u32).collect())
+            .collect();
         Accounts {
             by_partition,
+            compact,
             issuers,
             currency: Currency::parse("EUR").expect("valid code"),
         }
@@ -92,6 +103,9 @@ pub struct TransferGenerator {
     partition: usize,
     next_id: u128,
     cross_partition_ratio: f64,
+    /// Pre-drawn (from, to, amount) patterns, replayed with fresh ids (see `prepare`).
+    pool: Vec<NewTransfer>,
+    cursor: usize,
 }
 
 impl TransferGenerator {
@@ -104,16 +118,49 @@ impl TransferGenerator {
             partition,
             next_id: ((partition as u128 + 1) << 64) | 1,
             cross_partition_ratio,
+            pool: Vec::new(),
+            cursor: 0,
         }
     }
 
+    /// Draws `len` transfers up front. The generator shares the two cores with the engine,
+    /// and drawing random accounts out of tables of a million ids costs a cache miss or two
+    /// per transfer, which would be measured as engine time; replaying a pre-drawn pool
+    /// (uniform over the accounts, fresh ids each time) is a sequential copy instead.
+    pub fn prepare(&mut self, accounts: &Accounts, len: usize) {
+        let mut pool = Vec::with_capacity(len);
+        self.draw(accounts, len, &mut pool);
+        self.pool = pool;
+        self.cursor = 0;
+    }
+
+    /// The next `count` transfers (from the pool when prepared), each with a new id.
     pub fn fill(&mut self, accounts: &Accounts, count: usize, out: &mut Vec<NewTransfer>) {
+        if self.pool.is_empty() {
+            return self.draw(accounts, count, out);
+        }
         out.clear();
-        let local = &accounts.by_partition[self.partition];
-        let partitions = accounts.by_partition.len();
+        out.reserve(count);
+        while out.len() < count {
+            let take = (count - out.len()).min(self.pool.len() - self.cursor);
+            for t in &self.pool[self.cursor..self.cursor + take] {
+                out.push(NewTransfer {
+                    id: self.next_id,
+                    ..*t
+                });
+                self.next_id += 1;
+            }
+            self.cursor = (self.cursor + take) % self.pool.len();
+        }
+    }
+
+    fn draw(&mut self, accounts: &Accounts, count: usize, out: &mut Vec<NewTransfer>) {
+        out.clear();
+        let local = &accounts.compact[self.partition];
+        let partitions = accounts.compact.len();
         for _ in 0..count {
             let from_at = self.rng.usize(..local.len());
-            let from = local[from_at];
+            let from = local[from_at] as u128;
             let cross = partitions > 1
                 && self.cross_partition_ratio > 0.0
                 && self.rng.f64() < self.cross_partition_ratio;
@@ -122,14 +169,14 @@ impl TransferGenerator {
                 if q >= self.partition {
                     q += 1;
                 }
-                let there = &accounts.by_partition[q];
-                there[self.rng.usize(..there.len())]
+                let there = &accounts.compact[q];
+                there[self.rng.usize(..there.len())] as u128
             } else {
                 let mut to_at = self.rng.usize(..local.len());
                 if to_at == from_at {
                     to_at = (to_at + 1) % local.len();
                 }
-                local[to_at]
+                local[to_at] as u128
             };
             out.push(NewTransfer {
                 id: self.next_id,
