@@ -21,8 +21,15 @@ pub struct Reply {
 
 type Waiter = (Instant, oneshot::Sender<Result<Reply, ClientError>>);
 
+/// Frames waiting for the writer thread of a connection.
+const OUTGOING_FRAMES_MAX: usize = 64;
+
 pub struct Connection {
-    writer: Mutex<TcpStream>,
+    /// Frames go to a writer thread, so a caller on an async executor never blocks in a
+    /// socket write; a full queue is waited for asynchronously (backpressure).
+    outgoing: flume::Sender<BytesMut>,
+    /// To shut the socket down when the connection is dropped.
+    socket: TcpStream,
     pending: Arc<Mutex<HashMap<u64, Waiter>>>,
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
@@ -85,8 +92,27 @@ impl Connection {
             .name("walletd-client-reader".into())
             .spawn(move || read_loop(stream_for_handshake, reader_pending, reader_alive))
             .map_err(|e| connect_error(e.to_string()))?;
+        let (outgoing, frames) = flume::bounded::<BytesMut>(OUTGOING_FRAMES_MAX);
+        let mut writer = stream
+            .try_clone()
+            .map_err(|e| connect_error(e.to_string()))?;
+        let writer_alive = alive.clone();
+        std::thread::Builder::new()
+            .name("walletd-client-writer".into())
+            .spawn(move || {
+                while let Ok(frame) = frames.recv() {
+                    if writer.write_all(&frame).is_err() {
+                        // The reader sees the broken socket and fails every pending request.
+                        writer_alive.store(false, Ordering::Release);
+                        let _ = writer.shutdown(std::net::Shutdown::Both);
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| connect_error(e.to_string()))?;
         Ok(Connection {
-            writer: Mutex::new(stream),
+            outgoing,
+            socket: stream,
             pending,
             next_id: AtomicU64::new(1),
             alive,
@@ -103,8 +129,8 @@ impl Connection {
         self.alive.load(Ordering::Acquire)
     }
 
-    /// Writes one request; the returned receiver completes with its reply.
-    pub fn send(
+    /// Queues one request for the writer; the returned receiver completes with its reply.
+    pub async fn send(
         &self,
         operation: Operation,
         body: &[u8],
@@ -121,17 +147,12 @@ impl Connection {
             .insert(id, (deadline, tx));
         let mut frame = BytesMut::with_capacity(HEADER_BYTES + body.len());
         frame::encode_frame(&mut frame, operation as u8, 0, id, body);
-        let mut writer = self
-            .writer
-            .lock()
-            .map_err(|_| ClientError::Disconnected("poisoned".into()))?;
-        if let Err(e) = writer.write_all(&frame) {
+        if self.outgoing.send_async(frame).await.is_err() {
             self.alive.store(false, Ordering::Release);
-            let _ = writer.shutdown(std::net::Shutdown::Both);
             if let Ok(mut p) = self.pending.lock() {
                 p.remove(&id);
             }
-            return Err(ClientError::Disconnected(e.to_string()));
+            return Err(ClientError::Disconnected("writer stopped".into()));
         }
         Ok(rx)
     }
@@ -139,9 +160,8 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        if let Ok(w) = self.writer.lock() {
-            let _ = w.shutdown(std::net::Shutdown::Both);
-        }
+        // Ends both helper threads: the reader sees EOF, the writer a closed queue.
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 }
 

@@ -157,7 +157,7 @@ impl Client {
         let mut attempt = 0;
         loop {
             let result = match self.connection() {
-                Ok(conn) => match conn.send(operation, body) {
+                Ok(conn) => match conn.send(operation, body).await {
                     Ok(pending) => pending.await.unwrap_or_else(|_| {
                         Err(ClientError::Disconnected("reader stopped".into()))
                     }),
