@@ -9,6 +9,8 @@ pub struct ServerProcess {
     pub data_dir: PathBuf,
     binary: PathBuf,
     extra_args: Vec<String>,
+    /// The client token the server demands, if any (used by the readiness probe).
+    token: Option<Vec<u8>>,
     child: Option<Child>,
 }
 
@@ -28,6 +30,26 @@ impl ServerProcess {
             data_dir: data_dir.to_path_buf(),
             binary: binary.to_path_buf(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            token: None,
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    /// Like `start`, with clients required to present the token in `token_file`.
+    pub fn start_with_token(binary: &Path, data_dir: &Path, token_file: &Path) -> ServerProcess {
+        let token = std::fs::read_to_string(token_file)
+            .expect("token file")
+            .trim()
+            .as_bytes()
+            .to_vec();
+        let mut server = ServerProcess {
+            addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: data_dir.to_path_buf(),
+            binary: binary.to_path_buf(),
+            extra_args: vec!["--auth-token-file".into(), token_file.display().to_string()],
+            token: Some(token),
             child: None,
         };
         server.launch();
@@ -56,6 +78,7 @@ impl ServerProcess {
         let mut config = net::ClientConfig::new(self.addr.clone());
         config.retries = 0;
         config.timeout_ms = 2_000;
+        config.token = self.token.clone();
         while net::Client::connect(config.clone())
             .and_then(|c| c.ping())
             .is_err()

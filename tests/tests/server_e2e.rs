@@ -458,3 +458,102 @@ fn batches_of_8190_pipelined_over_one_connection_all_come_back() {
         .unwrap();
     assert!(found.iter().all(|t| t.is_some()));
 }
+
+#[test]
+fn single_transfers_from_many_threads_are_batched_and_auth_is_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("client.token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let data = dir.path().join("data");
+    let mut server =
+        ServerProcess::start_with_token(std::path::Path::new(WALLETD), &data, &token_file);
+
+    // No token, or a wrong one: refused at handshake.
+    let refused = Client::connect(ClientConfig::new(server.addr.clone()));
+    assert!(
+        matches!(
+            refused,
+            Err(net::ClientError::Refused {
+                error: net::ProtocolError::AuthFailed,
+                ..
+            })
+        ),
+        "{:?}",
+        refused.err()
+    );
+    let mut wrong = ClientConfig::new(server.addr.clone());
+    wrong.token = Some(b"s3cret-tokem".to_vec());
+    assert!(Client::connect(wrong).is_err());
+    // The CLI reads the token from a file.
+    let (ok, _, err) = wallet(
+        &server.addr,
+        &[
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "create-account",
+            "--id",
+            "1",
+            "--currency",
+            "EUR",
+            "--floor",
+            "-1000000",
+        ],
+    );
+    assert!(ok, "{err}");
+
+    let mut config = ClientConfig::new(server.addr.clone());
+    config.token = Some(b"s3cret-token".to_vec());
+    let client = std::sync::Arc::new(Client::connect(config).unwrap());
+    let wallets: Vec<NewAccount> = (2..=9)
+        .map(|id| NewAccount {
+            id,
+            currency: eur(),
+            flags: 0,
+            floor: 0,
+            user_data: 0,
+        })
+        .collect();
+    assert!(client
+        .create_accounts(&wallets)
+        .unwrap()
+        .iter()
+        .all(|c| *c == ResultCode::Ok));
+
+    // 8 threads x 250 single deposits through one batcher.
+    let batcher = client.batcher();
+    let threads: Vec<_> = (0..8u128)
+        .map(|t| {
+            let batcher = batcher.clone();
+            std::thread::spawn(move || {
+                (0..250u128)
+                    .map(|i| {
+                        let transfer = NewTransfer {
+                            id: 10_000 + t * 1_000 + i,
+                            from: 1,
+                            to: 2 + t,
+                            amount: 3,
+                            currency: eur(),
+                            user_data: 0,
+                        };
+                        batcher.transfer(transfer).unwrap()
+                    })
+                    .filter(|c| *c == ResultCode::Ok)
+                    .count()
+            })
+        })
+        .collect();
+    let ok: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(ok, 2_000);
+    let balances: Vec<i64> = client
+        .lookup_accounts(&(2..=9).collect::<Vec<_>>())
+        .unwrap()
+        .iter()
+        .map(|a| a.unwrap().balance)
+        .collect();
+    assert_eq!(balances, vec![750; 8]);
+    // Fewer requests than transfers reached the server: the batcher coalesced them.
+    let status = client.status().unwrap();
+    let entries: u64 = status.partitions.iter().map(|p| p.last_index).sum();
+    assert!(entries < 2_000, "{entries} log entries for 2,000 transfers");
+    assert_eq!(server.stop(), Some(0));
+}
