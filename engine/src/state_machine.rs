@@ -197,40 +197,61 @@ impl PartitionState {
                 let items =
                     rkyv::access::<ArchivedVec<ArchivedNewTransfer>, rkyv::rancor::Error>(body)
                         .map_err(|e| ApplyError::InvalidArchive(e.to_string()))?;
-                for (w, window) in items.chunks(PREFETCH_WINDOW).enumerate() {
-                    for item in window {
-                        self.touch_transfer(
-                            item.id.to_native(),
-                            item.from.to_native(),
-                            item.to.to_native(),
-                        );
-                    }
-                    for (i, item) in window.iter().enumerate() {
-                        let at = (w * PREFETCH_WINDOW + i) as u64;
-                        let code = self.create_transfer(item, timestamp + at, out);
+                self.apply_in_windows(
+                    items,
+                    timestamp,
+                    out,
+                    |state, t| {
+                        state.touch_transfer(t.id.to_native(), t.from.to_native(), t.to.to_native())
+                    },
+                    |state, t, at, out| {
+                        let code = state.create_transfer(t, at, out);
                         out.results.push(code);
-                    }
-                }
+                    },
+                );
                 self.advance(index, timestamp, items.len());
             }
             entry_kind::TCC_MESSAGES => {
                 let items =
                     rkyv::access::<ArchivedVec<ArchivedTccMessage>, rkyv::rancor::Error>(body)
                         .map_err(|e| ApplyError::InvalidArchive(e.to_string()))?;
-                for (w, window) in items.chunks(PREFETCH_WINDOW).enumerate() {
-                    for item in window {
-                        self.touch_tcc(item);
-                    }
-                    for (i, item) in window.iter().enumerate() {
-                        let at = (w * PREFETCH_WINDOW + i) as u64;
-                        self.apply_tcc(&item.to_native(), timestamp + at, out);
-                    }
-                }
+                self.apply_in_windows(
+                    items,
+                    timestamp,
+                    out,
+                    |state, m| state.touch_tcc(m),
+                    |state, m, at, out| state.apply_tcc(&m.to_native(), at, out),
+                );
                 self.advance(index, timestamp, items.len());
             }
             other => return Err(ApplyError::UnknownKind(other)),
         }
         Ok(())
+    }
+
+    /// Applies `items` (item `i` at `timestamp + i`) a window at a time: first `touch` every
+    /// item of the window, then `apply` them in order.
+    fn apply_in_windows<T>(
+        &mut self,
+        items: &[T],
+        timestamp: u64,
+        out: &mut ApplyOutput,
+        touch: impl Fn(&Self, &T),
+        apply: impl Fn(&mut Self, &T, u64, &mut ApplyOutput),
+    ) {
+        for (w, window) in items.chunks(PREFETCH_WINDOW).enumerate() {
+            for item in window {
+                touch(self, item);
+            }
+            for (i, item) in window.iter().enumerate() {
+                apply(
+                    self,
+                    item,
+                    timestamp + (w * PREFETCH_WINDOW + i) as u64,
+                    out,
+                );
+            }
+        }
     }
 
     /// Looks up what a transfer will touch, for a window of items at once: the lookups of

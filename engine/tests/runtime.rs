@@ -105,35 +105,23 @@ fn transfers_apply_once_and_survive_restart() {
         assert!(std::time::Instant::now() < deadline, "TC/C did not finish");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    assert_eq!(balances(&node), vec![-500, 299, 200]);
-    let held: Vec<i64> = futures::executor::block_on(node.lookup_accounts(0, vec![a]))
-        .unwrap()
-        .into_iter()
-        .map(|acc| acc.unwrap().held)
-        .collect();
-    assert_eq!(held, vec![0], "the TC/C hold was released");
-    let other_balance = futures::executor::block_on(node.lookup_accounts(1, vec![other])).unwrap()
-        [0]
-    .unwrap()
-    .balance;
-    assert_eq!(other_balance, 1, "the destination was credited");
+    // Balances after the batch: the TC/C to `other` moved 1 and left no hold behind.
+    let check_state = |node: &Node| {
+        assert_eq!(balances(node), vec![-500, 299, 200]);
+        let source =
+            futures::executor::block_on(node.lookup_accounts(0, vec![a])).unwrap()[0].unwrap();
+        assert_eq!(source.held, 0, "the TC/C hold was released");
+        let destination =
+            futures::executor::block_on(node.lookup_accounts(1, vec![other])).unwrap()[0].unwrap();
+        assert_eq!(destination.balance, 1, "the destination was credited");
+    };
+    check_state(&node);
     let digests: Vec<u128> = node.all_stats().unwrap().iter().map(|s| s.digest).collect();
     node.shutdown().unwrap();
 
     // Restart: same state (from the shutdown snapshot), and the old id is still remembered.
     let node = Node::start(config(dir.path())).unwrap();
-    assert_eq!(balances(&node), vec![-500, 299, 200]);
-    let held: Vec<i64> = futures::executor::block_on(node.lookup_accounts(0, vec![a]))
-        .unwrap()
-        .into_iter()
-        .map(|acc| acc.unwrap().held)
-        .collect();
-    assert_eq!(held, vec![0], "the TC/C hold was released");
-    let other_balance = futures::executor::block_on(node.lookup_accounts(1, vec![other])).unwrap()
-        [0]
-    .unwrap()
-    .balance;
-    assert_eq!(other_balance, 1, "the destination was credited");
+    check_state(&node);
     let after: Vec<u128> = node.all_stats().unwrap().iter().map(|s| s.digest).collect();
     assert_eq!(digests, after);
     let retry = futures::executor::block_on(node.create_transfers(&[t(2, a, b, 200)])).unwrap();

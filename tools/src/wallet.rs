@@ -189,12 +189,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 currency: currency(&code)?,
                 user_data,
             };
-            let code = single(
-                client
-                    .create_transfers(&[transfer])
-                    .map_err(|e| e.to_string())?,
-            )?;
-            report(cli.json, code, json!({"id": id}))
+            send_transfer(&client, transfer, cli.json)
         }
         Command::Deposit {
             id,
@@ -203,6 +198,7 @@ fn run(cli: Cli) -> Result<(), String> {
             amount,
             currency: code,
         } => {
+            // A deposit is a transfer whose source is an issuer account.
             let transfer = NewTransfer {
                 id,
                 from: issuer,
@@ -211,12 +207,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 currency: currency(&code)?,
                 user_data: 0,
             };
-            let code = single(
-                client
-                    .create_transfers(&[transfer])
-                    .map_err(|e| e.to_string())?,
-            )?;
-            report(cli.json, code, json!({"id": id}))
+            send_transfer(&client, transfer, cli.json)
         }
         Command::Balance { id } => {
             let found = client.lookup_accounts(&[id]).map_err(|e| e.to_string())?;
@@ -305,6 +296,16 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Sends one transfer and reports its result code.
+fn send_transfer(client: &Client, transfer: NewTransfer, as_json: bool) -> Result<(), String> {
+    let code = single(
+        client
+            .create_transfers(&[transfer])
+            .map_err(|e| e.to_string())?,
+    )?;
+    report(as_json, code, json!({"id": transfer.id}))
 }
 
 fn single(results: Vec<ResultCode>) -> Result<ResultCode, String> {
