@@ -65,9 +65,14 @@ fi
         jq -r --arg ref "$ref" "$ratio_def"'
             def ms: if . == null then "-" else (. / 1000 * 1000 | round / 1000 | tostring) end;
             [ "walletd",
-              (if .mode == "engine" then "engine (in process, no network)" else .mode end)
+              (if .mode == "engine" then "engine (in process, no network)"
+               elif .mode == "run" then "run (client over TCP)" else .mode end)
                 + (if .config.batch then ", batch \(.config.batch)" else "" end)
                 + (if .config.connections then ", \(.config.connections) conn" else "" end)
+                + (if (.config.pipeline // .config.inflight) then
+                     ", \(.config.pipeline // .config.inflight) batches in flight"
+                     + (if .config.connections then "/conn" elif .config.partitions then "/partition"
+                        else "" end) else "" end)
                 + ", per-batch latency",
               "fsync before ack (group commit)",
               (.transfers_per_sec | round | tostring),
