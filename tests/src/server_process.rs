@@ -14,12 +14,20 @@ pub struct ServerProcess {
     child: Option<Child>,
 }
 
-/// A port that was free a moment ago (bind to :0, read it, release it).
+/// A loopback port for a test server: below the kernel's ephemeral range (so no outgoing
+/// connection, and no connect-to-self, can be using it), unique within this test process
+/// (tests run in parallel threads), and free when checked.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 500) * 20;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (base + n % 10_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl ServerProcess {

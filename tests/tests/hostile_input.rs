@@ -41,10 +41,7 @@ struct Server {
 impl Server {
     fn start() -> Server {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
+        let port = walletd_tests::server_process::free_port();
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(env!("CARGO_BIN_EXE_test-walletd"))
             .args(["--listen", &addr, "--data-dir"])
@@ -59,14 +56,20 @@ impl Server {
             addr,
             _dir: dir,
         };
+        // Ready means a real handshake and ping succeed. A bare TCP connect is not proof: a
+        // connect to a free port in the ephemeral range can connect to itself, or reach another
+        // test's server that happened to get the same port.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(&server.addr).is_err() {
+        while Client::connect(client_config(&server.addr))
+            .and_then(|c| c.ping())
+            .is_err()
+        {
             if let Ok(Some(status)) = server.child.try_wait() {
                 panic!("walletd exited during start-up: {status}");
             }
             assert!(
                 Instant::now() < deadline,
-                "walletd did not listen on {} within 10 s",
+                "walletd did not answer on {} within 10 s",
                 server.addr
             );
             std::thread::sleep(Duration::from_millis(20));

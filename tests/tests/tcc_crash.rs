@@ -137,7 +137,12 @@ fn sigkill_during_cross_partition_transfers_leaves_no_hold() {
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(300 + rng.u64(..700)));
+    // Let the load flow (a debug build needs ~100 ms per batch), then kill at a random moment.
+    let flowing = Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() < 600 && Instant::now() < flowing {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(rng.u64(..500)));
     server.kill();
     stop.store(true, Ordering::Relaxed);
     loader.join().unwrap();

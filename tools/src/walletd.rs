@@ -168,9 +168,8 @@ fn run(args: Args) -> Result<(), String> {
         "stopping: no new connections, finishing requests in flight"
     );
     server.stop();
-    let node = Arc::try_unwrap(node)
-        .map_err(|_| "the node is still in use after the server stopped".to_string())?;
-    node.shutdown()?;
+    // Requests still held by the network layer (if any) are answered `shutting_down`.
+    node.shutdown_shared()?;
     tracing::info!("stopped cleanly (logs flushed, snapshots written)");
     Ok(())
 }

@@ -58,7 +58,8 @@ impl SubmitError {
 pub struct Node {
     config: EngineConfig,
     queues: Vec<flume::Sender<Request>>,
-    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// Behind a lock so a node shared by other threads (`Arc<Node>`) can still be shut down.
+    executors: std::sync::Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
 }
 
 const PARTITION_COUNT_FILE: &str = "partitions";
@@ -103,10 +104,10 @@ impl Node {
             executors.push(handle);
         }
         drop(ready_tx);
-        let mut node = Node {
+        let node = Node {
             config,
             queues,
-            executors,
+            executors: std::sync::Mutex::new(executors),
         };
         for _ in 0..node.config.partitions {
             match ready_rx.recv() {
@@ -252,22 +253,32 @@ impl Node {
 
     /// Clean shutdown: close every queue, let each partition answer what it holds, flush,
     /// snapshot and close its log, then join the executor threads.
-    pub fn shutdown(mut self) -> Result<(), String> {
+    pub fn shutdown(self) -> Result<(), String> {
+        self.shutdown_shared()
+    }
+
+    /// `shutdown` through a shared reference, for a node that other threads still hold
+    /// (`Arc<Node>`): later submissions answer `ShuttingDown`. Idempotent.
+    pub fn shutdown_shared(&self) -> Result<(), String> {
         match self.stop_threads() {
             None => Ok(()),
             Some(reason) => Err(reason),
         }
     }
 
-    /// Closes the queues and joins the threads; returns the first thread failure.
-    fn stop_threads(&mut self) -> Option<String> {
+    /// Tells every partition to stop and joins the threads; returns the first thread failure.
+    fn stop_threads(&self) -> Option<String> {
         // Partition tasks hold each other's queues (TC/C), so closing ours is not enough:
         // each is told to stop explicitly.
-        for queue in self.queues.drain(..) {
+        for queue in &self.queues {
             let _ = queue.send(Request::Shutdown);
         }
+        let handles: Vec<_> = match self.executors.lock() {
+            Ok(mut executors) => executors.drain(..).collect(),
+            Err(poisoned) => poisoned.into_inner().drain(..).collect(),
+        };
         let mut failure = None;
-        for handle in self.executors.drain(..) {
+        for handle in handles {
             let outcome = match handle.join() {
                 Ok(()) => None,
                 Err(e) => Some(e.to_string()),
