@@ -557,3 +557,62 @@ fn single_transfers_from_many_threads_are_batched_and_auth_is_enforced() {
     assert!(entries < 2_000, "{entries} log entries for 2,000 transfers");
     assert_eq!(server.stop(), Some(0));
 }
+
+/// A plain HTTP/1.1 GET; returns (status line, body).
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+#[test]
+fn metrics_endpoint_reports_per_partition_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", walletd_tests::server_process::free_port());
+    let server = ServerProcess::start(
+        std::path::Path::new(WALLETD),
+        dir.path(),
+        &[
+            "--cores",
+            "0,1",
+            "--partitions",
+            "2",
+            "--metrics-listen",
+            &metrics,
+        ],
+    );
+    let client = Client::connect(ClientConfig::new(server.addr.clone())).unwrap();
+    let accounts: Vec<NewAccount> = (1..=4)
+        .map(|id| NewAccount {
+            id,
+            currency: eur(),
+            flags: 0,
+            floor: -100,
+            user_data: 0,
+        })
+        .collect();
+    assert!(client
+        .create_accounts(&accounts)
+        .unwrap()
+        .iter()
+        .all(|c| *c == ResultCode::Ok));
+    let (status, body) = http_get(&metrics, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    let accounts_total: u64 = body
+        .lines()
+        .filter(|l| l.starts_with("walletd_accounts{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(accounts_total, 4, "{body}");
+    assert!(
+        body.contains("walletd_fsyncs_total{partition=\"1\"}"),
+        "{body}"
+    );
+    assert!(body.contains("# TYPE walletd_tcc_in_flight gauge"));
+    let (status, _) = http_get(&metrics, "/");
+    assert!(status.contains("404"), "{status}");
+}

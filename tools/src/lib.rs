@@ -1,6 +1,7 @@
 //! The programs people run. Their logic lives here, as library modules, so the binaries in
 //! `src/bin` and the cross-process tests (`tests/`) run exactly the same code.
 
+pub mod metrics;
 pub mod wallet;
 pub mod wallet_audit;
 pub mod walletd;

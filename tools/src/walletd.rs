@@ -32,6 +32,9 @@ struct Args {
     /// Clients must present the token in this file at handshake.
     #[arg(long)]
     auth_token_file: Option<PathBuf>,
+    /// Serve Prometheus text metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Cut each partition's log at its first damaged record before starting (loses what
     /// follows it; see docs/OPERATIONS.md). Never needed after a plain crash.
     #[arg(long)]
@@ -46,6 +49,7 @@ struct FileConfig {
     cores: Option<Vec<usize>>,
     partitions: Option<u32>,
     auth_token_file: Option<PathBuf>,
+    metrics_listen: Option<SocketAddr>,
     segment_bytes: Option<u64>,
     snapshot_interval_entries: Option<u64>,
     queue_depth_max: Option<usize>,
@@ -155,6 +159,10 @@ fn run(args: Args) -> Result<(), String> {
     server_config.cluster_id = file.cluster_id.unwrap_or(0);
     server_config.node_id = file.node_id.unwrap_or(1);
     let server = Server::start(node.clone(), server_config)?;
+    if let Some(addr) = args.metrics_listen.or(file.metrics_listen) {
+        crate::metrics::serve(addr, node.clone())?;
+        tracing::info!(%addr, "metrics at /metrics");
+    }
     tracing::info!(%listen, data_dir = %data_dir.display(), ?cores, partitions, "walletd listening");
 
     let mut signals = signal_hook::iterator::Signals::new([

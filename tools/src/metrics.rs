@@ -1,0 +1,132 @@
+//! `walletd --metrics-listen ADDR`: Prometheus text metrics at `GET /metrics`.
+//!
+//! A plain thread with a blocking listener: scrapes are rare and tiny, so they stay off the
+//! shard and network executors. Each scrape asks every partition for its counters (cheap: no
+//! state digest).
+
+use engine::runtime::Node;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest request head read from a scraper.
+const REQUEST_BYTES_MAX: usize = 8 * 1024;
+
+/// Binds `addr` and serves metrics on a background thread for the life of the process.
+pub fn serve(addr: SocketAddr, node: Arc<Node>) -> Result<(), String> {
+    let listener =
+        TcpListener::bind(addr).map_err(|e| format!("metrics: cannot listen on {addr}: {e}"))?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Err(e) = answer(stream, &node) {
+                    tracing::debug!(error = %e, "metrics scrape failed");
+                }
+            }
+        })
+        .map_err(|e| format!("metrics: cannot start the thread: {e}"))?;
+    Ok(())
+}
+
+fn answer(mut stream: TcpStream, node: &Node) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < REQUEST_BYTES_MAX {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let (status, body) = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?")
+    {
+        match render(node) {
+            Ok(text) => ("200 OK", text),
+            Err(reason) => ("503 Service Unavailable", format!("{reason}\n")),
+        }
+    } else {
+        (
+            "404 Not Found",
+            "only GET /metrics is served here\n".to_string(),
+        )
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The metrics text (Prometheus exposition format).
+pub fn render(node: &Node) -> Result<String, String> {
+    let mut stats = Vec::new();
+    for p in 0..node.partition_count() {
+        stats.push(futures::executor::block_on(node.counters(p)).map_err(|e| e.to_string())?);
+    }
+    let mut out = String::new();
+    let mut family =
+        |name: &str,
+         kind: &str,
+         help: &str,
+         value: &dyn Fn(&engine::runtime::PartitionStats) -> u64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for s in &stats {
+                let _ = writeln!(out, "{name}{{partition=\"{}\"}} {}", s.partition, value(s));
+            }
+        };
+    family(
+        "walletd_log_last_index",
+        "gauge",
+        "Index of the last log entry applied.",
+        &|s| s.last_index,
+    );
+    family(
+        "walletd_log_durable_index",
+        "gauge",
+        "Index of the last log entry known to be fsynced.",
+        &|s| s.durable_index,
+    );
+    family(
+        "walletd_fsyncs_total",
+        "counter",
+        "Group commits (one fdatasync each) since start.",
+        &|s| s.fsyncs,
+    );
+    family(
+        "walletd_accounts",
+        "gauge",
+        "Accounts in the partition.",
+        &|s| s.accounts,
+    );
+    family(
+        "walletd_transfers",
+        "gauge",
+        "Applied transfers stored in the partition.",
+        &|s| s.transfers,
+    );
+    family(
+        "walletd_tcc_in_flight",
+        "gauge",
+        "Cross-partition transfers started here and not finished.",
+        &|s| s.tcc_in_flight,
+    );
+    family(
+        "walletd_snapshots_written_total",
+        "counter",
+        "Snapshots written since start.",
+        &|s| s.snapshots_written,
+    );
+    family(
+        "walletd_replayed_entries",
+        "gauge",
+        "Log entries replayed at start.",
+        &|s| s.replayed_entries,
+    );
+    Ok(out)
+}
