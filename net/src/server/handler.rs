@@ -39,12 +39,6 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
             format!("operation {op} is not known"),
         ));
     };
-    let malformed = |e: ProtocolError| {
-        (
-            e,
-            "the body does not match the operation's layout".to_string(),
-        )
-    };
     let mut out = BytesMut::new();
     match operation {
         Operation::Handshake => {
@@ -68,10 +62,8 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
             codec::encode_status(&mut out, node.config().cores.len() as u32, &parts);
         }
         Operation::CreateAccounts => {
-            let items: Vec<_> = codec::records(body, codec::NEW_ACCOUNT_BYTES)
-                .map_err(malformed)?
-                .map(codec::decode_new_account)
-                .collect();
+            let items: Vec<_> =
+                decode_all(body, codec::NEW_ACCOUNT_BYTES, codec::decode_new_account)?;
             let results = ctx
                 .node
                 .create_accounts(&items)
@@ -80,10 +72,8 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
             codec::encode_results(&mut out, &results);
         }
         Operation::CreateTransfers => {
-            let items: Vec<_> = codec::records(body, codec::NEW_TRANSFER_BYTES)
-                .map_err(malformed)?
-                .map(codec::decode_new_transfer)
-                .collect();
+            let items: Vec<_> =
+                decode_all(body, codec::NEW_TRANSFER_BYTES, codec::decode_new_transfer)?;
             let results = ctx
                 .node
                 .create_transfers(&items)
@@ -92,10 +82,7 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
             codec::encode_results(&mut out, &results);
         }
         Operation::LookupAccounts => {
-            let ids: Vec<u128> = codec::records(body, codec::ID_BYTES)
-                .map_err(malformed)?
-                .map(codec::decode_id)
-                .collect();
+            let ids: Vec<u128> = decode_all(body, codec::ID_BYTES, codec::decode_id)?;
             let found = ctx
                 .node
                 .lookup_accounts_routed(&ids)
@@ -104,10 +91,7 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
             codec::encode_account_replies(&mut out, &found);
         }
         Operation::LookupTransfers => {
-            let ids: Vec<u128> = codec::records(body, codec::ID_BYTES)
-                .map_err(malformed)?
-                .map(codec::decode_id)
-                .collect();
+            let ids: Vec<u128> = decode_all(body, codec::ID_BYTES, codec::decode_id)?;
             let found = ctx
                 .node
                 .lookup_transfers_any(&ids)
@@ -117,4 +101,19 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
         }
     }
     Ok(out)
+}
+
+/// Every record of a counted body, decoded (one allocation for the batch, none per item).
+fn decode_all<T>(
+    body: &[u8],
+    record_bytes: usize,
+    decode: fn(&[u8]) -> T,
+) -> Result<Vec<T>, (ProtocolError, String)> {
+    let records = codec::records(body, record_bytes).map_err(|e| {
+        (
+            e,
+            "the body does not match the operation's layout".to_string(),
+        )
+    })?;
+    Ok(records.map(decode).collect())
 }
