@@ -26,23 +26,22 @@ pub fn accounts() -> Vec<(u128, Vec<u128>)> {
         .collect()
 }
 
+/// A EUR account with no flags and no user data; a negative `floor` makes an issuer.
+pub fn eur_account(id: u128, floor: i64) -> NewAccount {
+    NewAccount {
+        id,
+        currency: eur(),
+        flags: 0,
+        floor,
+        user_data: 0,
+    }
+}
+
 pub fn creations() -> Vec<NewAccount> {
     let mut out = Vec::new();
     for (issuer, wallets) in accounts() {
-        out.push(NewAccount {
-            id: issuer,
-            currency: eur(),
-            flags: 0,
-            floor: -1_000_000_000_000,
-            user_data: 0,
-        });
-        out.extend(wallets.iter().map(|&id| NewAccount {
-            id,
-            currency: eur(),
-            flags: 0,
-            floor: 0,
-            user_data: 0,
-        }));
+        out.push(eur_account(issuer, -1_000_000_000_000));
+        out.extend(wallets.iter().map(|&id| eur_account(id, 0)));
     }
     out
 }

@@ -7,6 +7,7 @@ use engine::{NewAccount, NewTransfer, ResultCode};
 use net::{Client, ClientConfig};
 use std::process::Command;
 use std::time::Instant;
+use walletd_tests::eur_account;
 use walletd_tests::server_process::ServerProcess;
 
 const WALLETD: &str = env!("CARGO_BIN_EXE_test-walletd");
@@ -357,20 +358,8 @@ fn batches_of_8190_pipelined_over_one_connection_all_come_back() {
         .take(1_000)
         .collect();
     let issuer = ids[0];
-    let mut accounts = vec![NewAccount {
-        id: issuer,
-        currency: eur(),
-        flags: 0,
-        floor: -1_000_000_000_000,
-        user_data: 0,
-    }];
-    accounts.extend(ids[1..].iter().map(|&id| NewAccount {
-        id,
-        currency: eur(),
-        flags: 0,
-        floor: 0,
-        user_data: 0,
-    }));
+    let mut accounts = vec![eur_account(issuer, -1_000_000_000_000)];
+    accounts.extend(ids[1..].iter().map(|&id| eur_account(id, 0)));
     assert!(client
         .create_accounts(&accounts)
         .unwrap()
@@ -504,15 +493,7 @@ fn single_transfers_from_many_threads_are_batched_and_auth_is_enforced() {
     let mut config = ClientConfig::new(server.addr.clone());
     config.token = Some(b"s3cret-token".to_vec());
     let client = std::sync::Arc::new(Client::connect(config).unwrap());
-    let wallets: Vec<NewAccount> = (2..=9)
-        .map(|id| NewAccount {
-            id,
-            currency: eur(),
-            flags: 0,
-            floor: 0,
-            user_data: 0,
-        })
-        .collect();
+    let wallets: Vec<NewAccount> = (2..=9).map(|id| eur_account(id, 0)).collect();
     assert!(client
         .create_accounts(&wallets)
         .unwrap()
@@ -586,15 +567,7 @@ fn metrics_endpoint_reports_per_partition_counters() {
         ],
     );
     let client = Client::connect(ClientConfig::new(server.addr.clone())).unwrap();
-    let accounts: Vec<NewAccount> = (1..=4)
-        .map(|id| NewAccount {
-            id,
-            currency: eur(),
-            flags: 0,
-            floor: -100,
-            user_data: 0,
-        })
-        .collect();
+    let accounts: Vec<NewAccount> = (1..=4).map(|id| eur_account(id, -100)).collect();
     assert!(client
         .create_accounts(&accounts)
         .unwrap()

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use walletd_tests::eur_account;
 use walletd_tests::server_process::ServerProcess;
 
 const WALLETD: &str = env!("CARGO_BIN_EXE_test-walletd");
@@ -47,21 +48,9 @@ fn sigkill_during_cross_partition_transfers_leaves_no_hold() {
     }
     let mut accounts: Vec<NewAccount> = issuers
         .iter()
-        .map(|&id| NewAccount {
-            id,
-            currency: eur(),
-            flags: 0,
-            floor: -1_000_000_000,
-            user_data: 0,
-        })
+        .map(|&id| eur_account(id, -1_000_000_000))
         .collect();
-    accounts.extend(wallets.iter().flatten().map(|&id| NewAccount {
-        id,
-        currency: eur(),
-        flags: 0,
-        floor: 0,
-        user_data: 0,
-    }));
+    accounts.extend(wallets.iter().flatten().map(|&id| eur_account(id, 0)));
     assert!(client
         .create_accounts(&accounts)
         .unwrap()
