@@ -26,15 +26,18 @@ pub enum Event {
         id: u128,
         code: ResultCode,
     },
-    /// Destination: credited.
+    /// Destination: credited (`from` is the source account, in another partition).
     TccCredited {
         id: u128,
+        from: u128,
         to: u128,
         amount: u64,
     },
-    /// Source: cancelled and refunded, with the final code.
+    /// Source: cancelled, `amount` refunded from the hold to `from`, with the final code.
     TccCancelled {
         id: u128,
+        from: u128,
+        amount: u64,
         code: ResultCode,
     },
     /// Destination: a Cancel came before its Try (the late Try will fail).

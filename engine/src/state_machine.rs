@@ -627,6 +627,7 @@ impl PartitionState {
                 }
                 out.events.push(Event::TccCredited {
                     id: m.id,
+                    from: m.from,
                     to: m.to,
                     amount: m.amount,
                 });
@@ -733,7 +734,12 @@ impl PartitionState {
             a.held -= amount;
             a.balance += amount;
         }
-        out.events.push(Event::TccCancelled { id, code });
+        out.events.push(Event::TccCancelled {
+            id,
+            from: t.from,
+            amount: t.amount,
+            code,
+        });
         out.outbox.push((
             destination,
             TccMessage::about(tcc::kind::CANCEL, self.partition, &t),
