@@ -76,7 +76,8 @@ result_codes! {
     NotFound = 18 => "not_found",
     /// The node is overloaded; retry later (safe for transfers: same id).
     Busy = 19 => "busy",
-    /// The log could not be made durable (disk full, fsync error); nothing was acknowledged.
+    /// The log could not be made durable (an fsync or other I/O error, not a full disk): the
+    /// partition acknowledges no write until it is restarted.
     StorageError = 20 => "storage_error",
     /// The node is shutting down.
     ShuttingDown = 21 => "shutting_down",
@@ -90,6 +91,10 @@ result_codes! {
     TccTimeout = 24 => "tcc_timeout",
     /// A Try reached the destination after that transfer's Cancel (out of order); refused.
     TccCancelled = 25 => "tcc_cancelled",
+    /// The disk is full (or the file size limit was reached): the partition refuses writes
+    /// until space returns, then accepts them again by itself. Nothing of this batch was
+    /// applied; retry the same ids later. Reads keep working.
+    StorageFull = 26 => "storage_full",
 }
 
 impl std::fmt::Display for ResultCode {

@@ -23,6 +23,7 @@ fn write_records(dir: &Path, count: u64, per_flush: u64, segment_bytes: u64) {
         let options = WriterOptions {
             segment_bytes,
             pending_bytes_max: (segment_bytes / 4) as usize,
+            ..Default::default()
         };
         let mut writer = LogWriter::open(&dir, options, &tail).await.unwrap();
         let start = writer.last_index();

@@ -238,6 +238,7 @@ fn replay_through_the_segment_log_reproduces_the_digest() {
     let options = WriterOptions {
         segment_bytes: 64 << 10,
         pending_bytes_max: 16 << 10,
+        ..Default::default()
     };
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(1 << 20)

@@ -64,6 +64,9 @@ struct FileConfig {
 
 /// The whole program; `std::process::exit`s with 1 on failure.
 pub fn main() {
+    // Before any thread starts, so every thread inherits it: a write past RLIMIT_FSIZE must
+    // fail with EFBIG (handled like a full disk) rather than kill the server.
+    engine::log::ignore_file_size_signal();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WALLETD_LOG")

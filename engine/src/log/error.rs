@@ -33,6 +33,10 @@ pub enum LogError {
     BadSegmentName { path: PathBuf },
     #[error("the log stopped accepting writes after an earlier I/O error: {0}")]
     Poisoned(String),
+    /// Still out of space: a recent write or preallocation failed with ENOSPC/EFBIG and the
+    /// retry back-off has not elapsed yet.
+    #[error("the log is out of space (retrying shortly): {0}")]
+    Full(String),
 }
 
 impl LogError {
@@ -43,8 +47,32 @@ impl LogError {
         }
     }
 
-    /// True for "no space left on device" (the node refuses writes but keeps serving reads).
+    /// True for "no space left on device", and for EFBIG (the file size limit,
+    /// `RLIMIT_FSIZE`, behaves like a full disk): the log keeps what it has not written and
+    /// retries later; the node refuses new writes but keeps serving reads. Every other I/O error
+    /// is fatal for writes.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, LogError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+        match self {
+            LogError::Io { source, .. } => {
+                matches!(
+                    source.raw_os_error(),
+                    Some(libc::ENOSPC) | Some(libc::EFBIG)
+                )
+            }
+            LogError::Full(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Ignores SIGXFSZ for the whole process. A write past the file size limit (`RLIMIT_FSIZE`)
+/// raises SIGXFSZ, whose default action kills the process; ignored, the write fails with EFBIG
+/// instead, which the log treats like a full disk (writes refused with `storage_full`, resumed
+/// when the limit allows). Servers call this once at start.
+pub fn ignore_file_size_signal() {
+    // SAFETY: setting a disposition to SIG_IGN installs no handler code; nothing else in the
+    // process handles SIGXFSZ.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }

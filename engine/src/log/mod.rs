@@ -3,13 +3,15 @@
 //! the vote is persisted beside it, and the log can be purged from the front.
 
 pub mod error;
+pub mod fault;
 pub mod record;
 pub mod scan;
 pub mod segments;
 pub mod vote;
 pub mod writer;
 
-pub use error::LogError;
+pub use error::{ignore_file_size_signal, LogError};
+pub use fault::FaultPlan;
 pub use record::{RecordError, RecordHeader};
 pub use scan::{find_tail, repair_log, scan_log, LogTail, TornTail};
 pub use segments::{list_segments, RecordRef, SegmentInfo};

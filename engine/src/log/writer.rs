@@ -5,18 +5,34 @@
 //! flush with one aligned write per segment and makes it durable with one `fdatasync`: one
 //! fsync per group of batches, however many batches the group holds. Segments are
 //! preallocated to their fixed size, so a full disk shows up when a segment is created, not in
-//! the middle of a write. After any I/O error the writer is poisoned: nothing more is accepted
-//! or acknowledged, because the state on disk is no longer known.
+//! the middle of a write.
+//!
+//! Two kinds of failure:
+//! - **Out of space** (ENOSPC, or EFBIG from `RLIMIT_FSIZE`, when preallocating or writing): the
+//!   writer keeps every byte it has not written and writes them again, at the same offsets, on
+//!   a later `flush`, at most every `FULL_RETRY` while the disk stays full. Nothing is lost and
+//!   nothing is acknowledged until that flush succeeds.
+//! - **Any other I/O error** (a failed fsync above all): the writer is poisoned, nothing more is
+//!   accepted or acknowledged, because the state on disk is no longer known (after a failed
+//!   fsync the kernel may have dropped the dirty pages: retrying would pretend).
 
 use super::error::LogError;
+use super::fault::FaultPlan;
 use super::record::{encode_record, record_bytes, RecordHeader};
 use super::scan::{sync_dir, zero_from, LogTail};
 use super::segments::{segment_path, SegmentInfo};
 use glommio::io::{DmaFile, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// O_DIRECT writes are whole, aligned blocks.
 const BLOCK_BYTES: u64 = 4096;
+
+/// While the disk is full, a `flush` touches the disk at most this often; the calls between
+/// answer `LogError::Full` at once (a full disk under load would otherwise cost a failing
+/// write, or a file creation and preallocation, per batch).
+const FULL_RETRY: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug)]
 pub struct WriterOptions {
@@ -24,6 +40,8 @@ pub struct WriterOptions {
     pub segment_bytes: u64,
     /// Most bytes `append` buffers before a `flush` is required (bounds memory and write size).
     pub pending_bytes_max: usize,
+    /// Test-only fault injection (`None` in production).
+    pub faults: Option<Arc<FaultPlan>>,
 }
 
 impl Default for WriterOptions {
@@ -31,6 +49,7 @@ impl Default for WriterOptions {
         WriterOptions {
             segment_bytes: 256 << 20,
             pending_bytes_max: 32 << 20,
+            faults: None,
         }
     }
 }
@@ -54,6 +73,8 @@ pub struct LogWriter {
     last_term: u64,
     durable_index: u64,
     poisoned: Option<String>,
+    /// Out of space: when the next attempt may touch the disk, and why the last one failed.
+    full: Option<(Instant, String)>,
 }
 
 impl LogWriter {
@@ -93,6 +114,7 @@ impl LogWriter {
             last_term: tail.last_term,
             durable_index: tail.last_index,
             poisoned: None,
+            full: None,
         };
         if tail.last_index == 0 && tail.first_index > 1 {
             // An empty log that starts later (after a purge): keep its numbering.
@@ -189,31 +211,66 @@ impl LogWriter {
         Ok(index)
     }
 
+    /// True while the disk is full: appended records wait for a `flush` that succeeds.
+    pub fn is_full(&self) -> bool {
+        self.full.is_some()
+    }
+
     /// Writes every appended record and fsyncs: afterwards they survive a crash.
+    ///
+    /// An out-of-space error (`LogError::is_disk_full`) keeps the unwritten records: call
+    /// `flush` again later. Any other error poisons the writer.
     pub async fn flush(&mut self) -> Result<(), LogError> {
         if let Some(reason) = &self.poisoned {
             return Err(LogError::Poisoned(reason.clone()));
         }
+        if let Some((retry_at, reason)) = &self.full {
+            if Instant::now() < *retry_at {
+                return Err(LogError::Full(reason.clone()));
+            }
+        }
         let result = self.flush_inner().await;
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "log write failed; the partition stops acknowledging");
-            self.poisoned = Some(e.to_string());
+        match &result {
+            Ok(()) => {
+                if self.full.take().is_some() {
+                    tracing::warn!(dir = %self.dir.display(), "disk space is back; the log accepts writes again");
+                }
+            }
+            Err(e) if e.is_disk_full() => {
+                if self.full.is_none() {
+                    tracing::error!(error = %e, "the disk is full; the partition refuses writes (storage_full) until space returns");
+                }
+                self.full = Some((Instant::now() + FULL_RETRY, e.to_string()));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "log write failed; the partition stops acknowledging");
+                self.poisoned = Some(e.to_string());
+            }
         }
         result
     }
 
     async fn flush_inner(&mut self) -> Result<(), LogError> {
+        // On an error the buffers are put back untouched, so a retry writes the same bytes at
+        // the same offsets.
         if !self.pending.is_empty() {
             let pending = std::mem::take(&mut self.pending);
-            self.write_active(&pending).await?;
+            let written = self.write_active(&pending).await;
             self.pending = pending;
+            written?;
             self.pending.clear();
         }
         if !self.overflow.is_empty() {
-            self.open_segment(self.overflow_first_index).await?;
+            // A retry after a failed write of the overflow finds its segment already open.
+            let opened = self.active.is_some()
+                && self.segments.last().map(|s| s.first_index) == Some(self.overflow_first_index);
+            if !opened {
+                self.open_segment(self.overflow_first_index).await?;
+            }
             let overflow = std::mem::take(&mut self.overflow);
-            self.write_active(&overflow).await?;
+            let written = self.write_active(&overflow).await;
             self.overflow = overflow;
+            written?;
             self.overflow.clear();
         }
         self.durable_index = self.last_index;
@@ -227,20 +284,41 @@ impl LogWriter {
         let start = self.active_end - self.tail_block.len() as u64;
         let used = self.tail_block.len() + bytes.len();
         let len = (used as u64).next_multiple_of(BLOCK_BYTES) as usize;
+        if let Some(faults) = &self.options.faults {
+            let delay_ms = faults.write_delay_ms();
+            if delay_ms > 0 {
+                glommio::timer::sleep(Duration::from_millis(delay_ms)).await;
+            }
+            if FaultPlan::take(&faults.write_full_failures) {
+                return Err(LogError::io(&path, injected(libc::ENOSPC)));
+            }
+        }
         let mut buffer = file.alloc_dma_buffer(len);
-        let out = buffer.as_bytes_mut();
-        out[..self.tail_block.len()].copy_from_slice(&self.tail_block);
-        out[self.tail_block.len()..used].copy_from_slice(bytes);
-        out[used..].fill(0);
-        let written = file
+        fill_image(buffer.as_bytes_mut(), 0, &self.tail_block, bytes);
+        let mut written = file
             .write_at(buffer, start)
             .await
             .map_err(|e| LogError::io(&path, e.into()))?;
-        if written != len {
-            return Err(LogError::io(
-                &path,
-                std::io::Error::other(format!("short write: {written} of {len} bytes")),
-            ));
+        while written < len {
+            // A short write: the file hit a limit part-way (disk full, RLIMIT_FSIZE). Writing
+            // the rest reports the actual error, or succeeds if space came back meanwhile.
+            if written == 0 || !(written as u64).is_multiple_of(BLOCK_BYTES) {
+                return Err(LogError::io(
+                    &path,
+                    std::io::Error::other(format!("short write: {written} of {len} bytes")),
+                ));
+            }
+            let mut rest = file.alloc_dma_buffer(len - written);
+            fill_image(rest.as_bytes_mut(), written, &self.tail_block, bytes);
+            written += file
+                .write_at(rest, start + written as u64)
+                .await
+                .map_err(|e| LogError::io(&path, e.into()))?;
+        }
+        if let Some(faults) = &self.options.faults {
+            if FaultPlan::take(&faults.fsync_failures) {
+                return Err(LogError::io(&path, injected(libc::EIO)));
+            }
         }
         file.fdatasync()
             .await
@@ -282,9 +360,27 @@ impl LogWriter {
             .dma_open(&path)
             .await
             .map_err(|e| LogError::io(&path, e.into()))?;
-        file.pre_allocate(self.options.segment_bytes, false)
-            .await
-            .map_err(|e| LogError::io(&path, e.into()))?;
+        let injected_full = self
+            .options
+            .faults
+            .as_ref()
+            .is_some_and(|f| FaultPlan::take(&f.preallocate_full_failures));
+        let allocated = if injected_full {
+            Err(LogError::io(&path, injected(libc::ENOSPC)))
+        } else {
+            file.pre_allocate(self.options.segment_bytes, false)
+                .await
+                .map_err(|e| LogError::io(&path, e.into()))
+        };
+        if let Err(e) = allocated {
+            // Out of space: leave no half-made segment behind (it holds no record yet); the
+            // next flush creates it again.
+            let _ = file.close().await;
+            if e.is_disk_full() {
+                let _ = std::fs::remove_file(&path);
+            }
+            return Err(e);
+        }
         file.fdatasync()
             .await
             .map_err(|e| LogError::io(&path, e.into()))?;
@@ -319,5 +415,49 @@ impl LogWriter {
             sync_dir(&self.dir)?;
         }
         Ok(removed)
+    }
+}
+
+/// Fills `out` with bytes `skip..skip + out.len()` of the block image `tail ++ bytes ++ zeros`
+/// (the partial tail block, the new records, zero padding to the block boundary).
+fn fill_image(out: &mut [u8], skip: usize, tail: &[u8], bytes: &[u8]) {
+    let mut at = 0;
+    let mut skip = skip;
+    for part in [tail, bytes] {
+        if skip >= part.len() {
+            skip -= part.len();
+            continue;
+        }
+        let n = (part.len() - skip).min(out.len() - at);
+        out[at..at + n].copy_from_slice(&part[skip..skip + n]);
+        at += n;
+        skip = 0;
+    }
+    out[at..].fill(0);
+}
+
+/// An error injected by a `FaultPlan`: the plain OS error, so it is classified exactly like a
+/// real one.
+fn injected(errno: i32) -> std::io::Error {
+    tracing::warn!(errno, "injecting a log I/O fault (test-only FaultPlan)");
+    std::io::Error::from_raw_os_error(errno)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fill_image;
+
+    #[test]
+    fn image_pieces_concatenate() {
+        let tail = [1u8, 2, 3];
+        let bytes = [4u8, 5, 6, 7];
+        let mut whole = [9u8; 10];
+        fill_image(&mut whole, 0, &tail, &bytes);
+        assert_eq!(whole, [1, 2, 3, 4, 5, 6, 7, 0, 0, 0]);
+        for skip in 0..10 {
+            let mut part = vec![9u8; 10 - skip];
+            fill_image(&mut part, skip, &tail, &bytes);
+            assert_eq!(part, whole[skip..], "skip {skip}");
+        }
     }
 }

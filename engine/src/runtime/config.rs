@@ -1,6 +1,8 @@
 //! Settings of the shard runtime, with the limits that bound every queue and buffer.
 
+use crate::log::FaultPlan;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -28,6 +30,51 @@ pub struct EngineConfig {
     pub repair: bool,
     /// A cross-partition Try that gets no answer for this long is cancelled (refunded).
     pub tcc_try_timeout_ms: u64,
+    /// Where partition tasks read the wall clock to propose log timestamps. The system clock
+    /// unless a test injects one; timestamps stay strictly increasing whatever it answers.
+    pub clock: Clock,
+    /// **Test-only** fault injection into every partition's log writer (failed fsyncs, a full
+    /// disk, slow writes). `None` in production, and then it costs nothing measurable.
+    pub faults: Option<Arc<FaultPlan>>,
+}
+
+/// A source of wall-clock time in nanoseconds since the Unix epoch.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Clock {
+    /// The system's real-time clock (`CLOCK_REALTIME`, which can jump both ways).
+    pub fn system() -> Clock {
+        Clock(Arc::new(system_now_ns))
+    }
+
+    /// A clock answering `now_ns()`; for tests that make time jump.
+    pub fn from_fn(now_ns: impl Fn() -> u64 + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now_ns))
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+fn system_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 impl EngineConfig {
@@ -44,6 +91,8 @@ impl EngineConfig {
             transfers_capacity_per_partition: 0,
             repair: false,
             tcc_try_timeout_ms: 5_000,
+            clock: Clock::system(),
+            faults: None,
         }
     }
 

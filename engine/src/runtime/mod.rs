@@ -13,6 +13,6 @@ mod partition_task;
 mod request;
 mod router;
 
-pub use config::EngineConfig;
+pub use config::{Clock, EngineConfig};
 pub use node::{Node, StartError, SubmitError};
 pub use request::{BatchReply, PartitionStats, Request};

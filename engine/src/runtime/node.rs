@@ -368,6 +368,7 @@ async fn run_shard(
         let options = WriterOptions {
             segment_bytes: config.segment_bytes,
             pending_bytes_max: (config.segment_bytes / 4).min(32 << 20) as usize,
+            faults: config.faults.clone(),
         };
         let writer = match LogWriter::open(&log_dir(&dir), options, &recovered.tail).await {
             Ok(w) => w,
@@ -403,6 +404,7 @@ async fn run_shard(
             fsyncs: 0,
             peers: peers.clone(),
             tcc_try_timeout: std::time::Duration::from_millis(config.tcc_try_timeout_ms),
+            clock: config.clock.clone(),
         };
         tasks.push(glommio::spawn_local(task.run(queue)));
         let _ = ready.send(Ok(partition));

@@ -8,6 +8,7 @@
 //! the client's reply until each cross-partition transfer is decided, re-drives unfinished
 //! records after a restart, and aborts a Try that gets no answer in time.
 
+use super::config::Clock;
 use super::request::{BatchReply, PartitionStats, Request};
 use crate::command::CommandBatch;
 use crate::digest::state_digest;
@@ -37,6 +38,8 @@ pub struct PartitionTask {
     /// Every partition's queue, by partition id (TC/C messages go through them).
     pub peers: Vec<flume::Sender<Request>>,
     pub tcc_try_timeout: Duration,
+    /// Proposes log timestamps (floored so they only increase).
+    pub clock: Clock,
 }
 
 /// A snapshot being written on a helper thread.
@@ -64,6 +67,10 @@ struct HeldReply {
 /// How often the loop wakes to retry shipping messages and check Try timeouts while TC/C
 /// work is outstanding.
 const TCC_TICK: Duration = Duration::from_millis(2);
+
+/// How often the loop wakes to retry writing while the disk is full and no request comes (the
+/// writer itself touches the disk at most every 100 ms).
+const FULL_TICK: Duration = Duration::from_millis(50);
 
 /// A TC/C of this partition that is not decided yet, as the coordinator tracks it.
 struct Running {
@@ -255,6 +262,10 @@ impl PartitionTask {
         let mut emitted: Vec<(PartitionId, TccMessage)> = Vec::new();
         let mut resolved: Vec<(TransferId, ResultCode)> = Vec::new();
         let mut failed: Option<String> = None;
+        // The disk is full: the entries appended so far wait in the writer and their replies in
+        // `replies` (with their TC/C effects in `emitted`/`resolved`) until a flush succeeds;
+        // new command batches are refused with `storage_full` without being applied.
+        let mut full = false;
         let mut snapshot: Option<SnapshotInFlight> = None;
         let mut coordinator = Coordinator::default();
         let mut stopping = false;
@@ -266,10 +277,15 @@ impl PartitionTask {
         coordinator.ship(&self.peers);
 
         while !stopping {
-            // Wait for work; tick while TC/C work is outstanding.
-            let next = if coordinator.has_work() {
+            // Wait for work; tick while TC/C work is outstanding or a full disk needs a retry.
+            let next = if coordinator.has_work() || full {
+                let every = if coordinator.has_work() {
+                    TCC_TICK
+                } else {
+                    FULL_TICK
+                };
                 let recv = Box::pin(requests.recv_async());
-                let tick = Box::pin(glommio::timer::sleep(TCC_TICK));
+                let tick = Box::pin(glommio::timer::sleep(every));
                 match futures::future::select(recv, tick).await {
                     futures::future::Either::Left((r, _)) => Some(r),
                     futures::future::Either::Right(_) => None,
@@ -293,6 +309,17 @@ impl PartitionTask {
                 }
             }
             self.abort_overdue(&mut coordinator);
+            if full && failed.is_none() {
+                // Retry what waits in the writer (throttled by the writer while still full).
+                match self.writer.flush().await {
+                    Ok(()) => {
+                        self.fsyncs += 1;
+                        full = false;
+                    }
+                    Err(e) if e.is_disk_full() => {}
+                    Err(e) => failed = Some(e.to_string()),
+                }
+            }
 
             // 1. Apply every command batch of the group and append it to the log; incoming
             //    TC/C messages of the group become one more entry.
@@ -313,10 +340,10 @@ impl PartitionTask {
                                 .collect()
                         };
                         match self
-                            .append_and_apply(&batch, &mut body, &mut out, &mut failed)
+                            .append_and_apply(&batch, &mut body, &mut out, &mut failed, &mut full)
                             .await
                         {
-                            Some((index, timestamp)) => {
+                            Ok((index, timestamp)) => {
                                 let results = std::mem::take(&mut out.results);
                                 let pending = pending_ids(&results);
                                 emitted.append(&mut out.outbox);
@@ -331,11 +358,8 @@ impl PartitionTask {
                                     pending,
                                 ));
                             }
-                            None => {
-                                let _ = reply.send(BatchReply::refused(
-                                    batch.len(),
-                                    ResultCode::StorageError,
-                                ));
+                            Err(code) => {
+                                let _ = reply.send(BatchReply::refused(batch.len(), code));
                             }
                         }
                     }
@@ -346,50 +370,62 @@ impl PartitionTask {
             }
             if !tcc_in.is_empty() {
                 let batch = CommandBatch::Tcc(tcc_in);
-                if self
-                    .append_and_apply(&batch, &mut body, &mut out, &mut failed)
+                match self
+                    .append_and_apply(&batch, &mut body, &mut out, &mut failed, &mut full)
                     .await
-                    .is_some()
                 {
-                    emitted.append(&mut out.outbox);
-                    resolved.append(&mut out.resolved);
+                    Ok(_) => {
+                        emitted.append(&mut out.outbox);
+                        resolved.append(&mut out.resolved);
+                    }
+                    Err(ResultCode::StorageFull) => {
+                        // Messages from other partitions must not be lost: log them later.
+                        if let CommandBatch::Tcc(messages) = batch {
+                            coordinator.local.extend(messages);
+                        }
+                    }
+                    Err(_) => {} // the log is failed: the sources re-drive after a restart
                 }
             }
 
             // 2. One fsync for the whole group.
-            if self.writer.last_index() > self.writer.durable_index() && failed.is_none() {
+            if self.writer.last_index() > self.writer.durable_index() && failed.is_none() && !full {
                 match self.writer.flush().await {
                     Ok(()) => self.fsyncs += 1,
+                    Err(e) if e.is_disk_full() => full = true,
                     Err(e) => failed = Some(e.to_string()),
                 }
             }
 
-            // 3. Answers (durable now), held ones for running TC/Cs, then decided TC/Cs.
-            for (reply, answer, pending) in replies.drain(..) {
-                if failed.is_some() {
-                    let _ = reply.send(BatchReply::refused(
-                        answer.results.len(),
-                        ResultCode::StorageError,
-                    ));
-                } else if pending.is_empty() {
-                    let _ = reply.send(answer);
-                } else {
-                    coordinator.hold(reply, answer, pending);
+            // 3. Answers (durable now), held ones for running TC/Cs, then decided TC/Cs. While
+            //    the disk is full nothing of this is durable: it all waits.
+            if !full || failed.is_some() {
+                for (reply, answer, pending) in replies.drain(..) {
+                    if failed.is_some() {
+                        let _ = reply.send(BatchReply::refused(
+                            answer.results.len(),
+                            ResultCode::StorageError,
+                        ));
+                    } else if pending.is_empty() {
+                        let _ = reply.send(answer);
+                    } else {
+                        coordinator.hold(reply, answer, pending);
+                    }
                 }
-            }
-            if failed.is_none() {
-                for (id, code) in resolved.drain(..) {
-                    coordinator.resolve(id, code);
+                if failed.is_none() {
+                    for (id, code) in resolved.drain(..) {
+                        coordinator.resolve(id, code);
+                    }
+                    coordinator.queue(&emitted);
                 }
-                coordinator.queue(&emitted);
+                resolved.clear();
+                emitted.clear();
             }
-            resolved.clear();
-            emitted.clear();
             coordinator.ship(&self.peers);
 
             // 4. Reads see exactly the durable state.
             for read in reads {
-                self.answer_read(read, &failed, &mut snapshot).await;
+                self.answer_read(read, &failed, full, &mut snapshot).await;
             }
 
             // 5. Snapshots: collect a finished one, start a new one when due.
@@ -402,7 +438,7 @@ impl PartitionTask {
             let due = self.snapshot_interval_entries > 0
                 && self.state.last_index()
                     >= self.last_snapshot_index + self.snapshot_interval_entries;
-            if due && snapshot.is_none() && failed.is_none() {
+            if due && snapshot.is_none() && failed.is_none() && !full {
                 snapshot = Some(self.start_snapshot());
             }
         }
@@ -418,7 +454,7 @@ impl PartitionTask {
                 .unwrap_or_else(|_| Err("snapshot thread died".into()));
             self.finish_snapshot(inflight.index, result);
         }
-        if failed.is_none() && self.state.last_index() > self.last_snapshot_index {
+        if failed.is_none() && !full && self.state.last_index() > self.last_snapshot_index {
             let inflight = self.start_snapshot();
             let result = inflight
                 .done
@@ -432,40 +468,51 @@ impl PartitionTask {
         }
     }
 
-    /// Encodes `batch`, appends it, applies it. `None` when the log is failed (and then it
-    /// stays failed).
+    /// Encodes `batch`, appends it, applies it. Refused, and not applied, with `storage_error`
+    /// when the log is failed (and then it stays failed) or `storage_full` while the disk is
+    /// full.
     async fn append_and_apply(
         &mut self,
         batch: &CommandBatch,
         body: &mut rkyv::util::AlignedVec<16>,
         out: &mut ApplyOutput,
         failed: &mut Option<String>,
-    ) -> Option<(u64, u64)> {
+        full: &mut bool,
+    ) -> Result<(u64, u64), ResultCode> {
         if let Some(reason) = failed {
             tracing::debug!(%reason, "refusing a batch: the log is failed");
-            return None;
+            return Err(ResultCode::StorageError);
+        }
+        if *full {
+            return Err(ResultCode::StorageFull);
         }
         batch.encode_into(body);
         if !self.writer.has_room(body.len()) {
-            if let Err(e) = self.writer.flush().await {
-                *failed = Some(e.to_string());
-                return None;
+            match self.writer.flush().await {
+                Ok(()) => self.fsyncs += 1,
+                Err(e) if e.is_disk_full() => {
+                    *full = true;
+                    return Err(ResultCode::StorageFull);
+                }
+                Err(e) => {
+                    *failed = Some(e.to_string());
+                    return Err(ResultCode::StorageError);
+                }
             }
-            self.fsyncs += 1;
         }
-        let timestamp = now_ns().max(self.state.next_timestamp_floor());
+        let timestamp = self.clock.now_ns().max(self.state.next_timestamp_floor());
         let index = match self.writer.append(self.term, timestamp, batch.kind(), body) {
             Ok(index) => index,
             Err(e) => {
                 *failed = Some(e.to_string());
-                return None;
+                return Err(ResultCode::StorageError);
             }
         };
         out.clear();
         self.state
             .apply_entry(index, batch.kind(), body, timestamp, out)
             .expect("a batch this task encoded is a valid entry");
-        Some((index, timestamp))
+        Ok((index, timestamp))
     }
 
     /// Turns Tries that waited longer than the timeout into ABORT commands (logged, so the
@@ -504,6 +551,7 @@ impl PartitionTask {
         &mut self,
         read: Request,
         failed: &Option<String>,
+        full: bool,
         snapshot: &mut Option<SnapshotInFlight>,
     ) {
         match read {
@@ -541,6 +589,11 @@ impl PartitionTask {
             Request::Snapshot { reply } => {
                 if let Some(reason) = failed {
                     let _ = reply.send(Err(reason.clone()));
+                    return;
+                }
+                if full {
+                    // A snapshot covers durable entries only, and some wait for disk space.
+                    let _ = reply.send(Err("the disk is full; retry when space returns".into()));
                     return;
                 }
                 if let Some(inflight) = snapshot.take() {
@@ -612,13 +665,4 @@ fn group_items(group: &[Request]) -> usize {
             _ => 1,
         })
         .sum()
-}
-
-/// Wall-clock nanoseconds: only a proposal; the task keeps timestamps strictly increasing
-/// (`next_timestamp_floor`) whatever the clock does.
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
