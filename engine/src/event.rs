@@ -37,6 +37,7 @@ pub enum Event {
     TccCancelled {
         id: u128,
         from: u128,
+        to: u128,
         amount: u64,
         code: ResultCode,
     },

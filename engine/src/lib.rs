@@ -9,6 +9,7 @@
 //! - `state_machine`: `apply_entry` turns a logged batch into results and events.
 //! - `log`: checksummed segment files, group commit through io_uring, torn-tail recovery.
 //! - `snapshot`: whole-partition snapshots that bound replay.
+//! - `read_model`: CQRS query views (history, balance as of, totals) fed with the events.
 //! - `recovery`: snapshot + log tail -> state, at start.
 //! - `runtime`: one pinned glommio executor per core, partitions owned by cores.
 
@@ -19,6 +20,7 @@ pub mod event;
 pub mod log;
 pub mod model;
 pub mod partition;
+pub mod read_model;
 pub mod recovery;
 pub mod result_code;
 pub mod runtime;

@@ -737,6 +737,7 @@ impl PartitionState {
         out.events.push(Event::TccCancelled {
             id,
             from: t.from,
+            to: t.to,
             amount: t.amount,
             code,
         });

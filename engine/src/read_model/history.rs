@@ -1,0 +1,267 @@
+//! One account's history as the read model keeps it: the newest `history_per_account_max`
+//! entries (oldest dropped first), plus the oldest state it still knows exactly (`base`), so
+//! "balance as of" answers are exact inside the retained window and refused outside it.
+
+use super::query::{At, BalanceAsOf, HistoryPage, HistoryQuery, QueryError, HISTORY_PAGE_MAX};
+use crate::model::{AccountId, Currency};
+use std::collections::VecDeque;
+
+/// What moved an account's money.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum HistoryKind {
+    /// A transfer inside the partition: `amount` < 0 for the debited account, > 0 for the
+    /// credited one.
+    Transfer = 1,
+    /// Source of a cross-partition transfer: the amount left `balance` into `held`.
+    TccHold = 2,
+    /// Destination of a cross-partition transfer: credited.
+    TccCredit = 3,
+    /// Source: the transfer was cancelled, the hold went back to `balance`.
+    TccRefund = 4,
+    /// Source: the destination confirmed the credit, the hold is released (`balance`
+    /// unchanged, `amount` 0, `held_after` lower).
+    TccSettle = 5,
+}
+
+impl HistoryKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            HistoryKind::Transfer => "transfer",
+            HistoryKind::TccHold => "tcc_hold",
+            HistoryKind::TccCredit => "tcc_credit",
+            HistoryKind::TccRefund => "tcc_refund",
+            HistoryKind::TccSettle => "tcc_settle",
+        }
+    }
+
+    pub fn from_u8(value: u8) -> Option<HistoryKind> {
+        Some(match value {
+            1 => HistoryKind::Transfer,
+            2 => HistoryKind::TccHold,
+            3 => HistoryKind::TccCredit,
+            4 => HistoryKind::TccRefund,
+            5 => HistoryKind::TccSettle,
+            _ => return None,
+        })
+    }
+}
+
+/// One change of one account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// Position of the event (see `position`); unique per account.
+    pub position: u64,
+    /// Time of the event (ns): its item's timestamp, or for TC/C steps the time of their log
+    /// entry; never decreasing along positions.
+    pub timestamp: u64,
+    pub transfer_id: u128,
+    /// The other account of the transfer.
+    pub counterparty: AccountId,
+    /// Signed change of `balance` (minor units).
+    pub amount: i64,
+    pub balance_after: i64,
+    pub held_after: i64,
+    pub kind: HistoryKind,
+}
+
+/// The state of an account at one point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Point {
+    pub position: u64,
+    pub timestamp: u64,
+    pub balance: i64,
+    pub held: i64,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct AccountHistory {
+    pub currency: Currency,
+    pub balance: i64,
+    pub held: i64,
+    /// Timestamp of the command that created the account.
+    pub created_timestamp: u64,
+    /// The oldest state known exactly: the account's creation, the state it was seeded with
+    /// (after a restart from a snapshot), or the state after the last dropped entry.
+    base: Point,
+    /// `base` is the account's creation: nothing older exists.
+    complete: bool,
+    /// Newest last; at most `max` entries.
+    entries: VecDeque<HistoryEntry>,
+}
+
+impl AccountHistory {
+    /// An account created by the event at `position`.
+    pub fn created(currency: Currency, position: u64, timestamp: u64) -> AccountHistory {
+        AccountHistory {
+            currency,
+            balance: 0,
+            held: 0,
+            created_timestamp: timestamp,
+            base: Point {
+                position,
+                timestamp,
+                balance: 0,
+                held: 0,
+            },
+            complete: true,
+            entries: VecDeque::new(),
+        }
+    }
+
+    /// An account known only from its state at `at` (a snapshot), not from its creation.
+    pub fn seeded(currency: Currency, created_timestamp: u64, at: Point) -> AccountHistory {
+        AccountHistory {
+            currency,
+            balance: at.balance,
+            held: at.held,
+            created_timestamp,
+            base: at,
+            complete: false,
+            entries: VecDeque::new(),
+        }
+    }
+
+    /// Appends `entry` with the current `balance`/`held` (already updated by the caller) as
+    /// its `*_after` fields, dropping the oldest entry when `max` are retained.
+    pub fn record(&mut self, max: usize, mut entry: HistoryEntry) {
+        debug_assert!(max > 0);
+        if self.entries.len() >= max {
+            if let Some(oldest) = self.entries.pop_front() {
+                self.base = Point {
+                    position: oldest.position,
+                    timestamp: oldest.timestamp,
+                    balance: oldest.balance_after,
+                    held: oldest.held_after,
+                };
+                self.complete = false;
+            }
+        } else if self.entries.len() == self.entries.capacity() {
+            // Grow towards `max` without overshooting it (a VecDeque doubles by default).
+            let len = self.entries.len();
+            self.entries.reserve_exact(len.max(4).min(max - len));
+        }
+        entry.balance_after = self.balance;
+        entry.held_after = self.held;
+        self.entries.push_back(entry);
+    }
+
+    /// The oldest point retained, when older history exists but is gone.
+    pub fn truncated_at(&self) -> Option<(u64, u64)> {
+        (!self.complete).then_some((self.base.position, self.base.timestamp))
+    }
+
+    fn before_retained(&self, account: AccountId) -> QueryError {
+        QueryError::BeforeRetained {
+            account,
+            oldest_timestamp: self.base.timestamp,
+            oldest_position: self.base.position,
+        }
+    }
+
+    /// Balance as of `at` (after every event at or before it).
+    pub fn balance_at(
+        &self,
+        account: AccountId,
+        at: At,
+        read_position: u64,
+    ) -> Result<BalanceAsOf, QueryError> {
+        let (before_base, upto) = match at {
+            At::Position(p) => {
+                if p > read_position {
+                    return Err(QueryError::Ahead {
+                        position: p,
+                        read_position,
+                    });
+                }
+                (
+                    p < self.base.position,
+                    self.entries.partition_point(|e| e.position <= p),
+                )
+            }
+            At::Timestamp(t) => (
+                t < self.base.timestamp,
+                self.entries.partition_point(|e| e.timestamp <= t),
+            ),
+        };
+        if before_base {
+            let not_yet = match at {
+                At::Timestamp(t) => t < self.created_timestamp,
+                At::Position(_) => self.complete,
+            };
+            return Err(if not_yet {
+                QueryError::NotCreatedYet {
+                    account,
+                    created_timestamp: self.created_timestamp,
+                    created_position: if self.complete { self.base.position } else { 0 },
+                }
+            } else {
+                self.before_retained(account)
+            });
+        }
+        let point = match upto.checked_sub(1).and_then(|i| self.entries.get(i)) {
+            Some(e) => Point {
+                position: e.position,
+                timestamp: e.timestamp,
+                balance: e.balance_after,
+                held: e.held_after,
+            },
+            None => self.base,
+        };
+        Ok(BalanceAsOf {
+            account,
+            currency: self.currency,
+            balance: point.balance,
+            held: point.held,
+            position: point.position,
+            timestamp: point.timestamp,
+            read_position,
+        })
+    }
+
+    /// A page of history, newest first (see `HistoryQuery`).
+    pub fn page(&self, q: &HistoryQuery, read_position: u64) -> Result<HistoryPage, QueryError> {
+        let limit = if q.limit == 0 {
+            HISTORY_PAGE_MAX
+        } else {
+            q.limit.min(HISTORY_PAGE_MAX)
+        };
+        let truncated_at = self.truncated_at();
+        if truncated_at.is_some() {
+            // A range that reaches below the retained window would be answered incompletely
+            // (an entry at `base` itself may be among the dropped ones). A range that only
+            // starts below it (no lower bound) is answered with `truncated_at` set.
+            let base = self.base;
+            if q.from_timestamp.is_some_and(|from| from <= base.timestamp)
+                || q.to_timestamp.is_some_and(|to| to < base.timestamp)
+                || q.before_position
+                    .is_some_and(|before| before <= base.position)
+            {
+                return Err(self.before_retained(q.account));
+            }
+        }
+        let mut hi = self.entries.len();
+        if let Some(before) = q.before_position {
+            hi = hi.min(self.entries.partition_point(|e| e.position < before));
+        }
+        if let Some(to) = q.to_timestamp {
+            hi = hi.min(self.entries.partition_point(|e| e.timestamp <= to));
+        }
+        let lo = match q.from_timestamp {
+            Some(from) => self.entries.partition_point(|e| e.timestamp < from),
+            None => 0,
+        }
+        .min(hi);
+        let take = (hi - lo).min(limit);
+        let entries: Vec<HistoryEntry> = self.entries.range(hi - take..hi).rev().copied().collect();
+        let next_before = (take < hi - lo)
+            .then(|| entries.last().map(|e| e.position))
+            .flatten();
+        Ok(HistoryPage {
+            entries,
+            next_before,
+            truncated_at,
+            read_position,
+        })
+    }
+}

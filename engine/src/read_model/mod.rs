@@ -1,0 +1,285 @@
+//! CQRS read model of one partition: a read-only view that follows the partition's events in
+//! log order and answers queries the state machine does not keep: account history (paged,
+//! newest first or by time range), an account's balance as of a timestamp or a log position,
+//! and per-currency totals.
+//!
+//! It is fed `apply(entry_index, entry_timestamp, events)` with the events `apply_entry`
+//! derived from each log entry, in order (the partition task does it right after applying;
+//! recovery does it for the replayed log tail). It never changes the partition's state.
+//!
+//! - `position`: the `u64` that orders events within a partition.
+//! - `history`: one account's retained entries and exact balance-as-of answers.
+//! - `totals`: money per currency.
+//! - `query`: query and answer types, errors.
+//!
+//! Bounded: at most `history_per_account_max` entries per account (oldest dropped first; a
+//! query that reaches below the retained window is refused with the oldest retained point, it
+//! is never answered wrongly), one record per account of the partition, one total per
+//! currency, `HISTORY_PAGE_MAX` entries per answer. Deterministic: answers never depend on
+//! hash-map order.
+
+mod history;
+pub mod position;
+mod query;
+mod totals;
+
+pub use history::{HistoryEntry, HistoryKind};
+pub use query::{At, BalanceAsOf, HistoryPage, HistoryQuery, QueryError, HISTORY_PAGE_MAX};
+pub use totals::Totals;
+
+use crate::event::Event;
+use crate::model::{AccountId, Currency};
+use crate::partition::{partition_of, PartitionId};
+use crate::state_machine::PartitionState;
+use hashbrown::HashMap;
+use history::{AccountHistory, Point};
+use position::{end_of_entry, position};
+
+/// A history entry before `record` fills in the balances after it.
+fn entry(
+    position: u64,
+    timestamp: u64,
+    transfer_id: u128,
+    counterparty: AccountId,
+    amount: i64,
+    kind: HistoryKind,
+) -> HistoryEntry {
+    HistoryEntry {
+        position,
+        timestamp,
+        transfer_id,
+        counterparty,
+        amount,
+        balance_after: 0,
+        held_after: 0,
+        kind,
+    }
+}
+
+/// How far the read model is behind its partition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lag {
+    /// Log entries applied by the partition and not yet by the read model.
+    pub entries: u64,
+    /// Milliseconds between the partition's last timestamp and the read model's.
+    pub ms: u64,
+}
+
+pub struct ReadModel {
+    partition: PartitionId,
+    partition_count: u32,
+    history_max: usize,
+    accounts: HashMap<AccountId, AccountHistory>,
+    totals: Totals,
+    /// Last log entry applied (0 = none) and its timestamp.
+    last_index: u64,
+    last_timestamp: u64,
+    events: u64,
+}
+
+impl ReadModel {
+    /// An empty read model of a partition whose log starts at entry 1.
+    pub fn new(partition: PartitionId, partition_count: u32, history_max: usize) -> ReadModel {
+        ReadModel {
+            partition,
+            partition_count,
+            history_max: history_max.max(1),
+            accounts: HashMap::new(),
+            totals: Totals::default(),
+            last_index: 0,
+            last_timestamp: 0,
+            events: 0,
+        }
+    }
+
+    /// A read model that starts where `state` is (a snapshot): balances are known from that
+    /// point on, older history is not.
+    pub fn from_state(state: &PartitionState, history_max: usize) -> ReadModel {
+        let mut model = ReadModel::new(state.partition(), state.partition_count(), history_max);
+        let at = end_of_entry(state.last_index());
+        for a in state.accounts_sorted() {
+            let point = Point {
+                position: at,
+                timestamp: state.last_timestamp(),
+                balance: a.balance,
+                held: a.held,
+            };
+            model
+                .accounts
+                .insert(a.id, AccountHistory::seeded(a.currency, a.timestamp, point));
+        }
+        for (currency, total) in state.totals_by_currency() {
+            model.totals.add(currency, total);
+        }
+        model.last_index = state.last_index();
+        model.last_timestamp = state.last_timestamp();
+        model
+    }
+
+    pub fn history_per_account_max(&self) -> usize {
+        self.history_max
+    }
+
+    /// Applies the events of log entry `entry_index` (written at `entry_timestamp`), in the
+    /// order `apply_entry` emitted them. Entries at or below the last applied one are ignored.
+    pub fn apply(&mut self, entry_index: u64, entry_timestamp: u64, events: &[Event]) {
+        if entry_index <= self.last_index {
+            return;
+        }
+        debug_assert_eq!(entry_index, self.last_index + 1, "entries apply in order");
+        // The time of an event: its item's timestamp when it carries one; TC/C steps carry
+        // none (or an older one), so they take the latest time seen in the entry.
+        let mut clock = entry_timestamp;
+        for (ordinal, event) in events.iter().enumerate() {
+            let at = position(entry_index, ordinal);
+            self.apply_event(at, &mut clock, event);
+        }
+        self.events += events.len() as u64;
+        self.last_index = entry_index;
+        self.last_timestamp = entry_timestamp;
+    }
+
+    fn apply_event(&mut self, at: u64, clock: &mut u64, event: &Event) {
+        let max = self.history_max;
+        match *event {
+            Event::AccountCreated(a) => {
+                *clock = (*clock).max(a.timestamp);
+                self.accounts
+                    .insert(a.id, AccountHistory::created(a.currency, at, *clock));
+                self.totals.add(a.currency, 0);
+            }
+            Event::TransferApplied(t) => {
+                *clock = (*clock).max(t.timestamp);
+                let amount = t.amount as i64; // applied transfers fit i64
+                if partition_of(t.to, self.partition_count) == self.partition {
+                    if let Some(from) = self.accounts.get_mut(&t.from) {
+                        from.balance -= amount;
+                        from.record(
+                            max,
+                            entry(at, *clock, t.id, t.to, -amount, HistoryKind::Transfer),
+                        );
+                    }
+                    if let Some(to) = self.accounts.get_mut(&t.to) {
+                        to.balance += amount;
+                        to.record(
+                            max,
+                            entry(at, *clock, t.id, t.from, amount, HistoryKind::Transfer),
+                        );
+                    }
+                } else {
+                    // The last step of a cross-partition transfer: the hold is released.
+                    if let Some(from) = self.accounts.get_mut(&t.from) {
+                        from.held -= amount;
+                        from.record(
+                            max,
+                            entry(at, *clock, t.id, t.to, 0, HistoryKind::TccSettle),
+                        );
+                        self.totals.add(from.currency, -(amount as i128));
+                    }
+                }
+            }
+            Event::TccTried(t) => {
+                *clock = (*clock).max(t.timestamp);
+                let amount = t.amount as i64;
+                if let Some(from) = self.accounts.get_mut(&t.from) {
+                    from.balance -= amount;
+                    from.held += amount;
+                    from.record(
+                        max,
+                        entry(at, *clock, t.id, t.to, -amount, HistoryKind::TccHold),
+                    );
+                }
+            }
+            Event::TccCredited {
+                id,
+                from,
+                to,
+                amount,
+            } => {
+                let amount = amount as i64;
+                if let Some(account) = self.accounts.get_mut(&to) {
+                    account.balance += amount;
+                    account.record(
+                        max,
+                        entry(at, *clock, id, from, amount, HistoryKind::TccCredit),
+                    );
+                    self.totals.add(account.currency, amount as i128);
+                }
+            }
+            Event::TccCancelled {
+                id,
+                from,
+                to,
+                amount,
+                ..
+            } => {
+                let amount = amount as i64;
+                if let Some(account) = self.accounts.get_mut(&from) {
+                    account.balance += amount;
+                    account.held -= amount;
+                    account.record(
+                        max,
+                        entry(at, *clock, id, to, amount, HistoryKind::TccRefund),
+                    );
+                }
+            }
+            Event::TransferRejected { timestamp, .. } => *clock = (*clock).max(timestamp),
+            Event::AccountRejected { .. }
+            | Event::TccParticipantTried { .. }
+            | Event::TccCancelledBeforeTry { .. }
+            | Event::TccIgnored { .. } => {}
+        }
+    }
+
+    /// Last log entry applied (0 = none).
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// Everything at or below this position is included in the answers.
+    pub fn read_position(&self) -> u64 {
+        end_of_entry(self.last_index)
+    }
+
+    /// Events applied since this read model was created.
+    pub fn events_applied(&self) -> u64 {
+        self.events
+    }
+
+    /// How far behind a partition that applied up to `last_index` (last item timestamp
+    /// `last_timestamp`) this read model is.
+    pub fn lag(&self, last_index: u64, last_timestamp: u64) -> Lag {
+        let entries = last_index.saturating_sub(self.last_index);
+        let ms = if entries == 0 {
+            0
+        } else {
+            last_timestamp.saturating_sub(self.last_timestamp) / 1_000_000
+        };
+        Lag { entries, ms }
+    }
+
+    pub fn history(&self, q: &HistoryQuery) -> Result<HistoryPage, QueryError> {
+        self.account(q.account)?.page(q, self.read_position())
+    }
+
+    pub fn balance_at(&self, account: AccountId, at: At) -> Result<BalanceAsOf, QueryError> {
+        self.account(account)?
+            .balance_at(account, at, self.read_position())
+    }
+
+    /// Current `(balance, held)` of an account, as the read model sees it.
+    pub fn balance(&self, account: AccountId) -> Option<(i64, i64)> {
+        self.accounts.get(&account).map(|a| (a.balance, a.held))
+    }
+
+    /// `(currency, sum of balance + held)` in currency order.
+    pub fn totals(&self) -> Vec<(Currency, i128)> {
+        self.totals.to_vec()
+    }
+
+    fn account(&self, id: AccountId) -> Result<&AccountHistory, QueryError> {
+        self.accounts
+            .get(&id)
+            .ok_or(QueryError::AccountNotFound(id))
+    }
+}
