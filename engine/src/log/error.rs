@@ -47,6 +47,18 @@ impl LogError {
         }
     }
 
+    /// From a glommio error, keeping the OS error code: glommio's own conversion to
+    /// `std::io::Error` keeps only the message, and the code is what tells a full disk
+    /// (retry later) from a failed fsync (fatal).
+    pub fn glommio<T>(path: impl Into<PathBuf>, error: glommio::GlommioError<T>) -> LogError {
+        let source = match error {
+            glommio::GlommioError::IoError(source)
+            | glommio::GlommioError::EnhancedIoError { source, .. } => source,
+            other => other.into(),
+        };
+        LogError::io(path, source)
+    }
+
     /// True for "no space left on device", and for EFBIG (the file size limit,
     /// `RLIMIT_FSIZE`, behaves like a full disk): the log keeps what it has not written and
     /// retries later; the node refuses new writes but keeps serving reads. Every other I/O error
@@ -74,5 +86,25 @@ pub fn ignore_file_size_signal() {
     // process handles SIGXFSZ.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogError;
+
+    #[test]
+    fn a_full_disk_is_told_apart_from_other_io_errors() {
+        let glommio_error = |errno| glommio::GlommioError::<()>::EnhancedIoError {
+            source: std::io::Error::from_raw_os_error(errno),
+            op: "Writing",
+            path: None,
+            fd: None,
+        };
+        assert!(LogError::glommio("f", glommio_error(libc::ENOSPC)).is_disk_full());
+        assert!(LogError::glommio("f", glommio_error(libc::EFBIG)).is_disk_full());
+        assert!(!LogError::glommio("f", glommio_error(libc::EIO)).is_disk_full());
+        assert!(LogError::Full("still".into()).is_disk_full());
+        assert!(!LogError::Poisoned("x".into()).is_disk_full());
     }
 }

@@ -127,14 +127,14 @@ impl LogWriter {
                 .write(true)
                 .dma_open(&last.path)
                 .await
-                .map_err(|e| LogError::io(&last.path, e.into()))?;
+                .map_err(|e| LogError::glommio(&last.path, e))?;
             writer.active_end = tail.end_offset;
             let block_start = tail.end_offset - tail.end_offset % BLOCK_BYTES;
             if block_start < tail.end_offset {
                 let read = file
                     .read_at_aligned(block_start, BLOCK_BYTES as usize)
                     .await
-                    .map_err(|e| LogError::io(&last.path, e.into()))?;
+                    .map_err(|e| LogError::glommio(&last.path, e))?;
                 let partial = (tail.end_offset - block_start) as usize;
                 if read.len() < partial {
                     return Err(LogError::io(
@@ -298,7 +298,7 @@ impl LogWriter {
         let mut written = file
             .write_at(buffer, start)
             .await
-            .map_err(|e| LogError::io(&path, e.into()))?;
+            .map_err(|e| LogError::glommio(&path, e))?;
         while written < len {
             // A short write: the file hit a limit part-way (disk full, RLIMIT_FSIZE). Writing
             // the rest reports the actual error, or succeeds if space came back meanwhile.
@@ -313,7 +313,7 @@ impl LogWriter {
             written += file
                 .write_at(rest, start + written as u64)
                 .await
-                .map_err(|e| LogError::io(&path, e.into()))?;
+                .map_err(|e| LogError::glommio(&path, e))?;
         }
         if let Some(faults) = &self.options.faults {
             if FaultPlan::take(&faults.fsync_failures) {
@@ -322,7 +322,7 @@ impl LogWriter {
         }
         file.fdatasync()
             .await
-            .map_err(|e| LogError::io(&path, e.into()))?;
+            .map_err(|e| LogError::glommio(&path, e))?;
         self.active_end += bytes.len() as u64;
         let partial = (self.active_end % BLOCK_BYTES) as usize;
         let mut new_tail = std::mem::take(&mut self.tail_block);
@@ -350,7 +350,7 @@ impl LogWriter {
         if let Some(old) = self.active.take() {
             old.close()
                 .await
-                .map_err(|e| LogError::io(self.active_path(), e.into()))?;
+                .map_err(|e| LogError::glommio(self.active_path(), e))?;
         }
         let path = segment_path(&self.dir, first_index);
         let file = OpenOptions::new()
@@ -359,7 +359,7 @@ impl LogWriter {
             .create(true)
             .dma_open(&path)
             .await
-            .map_err(|e| LogError::io(&path, e.into()))?;
+            .map_err(|e| LogError::glommio(&path, e))?;
         let injected_full = self
             .options
             .faults
@@ -370,7 +370,7 @@ impl LogWriter {
         } else {
             file.pre_allocate(self.options.segment_bytes, false)
                 .await
-                .map_err(|e| LogError::io(&path, e.into()))
+                .map_err(|e| LogError::glommio(&path, e))
         };
         if let Err(e) = allocated {
             // Out of space: leave no half-made segment behind (it holds no record yet); the
@@ -383,7 +383,7 @@ impl LogWriter {
         }
         file.fdatasync()
             .await
-            .map_err(|e| LogError::io(&path, e.into()))?;
+            .map_err(|e| LogError::glommio(&path, e))?;
         sync_dir(&self.dir)?;
         self.segments.push(SegmentInfo { first_index, path });
         self.active = Some(file);
@@ -397,7 +397,7 @@ impl LogWriter {
         if let Some(file) = self.active.take() {
             file.close()
                 .await
-                .map_err(|e| LogError::io(self.active_path(), e.into()))?;
+                .map_err(|e| LogError::glommio(self.active_path(), e))?;
         }
         Ok(())
     }
