@@ -20,6 +20,7 @@ pub mod event;
 pub mod log;
 pub mod model;
 pub mod partition;
+pub mod prefault;
 pub mod read_model;
 pub mod recovery;
 pub mod result_code;

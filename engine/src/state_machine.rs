@@ -14,10 +14,10 @@ use crate::model::{
     account_flags, is_valid_id, Account, AccountId, Currency, Transfer, TransferId,
 };
 use crate::partition::{partition_of, PartitionId};
+use crate::prefault::{self, Table};
 use crate::result_code::ResultCode;
 use crate::tcc::{self, ArchivedTccMessage, TccMessage, TccParticipant, TccRecord, DEST_PENDING};
 use crate::transfer_store::TransferStore;
-use hashbrown::HashMap;
 use rkyv::vec::ArchivedVec;
 
 /// Items looked up ahead of their processing (see `touch_transfer`).
@@ -61,13 +61,13 @@ pub enum ApplyError {
 pub struct PartitionState {
     pub(crate) partition: PartitionId,
     pub(crate) partition_count: u32,
-    pub(crate) accounts: HashMap<AccountId, Account>,
+    pub(crate) accounts: Table<AccountId, Account>,
     pub(crate) transfers: TransferStore,
     /// Source side of TC/C: phase-status records of transfers that started here and are not
     /// confirmed (in flight, or cancelled and kept to answer retries).
-    pub(crate) tcc: HashMap<TransferId, TccRecord>,
+    pub(crate) tcc: Table<TransferId, TccRecord>,
     /// Destination side of TC/C.
-    pub(crate) participants: HashMap<TransferId, TccParticipant>,
+    pub(crate) participants: Table<TransferId, TccParticipant>,
     /// Index of the last applied log entry (0 = none).
     pub(crate) last_index: u64,
     /// Highest item timestamp used so far (0 = none).
@@ -80,10 +80,10 @@ impl PartitionState {
         PartitionState {
             partition,
             partition_count,
-            accounts: HashMap::new(),
+            accounts: prefault::table(),
             transfers: TransferStore::default(),
-            tcc: HashMap::new(),
-            participants: HashMap::new(),
+            tcc: prefault::table(),
+            participants: prefault::table(),
             last_index: 0,
             last_timestamp: 0,
         }
@@ -99,8 +99,9 @@ impl PartitionState {
         }
         self.transfers = bigger;
         self.tcc.reserve(additional.min(1 << 16));
-        // Every cross-partition transfer into this partition leaves a participant record.
-        self.participants.reserve(additional.min(4 << 20));
+        // Every cross-partition transfer into this partition leaves a participant record;
+        // room for a quarter of the transfers, beyond which the table grows as usual.
+        self.participants.reserve((additional / 4).min(4 << 20));
     }
 
     pub fn partition(&self) -> PartitionId {
@@ -839,7 +840,7 @@ impl PartitionState {
         } = parts;
         let (partition, partition_count) = (meta.partition, meta.partition_count);
         let (last_index, last_timestamp) = (meta.last_index, meta.last_timestamp);
-        let mut map = HashMap::with_capacity(accounts.len());
+        let mut map = prefault::table_with_capacity(accounts.len());
         for a in accounts {
             map.insert(a.id, a);
         }
@@ -848,15 +849,20 @@ impl PartitionState {
             partition_count,
             accounts: map,
             transfers,
-            tcc: tcc_records
-                .into_iter()
-                .map(|r| (r.transfer.id, r))
-                .collect(),
-            participants: participants.into_iter().map(|p| (p.id, p)).collect(),
+            tcc: table_of(tcc_records, |r| r.transfer.id),
+            participants: table_of(participants, |p| p.id),
             last_index,
             last_timestamp,
         }
     }
+}
+
+fn table_of<V>(records: Vec<V>, key: impl Fn(&V) -> TransferId) -> Table<TransferId, V> {
+    let mut table = prefault::table_with_capacity(records.len());
+    for record in records {
+        table.insert(key(&record), record);
+    }
+    table
 }
 
 /// The collections of a partition's state, as a snapshot stores them.

@@ -5,7 +5,7 @@
 //! which keeps the shard's pause short however many transfers there are.
 
 use crate::model::{Transfer, TransferId};
-use hashbrown::HashMap;
+use crate::prefault::{self, Table};
 use std::sync::Arc;
 
 /// Transfers per chunk (64 Ki records, ~5.5 MiB).
@@ -15,7 +15,7 @@ pub const CHUNK_RECORDS: usize = 64 * 1024;
 pub struct TransferStore {
     full: Vec<Arc<Vec<Transfer>>>,
     open: Vec<Transfer>,
-    index: HashMap<TransferId, u64>,
+    index: Table<TransferId, u64>,
 }
 
 /// An immutable view of a store at one moment, cheap to take, safe to send to another thread.
@@ -46,8 +46,8 @@ impl TransferStore {
     pub fn with_capacity(capacity: usize) -> TransferStore {
         TransferStore {
             full: Vec::new(),
-            open: Vec::with_capacity(CHUNK_RECORDS),
-            index: HashMap::with_capacity(capacity),
+            open: fresh_chunk(),
+            index: prefault::table_with_capacity(capacity),
         }
     }
 
@@ -77,7 +77,7 @@ impl TransferStore {
         assert!(previous.is_none(), "transfer ids are unique in the store");
         self.open.push(transfer);
         if self.open.len() == CHUNK_RECORDS {
-            let sealed = std::mem::replace(&mut self.open, Vec::with_capacity(CHUNK_RECORDS));
+            let sealed = std::mem::replace(&mut self.open, fresh_chunk());
             self.full.push(Arc::new(sealed));
         }
     }
@@ -96,4 +96,11 @@ impl TransferStore {
             open: self.open.clone(),
         }
     }
+}
+
+/// An empty chunk whose memory is already resident, so filling it does not fault page by page.
+fn fresh_chunk() -> Vec<Transfer> {
+    let mut chunk = Vec::with_capacity(CHUNK_RECORDS);
+    prefault::prefault_spare_capacity(&mut chunk);
+    chunk
 }

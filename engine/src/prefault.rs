@@ -1,0 +1,198 @@
+//! Memory that is paid for when it is reserved, not when the hot path first touches it.
+//!
+//! The kernel hands out anonymous memory lazily: the first write to each page faults and the
+//! kernel zeroes it (2 MiB at a time with transparent huge pages). A partition reserves its
+//! big tables (the idempotency index, TC/C records) for millions of transfers, and inserts land
+//! at random positions, so without this every insert early in a run may fault a fresh page:
+//! profiles of a cross-partition run showed ~40% of the shard cores in `clear_page_erms`,
+//! inside `apply_entry`. Faulting a whole allocation in as soon as it is made (start-up, the
+//! rare table growth, a new transfer-store chunk), on a background thread, moves that cost off
+//! the per-transfer path and out of the latency tail without slowing start-up. It is
+//! TigerBeetle's "allocate at start-up" applied to tables that may still grow.
+//!
+//! Small allocations are left alone: they are cheap to fault and usually reused.
+
+use allocator_api2::alloc::{AllocError, Allocator, Global};
+use std::alloc::Layout;
+use std::ptr::NonNull;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Allocations at least this big are faulted in when they are made.
+pub const PREFAULT_MIN_BYTES: usize = 1 << 20;
+
+const PAGE_BYTES: usize = 4096;
+
+/// The global allocator, plus: big blocks come back resident (and huge-page backed when the
+/// kernel allows), so the first write into them does not fault.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Prefaulted;
+
+/// A hash table whose memory is faulted in when it is allocated.
+pub type Table<K, V> = hashbrown::HashMap<K, V, hashbrown::DefaultHashBuilder, Prefaulted>;
+
+/// An empty `Table` (allocates nothing).
+pub fn table<K, V>() -> Table<K, V> {
+    hashbrown::HashMap::with_hasher_in(Default::default(), Prefaulted)
+}
+
+/// A `Table` with room for `capacity` entries, already resident.
+pub fn table_with_capacity<K, V>(capacity: usize) -> Table<K, V> {
+    hashbrown::HashMap::with_capacity_and_hasher_in(capacity, Default::default(), Prefaulted)
+}
+
+// SAFETY: every method forwards to `Global` with the same layout; `prefault` never changes the
+// block's contents.
+unsafe impl Allocator for Prefaulted {
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        let block = Global.allocate(layout)?;
+        if layout.size() >= PREFAULT_MIN_BYTES {
+            // SAFETY: `block` is a fresh allocation of `block.len()` writable bytes.
+            unsafe { prefault(block.cast::<u8>().as_ptr(), block.len()) };
+        }
+        Ok(block)
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded unchanged; `ptr` came from `Global` with this layout.
+        unsafe { Global.deallocate(ptr, layout) }
+    }
+}
+
+/// Makes the whole uninitialized spare capacity of `vec` resident (for buffers that are filled
+/// on the hot path, such as the transfer store's open chunk).
+pub fn prefault_spare_capacity<T>(vec: &mut Vec<T>) {
+    let spare = vec.spare_capacity_mut();
+    let bytes = std::mem::size_of_val(spare);
+    if bytes >= PREFAULT_MIN_BYTES {
+        // SAFETY: the spare capacity is owned, writable and uninitialized.
+        unsafe { prefault(spare.as_mut_ptr().cast::<u8>(), bytes) };
+    }
+}
+
+/// Asks for `[start, start + len)` to be backed by huge pages, then has the prefault thread
+/// fault its whole-page interior in. Populating in the background keeps start-up and the
+/// shard's allocation itself fast; until the thread gets there, a touch faults as usual.
+///
+/// # Safety
+/// The range must be memory the caller owns.
+unsafe fn prefault(start: *mut u8, len: usize) {
+    let begin = (start as usize).next_multiple_of(PAGE_BYTES);
+    let end = (start as usize + len) / PAGE_BYTES * PAGE_BYTES;
+    if end <= begin {
+        return;
+    }
+    // SAFETY: [begin, end) lies inside the block; MADV_HUGEPAGE only changes how the kernel
+    // backs the range. Refused on kernels without transparent huge pages: harmless.
+    unsafe { libc::madvise(begin as *mut libc::c_void, end - begin, libc::MADV_HUGEPAGE) };
+    if let Some(jobs) = prefault_thread() {
+        JOBS_PENDING.fetch_add(1, Ordering::SeqCst);
+        if jobs.try_send(PopulateJob { begin, end }).is_err() {
+            // The thread is far behind: this range faults lazily instead.
+            JOBS_PENDING.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Populate jobs queued or running.
+static JOBS_PENDING: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits until every queued range is resident, or `timeout` passes; true if it is all done.
+/// A benchmark calls this after its setup so that the measured run starts from steady state
+/// (the one-time cost of zeroing the reserved memory is reported as setup).
+pub fn wait_until_resident(timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while JOBS_PENDING.load(Ordering::SeqCst) > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// Jobs waiting for the prefault thread; beyond this, ranges are left to fault lazily.
+const PREFAULT_QUEUE_MAX: usize = 64;
+
+/// A page-aligned address range to fault in.
+#[derive(Clone, Copy, Debug)]
+struct PopulateJob {
+    begin: usize,
+    end: usize,
+}
+
+/// The queue of the one process-wide prefault thread (started on first use; `None` if the
+/// thread could not be started, in which case memory simply faults lazily).
+fn prefault_thread() -> Option<&'static SyncSender<PopulateJob>> {
+    static JOBS: OnceLock<Option<SyncSender<PopulateJob>>> = OnceLock::new();
+    JOBS.get_or_init(|| {
+        let (jobs, queue) = sync_channel::<PopulateJob>(PREFAULT_QUEUE_MAX);
+        std::thread::Builder::new()
+            .name("prefault".into())
+            .spawn(move || {
+                for job in queue {
+                    populate(job);
+                    JOBS_PENDING.fetch_sub(1, Ordering::SeqCst);
+                }
+            })
+            .ok()
+            .map(|_| jobs)
+    })
+    .as_ref()
+}
+
+/// Faults `job`'s range in as writable without changing a byte of it
+/// (`MADV_POPULATE_WRITE`, Linux 5.14+). That is what makes populating from another thread
+/// safe even if the block was freed and reused meanwhile: contents are never touched, and a
+/// range that is no longer mapped just makes the call fail. Older kernels refuse the advice
+/// and the memory faults lazily, as without this module.
+fn populate(job: PopulateJob) -> bool {
+    // SAFETY: madvise never dereferences the range in user space; POPULATE_WRITE preserves
+    // contents and fails (ENOMEM/EFAULT) on unmapped parts.
+    unsafe {
+        libc::madvise(
+            job.begin as *mut libc::c_void,
+            job.end - job.begin,
+            libc::MADV_POPULATE_WRITE,
+        ) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_work_like_hash_maps_at_any_size() {
+        let mut small: Table<u64, u64> = table();
+        small.insert(1, 2);
+        assert_eq!(small.get(&1), Some(&2));
+        let mut big: Table<u128, u64> = table_with_capacity(1 << 17);
+        assert!(big.allocation_size() >= PREFAULT_MIN_BYTES);
+        for i in 0..(1u128 << 17) {
+            big.insert(i, i as u64);
+        }
+        assert!((0..(1u128 << 17)).all(|i| big.get(&i) == Some(&(i as u64))));
+    }
+
+    #[test]
+    fn populating_keeps_contents() {
+        let mut v: Vec<u64> = (0..(1u64 << 20)).collect();
+        let begin = (v.as_mut_ptr() as usize).next_multiple_of(PAGE_BYTES);
+        let end = (v.as_mut_ptr() as usize + v.len() * 8) / PAGE_BYTES * PAGE_BYTES;
+        let supported = populate(PopulateJob { begin, end });
+        eprintln!("MADV_POPULATE_WRITE supported: {supported}");
+        assert!(v.iter().enumerate().all(|(i, x)| *x == i as u64));
+    }
+
+    #[test]
+    fn spare_capacity_is_left_uninitialized_but_usable() {
+        let mut v: Vec<u64> = Vec::with_capacity(1 << 18);
+        prefault_spare_capacity(&mut v);
+        assert!(v.is_empty());
+        v.extend(0..(1u64 << 18));
+        assert_eq!(v.iter().sum::<u64>(), (1u64 << 18) * ((1u64 << 18) - 1) / 2);
+    }
+}
