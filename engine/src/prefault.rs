@@ -15,8 +15,8 @@
 use allocator_api2::alloc::{AllocError, Allocator, Global};
 use std::alloc::Layout;
 use std::ptr::NonNull;
-use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
