@@ -101,6 +101,7 @@ fn a_full_disk_answers_storage_full_keeps_reads_and_recovers_without_restart() {
         dir.path(),
         |pid| set_file_size_limit(pid, Some(FILE_SIZE_LIMIT_BYTES)),
         |pid| set_file_size_limit(pid, None),
+        false,
     );
 }
 
@@ -113,7 +114,9 @@ fn a_full_tmpfs_fails_the_rotation_and_recovers_when_it_grows() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     };
-    run_out_of_space(&mount.path, |_| {}, |_| mount.resize(64 << 20));
+    // The next segment is preallocated before the batch that needs it is applied: that batch
+    // is refused at once, none waits.
+    run_out_of_space(&mount.path, |_| {}, |_| mount.resize(64 << 20), true);
 }
 
 /// A tmpfs mounted for one test, detached when dropped.
@@ -168,7 +171,13 @@ impl Drop for Tmpfs {
 /// Runs walletd on `dir`, calls `fill(pid)`, drives transfers until writes are refused with
 /// `storage_full`, checks reads, calls `make_room(pid)` and checks that writes resume, that
 /// every acknowledged transfer is stored and the money conserved, before and after a restart.
-fn run_out_of_space(dir: &Path, fill: impl Fn(u32), make_room: impl Fn(u32)) {
+/// With `refused_at_once`, no batch may be left waiting for space (a full disk at rotation).
+fn run_out_of_space(
+    dir: &Path,
+    fill: impl Fn(u32),
+    make_room: impl Fn(u32),
+    refused_at_once: bool,
+) {
     let config_file = dir.join("walletd.toml");
     std::fs::write(&config_file, "segment_bytes = 4194304\n").unwrap();
     let data = dir.join("data");
@@ -229,6 +238,12 @@ fn run_out_of_space(dir: &Path, fill: impl Fn(u32), make_room: impl Fn(u32)) {
     }
     let refused = refused.expect("refused");
     assert!(acked.len() > 10, "some batches fit");
+    if refused_at_once {
+        assert_eq!(unanswered.len(), 0, "a batch waited for space");
+    } else {
+        // EFBIG comes from a write, after the batch was applied: it waits, unanswered.
+        assert!(!unanswered.is_empty());
+    }
 
     // Reads keep working, and the refused batch was not applied.
     let reader = client_checked_reads(&server.addr, &refused);

@@ -75,6 +75,8 @@ pub struct LogWriter {
     poisoned: Option<String>,
     /// Out of space: when the next attempt may touch the disk, and why the last one failed.
     full: Option<(Instant, String)>,
+    /// `prepare_segment` asked for the next segment and it is not created yet.
+    segment_wanted: bool,
 }
 
 impl LogWriter {
@@ -115,6 +117,7 @@ impl LogWriter {
             durable_index: tail.last_index,
             poisoned: None,
             full: None,
+            segment_wanted: false,
         };
         if tail.last_index == 0 && tail.first_index > 1 {
             // An empty log that starts later (after a purge): keep its numbering.
@@ -170,6 +173,29 @@ impl LogWriter {
     /// True when a record with `body_len` bytes can be appended without a flush first.
     pub fn has_room(&self, body_len: usize) -> bool {
         self.pending_bytes() + record_bytes(body_len) <= self.options.pending_bytes_max
+    }
+
+    /// True when a record of `body_len` bytes cannot go into the active segment (there is none
+    /// yet, or it is too full): appending it would start a new segment at the next flush.
+    pub fn needs_new_segment(&self, body_len: usize) -> bool {
+        !(self.active.is_some()
+            && self.overflow.is_empty()
+            && self.active_end + (self.pending.len() + record_bytes(body_len)) as u64
+                <= self.options.segment_bytes)
+    }
+
+    /// Makes room *before* a record that needs a new segment is appended (and applied): writes
+    /// and syncs what is pending, then creates and preallocates the next segment. A full disk
+    /// then refuses that record cleanly, instead of failing after it was applied. Errors are
+    /// those of `flush`; after an out-of-space error, a later `flush` retries the creation.
+    pub async fn prepare_segment(&mut self, body_len: usize) -> Result<(), LogError> {
+        if !self.needs_new_segment(body_len) {
+            return Ok(());
+        }
+        if self.overflow.is_empty() {
+            self.segment_wanted = true;
+        }
+        self.flush().await
     }
 
     /// Buffers one record; it is durable after the next successful `flush`.
@@ -272,6 +298,12 @@ impl LogWriter {
             self.overflow = overflow;
             written?;
             self.overflow.clear();
+        }
+        if self.segment_wanted {
+            // Everything before it is durable now, so the new, empty segment continues the
+            // log without a gap even if a crash comes before its first record.
+            self.open_segment(self.last_index + 1).await?;
+            self.segment_wanted = false;
         }
         self.durable_index = self.last_index;
         Ok(())

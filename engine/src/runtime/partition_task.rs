@@ -398,8 +398,9 @@ impl PartitionTask {
             }
 
             // 3. Answers (durable now), held ones for running TC/Cs, then decided TC/Cs. While
-            //    the disk is full nothing of this is durable: it all waits.
-            if !full || failed.is_some() {
+            //    entries wait for disk space, nothing of this is durable: it all waits.
+            let durable = self.writer.durable_index() == self.writer.last_index();
+            if durable || failed.is_some() {
                 for (reply, answer, pending) in replies.drain(..) {
                     if failed.is_some() {
                         let _ = reply.send(BatchReply::refused(
@@ -487,8 +488,17 @@ impl PartitionTask {
             return Err(ResultCode::StorageFull);
         }
         batch.encode_into(body);
-        if !self.writer.has_room(body.len()) {
-            match self.writer.flush().await {
+        // Room first, before anything is applied: a flush when the buffer is full, the next
+        // segment when this entry does not fit the active one. A full disk usually shows at
+        // that preallocation, and then refuses this batch cleanly.
+        let needs_segment = self.writer.needs_new_segment(body.len());
+        if needs_segment || !self.writer.has_room(body.len()) {
+            let made = if needs_segment {
+                self.writer.prepare_segment(body.len()).await
+            } else {
+                self.writer.flush().await
+            };
+            match made {
                 Ok(()) => self.fsyncs += 1,
                 Err(e) if e.is_disk_full() => {
                     *full = true;
