@@ -100,6 +100,8 @@ pub struct ReplayReport {
 /// Rebuilds every partition from its log, as of `until` (ns since the epoch: every log entry
 /// whose timestamp is at or before it; `None` = everything). A snapshot is used as the
 /// starting point when it lies before `until` (`from_genesis` forces a full replay).
+/// Partitions are independent, so each replays on its own thread (the partitions of one core
+/// would otherwise wait for each other); the result does not depend on thread timing.
 pub fn replay(
     data_dir: &Path,
     until: Option<u64>,
@@ -107,59 +109,35 @@ pub fn replay(
 ) -> Result<ReplayReport, AuditError> {
     let count = partition_count(data_dir)?;
     let started = Instant::now();
+    let until = until.unwrap_or(u64::MAX);
+    let replayed: Vec<Result<PartitionReplay, AuditError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..count)
+            .map(|partition| {
+                scope.spawn(move || {
+                    replay_partition(
+                        data_dir,
+                        partition,
+                        count,
+                        until,
+                        from_genesis,
+                        |_, _, _| {},
+                    )
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a replay thread panicked"))
+            .collect()
+    });
     let mut events = 0u64;
     let mut entries = 0u64;
     let mut states = Vec::new();
-    let until = until.unwrap_or(u64::MAX);
-    for partition in 0..count {
-        let pdir = partition_dir(data_dir, partition);
-        let mut state = PartitionState::new(partition, count);
-        if !from_genesis {
-            for (_, path) in list_snapshots(&snapshot_dir(&pdir))?.into_iter().rev() {
-                if let Ok(loaded) = load_snapshot(&path) {
-                    if loaded.state.last_timestamp() <= until
-                        && loaded.state.partition_count() == count
-                    {
-                        state = loaded.state;
-                        break;
-                    }
-                }
-            }
-        }
-        let mut out = ApplyOutput::default();
-        let mut failure: Option<AuditError> = None;
-        let from = state.last_index() + 1;
-        let scanned = scan_log::<LogError>(&log_dir(&pdir), from, |record| {
-            if failure.is_some() || record.header.timestamp > until {
-                return Ok(());
-            }
-            out.clear();
-            match state.apply_entry(
-                record.header.index,
-                record.header.kind,
-                record.body,
-                record.header.timestamp,
-                &mut out,
-            ) {
-                Ok(()) => {
-                    events += out.events.len() as u64;
-                    entries += 1;
-                }
-                Err(e) => {
-                    failure = Some(AuditError::Apply {
-                        partition,
-                        index: record.header.index,
-                        reason: e.to_string(),
-                    })
-                }
-            }
-            Ok(())
-        });
-        scanned?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        states.push(state);
+    for r in replayed {
+        let r = r?;
+        events += r.events;
+        entries += r.entries;
+        states.push(r.state);
     }
     let seconds = started.elapsed().as_secs_f64();
     let digests: Vec<u128> = states.iter().map(state_digest).collect();
@@ -181,4 +159,155 @@ pub fn replay(
         balances_total,
         states,
     })
+}
+
+/// One partition rebuilt by `replay_partition`.
+struct PartitionReplay {
+    state: PartitionState,
+    events: u64,
+    entries: u64,
+}
+
+/// Rebuilds one partition up to `until`, calling `after_entry(state, output, entry timestamp)`
+/// after each applied entry.
+fn replay_partition(
+    data_dir: &Path,
+    partition: u32,
+    count: u32,
+    until: u64,
+    from_genesis: bool,
+    mut after_entry: impl FnMut(&PartitionState, &ApplyOutput, u64),
+) -> Result<PartitionReplay, AuditError> {
+    let pdir = partition_dir(data_dir, partition);
+    let mut state = PartitionState::new(partition, count);
+    if !from_genesis {
+        for (_, path) in list_snapshots(&snapshot_dir(&pdir))?.into_iter().rev() {
+            if let Ok(loaded) = load_snapshot(&path) {
+                if loaded.state.last_timestamp() <= until && loaded.state.partition_count() == count
+                {
+                    state = loaded.state;
+                    break;
+                }
+            }
+        }
+    }
+    let (mut events, mut entries) = (0u64, 0u64);
+    let mut out = ApplyOutput::default();
+    let mut failure: Option<AuditError> = None;
+    let from = state.last_index() + 1;
+    scan_log::<LogError>(&log_dir(&pdir), from, |record| {
+        if failure.is_some() || record.header.timestamp > until {
+            return Ok(());
+        }
+        out.clear();
+        match state.apply_entry(
+            record.header.index,
+            record.header.kind,
+            record.body,
+            record.header.timestamp,
+            &mut out,
+        ) {
+            Ok(()) => {
+                events += out.events.len() as u64;
+                entries += 1;
+                after_entry(&state, &out, record.header.timestamp);
+            }
+            Err(e) => {
+                failure = Some(AuditError::Apply {
+                    partition,
+                    index: record.header.index,
+                    reason: e.to_string(),
+                })
+            }
+        }
+        Ok(())
+    })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(PartitionReplay {
+            state,
+            events,
+            entries,
+        }),
+    }
+}
+
+/// What one log entry produced, as `trace` reports it: the input to `wallet audit diff`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceLine {
+    pub partition: u32,
+    pub index: u64,
+    pub timestamp: u64,
+    /// Chained digest of every output so far in this partition (result codes, TC/C messages
+    /// and decisions), in a representation that does not depend on the build: two builds
+    /// agree on it exactly when they decided the same things.
+    pub outputs: u128,
+    /// Digest of the whole partition state after this entry (checkpoints only: it costs a
+    /// pass over the partition).
+    pub state: Option<u128>,
+}
+
+/// Replays every partition from genesis, partition by partition, calling `line` for every
+/// entry. The full state digest is taken every `checkpoint_every` entries and after the last
+/// one, so a divergence that changes balances but no result code is still located to within
+/// `checkpoint_every` entries.
+pub fn trace(
+    data_dir: &Path,
+    checkpoint_every: u64,
+    mut line: impl FnMut(&TraceLine),
+) -> Result<(), AuditError> {
+    assert!(checkpoint_every > 0);
+    let count = partition_count(data_dir)?;
+    for partition in 0..count {
+        let mut chain = 0u128;
+        let mut pending: Option<TraceLine> = None;
+        let replayed = replay_partition(
+            data_dir,
+            partition,
+            count,
+            u64::MAX,
+            true,
+            |state, out, timestamp| {
+                if let Some(previous) = pending.take() {
+                    line(&previous);
+                }
+                chain = outputs_digest(chain, out);
+                let index = state.last_index();
+                pending = Some(TraceLine {
+                    partition,
+                    index,
+                    timestamp,
+                    outputs: chain,
+                    state: (index % checkpoint_every == 0).then(|| state_digest(state)),
+                });
+            },
+        )?;
+        if let Some(mut last) = pending.take() {
+            last.state = Some(state_digest(&replayed.state));
+            line(&last);
+        }
+    }
+    Ok(())
+}
+
+fn outputs_digest(previous: u128, out: &ApplyOutput) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&previous.to_le_bytes());
+    h.update(&(out.results.len() as u64).to_le_bytes());
+    for code in &out.results {
+        h.update(&[*code as u8]);
+    }
+    h.update(&(out.outbox.len() as u64).to_le_bytes());
+    for (destination, m) in &out.outbox {
+        h.update(&destination.to_le_bytes());
+        h.update(&[m.kind, m.code]);
+        h.update(&m.id.to_le_bytes());
+        h.update(&m.amount.to_le_bytes());
+    }
+    h.update(&(out.resolved.len() as u64).to_le_bytes());
+    for (id, code) in &out.resolved {
+        h.update(&id.to_le_bytes());
+        h.update(&[*code as u8]);
+    }
+    h.digest128()
 }

@@ -114,6 +114,26 @@ enum AuditCommand {
         #[arg(long)]
         balances: bool,
     },
+    /// Replay from genesis and print, per log entry, a digest of what it decided (JSON lines;
+    /// the state digest at checkpoints): the input of `audit diff`.
+    Trace {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Entries between full state digests.
+        #[arg(long, default_value_t = crate::wallet_audit_diff::CHECKPOINT_EVERY_DEFAULT)]
+        checkpoint_every: u64,
+    },
+    /// Run the log through this build and another `wallet` build and report the first entry
+    /// where they decide differently (exit 1 if they do).
+    Diff {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The other build's `wallet` binary.
+        #[arg(long)]
+        against: PathBuf,
+        #[arg(long, default_value_t = crate::wallet_audit_diff::CHECKPOINT_EVERY_DEFAULT)]
+        checkpoint_every: u64,
+    },
 }
 
 /// The whole program; `std::process::exit`s with 1 on failure.
@@ -140,6 +160,17 @@ fn run(cli: Cli) -> Result<(), String> {
             balances,
         }) => {
             return crate::wallet_audit::replay(&data_dir, until, from_genesis, balances, cli.json)
+        }
+        Command::Audit(AuditCommand::Trace {
+            data_dir,
+            checkpoint_every,
+        }) => return crate::wallet_audit_diff::trace(&data_dir, checkpoint_every),
+        Command::Audit(AuditCommand::Diff {
+            data_dir,
+            against,
+            checkpoint_every,
+        }) => {
+            return crate::wallet_audit_diff::diff(&data_dir, &against, checkpoint_every, cli.json)
         }
         _ => {}
     }

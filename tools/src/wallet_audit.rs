@@ -181,6 +181,7 @@ pub fn replay(
             "events": report.events, "entries": report.entries, "seconds": report.seconds,
             "events_per_sec": report.events_per_sec, "digest": digest,
             "balances_total": report.balances_total.to_string(), "until": until,
+            "threads": report.states.len(),
         });
         if balances {
             let accounts: Vec<_> = report
@@ -194,8 +195,12 @@ pub fn replay(
         println!("{value}");
     } else {
         println!(
-            "replayed {} entries ({} events) in {:.3} s = {:.0} events/s",
-            report.entries, report.events, report.seconds, report.events_per_sec
+            "replayed {} entries ({} events) in {:.3} s = {:.0} events/s ({} partitions in parallel)",
+            report.entries,
+            report.events,
+            report.seconds,
+            report.events_per_sec,
+            report.states.len()
         );
         println!("digest {digest}, balances total {}", report.balances_total);
         if balances {
