@@ -4,6 +4,7 @@
 
 use crate::log::{scan_log, LogError, LogTail};
 use crate::partition::PartitionId;
+use crate::read_model::ReadModel;
 use crate::snapshot::load_latest;
 use crate::state_machine::{ApplyError, ApplyOutput, PartitionState};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,9 @@ pub struct Recovered {
     pub snapshot: Option<PathBuf>,
     /// Index the loaded snapshot covers (0 without one).
     pub snapshot_index: u64,
+    /// The read model, rebuilt from the snapshot's state and the replayed tail (`None` when
+    /// asked for none): its history starts at the snapshot.
+    pub read_model: Option<ReadModel>,
 }
 
 /// Rebuilds partition `partition` from `partition_dir` (snapshots + log).
@@ -59,6 +63,17 @@ pub fn recover_partition(
     partition_dir: &Path,
     partition: PartitionId,
     partition_count: u32,
+) -> Result<Recovered, RecoveryError> {
+    recover_partition_with(partition_dir, partition, partition_count, 0)
+}
+
+/// `recover_partition`, also rebuilding a read model keeping `history_per_account` entries
+/// per account (0: none) from the snapshot's state and the events of the replayed log tail.
+pub fn recover_partition_with(
+    partition_dir: &Path,
+    partition: PartitionId,
+    partition_count: u32,
+    history_per_account: usize,
 ) -> Result<Recovered, RecoveryError> {
     let snapshots = snapshot_dir(partition_dir);
     let logs = log_dir(partition_dir);
@@ -69,6 +84,8 @@ pub fn recover_partition(
     };
     let snapshot_index = state.last_index();
     let from_index = snapshot_index + 1;
+    let mut read_model =
+        (history_per_account > 0).then(|| ReadModel::from_state(&state, history_per_account));
     let mut out = ApplyOutput::default();
     let mut replayed = 0u64;
     let mut tail = scan_log::<RecoveryError>(&logs, from_index, |record| {
@@ -94,6 +111,9 @@ pub fn recover_partition(
                 index,
                 source,
             })?;
+        if let Some(model) = &mut read_model {
+            model.apply(index, record.header.timestamp, &out.events);
+        }
         replayed += 1;
         Ok(())
     })?;
@@ -117,5 +137,6 @@ pub fn recover_partition(
         replayed_entries: replayed,
         snapshot,
         snapshot_index,
+        read_model,
     })
 }

@@ -627,3 +627,177 @@ fn read_model_matches_brute_force() {
 fn t_partition(account: u128) -> u32 {
     partition_of(account, PARTITIONS)
 }
+
+mod runtime {
+    //! The read model inside the running node: fed by the partition tasks, queried through
+    //! `Node`, rebuilt by recovery.
+    use engine::command::{NewAccount, NewTransfer};
+    use engine::model::Currency;
+    use engine::read_model::{At, HistoryKind, HistoryQuery, QueryError};
+    use engine::runtime::{EngineConfig, Node};
+    use engine::ResultCode;
+    use futures::executor::block_on;
+
+    fn config(dir: &std::path::Path, history: usize) -> EngineConfig {
+        let mut c = EngineConfig::new(dir);
+        c.cores = vec![0, 1];
+        c.partitions = 2;
+        c.segment_bytes = 4 << 20;
+        c.snapshot_interval_entries = 0;
+        c.read_model_history_per_account = history;
+        c
+    }
+
+    fn t(id: u128, from: u128, to: u128, amount: u64) -> NewTransfer {
+        NewTransfer {
+            id,
+            from,
+            to,
+            amount,
+            currency: Currency::parse("EUR").unwrap(),
+            user_data: 0,
+        }
+    }
+
+    fn history(node: &Node, account: u128) -> Vec<(HistoryKind, i64, i64)> {
+        let page = block_on(node.history(HistoryQuery {
+            account,
+            ..Default::default()
+        }))
+        .unwrap()
+        .unwrap();
+        page.entries
+            .iter()
+            .map(|e| (e.kind, e.amount, e.balance_after))
+            .collect()
+    }
+
+    fn wait_for_tcc(node: &Node) {
+        for _ in 0..500 {
+            let running: u64 = (0..2)
+                .map(|p| block_on(node.counters(p)).unwrap().tcc_in_flight)
+                .sum();
+            if running == 0 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!("TC/C still running");
+    }
+
+    #[test]
+    fn node_serves_history_and_recovery_rebuilds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::start(config(dir.path(), 8)).unwrap();
+        let issuer = (1u128..).find(|id| node.partition_of(*id) == 0).unwrap();
+        let a = (issuer + 1..)
+            .find(|id| node.partition_of(*id) == 0)
+            .unwrap();
+        let other = (1u128..).find(|id| node.partition_of(*id) == 1).unwrap();
+        let accounts: Vec<NewAccount> = [(issuer, -1_000_000), (a, 0), (other, 0)]
+            .iter()
+            .map(|&(id, floor)| NewAccount {
+                id,
+                currency: Currency::parse("EUR").unwrap(),
+                flags: 0,
+                floor,
+                user_data: 0,
+            })
+            .collect();
+        assert_eq!(
+            block_on(node.create_accounts(&accounts)).unwrap(),
+            vec![ResultCode::Ok; 3]
+        );
+        let results =
+            block_on(node.create_transfers(&[t(1, issuer, a, 500), t(2, a, other, 200)])).unwrap();
+        assert_eq!(results, vec![ResultCode::Ok, ResultCode::Ok]);
+        wait_for_tcc(&node);
+        let newest = block_on(node.history(HistoryQuery {
+            account: a,
+            limit: 1,
+            ..Default::default()
+        }))
+        .unwrap()
+        .unwrap();
+        assert_eq!(newest.entries.len(), 1);
+        assert!(newest.next_before.is_some());
+        use HistoryKind::*;
+        let live_a = history(&node, a);
+        assert_eq!(
+            live_a,
+            vec![
+                (TccSettle, 0, 300),
+                (TccHold, -200, 300),
+                (Transfer, 500, 500)
+            ]
+        );
+        assert_eq!(history(&node, other), vec![(TccCredit, 200, 200)]);
+        let deposit = *block_on(node.history(HistoryQuery {
+            account: a,
+            ..Default::default()
+        }))
+        .unwrap()
+        .unwrap()
+        .entries
+        .last()
+        .unwrap();
+        let then = block_on(node.balance_at(a, At::Position(deposit.position)))
+            .unwrap()
+            .unwrap();
+        assert_eq!((then.balance, then.held), (500, 0));
+        let then = block_on(node.balance_at(a, At::Timestamp(deposit.timestamp - 1)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(then.balance, 0);
+        for p in 0..2 {
+            let stats = block_on(node.counters(p)).unwrap();
+            assert!(stats.read_model);
+            assert_eq!(
+                (stats.read_model_lag_entries, stats.read_model_lag_ms),
+                (0, 0)
+            );
+        }
+        node.shutdown().unwrap();
+
+        // Without snapshots, recovery replays the whole log and the history comes back whole.
+        for p in 0..2 {
+            let snapshots = dir
+                .path()
+                .join(format!("partition-{p:05}"))
+                .join("snapshots");
+            std::fs::remove_dir_all(&snapshots).unwrap();
+        }
+        let node = Node::start(config(dir.path(), 8)).unwrap();
+        assert_eq!(history(&node, a), live_a);
+        node.shutdown().unwrap();
+
+        // With the shutdown snapshot, the history starts at the snapshot: older points are
+        // refused, naming the oldest retained one.
+        let node = Node::start(config(dir.path(), 8)).unwrap();
+        let page = block_on(node.history(HistoryQuery {
+            account: a,
+            ..Default::default()
+        }))
+        .unwrap()
+        .unwrap();
+        assert!(page.entries.is_empty());
+        assert!(page.truncated_at.is_some());
+        let old = block_on(node.balance_at(a, At::Position(deposit.position))).unwrap();
+        assert!(
+            matches!(old, Err(QueryError::BeforeRetained { .. })),
+            "{old:?}"
+        );
+        let now = block_on(node.balance_at(a, At::Timestamp(u64::MAX)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(now.balance, 300);
+        node.shutdown().unwrap();
+
+        // Off: queries say so.
+        let node = Node::start(config(dir.path(), 0)).unwrap();
+        let off = block_on(node.balance_at(a, At::Timestamp(u64::MAX))).unwrap();
+        assert_eq!(off, Err(QueryError::Disabled));
+        assert!(!block_on(node.counters(0)).unwrap().read_model);
+        node.shutdown().unwrap();
+    }
+}

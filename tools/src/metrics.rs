@@ -128,5 +128,29 @@ pub fn render(node: &Node) -> Result<String, String> {
         "Log entries replayed at start.",
         &|s| s.replayed_entries,
     );
+    family(
+        "walletd_read_model_enabled",
+        "gauge",
+        "1 when the CQRS read model (history, balance as of) is on.",
+        &|s| s.read_model as u64,
+    );
+    family(
+        "walletd_read_model_position",
+        "gauge",
+        "Read model position (log entry << 16 | event ordinal) it has applied up to.",
+        &|s| s.read_model_position,
+    );
+    family(
+        "walletd_read_model_lag_entries",
+        "gauge",
+        "Log entries applied by the partition and not yet by its read model.",
+        &|s| s.read_model_lag_entries,
+    );
+    family(
+        "walletd_read_model_lag_ms",
+        "gauge",
+        "Milliseconds the read model is behind its partition.",
+        &|s| s.read_model_lag_ms,
+    );
     Ok(out)
 }

@@ -39,6 +39,10 @@ struct Args {
     /// follows it; see docs/OPERATIONS.md). Never needed after a plain crash.
     #[arg(long)]
     repair: bool,
+    /// History entries the CQRS read model keeps per account (`wallet history`, `wallet
+    /// balance --at`); 0 turns it off. Default 100.
+    #[arg(long)]
+    read_model_history_per_account: Option<usize>,
 }
 
 #[derive(serde::Deserialize, Default, Debug)]
@@ -60,7 +64,11 @@ struct FileConfig {
     requests_in_flight_per_connection_max: Option<u64>,
     cluster_id: Option<u64>,
     node_id: Option<u64>,
+    read_model_history_per_account: Option<usize>,
 }
+
+/// History entries per account the read model keeps unless configured.
+const READ_MODEL_HISTORY_DEFAULT: usize = 100;
 
 /// The whole program; `std::process::exit`s with 1 on failure.
 pub fn main() {
@@ -129,6 +137,10 @@ fn run(args: Args) -> Result<(), String> {
     engine.cores = cores.clone();
     engine.partitions = partitions;
     engine.repair = args.repair;
+    engine.read_model_history_per_account = args
+        .read_model_history_per_account
+        .or(file.read_model_history_per_account)
+        .unwrap_or(READ_MODEL_HISTORY_DEFAULT);
     if let Some(v) = file.segment_bytes {
         engine.segment_bytes = v;
     }

@@ -33,6 +33,10 @@ pub struct EngineConfig {
     /// Where partition tasks read the wall clock to propose log timestamps. The system clock
     /// unless a test injects one; timestamps stay strictly increasing whatever it answers.
     pub clock: Clock,
+    /// History entries the read model keeps per account (`read_model`: history, balance as
+    /// of a timestamp or position); 0 turns the read model off. Memory: about 80 bytes per
+    /// entry per account that moved money.
+    pub read_model_history_per_account: usize,
     /// **Test-only** fault injection into every partition's log writer (failed fsyncs, a full
     /// disk, slow writes). `None` in production, and then it costs nothing measurable.
     pub faults: Option<Arc<FaultPlan>>,
@@ -92,6 +96,7 @@ impl EngineConfig {
             repair: false,
             tcc_try_timeout_ms: 5_000,
             clock: Clock::system(),
+            read_model_history_per_account: 0,
             faults: None,
         }
     }

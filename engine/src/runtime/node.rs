@@ -7,7 +7,8 @@ use crate::command::CommandBatch;
 use crate::log::{LogWriter, WriterOptions};
 use crate::model::{Account, AccountId, TransferId, TransferLookup};
 use crate::partition::{partition_of, PartitionId};
-use crate::recovery::{log_dir, partition_dir, recover_partition, snapshot_dir};
+use crate::read_model::{At, BalanceAsOf, HistoryPage, HistoryQuery, QueryError};
+use crate::recovery::{log_dir, partition_dir, recover_partition_with, snapshot_dir};
 use crate::result_code::ResultCode;
 use futures::channel::oneshot;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -216,6 +217,27 @@ impl Node {
             .await
     }
 
+    /// A page of `query.account`'s history from its partition's read model.
+    pub async fn history(
+        &self,
+        query: HistoryQuery,
+    ) -> Result<Result<HistoryPage, QueryError>, SubmitError> {
+        let partition = self.partition_of(query.account);
+        self.ask(partition, |reply| Request::History { query, reply })
+            .await
+    }
+
+    /// `account`'s balance as of a timestamp or a position, from its partition's read model.
+    pub async fn balance_at(
+        &self,
+        account: AccountId,
+        at: At,
+    ) -> Result<Result<BalanceAsOf, QueryError>, SubmitError> {
+        let partition = self.partition_of(account);
+        self.ask(partition, |reply| Request::BalanceAt { account, at, reply })
+            .await
+    }
+
     /// Counters and the state digest of `partition` (the digest is a full pass: not for hot
     /// paths; see `counters`).
     pub async fn stats(&self, partition: PartitionId) -> Result<PartitionStats, SubmitError> {
@@ -355,7 +377,8 @@ async fn run_shard(
                 }
             }
         }
-        let recovered = match recover_partition(&dir, partition, config.partitions) {
+        let history = config.read_model_history_per_account;
+        let recovered = match recover_partition_with(&dir, partition, config.partitions, history) {
             Ok(r) => r,
             Err(e) => {
                 let _ = ready.send(Err(StartError::Recovery {
@@ -405,6 +428,7 @@ async fn run_shard(
             peers: peers.clone(),
             tcc_try_timeout: std::time::Duration::from_millis(config.tcc_try_timeout_ms),
             clock: config.clock.clone(),
+            read_model: recovered.read_model,
         };
         tasks.push(glommio::spawn_local(task.run(queue)));
         let _ = ready.send(Ok(partition));

@@ -15,6 +15,7 @@ use crate::digest::state_digest;
 use crate::log::LogWriter;
 use crate::model::TransferId;
 use crate::partition::PartitionId;
+use crate::read_model::{QueryError, ReadModel};
 use crate::result_code::ResultCode;
 use crate::snapshot::{write_snapshot, SnapshotCapture};
 use crate::state_machine::{ApplyOutput, PartitionState};
@@ -40,6 +41,8 @@ pub struct PartitionTask {
     pub tcc_try_timeout: Duration,
     /// Proposes log timestamps (floored so they only increase).
     pub clock: Clock,
+    /// The CQRS read model, fed each applied entry's events (`None`: off).
+    pub read_model: Option<ReadModel>,
 }
 
 /// A snapshot being written on a helper thread.
@@ -522,6 +525,9 @@ impl PartitionTask {
         self.state
             .apply_entry(index, batch.kind(), body, timestamp, out)
             .expect("a batch this task encoded is a valid entry");
+        if let Some(model) = &mut self.read_model {
+            model.apply(index, timestamp, &out.events);
+        }
         Ok((index, timestamp))
     }
 
@@ -582,7 +588,24 @@ impl PartitionTask {
                         .collect(),
                 );
             }
+            Request::History { query, reply } => {
+                let answer = match &self.read_model {
+                    Some(model) => model.history(&query),
+                    None => Err(QueryError::Disabled),
+                };
+                let _ = reply.send(answer);
+            }
+            Request::BalanceAt { account, at, reply } => {
+                let answer = match &self.read_model {
+                    Some(model) => model.balance_at(account, at),
+                    None => Err(QueryError::Disabled),
+                };
+                let _ = reply.send(answer);
+            }
             Request::Stats { digest, reply } => {
+                let lag = self.read_model.as_ref().map_or(Default::default(), |m| {
+                    m.lag(self.state.last_index(), self.state.last_timestamp())
+                });
                 let _ = reply.send(PartitionStats {
                     partition: self.state.partition(),
                     accounts: self.state.account_count() as u64,
@@ -593,6 +616,10 @@ impl PartitionTask {
                     snapshots_written: self.snapshots_written,
                     fsyncs: self.fsyncs,
                     tcc_in_flight: self.state.tcc_in_flight() as u64,
+                    read_model: self.read_model.is_some(),
+                    read_model_position: self.read_model.as_ref().map_or(0, |m| m.read_position()),
+                    read_model_lag_entries: lag.entries,
+                    read_model_lag_ms: lag.ms,
                     digest: if digest { state_digest(&self.state) } else { 0 },
                 });
             }

@@ -2,6 +2,7 @@
 
 use crate::command::CommandBatch;
 use crate::model::{Account, AccountId, TransferId, TransferLookup};
+use crate::read_model::{At, BalanceAsOf, HistoryPage, HistoryQuery, QueryError};
 use crate::result_code::ResultCode;
 use crate::tcc::TccMessage;
 use futures::channel::oneshot;
@@ -41,6 +42,13 @@ pub struct PartitionStats {
     pub fsyncs: u64,
     /// TC/C transfers started here and not finished.
     pub tcc_in_flight: u64,
+    /// The read model is on (`read_model_history_per_account` > 0).
+    pub read_model: bool,
+    /// Read model position (everything at or below it is in its answers).
+    pub read_model_position: u64,
+    /// How far the read model is behind the partition: log entries and milliseconds.
+    pub read_model_lag_entries: u64,
+    pub read_model_lag_ms: u64,
     pub digest: u128,
 }
 
@@ -56,6 +64,17 @@ pub enum Request {
     LookupTransfers {
         ids: Vec<TransferId>,
         reply: oneshot::Sender<Vec<Option<TransferLookup>>>,
+    },
+    /// A page of an account's history from the read model.
+    History {
+        query: HistoryQuery,
+        reply: oneshot::Sender<Result<HistoryPage, QueryError>>,
+    },
+    /// An account's balance as of a timestamp or position, from the read model.
+    BalanceAt {
+        account: AccountId,
+        at: At,
+        reply: oneshot::Sender<Result<BalanceAsOf, QueryError>>,
     },
     /// Counters; with `digest`, also the state digest (a full pass over the state: tests and
     /// audits only).
