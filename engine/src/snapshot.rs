@@ -23,8 +23,60 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const SNAPSHOT_SUFFIX: &str = ".wsnap";
-/// Snapshots kept on disk (the newest ones); older ones are deleted after a new one is durable.
+/// Snapshots kept on disk (the newest ones) besides the daily ones; older ones are deleted
+/// after a new one is durable.
 pub const SNAPSHOTS_KEPT: usize = 2;
+/// Nanoseconds in a UTC day of log time.
+pub const DAY_NS: u64 = 86_400 * 1_000_000_000;
+
+/// Which snapshots survive when a new one is written: the newest `newest`, plus the newest
+/// snapshot of each of the last `daily_days` UTC days (by log time) that has one. The daily
+/// ones are the starting points auditors and read models use for "as of" questions
+/// (`wallet audit replay --until T` starts from the newest snapshot at or before T).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotRetention {
+    pub newest: usize,
+    pub daily_days: u32,
+}
+
+impl Default for SnapshotRetention {
+    fn default() -> SnapshotRetention {
+        SnapshotRetention {
+            newest: SNAPSHOTS_KEPT,
+            daily_days: 7,
+        }
+    }
+}
+
+impl SnapshotRetention {
+    /// Of `snapshots` (last index, log timestamp if readable), oldest first, the indexes to
+    /// keep. A snapshot whose timestamp cannot be read only survives as one of the newest.
+    pub fn keep(&self, snapshots: &[(u64, Option<u64>)]) -> Vec<u64> {
+        let mut keep: Vec<u64> = snapshots
+            .iter()
+            .rev()
+            .take(self.newest)
+            .map(|(index, _)| *index)
+            .collect();
+        let mut days_seen: Vec<u64> = Vec::new();
+        for (index, timestamp) in snapshots.iter().rev() {
+            let Some(day) = timestamp.map(|t| t / DAY_NS) else {
+                continue;
+            };
+            if days_seen.contains(&day) {
+                continue; // a newer snapshot already represents this day
+            }
+            if days_seen.len() == self.daily_days as usize {
+                break;
+            }
+            days_seen.push(day);
+            keep.push(*index);
+        }
+        keep.sort_unstable();
+        keep.dedup();
+        keep
+    }
+}
 const ITEMS_PER_RECORD: usize = 16 * 1024;
 
 mod kind {
@@ -89,9 +141,13 @@ pub fn snapshot_path(dir: &Path, last_index: u64) -> PathBuf {
     dir.join(format!("{last_index:020}{SNAPSHOT_SUFFIX}"))
 }
 
-/// Writes the capture as `dir/<index>.wsnap` atomically and deletes snapshots beyond the newest
-/// `SNAPSHOTS_KEPT`. Blocking: run it off the shard's thread.
-pub fn write_snapshot(dir: &Path, mut capture: SnapshotCapture) -> Result<PathBuf, LogError> {
+/// Writes the capture as `dir/<index>.wsnap` atomically and deletes the snapshots `retention`
+/// does not keep. Blocking: run it off the shard's thread.
+pub fn write_snapshot(
+    dir: &Path,
+    mut capture: SnapshotCapture,
+    retention: SnapshotRetention,
+) -> Result<PathBuf, LogError> {
     std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
     capture.accounts.sort_unstable_by_key(|a| a.id);
     let path = snapshot_path(dir, capture.meta.last_index);
@@ -144,12 +200,39 @@ pub fn write_snapshot(dir: &Path, mut capture: SnapshotCapture) -> Result<PathBu
     drop(file);
     std::fs::rename(&tmp, &path).map_err(|e| LogError::io(&path, e))?;
     sync_dir(dir)?;
-    let mut existing = list_snapshots(dir)?;
-    while existing.len() > SNAPSHOTS_KEPT {
-        let (_, old) = existing.remove(0);
-        std::fs::remove_file(&old).map_err(|e| LogError::io(&old, e))?;
-    }
+    prune_snapshots(dir, retention)?;
     Ok(path)
+}
+
+/// Deletes the snapshots of `dir` that `retention` does not keep.
+fn prune_snapshots(dir: &Path, retention: SnapshotRetention) -> Result<(), LogError> {
+    let existing = list_snapshots(dir)?;
+    let described: Vec<(u64, Option<u64>)> = existing
+        .iter()
+        .map(|(index, path)| (*index, snapshot_timestamp(path)))
+        .collect();
+    let keep = retention.keep(&described);
+    for (index, path) in existing {
+        if keep.binary_search(&index).is_err() {
+            std::fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The log timestamp a snapshot was taken at (its last applied item), read from its first
+/// record header; `None` if the file is unreadable or damaged there.
+pub fn snapshot_timestamp(path: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut header = [0u8; crate::log::record::HEADER_BYTES];
+    std::fs::File::open(path)
+        .ok()?
+        .read_exact(&mut header)
+        .ok()?;
+    match crate::log::record::decode_header(&header) {
+        Ok(Some(h)) if h.kind == kind::META => Some(h.timestamp),
+        _ => None,
+    }
 }
 
 fn to_bytes<T>(value: &T) -> rkyv::util::AlignedVec
@@ -358,4 +441,35 @@ pub fn load_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
         last_term: meta.last_term,
         path: path.to_path_buf(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_keeps_the_newest_and_one_per_recent_day() {
+        let day = |d: u64, hour: u64| Some(d * DAY_NS + hour * 3_600_000_000_000);
+        // (last index, timestamp), oldest first: days 10, 10, 11, 12, 12, 13, unreadable.
+        let snapshots = [
+            (1, day(10, 1)),
+            (2, day(10, 5)),
+            (3, day(11, 2)),
+            (4, day(12, 1)),
+            (5, day(12, 9)),
+            (6, day(13, 0)),
+            (7, None),
+        ];
+        let retention = SnapshotRetention {
+            newest: 2,
+            daily_days: 3,
+        };
+        // Newest two: 6 and 7; newest per day for days 13, 12, 11: 6, 5, 3.
+        assert_eq!(retention.keep(&snapshots), vec![3, 5, 6, 7]);
+        let no_daily = SnapshotRetention {
+            newest: 2,
+            daily_days: 0,
+        };
+        assert_eq!(no_daily.keep(&snapshots), vec![6, 7]);
+    }
 }

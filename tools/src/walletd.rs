@@ -56,6 +56,8 @@ struct FileConfig {
     metrics_listen: Option<SocketAddr>,
     segment_bytes: Option<u64>,
     snapshot_interval_entries: Option<u64>,
+    /// Days (UTC, log time) whose newest snapshot is kept as an audit starting point.
+    snapshot_daily_days: Option<u32>,
     queue_depth_max: Option<usize>,
     group_items_max: Option<usize>,
     io_memory_bytes: Option<usize>,
@@ -146,6 +148,9 @@ fn run(args: Args) -> Result<(), String> {
     }
     if let Some(v) = file.snapshot_interval_entries {
         engine.snapshot_interval_entries = v;
+    }
+    if let Some(v) = file.snapshot_daily_days {
+        engine.snapshot_daily_days = v;
     }
     if let Some(v) = file.queue_depth_max {
         engine.queue_depth_max = v;

@@ -20,6 +20,9 @@ pub struct EngineConfig {
     pub group_items_max: usize,
     /// Log entries between snapshots (0 = only at shutdown).
     pub snapshot_interval_entries: u64,
+    /// Keep the newest snapshot of each of this many UTC days (by log time) besides the newest
+    /// two, and take one when log time crosses midnight; 0 = neither.
+    pub snapshot_daily_days: u32,
     /// Locked memory glommio registers per executor for I/O buffers (counted against
     /// `ulimit -l`).
     pub io_memory_bytes: usize,
@@ -91,6 +94,7 @@ impl EngineConfig {
             queue_depth_max: 256,
             group_items_max: 64 * 1024,
             snapshot_interval_entries: 4096,
+            snapshot_daily_days: 7,
             io_memory_bytes: 2 << 20,
             transfers_capacity_per_partition: 0,
             repair: false,

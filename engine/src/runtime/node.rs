@@ -416,11 +416,16 @@ async fn run_shard(
         }
         let task = PartitionTask {
             last_snapshot_index: recovered.snapshot_index,
+            last_snapshot_day: state.last_timestamp() / crate::snapshot::DAY_NS,
             state,
             writer,
             term: recovered.last_term,
             snapshot_dir: snapshot_dir(&dir),
             snapshot_interval_entries: config.snapshot_interval_entries,
+            snapshot_retention: crate::snapshot::SnapshotRetention {
+                daily_days: config.snapshot_daily_days,
+                ..Default::default()
+            },
             group_items_max: config.group_items_max,
             replayed_entries: recovered.replayed_entries,
             snapshots_written: 0,

@@ -17,7 +17,7 @@ use crate::model::TransferId;
 use crate::partition::PartitionId;
 use crate::read_model::{QueryError, ReadModel};
 use crate::result_code::ResultCode;
-use crate::snapshot::{write_snapshot, SnapshotCapture};
+use crate::snapshot::{write_snapshot, SnapshotCapture, SnapshotRetention, DAY_NS};
 use crate::state_machine::{ApplyOutput, PartitionState};
 use crate::tcc::{self, TccMessage};
 use futures::channel::oneshot;
@@ -31,9 +31,12 @@ pub struct PartitionTask {
     pub term: u64,
     pub snapshot_dir: PathBuf,
     pub snapshot_interval_entries: u64,
+    pub snapshot_retention: SnapshotRetention,
     pub group_items_max: usize,
     pub replayed_entries: u64,
     pub last_snapshot_index: u64,
+    /// UTC day (log time) of the last snapshot taken, or of the state recovered at start.
+    pub last_snapshot_day: u64,
     pub snapshots_written: u64,
     pub fsyncs: u64,
     /// Every partition's queue, by partition id (TC/C messages go through them).
@@ -439,9 +442,10 @@ impl PartitionTask {
                     snapshot = None;
                 }
             }
-            let due = self.snapshot_interval_entries > 0
+            let due = (self.snapshot_interval_entries > 0
                 && self.state.last_index()
-                    >= self.last_snapshot_index + self.snapshot_interval_entries;
+                    >= self.last_snapshot_index + self.snapshot_interval_entries)
+                || self.crossed_midnight();
             if due && snapshot.is_none() && failed.is_none() && !full {
                 snapshot = Some(self.start_snapshot());
             }
@@ -653,6 +657,15 @@ impl PartitionTask {
         }
     }
 
+    /// Log time entered a new UTC day since the last snapshot: take the day's first one, so
+    /// each day with entries has a starting point (`SnapshotRetention` keeps the newest per
+    /// day).
+    fn crossed_midnight(&self) -> bool {
+        self.snapshot_retention.daily_days > 0
+            && self.state.last_index() > self.last_snapshot_index
+            && self.state.last_timestamp() / DAY_NS > self.last_snapshot_day
+    }
+
     /// Captures the state (a few ms) and writes it on a helper thread.
     fn start_snapshot(&mut self) -> SnapshotInFlight {
         assert_eq!(
@@ -662,12 +675,14 @@ impl PartitionTask {
         );
         let capture = SnapshotCapture::take(&self.state, self.writer.last_term());
         let index = capture.meta.last_index;
+        self.last_snapshot_day = self.state.last_timestamp() / DAY_NS;
         let dir = self.snapshot_dir.clone();
+        let retention = self.snapshot_retention;
         let (done_tx, done_rx) = oneshot::channel();
         let spawned = std::thread::Builder::new()
             .name(format!("snapshot-p{}", self.state.partition()))
             .spawn(move || {
-                let result = write_snapshot(&dir, capture).map_err(|e| e.to_string());
+                let result = write_snapshot(&dir, capture, retention).map_err(|e| e.to_string());
                 let _ = done_tx.send(result);
             });
         if let Err(e) = spawned {
