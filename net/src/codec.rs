@@ -4,6 +4,10 @@
 use crate::operation::ProtocolError;
 use bytes::{BufMut, BytesMut};
 use engine::model::{Account, Currency, Transfer, TransferLookup};
+use engine::read_model::{
+    At, BalanceAsOf, HistoryEntry, HistoryKind, HistoryPage, HistoryQuery, QueryError,
+    HISTORY_PAGE_MAX,
+};
 use engine::{NewAccount, NewTransfer, ResultCode, BATCH_ITEMS_MAX};
 
 pub const NEW_ACCOUNT_BYTES: usize = 48;
@@ -360,6 +364,321 @@ pub fn decode_status(body: &[u8]) -> Result<(u32, Vec<PartitionStatus>), Protoco
     Ok((cores, parts))
 }
 
+// ---- Read model (operations 20-22) ----
+
+pub const HISTORY_QUERY_BYTES: usize = 48;
+pub const HISTORY_HEADER_BYTES: usize = 40;
+pub const HISTORY_ENTRY_BYTES: usize = 80;
+pub const BALANCE_AT_QUERY_BYTES: usize = 32;
+pub const BALANCE_AT_REPLY_BYTES: usize = 64;
+pub const READ_MODEL_STATUS_BYTES: usize = 32;
+
+/// `At` on the wire: 1 = timestamp, 2 = position.
+pub mod at_kind {
+    pub const TIMESTAMP: u8 = 1;
+    pub const POSITION: u8 = 2;
+}
+
+/// GetAccountHistory request: `account u128 | before_position u64 | from_timestamp u64 |
+/// to_timestamp u64 | limit u32 | reserved u32`; 0 in a bound means "none".
+pub fn encode_history_query(out: &mut BytesMut, q: &HistoryQuery) {
+    out.put_u128_le(q.account);
+    out.put_u64_le(q.before_position.unwrap_or(0));
+    out.put_u64_le(q.from_timestamp.unwrap_or(0));
+    out.put_u64_le(q.to_timestamp.unwrap_or(0));
+    out.put_u32_le(q.limit.min(u32::MAX as usize) as u32);
+    out.put_u32_le(0);
+}
+
+pub fn decode_history_query(body: &[u8]) -> Result<HistoryQuery, ProtocolError> {
+    if body.len() != HISTORY_QUERY_BYTES {
+        return Err(ProtocolError::MalformedBody);
+    }
+    let r = Reader(body);
+    let some = |v: u64| (v != 0).then_some(v);
+    Ok(HistoryQuery {
+        account: r.u128(0),
+        before_position: some(r.u64(16)),
+        from_timestamp: some(r.u64(24)),
+        to_timestamp: some(r.u64(32)),
+        limit: r.u32(40) as usize,
+    })
+}
+
+/// A query error as `(status, position, timestamp)`; 0 is "ok".
+fn query_error_fields(e: &QueryError) -> (u8, u64, u64) {
+    match *e {
+        QueryError::Disabled | QueryError::AccountNotFound(_) => (e.code(), 0, 0),
+        QueryError::NotCreatedYet {
+            created_position,
+            created_timestamp,
+            ..
+        } => (e.code(), created_position, created_timestamp),
+        QueryError::BeforeRetained {
+            oldest_position,
+            oldest_timestamp,
+            ..
+        } => (e.code(), oldest_position, oldest_timestamp),
+        QueryError::Ahead { position, .. } => (e.code(), position, 0),
+    }
+}
+
+fn query_error_from(
+    status: u8,
+    account: u128,
+    position: u64,
+    timestamp: u64,
+    read_position: u64,
+) -> Result<QueryError, ProtocolError> {
+    Ok(match status {
+        1 => QueryError::Disabled,
+        2 => QueryError::AccountNotFound(account),
+        3 => QueryError::NotCreatedYet {
+            account,
+            created_timestamp: timestamp,
+            created_position: position,
+        },
+        4 => QueryError::BeforeRetained {
+            account,
+            oldest_timestamp: timestamp,
+            oldest_position: position,
+        },
+        5 => QueryError::Ahead {
+            position,
+            read_position,
+        },
+        _ => return Err(ProtocolError::MalformedBody),
+    })
+}
+
+/// GetAccountHistory reply: a 40-byte header (`status u8 | flags u8 | reserved u16 | count u32 |
+/// read_position u64 | next_before u64 | point_position u64 | point_timestamp u64`), then
+/// `count` 80-byte entries, newest first.
+pub fn encode_history_reply(out: &mut BytesMut, answer: &Result<HistoryPage, QueryError>) {
+    match answer {
+        Ok(page) => {
+            let (flags, (position, timestamp)) = match page.truncated_at {
+                Some(point) => (1u8, point),
+                None => (0u8, (0, 0)),
+            };
+            out.put_u8(0);
+            out.put_u8(flags);
+            out.put_u16_le(0);
+            out.put_u32_le(page.entries.len() as u32);
+            out.put_u64_le(page.read_position);
+            out.put_u64_le(page.next_before.unwrap_or(0));
+            out.put_u64_le(position);
+            out.put_u64_le(timestamp);
+            for e in &page.entries {
+                out.put_u64_le(e.position);
+                out.put_u64_le(e.timestamp);
+                out.put_u128_le(e.transfer_id);
+                out.put_u128_le(e.counterparty);
+                out.put_i64_le(e.amount);
+                out.put_i64_le(e.balance_after);
+                out.put_i64_le(e.held_after);
+                out.put_u8(e.kind as u8);
+                out.put_bytes(0, 7);
+            }
+        }
+        Err(e) => {
+            let (status, position, timestamp) = query_error_fields(e);
+            out.put_u8(status);
+            out.put_bytes(0, 7);
+            out.put_u64_le(0);
+            out.put_u64_le(0);
+            out.put_u64_le(position);
+            out.put_u64_le(timestamp);
+        }
+    }
+}
+
+pub fn decode_history_reply(
+    body: &[u8],
+    account: u128,
+) -> Result<Result<HistoryPage, QueryError>, ProtocolError> {
+    if body.len() < HISTORY_HEADER_BYTES {
+        return Err(ProtocolError::MalformedBody);
+    }
+    let r = Reader(body);
+    let (status, flags, count) = (body[0], body[1], r.u32(4) as usize);
+    let read_position = r.u64(8);
+    let (position, timestamp) = (r.u64(24), r.u64(32));
+    if status != 0 {
+        return Ok(Err(query_error_from(
+            status,
+            account,
+            position,
+            timestamp,
+            read_position,
+        )?));
+    }
+    if count > HISTORY_PAGE_MAX || body.len() != HISTORY_HEADER_BYTES + count * HISTORY_ENTRY_BYTES
+    {
+        return Err(ProtocolError::MalformedBody);
+    }
+    let entries = body[HISTORY_HEADER_BYTES..]
+        .chunks_exact(HISTORY_ENTRY_BYTES)
+        .map(|rec| {
+            let r = Reader(rec);
+            Ok(HistoryEntry {
+                position: r.u64(0),
+                timestamp: r.u64(8),
+                transfer_id: r.u128(16),
+                counterparty: r.u128(32),
+                amount: r.i64(48),
+                balance_after: r.i64(56),
+                held_after: r.i64(64),
+                kind: HistoryKind::from_u8(rec[72]).ok_or(ProtocolError::MalformedBody)?,
+            })
+        })
+        .collect::<Result<Vec<_>, ProtocolError>>()?;
+    let next_before = r.u64(16);
+    Ok(Ok(HistoryPage {
+        entries,
+        next_before: (next_before != 0).then_some(next_before),
+        truncated_at: (flags & 1 != 0).then_some((position, timestamp)),
+        read_position,
+    }))
+}
+
+/// GetBalanceAt request: `account u128 | kind u8 (1 timestamp, 2 position) | reserved 7 |
+/// value u64`.
+pub fn encode_balance_at_query(out: &mut BytesMut, account: u128, at: At) {
+    let (kind, value) = match at {
+        At::Timestamp(t) => (at_kind::TIMESTAMP, t),
+        At::Position(p) => (at_kind::POSITION, p),
+    };
+    out.put_u128_le(account);
+    out.put_u8(kind);
+    out.put_bytes(0, 7);
+    out.put_u64_le(value);
+}
+
+pub fn decode_balance_at_query(body: &[u8]) -> Result<(u128, At), ProtocolError> {
+    if body.len() != BALANCE_AT_QUERY_BYTES {
+        return Err(ProtocolError::MalformedBody);
+    }
+    let r = Reader(body);
+    let at = match body[16] {
+        at_kind::TIMESTAMP => At::Timestamp(r.u64(24)),
+        at_kind::POSITION => At::Position(r.u64(24)),
+        _ => return Err(ProtocolError::MalformedBody),
+    };
+    Ok((r.u128(0), at))
+}
+
+/// GetBalanceAt reply (64 bytes): `status u8 | reserved 3 | currency u32 | balance i64 |
+/// held i64 | position u64 | timestamp u64 | read_position u64 | account u128`.
+pub fn encode_balance_at_reply(
+    out: &mut BytesMut,
+    account: u128,
+    answer: &Result<BalanceAsOf, QueryError>,
+) {
+    match answer {
+        Ok(b) => {
+            out.put_u8(0);
+            out.put_bytes(0, 3);
+            out.put_u32_le(b.currency.0);
+            out.put_i64_le(b.balance);
+            out.put_i64_le(b.held);
+            out.put_u64_le(b.position);
+            out.put_u64_le(b.timestamp);
+            out.put_u64_le(b.read_position);
+        }
+        Err(e) => {
+            let (status, position, timestamp) = query_error_fields(e);
+            let read_position = match e {
+                QueryError::Ahead { read_position, .. } => *read_position,
+                _ => 0,
+            };
+            out.put_u8(status);
+            out.put_bytes(0, 23);
+            out.put_u64_le(position);
+            out.put_u64_le(timestamp);
+            out.put_u64_le(read_position);
+        }
+    }
+    out.put_u128_le(account);
+}
+
+pub fn decode_balance_at_reply(
+    body: &[u8],
+) -> Result<Result<BalanceAsOf, QueryError>, ProtocolError> {
+    if body.len() != BALANCE_AT_REPLY_BYTES {
+        return Err(ProtocolError::MalformedBody);
+    }
+    let r = Reader(body);
+    let account = r.u128(48);
+    let (position, timestamp, read_position) = (r.u64(24), r.u64(32), r.u64(40));
+    if body[0] != 0 {
+        return Ok(Err(query_error_from(
+            body[0],
+            account,
+            position,
+            timestamp,
+            read_position,
+        )?));
+    }
+    Ok(Ok(BalanceAsOf {
+        account,
+        currency: Currency(r.u32(4)),
+        balance: r.i64(8),
+        held: r.i64(16),
+        position,
+        timestamp,
+        read_position,
+    }))
+}
+
+/// One partition's read model in a ReadModelStatus reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadModelStatus {
+    pub partition: u32,
+    pub enabled: bool,
+    pub position: u64,
+    pub lag_entries: u64,
+    pub lag_ms: u64,
+}
+
+/// ReadModelStatus reply: `count u32 | reserved u32 | count * (partition u32 | enabled u8 |
+/// reserved 3 | position u64 | lag_entries u64 | lag_ms u64)`.
+pub fn encode_read_model_status(out: &mut BytesMut, parts: &[ReadModelStatus]) {
+    out.put_u32_le(parts.len() as u32);
+    out.put_u32_le(0);
+    for p in parts {
+        out.put_u32_le(p.partition);
+        out.put_u8(p.enabled as u8);
+        out.put_bytes(0, 3);
+        out.put_u64_le(p.position);
+        out.put_u64_le(p.lag_entries);
+        out.put_u64_le(p.lag_ms);
+    }
+}
+
+pub fn decode_read_model_status(body: &[u8]) -> Result<Vec<ReadModelStatus>, ProtocolError> {
+    if body.len() < 8 {
+        return Err(ProtocolError::MalformedBody);
+    }
+    let count = Reader(body).u32(0) as usize;
+    if count > 65_536 || body.len() != 8 + count * READ_MODEL_STATUS_BYTES {
+        return Err(ProtocolError::MalformedBody);
+    }
+    Ok(body[8..]
+        .chunks_exact(READ_MODEL_STATUS_BYTES)
+        .map(|rec| {
+            let r = Reader(rec);
+            ReadModelStatus {
+                partition: r.u32(0),
+                enabled: rec[4] != 0,
+                position: r.u64(8),
+                lag_entries: r.u64(16),
+                lag_ms: r.u64(24),
+            }
+        })
+        .collect())
+}
+
 /// Error frame body: `code u16 | message_len u16 | reserved u32 | message (UTF-8)`.
 pub fn encode_error(out: &mut BytesMut, error: ProtocolError, message: &str) {
     let message = &message.as_bytes()[..message.len().min(1024)];
@@ -407,6 +726,71 @@ mod tests {
             let _ = decode_handshake_reply(&body);
             let _ = decode_status(&body);
             let _ = decode_error(&body);
+            let _ = decode_history_query(&body);
+            let _ = decode_history_reply(&body, 1);
+            let _ = decode_balance_at_query(&body);
+            let _ = decode_balance_at_reply(&body);
+            let _ = decode_read_model_status(&body);
+        }
+
+        #[test]
+        fn history_replies_round_trip(entries in prop::collection::vec((any::<u64>(), any::<u64>(), any::<u128>(), any::<u128>(), any::<i64>(), any::<i64>(), any::<i64>(), 1u8..=5), 0..20), next in any::<u64>(), truncated in any::<Option<(u64, u64)>>()) {
+            let page = HistoryPage {
+                entries: entries.into_iter().map(|(position, timestamp, transfer_id, counterparty, amount, balance_after, held_after, kind)| HistoryEntry { position, timestamp, transfer_id, counterparty, amount, balance_after, held_after, kind: HistoryKind::from_u8(kind).unwrap() }).collect(),
+                next_before: (next != 0).then_some(next),
+                truncated_at: truncated,
+                read_position: 77,
+            };
+            let mut out = BytesMut::new();
+            encode_history_reply(&mut out, &Ok(page.clone()));
+            prop_assert_eq!(decode_history_reply(&out, 5).unwrap(), Ok(page));
+        }
+    }
+
+    #[test]
+    fn read_model_errors_and_queries_round_trip() {
+        let errors = [
+            QueryError::Disabled,
+            QueryError::AccountNotFound(9),
+            QueryError::NotCreatedYet {
+                account: 9,
+                created_timestamp: 5,
+                created_position: 6,
+            },
+            QueryError::BeforeRetained {
+                account: 9,
+                oldest_timestamp: 7,
+                oldest_position: 8,
+            },
+            QueryError::Ahead {
+                position: 10,
+                read_position: 4,
+            },
+        ];
+        for e in errors {
+            let mut out = BytesMut::new();
+            encode_balance_at_reply(&mut out, 9, &Err(e.clone()));
+            assert_eq!(decode_balance_at_reply(&out).unwrap(), Err(e.clone()));
+            if !matches!(e, QueryError::Ahead { .. }) {
+                let mut out = BytesMut::new();
+                encode_history_reply(&mut out, &Err(e.clone()));
+                assert_eq!(decode_history_reply(&out, 9).unwrap(), Err(e));
+            }
+        }
+        let q = HistoryQuery {
+            account: 3,
+            before_position: Some(1 << 20),
+            from_timestamp: None,
+            to_timestamp: Some(99),
+            limit: 10,
+        };
+        let mut out = BytesMut::new();
+        encode_history_query(&mut out, &q);
+        assert_eq!(decode_history_query(&out).unwrap(), q);
+        for at in [At::Timestamp(5), At::Position(6)] {
+            let mut out = BytesMut::new();
+            encode_balance_at_query(&mut out, 3, at);
+            assert_eq!(decode_balance_at_query(&out).unwrap(), (3, at));
         }
     }
 

@@ -11,6 +11,12 @@ pub enum Operation {
     CreateTransfers = 17,
     LookupAccounts = 18,
     LookupTransfers = 19,
+    /// Read model: a page of an account's history.
+    GetAccountHistory = 20,
+    /// Read model: an account's balance as of a timestamp or position.
+    GetBalanceAt = 21,
+    /// Read model: position and lag per partition.
+    ReadModelStatus = 22,
 }
 
 impl Operation {
@@ -23,6 +29,9 @@ impl Operation {
             17 => Operation::CreateTransfers,
             18 => Operation::LookupAccounts,
             19 => Operation::LookupTransfers,
+            20 => Operation::GetAccountHistory,
+            21 => Operation::GetBalanceAt,
+            22 => Operation::ReadModelStatus,
             _ => return None,
         })
     }

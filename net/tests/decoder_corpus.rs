@@ -34,7 +34,12 @@ fn decode_stream(mut bytes: &[u8]) -> (usize, bool) {
             Some(Operation::LookupAccounts) | Some(Operation::LookupTransfers) => {
                 codec::records(body, codec::ID_BYTES).map(|r| r.map(codec::decode_id).count())
             }
-            Some(Operation::Ping) | Some(Operation::Status) | None => Ok(0),
+            Some(Operation::GetAccountHistory) => codec::decode_history_query(body).map(|_| 1),
+            Some(Operation::GetBalanceAt) => codec::decode_balance_at_query(body).map(|_| 1),
+            Some(Operation::Ping)
+            | Some(Operation::Status)
+            | Some(Operation::ReadModelStatus)
+            | None => Ok(0),
         };
         frames += 1;
         bytes = &bytes[end..];

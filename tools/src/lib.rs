@@ -5,4 +5,5 @@ pub mod metrics;
 pub mod wallet;
 pub mod wallet_audit;
 pub mod wallet_audit_diff;
+pub mod wallet_read;
 pub mod walletd;

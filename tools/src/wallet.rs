@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use engine::model::{account_flags, Currency};
+use engine::read_model::At;
 use engine::{NewAccount, NewTransfer, ResultCode};
 use net::{Client, ClientConfig};
 use serde_json::json;
@@ -67,8 +68,33 @@ enum Command {
         #[arg(long)]
         currency: String,
     },
-    /// Show an account's balance.
-    Balance { id: u128 },
+    /// Show an account's balance; with --at (or --at-position), as of that point (from the
+    /// read model).
+    Balance {
+        id: u128,
+        /// Timestamp (ns since the Unix epoch).
+        #[arg(long, conflicts_with = "at_position")]
+        at: Option<u64>,
+        /// Read-model position (log entry << 16 | event ordinal).
+        #[arg(long)]
+        at_position: Option<u64>,
+    },
+    /// An account's history, newest first (from the read model).
+    History {
+        id: u128,
+        /// Entries to print.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only entries older than this position (the `next_before` of a previous page).
+        #[arg(long)]
+        before: Option<u64>,
+        /// Only entries at or after this timestamp (ns).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Only entries at or before this timestamp (ns).
+        #[arg(long)]
+        to: Option<u64>,
+    },
     /// Show a transfer.
     LookupTransfer { id: u128 },
     /// Node status: partitions and their log positions.
@@ -240,7 +266,32 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             send_transfer(&client, transfer, cli.json)
         }
-        Command::Balance { id } => {
+        Command::Balance {
+            id, at: Some(t), ..
+        } => crate::wallet_read::balance_at(&client, id, At::Timestamp(t), cli.json),
+        Command::Balance {
+            id,
+            at_position: Some(p),
+            ..
+        } => crate::wallet_read::balance_at(&client, id, At::Position(p), cli.json),
+        Command::History {
+            id,
+            limit,
+            before,
+            from,
+            to,
+        } => crate::wallet_read::history(
+            &client,
+            &crate::wallet_read::HistoryArgs {
+                id,
+                limit,
+                before_position: before,
+                from_timestamp: from,
+                to_timestamp: to,
+            },
+            cli.json,
+        ),
+        Command::Balance { id, .. } => {
             let found = client.lookup_accounts(&[id]).map_err(|e| e.to_string())?;
             let a = found
                 .into_iter()
@@ -300,11 +351,13 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Log(_) | Command::Audit(_) => unreachable!("handled above"),
         Command::Status => {
             let status = client.status().map_err(|e| e.to_string())?;
+            let read_models = client.read_model_status().map_err(|e| e.to_string())?;
+            let read_model = |p: u32| read_models.iter().find(|r| r.partition == p);
             if cli.json {
                 let parts: Vec<_> = status
                     .partitions
                     .iter()
-                    .map(|p| json!({"partition": p.partition, "last_index": p.last_index, "durable_index": p.durable_index, "accounts": p.accounts, "transfers": p.transfers, "fsyncs": p.fsyncs}))
+                    .map(|p| json!({"partition": p.partition, "last_index": p.last_index, "durable_index": p.durable_index, "accounts": p.accounts, "transfers": p.transfers, "fsyncs": p.fsyncs, "read_model": read_model(p.partition).map(crate::wallet_read::status_json)}))
                     .collect();
                 println!(
                     "{}",
@@ -319,8 +372,15 @@ fn run(cli: Cli) -> Result<(), String> {
                 );
                 for p in &status.partitions {
                     println!(
-                        "  partition {}: index {} (durable {}), {} accounts, {} transfers",
-                        p.partition, p.last_index, p.durable_index, p.accounts, p.transfers
+                        "  partition {}: index {} (durable {}), {} accounts, {} transfers, {}",
+                        p.partition,
+                        p.last_index,
+                        p.durable_index,
+                        p.accounts,
+                        p.transfers,
+                        read_model(p.partition)
+                            .map(crate::wallet_read::status_human)
+                            .unwrap_or_default()
                     );
                 }
             }

@@ -26,10 +26,11 @@ mod connection;
 pub use batcher::Batcher;
 use connection::{Connection, Reply};
 
-use crate::codec::{self, PartitionStatus};
+use crate::codec::{self, PartitionStatus, ReadModelStatus};
 use crate::operation::{Operation, ProtocolError};
 use bytes::BytesMut;
 use engine::model::{Account, TransferLookup};
+use engine::read_model::{At, BalanceAsOf, HistoryPage, HistoryQuery, QueryError};
 use engine::{NewAccount, NewTransfer, ResultCode, BATCH_ITEMS_MAX};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -227,6 +228,36 @@ impl Client {
         Ok(Status { cores, partitions })
     }
 
+    /// A page of an account's history from the read model (newest first). The inner error
+    /// is the read model's answer (e.g. the range is older than the retained history).
+    pub async fn history_async(
+        &self,
+        query: &HistoryQuery,
+    ) -> Result<Result<HistoryPage, QueryError>, ClientError> {
+        let mut body = BytesMut::with_capacity(codec::HISTORY_QUERY_BYTES);
+        codec::encode_history_query(&mut body, query);
+        let reply = self.call(Operation::GetAccountHistory, &body).await?;
+        codec::decode_history_reply(&reply.body, query.account).map_err(|_| ClientError::BadReply)
+    }
+
+    /// An account's balance as of a timestamp or a position, from the read model.
+    pub async fn balance_at_async(
+        &self,
+        account: u128,
+        at: At,
+    ) -> Result<Result<BalanceAsOf, QueryError>, ClientError> {
+        let mut body = BytesMut::with_capacity(codec::BALANCE_AT_QUERY_BYTES);
+        codec::encode_balance_at_query(&mut body, account, at);
+        let reply = self.call(Operation::GetBalanceAt, &body).await?;
+        codec::decode_balance_at_reply(&reply.body).map_err(|_| ClientError::BadReply)
+    }
+
+    /// Position and lag of every partition's read model.
+    pub async fn read_model_status_async(&self) -> Result<Vec<ReadModelStatus>, ClientError> {
+        let reply = self.call(Operation::ReadModelStatus, &[]).await?;
+        codec::decode_read_model_status(&reply.body).map_err(|_| ClientError::BadReply)
+    }
+
     pub async fn ping_async(&self) -> Result<(), ClientError> {
         self.call(Operation::Ping, &[]).await.map(|_| ())
     }
@@ -248,6 +279,22 @@ impl Client {
     }
     pub fn status(&self) -> Result<Status, ClientError> {
         futures::executor::block_on(self.status_async())
+    }
+    pub fn history(
+        &self,
+        query: &HistoryQuery,
+    ) -> Result<Result<HistoryPage, QueryError>, ClientError> {
+        futures::executor::block_on(self.history_async(query))
+    }
+    pub fn balance_at(
+        &self,
+        account: u128,
+        at: At,
+    ) -> Result<Result<BalanceAsOf, QueryError>, ClientError> {
+        futures::executor::block_on(self.balance_at_async(account, at))
+    }
+    pub fn read_model_status(&self) -> Result<Vec<ReadModelStatus>, ClientError> {
+        futures::executor::block_on(self.read_model_status_async())
     }
     pub fn ping(&self) -> Result<(), ClientError> {
         futures::executor::block_on(self.ping_async())

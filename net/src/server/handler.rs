@@ -99,8 +99,44 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
                 .map_err(shutting_down)?;
             codec::encode_transfer_replies(&mut out, &found);
         }
+        Operation::GetAccountHistory => {
+            let query = codec::decode_history_query(body).map_err(malformed)?;
+            let answer = ctx.node.history(query).await.map_err(shutting_down)?;
+            codec::encode_history_reply(&mut out, &answer);
+        }
+        Operation::GetBalanceAt => {
+            let (account, at) = codec::decode_balance_at_query(body).map_err(malformed)?;
+            let answer = ctx
+                .node
+                .balance_at(account, at)
+                .await
+                .map_err(shutting_down)?;
+            codec::encode_balance_at_reply(&mut out, account, &answer);
+        }
+        Operation::ReadModelStatus => {
+            let node = &ctx.node;
+            let mut parts = Vec::with_capacity(node.partition_count() as usize);
+            for p in 0..node.partition_count() {
+                let s = node.counters(p).await.map_err(shutting_down)?;
+                parts.push(codec::ReadModelStatus {
+                    partition: p,
+                    enabled: s.read_model,
+                    position: s.read_model_position,
+                    lag_entries: s.read_model_lag_entries,
+                    lag_ms: s.read_model_lag_ms,
+                });
+            }
+            codec::encode_read_model_status(&mut out, &parts);
+        }
     }
     Ok(out)
+}
+
+fn malformed(e: ProtocolError) -> (ProtocolError, String) {
+    (
+        e,
+        "the body does not match the operation's layout".to_string(),
+    )
 }
 
 /// Every record of a counted body, decoded (one allocation for the batch, none per item).

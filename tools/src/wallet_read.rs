@@ -1,0 +1,161 @@
+//! `wallet history`, `wallet balance --at` and the read-model part of `wallet status`: the
+//! queries answered by the server's CQRS read model (see docs/ARCHITECTURE.md, "Read model").
+
+use engine::read_model::{At, BalanceAsOf, HistoryEntry, HistoryQuery, QueryError};
+use net::Client;
+use serde_json::json;
+
+/// What `wallet history` asks for.
+pub struct HistoryArgs {
+    pub id: u128,
+    /// Entries to print in all (pages are fetched until this many or the end).
+    pub limit: usize,
+    pub before_position: Option<u64>,
+    pub from_timestamp: Option<u64>,
+    pub to_timestamp: Option<u64>,
+}
+
+/// Most entries `wallet history` prints in one run.
+pub const HISTORY_LIMIT_MAX: usize = 100_000;
+
+fn query_error(e: QueryError) -> String {
+    e.to_string()
+}
+
+/// Prints an account's history, newest first: one JSON object with `--json`
+/// (`{"id","currency","entries":[...],"next_before","truncated_at","read_position"}`), else one
+/// line per entry.
+pub fn history(client: &Client, args: &HistoryArgs, as_json: bool) -> Result<(), String> {
+    if args.limit == 0 || args.limit > HISTORY_LIMIT_MAX {
+        return Err(format!("--limit must be 1..={HISTORY_LIMIT_MAX}"));
+    }
+    let mut entries: Vec<HistoryEntry> = Vec::new();
+    let mut before = args.before_position;
+    let (mut next_before, mut truncated_at, mut read_position);
+    loop {
+        let want = args.limit - entries.len();
+        let page = client
+            .history(&HistoryQuery {
+                account: args.id,
+                before_position: before,
+                from_timestamp: args.from_timestamp,
+                to_timestamp: args.to_timestamp,
+                limit: want.min(engine::read_model::HISTORY_PAGE_MAX),
+            })
+            .map_err(|e| e.to_string())?
+            .map_err(query_error)?;
+        entries.extend(page.entries.iter().take(want).copied());
+        next_before = page.next_before;
+        truncated_at = page.truncated_at;
+        read_position = page.read_position;
+        match page.next_before {
+            Some(p) if entries.len() < args.limit => before = Some(p),
+            _ => break,
+        }
+    }
+    let currency = client
+        .lookup_accounts(&[args.id])
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next()
+        .flatten()
+        .map(|a| a.currency.code());
+    if as_json {
+        let items: Vec<_> = entries.iter().map(entry_json).collect();
+        println!(
+            "{}",
+            json!({
+                "id": args.id, "currency": currency, "entries": items,
+                "next_before": next_before,
+                "truncated_at": truncated_at.map(|(position, timestamp)| json!({"position": position, "timestamp": timestamp})),
+                "read_position": read_position,
+            })
+        );
+    } else {
+        let currency = currency.unwrap_or_default();
+        println!(
+            "account {}: {} entries, newest first",
+            args.id,
+            entries.len()
+        );
+        for e in &entries {
+            println!(
+                "  at {} (position {}): {:<10} {:+} {currency} transfer {} with {} -> balance {} held {}",
+                e.timestamp,
+                e.position,
+                e.kind.name(),
+                e.amount,
+                e.transfer_id,
+                e.counterparty,
+                e.balance_after,
+                e.held_after
+            );
+        }
+        if let Some(p) = next_before {
+            println!("  more: --before {p}");
+        }
+        if let Some((position, timestamp)) = truncated_at {
+            if next_before.is_none() {
+                println!(
+                    "  older history is not retained (oldest retained point: timestamp {timestamp}, position {position})"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn entry_json(e: &HistoryEntry) -> serde_json::Value {
+    json!({
+        "position": e.position, "timestamp": e.timestamp, "kind": e.kind.name(),
+        "transfer_id": e.transfer_id, "counterparty": e.counterparty, "amount": e.amount,
+        "balance_after": e.balance_after, "held_after": e.held_after,
+    })
+}
+
+/// Prints an account's balance as of a timestamp or position.
+pub fn balance_at(client: &Client, id: u128, at: At, as_json: bool) -> Result<(), String> {
+    let b: BalanceAsOf = client
+        .balance_at(id, at)
+        .map_err(|e| e.to_string())?
+        .map_err(query_error)?;
+    let (at_kind, at_value) = match at {
+        At::Timestamp(t) => ("timestamp", t),
+        At::Position(p) => ("position", p),
+    };
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "id": b.account, "currency": b.currency.code(), "balance": b.balance,
+                "held": b.held, "at": {at_kind: at_value}, "position": b.position,
+                "timestamp": b.timestamp, "read_position": b.read_position,
+            })
+        );
+    } else {
+        println!(
+            "account {} as of {at_kind} {at_value}: {} {} (held {}; last change at timestamp {}, position {})",
+            b.account, b.balance, b.currency, b.held, b.timestamp, b.position
+        );
+    }
+    Ok(())
+}
+
+/// The read model's line of a partition in `wallet status`.
+pub fn status_json(s: &net::codec::ReadModelStatus) -> serde_json::Value {
+    json!({
+        "enabled": s.enabled, "position": s.position,
+        "lag_entries": s.lag_entries, "lag_ms": s.lag_ms,
+    })
+}
+
+pub fn status_human(s: &net::codec::ReadModelStatus) -> String {
+    if s.enabled {
+        format!(
+            "read model lag {} entries, {} ms (position {})",
+            s.lag_entries, s.lag_ms, s.position
+        )
+    } else {
+        "read model off".to_string()
+    }
+}
