@@ -21,10 +21,12 @@
 mod history;
 pub mod position;
 mod query;
+mod ring;
 mod totals;
 
 pub use history::{HistoryEntry, HistoryKind};
 pub use query::{At, BalanceAsOf, HistoryPage, HistoryQuery, QueryError, HISTORY_PAGE_MAX};
+pub use ring::{ChangeEvent, EventsPage, EVENTS_PAGE_MAX, EVENT_RING_MAX, FROM_NOW};
 pub use totals::Totals;
 
 use crate::event::Event;
@@ -34,6 +36,7 @@ use crate::state_machine::PartitionState;
 use hashbrown::HashMap;
 use history::{AccountHistory, Point};
 use position::{end_of_entry, position};
+use ring::EventRing;
 
 /// A history entry before `record` fills in the balances after it.
 fn entry(
@@ -56,6 +59,30 @@ fn entry(
     }
 }
 
+/// A change for the subscription ring.
+#[allow(clippy::too_many_arguments)]
+fn change(
+    position: u64,
+    timestamp: u64,
+    kind: HistoryKind,
+    transfer_id: u128,
+    from: AccountId,
+    to: AccountId,
+    amount: u64,
+    currency: Currency,
+) -> ChangeEvent {
+    ChangeEvent {
+        position,
+        timestamp,
+        kind,
+        transfer_id,
+        from,
+        to,
+        amount,
+        currency,
+    }
+}
+
 /// How far the read model is behind its partition.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lag {
@@ -71,6 +98,8 @@ pub struct ReadModel {
     history_max: usize,
     accounts: HashMap<AccountId, AccountHistory>,
     totals: Totals,
+    /// The newest changes, for subscriptions.
+    ring: EventRing,
     /// Last log entry applied (0 = none) and its timestamp.
     last_index: u64,
     last_timestamp: u64,
@@ -86,6 +115,7 @@ impl ReadModel {
             history_max: history_max.max(1),
             accounts: HashMap::new(),
             totals: Totals::default(),
+            ring: EventRing::new(0),
             last_index: 0,
             last_timestamp: 0,
             events: 0,
@@ -113,6 +143,7 @@ impl ReadModel {
         }
         model.last_index = state.last_index();
         model.last_timestamp = state.last_timestamp();
+        model.ring = EventRing::new(at + 1);
         model
     }
 
@@ -143,6 +174,7 @@ impl ReadModel {
         let max = self.history_max;
         match *event {
             Event::AccountCreated(a) => {
+                // Not a change of money: no ring entry.
                 *clock = (*clock).max(a.timestamp);
                 self.accounts
                     .insert(a.id, AccountHistory::created(a.currency, at, *clock));
@@ -151,7 +183,16 @@ impl ReadModel {
             Event::TransferApplied(t) => {
                 *clock = (*clock).max(t.timestamp);
                 let amount = t.amount as i64; // applied transfers fit i64
-                if partition_of(t.to, self.partition_count) == self.partition {
+                let local = partition_of(t.to, self.partition_count) == self.partition;
+                let kind = if local {
+                    HistoryKind::Transfer
+                } else {
+                    HistoryKind::TccSettle
+                };
+                self.ring.push(change(
+                    at, *clock, kind, t.id, t.from, t.to, t.amount, t.currency,
+                ));
+                if local {
                     if let Some(from) = self.accounts.get_mut(&t.from) {
                         from.balance -= amount;
                         from.record(
@@ -180,6 +221,10 @@ impl ReadModel {
             }
             Event::TccTried(t) => {
                 *clock = (*clock).max(t.timestamp);
+                let kind = HistoryKind::TccHold;
+                self.ring.push(change(
+                    at, *clock, kind, t.id, t.from, t.to, t.amount, t.currency,
+                ));
                 let amount = t.amount as i64;
                 if let Some(from) = self.accounts.get_mut(&t.from) {
                     from.balance -= amount;
@@ -196,8 +241,12 @@ impl ReadModel {
                 to,
                 amount,
             } => {
+                let units = amount;
                 let amount = amount as i64;
                 if let Some(account) = self.accounts.get_mut(&to) {
+                    let kind = HistoryKind::TccCredit;
+                    let c = change(at, *clock, kind, id, from, to, units, account.currency);
+                    self.ring.push(c);
                     account.balance += amount;
                     account.record(
                         max,
@@ -213,8 +262,12 @@ impl ReadModel {
                 amount,
                 ..
             } => {
+                let units = amount;
                 let amount = amount as i64;
                 if let Some(account) = self.accounts.get_mut(&from) {
+                    let kind = HistoryKind::TccRefund;
+                    let c = change(at, *clock, kind, id, from, to, units, account.currency);
+                    self.ring.push(c);
                     account.balance += amount;
                     account.held -= amount;
                     account.record(
@@ -256,6 +309,27 @@ impl ReadModel {
             last_timestamp.saturating_sub(self.last_timestamp) / 1_000_000
         };
         Lag { entries, ms }
+    }
+
+    /// Changes at positions from `from` on (`FROM_NOW`: after everything applied), below
+    /// `below` (callers pass the first position of the first non-durable entry), of `account`
+    /// only when given; at most `limit` (capped at `EVENTS_PAGE_MAX`).
+    pub fn events_since(
+        &self,
+        from: u64,
+        below: u64,
+        account: Option<AccountId>,
+        limit: usize,
+    ) -> Result<EventsPage, QueryError> {
+        let from = if from == FROM_NOW {
+            self.read_position() + 1
+        } else {
+            from
+        };
+        if let Some(id) = account {
+            self.account(id)?;
+        }
+        self.ring.since(from, below, account, limit)
     }
 
     pub fn history(&self, q: &HistoryQuery) -> Result<HistoryPage, QueryError> {
