@@ -869,7 +869,13 @@ fn check_subscriptions(part: &Partition, partition: u32, rng: &mut fastrand::Rng
         let seed_end = end_of_entry(*index);
         let after: Vec<_> = want.iter().filter(|w| w.0 > seed_end).copied().collect();
         assert_eq!(read_all(seeded, seed_end + 1, None), after);
-        if *index > 0 {
+        if *index == 0 {
+            assert_eq!(
+                read_all(seeded, 0, None),
+                want,
+                "seeded at genesis: everything"
+            );
+        } else {
             assert!(matches!(
                 seeded.events_since(0, u64::MAX, None, 10),
                 Err(QueryError::BeforeRetained { .. })

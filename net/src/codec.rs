@@ -5,8 +5,8 @@ use crate::operation::ProtocolError;
 use bytes::{BufMut, BytesMut};
 use engine::model::{Account, Currency, Transfer, TransferLookup};
 use engine::read_model::{
-    At, BalanceAsOf, HistoryEntry, HistoryKind, HistoryPage, HistoryQuery, QueryError,
-    HISTORY_PAGE_MAX,
+    At, BalanceAsOf, ChangeEvent, HistoryEntry, HistoryKind, HistoryPage, HistoryQuery, QueryError,
+    EVENTS_PAGE_MAX, HISTORY_PAGE_MAX,
 };
 use engine::{NewAccount, NewTransfer, ResultCode, BATCH_ITEMS_MAX};
 
@@ -679,6 +679,189 @@ pub fn decode_read_model_status(body: &[u8]) -> Result<Vec<ReadModelStatus>, Pro
         .collect())
 }
 
+// ---- Subscriptions (operation 23) ----
+
+pub const SUBSCRIBE_HEADER_BYTES: usize = 24;
+pub const SUBSCRIBE_REPLY_HEADER_BYTES: usize = 24;
+pub const PUSH_HEADER_BYTES: usize = 24;
+pub const CHANGE_BYTES: usize = 88;
+/// Most start positions a Subscribe request may carry (one per partition).
+pub const SUBSCRIBE_STARTS_MAX: usize = 4096;
+
+/// What a client subscribes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscribe {
+    /// One account's changes (`None`: every change of every partition).
+    pub account: Option<u128>,
+    /// Positions to start from (inclusive; `FROM_NOW` = the next change): one for an account;
+    /// for all changes either one per partition (in partition order) or one for every
+    /// partition.
+    pub from: Vec<u64>,
+}
+
+/// Subscribe request: `account u128 (0 = all) | count u32 | reserved u32 | count * from u64`.
+pub fn encode_subscribe(out: &mut BytesMut, s: &Subscribe) {
+    out.put_u128_le(s.account.unwrap_or(0));
+    out.put_u32_le(s.from.len() as u32);
+    out.put_u32_le(0);
+    for f in &s.from {
+        out.put_u64_le(*f);
+    }
+}
+
+pub fn decode_subscribe(body: &[u8]) -> Result<Subscribe, ProtocolError> {
+    if body.len() < SUBSCRIBE_HEADER_BYTES {
+        return Err(ProtocolError::MalformedBody);
+    }
+    let r = Reader(body);
+    let count = r.u32(16) as usize;
+    if count == 0
+        || count > SUBSCRIBE_STARTS_MAX
+        || body.len() != SUBSCRIBE_HEADER_BYTES + count * 8
+    {
+        return Err(ProtocolError::MalformedBody);
+    }
+    let account = r.u128(0);
+    Ok(Subscribe {
+        account: (account != 0).then_some(account),
+        from: body[SUBSCRIBE_HEADER_BYTES..]
+            .chunks_exact(8)
+            .map(|c| Reader(c).u64(0))
+            .collect(),
+    })
+}
+
+/// Subscribe reply: `status u8 | reserved 3 | count u32 | point_position u64 |
+/// point_timestamp u64 | count * (partition u32 | reserved u32 | start u64)`: on success the
+/// resolved start of each subscribed partition.
+pub fn encode_subscribe_reply(out: &mut BytesMut, answer: &Result<Vec<(u32, u64)>, QueryError>) {
+    match answer {
+        Ok(starts) => {
+            out.put_u8(0);
+            out.put_bytes(0, 3);
+            out.put_u32_le(starts.len() as u32);
+            out.put_u64_le(0);
+            out.put_u64_le(0);
+            for (partition, start) in starts {
+                out.put_u32_le(*partition);
+                out.put_u32_le(0);
+                out.put_u64_le(*start);
+            }
+        }
+        Err(e) => {
+            let (status, position, timestamp) = query_error_fields(e);
+            out.put_u8(status);
+            out.put_bytes(0, 7);
+            out.put_u64_le(position);
+            out.put_u64_le(timestamp);
+        }
+    }
+}
+
+pub fn decode_subscribe_reply(
+    body: &[u8],
+    account: u128,
+) -> Result<Result<Vec<(u32, u64)>, QueryError>, ProtocolError> {
+    if body.len() < SUBSCRIBE_REPLY_HEADER_BYTES {
+        return Err(ProtocolError::MalformedBody);
+    }
+    let r = Reader(body);
+    if body[0] != 0 {
+        return Ok(Err(query_error_from(
+            body[0],
+            account,
+            r.u64(8),
+            r.u64(16),
+            0,
+        )?));
+    }
+    let count = r.u32(4) as usize;
+    if count > SUBSCRIBE_STARTS_MAX || body.len() != SUBSCRIBE_REPLY_HEADER_BYTES + count * 16 {
+        return Err(ProtocolError::MalformedBody);
+    }
+    Ok(Ok(body[SUBSCRIBE_REPLY_HEADER_BYTES..]
+        .chunks_exact(16)
+        .map(|c| (Reader(c).u32(0), Reader(c).u64(8)))
+        .collect()))
+}
+
+/// What a push frame carries: changes, or why the subscription ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Push {
+    Changes(Vec<(u32, ChangeEvent)>),
+    /// The subscription ended (e.g. the subscriber fell behind the retained changes).
+    Ended(QueryError),
+}
+
+/// Push frame body: `status u8 | reserved 3 | count u32 | point_position u64 |
+/// point_timestamp u64 | count * 88-byte change`. Change: `partition u32 | kind u8 |
+/// reserved 3 | position u64 | timestamp u64 | transfer_id u128 | from u128 | to u128 |
+/// amount u64 | currency u32 | reserved u32`.
+pub fn encode_push_changes(out: &mut BytesMut, partition: u32, changes: &[ChangeEvent]) {
+    assert!(changes.len() <= EVENTS_PAGE_MAX);
+    out.put_u8(0);
+    out.put_bytes(0, 3);
+    out.put_u32_le(changes.len() as u32);
+    out.put_u64_le(0);
+    out.put_u64_le(0);
+    for c in changes {
+        out.put_u32_le(partition);
+        out.put_u8(c.kind as u8);
+        out.put_bytes(0, 3);
+        out.put_u64_le(c.position);
+        out.put_u64_le(c.timestamp);
+        out.put_u128_le(c.transfer_id);
+        out.put_u128_le(c.from);
+        out.put_u128_le(c.to);
+        out.put_u64_le(c.amount);
+        out.put_u32_le(c.currency.0);
+        out.put_u32_le(0);
+    }
+}
+
+pub fn encode_push_end(out: &mut BytesMut, why: &QueryError) {
+    let (status, position, timestamp) = query_error_fields(why);
+    out.put_u8(status);
+    out.put_bytes(0, 7);
+    out.put_u64_le(position);
+    out.put_u64_le(timestamp);
+}
+
+pub fn decode_push(body: &[u8], account: u128) -> Result<Push, ProtocolError> {
+    if body.len() < PUSH_HEADER_BYTES {
+        return Err(ProtocolError::MalformedBody);
+    }
+    let r = Reader(body);
+    if body[0] != 0 {
+        let why = query_error_from(body[0], account, r.u64(8), r.u64(16), 0)?;
+        return Ok(Push::Ended(why));
+    }
+    let count = r.u32(4) as usize;
+    if count > EVENTS_PAGE_MAX || body.len() != PUSH_HEADER_BYTES + count * CHANGE_BYTES {
+        return Err(ProtocolError::MalformedBody);
+    }
+    body[PUSH_HEADER_BYTES..]
+        .chunks_exact(CHANGE_BYTES)
+        .map(|rec| {
+            let r = Reader(rec);
+            Ok((
+                r.u32(0),
+                ChangeEvent {
+                    kind: HistoryKind::from_u8(rec[4]).ok_or(ProtocolError::MalformedBody)?,
+                    position: r.u64(8),
+                    timestamp: r.u64(16),
+                    transfer_id: r.u128(24),
+                    from: r.u128(40),
+                    to: r.u128(56),
+                    amount: r.u64(72),
+                    currency: Currency(r.u32(80)),
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>, ProtocolError>>()
+        .map(Push::Changes)
+}
+
 /// Error frame body: `code u16 | message_len u16 | reserved u32 | message (UTF-8)`.
 pub fn encode_error(out: &mut BytesMut, error: ProtocolError, message: &str) {
     let message = &message.as_bytes()[..message.len().min(1024)];
@@ -731,6 +914,9 @@ mod tests {
             let _ = decode_balance_at_query(&body);
             let _ = decode_balance_at_reply(&body);
             let _ = decode_read_model_status(&body);
+            let _ = decode_subscribe(&body);
+            let _ = decode_subscribe_reply(&body, 1);
+            let _ = decode_push(&body, 1);
         }
 
         #[test]
@@ -745,6 +931,45 @@ mod tests {
             encode_history_reply(&mut out, &Ok(page.clone()));
             prop_assert_eq!(decode_history_reply(&out, 5).unwrap(), Ok(page));
         }
+    }
+
+    #[test]
+    fn subscription_bodies_round_trip() {
+        let s = Subscribe {
+            account: Some(7),
+            from: vec![1, u64::MAX],
+        };
+        let mut out = BytesMut::new();
+        encode_subscribe(&mut out, &s);
+        assert_eq!(decode_subscribe(&out).unwrap(), s);
+        let starts = Ok(vec![(0, 65536), (1, 131072)]);
+        let mut out = BytesMut::new();
+        encode_subscribe_reply(&mut out, &starts);
+        assert_eq!(decode_subscribe_reply(&out, 7).unwrap(), starts);
+        let change = ChangeEvent {
+            position: 65537,
+            timestamp: 9,
+            kind: HistoryKind::TccCredit,
+            transfer_id: 3,
+            from: 4,
+            to: 5,
+            amount: 6,
+            currency: Currency(0x00525545),
+        };
+        let mut out = BytesMut::new();
+        encode_push_changes(&mut out, 1, &[change]);
+        assert_eq!(
+            decode_push(&out, 0).unwrap(),
+            Push::Changes(vec![(1, change)])
+        );
+        let why = QueryError::BeforeRetained {
+            account: 0,
+            oldest_timestamp: 1,
+            oldest_position: 2,
+        };
+        let mut out = BytesMut::new();
+        encode_push_end(&mut out, &why);
+        assert_eq!(decode_push(&out, 0).unwrap(), Push::Ended(why));
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub const BODY_BYTES_MAX: usize = 1 << 20;
 pub mod flags {
     pub const REPLY: u16 = 1 << 0;
     pub const ERROR: u16 = 1 << 1;
+    /// A frame the server sends on its own for an earlier request (subscription events).
+    pub const PUSH: u16 = 1 << 2;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,6 +17,8 @@ pub enum Operation {
     GetBalanceAt = 21,
     /// Read model: position and lag per partition.
     ReadModelStatus = 22,
+    /// Read model: subscribe to changes (reply, then push frames with the same request id).
+    Subscribe = 23,
 }
 
 impl Operation {
@@ -32,6 +34,7 @@ impl Operation {
             20 => Operation::GetAccountHistory,
             21 => Operation::GetBalanceAt,
             22 => Operation::ReadModelStatus,
+            23 => Operation::Subscribe,
             _ => return None,
         })
     }

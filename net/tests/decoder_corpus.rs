@@ -36,6 +36,7 @@ fn decode_stream(mut bytes: &[u8]) -> (usize, bool) {
             }
             Some(Operation::GetAccountHistory) => codec::decode_history_query(body).map(|_| 1),
             Some(Operation::GetBalanceAt) => codec::decode_balance_at_query(body).map(|_| 1),
+            Some(Operation::Subscribe) => codec::decode_subscribe(body).map(|_| 1),
             Some(Operation::Ping)
             | Some(Operation::Status)
             | Some(Operation::ReadModelStatus)

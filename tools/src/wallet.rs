@@ -97,6 +97,20 @@ enum Command {
     },
     /// Show a transfer.
     LookupTransfer { id: u128 },
+    /// Print changes of money as they become durable (JSON lines with --json); reconnects and
+    /// resumes without gap or duplicate.
+    Watch {
+        /// Only this account's changes (default: every change of every partition).
+        #[arg(long)]
+        account: Option<u128>,
+        /// Start at this position (inclusive; with several partitions, in each of them).
+        /// Default: only new changes.
+        #[arg(long)]
+        from_position: Option<u64>,
+        /// Stop after this many changes.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Node status: partitions and their log positions.
     Status,
     /// Offline log tools on a data dir (no server needed).
@@ -206,6 +220,14 @@ fn run(cli: Cli) -> Result<(), String> {
         let token =
             std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         config.token = Some(token.trim().as_bytes().to_vec());
+    }
+    if let Command::Watch {
+        account,
+        from_position,
+        count,
+    } = cli.command
+    {
+        return crate::wallet_read::watch(&config, account, from_position, count, cli.json);
     }
     let client = Client::connect(config).map_err(|e| e.to_string())?;
     match cli.command {
@@ -348,7 +370,9 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Log(_) | Command::Audit(_) => unreachable!("handled above"),
+        Command::Log(_) | Command::Audit(_) | Command::Watch { .. } => {
+            unreachable!("handled above")
+        }
         Command::Status => {
             let status = client.status().map_err(|e| e.to_string())?;
             let read_models = client.read_model_status().map_err(|e| e.to_string())?;

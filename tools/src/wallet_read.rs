@@ -159,3 +159,80 @@ pub fn status_human(s: &net::codec::ReadModelStatus) -> String {
         "read model off".to_string()
     }
 }
+
+/// Prints changes as they become durable (JSON lines with `--json`), from `from` (default:
+/// only new ones), of one account or of all. Reconnects after a disconnect and resumes right
+/// after the last change printed (no gap, no duplicate) while the server still retains it.
+/// Stops after `count` changes when given.
+pub fn watch(
+    config: &net::ClientConfig,
+    account: Option<u128>,
+    from: Option<u64>,
+    count: Option<u64>,
+    as_json: bool,
+) -> Result<(), String> {
+    use net::client::{Subscription, SubscriptionError};
+    use std::io::Write;
+    let mut starts = vec![from.unwrap_or(engine::read_model::FROM_NOW)];
+    let mut printed = 0u64;
+    let mut failures = 0u32;
+    let stdout = std::io::stdout();
+    loop {
+        let mut subscription = match Subscription::open(config, account, &starts) {
+            Ok(s) => s,
+            Err(SubscriptionError::Client(e)) if failures < config.retries => {
+                failures += 1;
+                eprintln!("wallet: watch: {e}; reconnecting");
+                std::thread::sleep(std::time::Duration::from_millis(200 * failures as u64));
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        loop {
+            if count.is_some_and(|c| printed >= c) {
+                return Ok(());
+            }
+            match subscription.next(None) {
+                Ok(Some((partition, c))) => {
+                    failures = 0;
+                    printed += 1;
+                    let line = if as_json {
+                        json!({
+                            "partition": partition, "position": c.position,
+                            "timestamp": c.timestamp, "kind": c.kind.name(),
+                            "transfer_id": c.transfer_id, "from": c.from, "to": c.to,
+                            "amount": c.amount, "currency": c.currency.code(),
+                        })
+                        .to_string()
+                    } else {
+                        format!(
+                            "partition {partition} position {} at {}: {} transfer {} {} -> {} {} {}",
+                            c.position,
+                            c.timestamp,
+                            c.kind.name(),
+                            c.transfer_id,
+                            c.from,
+                            c.to,
+                            c.amount,
+                            c.currency
+                        )
+                    };
+                    let mut out = stdout.lock();
+                    writeln!(out, "{line}").map_err(|e| e.to_string())?;
+                    out.flush().map_err(|e| e.to_string())?;
+                }
+                Ok(None) => {}
+                Err(SubscriptionError::Client(e)) if failures < config.retries => {
+                    failures += 1;
+                    eprintln!("wallet: watch: {e}; resuming");
+                    // One start per subscribed partition, in partition order.
+                    let mut resume = subscription.resume_from();
+                    resume.sort_unstable();
+                    starts = resume.into_iter().map(|(_, position)| position).collect();
+                    break;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}

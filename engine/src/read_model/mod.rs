@@ -143,7 +143,9 @@ impl ReadModel {
         }
         model.last_index = state.last_index();
         model.last_timestamp = state.last_timestamp();
-        model.ring = EventRing::new(at + 1);
+        // Changes of the entries the state already holds are not known (none at genesis).
+        let known_from = if state.last_index() == 0 { 0 } else { at + 1 };
+        model.ring = EventRing::new(known_from);
         model
     }
 

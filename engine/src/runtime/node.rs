@@ -7,7 +7,7 @@ use crate::command::CommandBatch;
 use crate::log::{LogWriter, WriterOptions};
 use crate::model::{Account, AccountId, TransferId, TransferLookup};
 use crate::partition::{partition_of, PartitionId};
-use crate::read_model::{At, BalanceAsOf, HistoryPage, HistoryQuery, QueryError};
+use crate::read_model::{At, BalanceAsOf, EventsPage, HistoryPage, HistoryQuery, QueryError};
 use crate::recovery::{log_dir, partition_dir, recover_partition_with, snapshot_dir};
 use crate::result_code::ResultCode;
 use futures::channel::oneshot;
@@ -236,6 +236,24 @@ impl Node {
         let partition = self.partition_of(account);
         self.ask(partition, |reply| Request::BalanceAt { account, at, reply })
             .await
+    }
+
+    /// Durable changes of `partition` from position `from` on (`read_model::FROM_NOW`: the
+    /// next ones), of `account` only when given: a subscription's poll.
+    pub async fn events(
+        &self,
+        partition: PartitionId,
+        from: u64,
+        account: Option<AccountId>,
+        limit: usize,
+    ) -> Result<Result<EventsPage, QueryError>, SubmitError> {
+        self.ask(partition, |reply| Request::Events {
+            from,
+            account,
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// Counters and the state digest of `partition` (the digest is a full pass: not for hot

@@ -606,6 +606,21 @@ impl PartitionTask {
                 };
                 let _ = reply.send(answer);
             }
+            Request::Events {
+                from,
+                account,
+                limit,
+                reply,
+            } => {
+                // Only what is durable: entries waiting for disk space are not shown.
+                let below =
+                    crate::read_model::position::position(self.writer.durable_index() + 1, 0);
+                let answer = match &self.read_model {
+                    Some(model) => model.events_since(from, below, account, limit),
+                    None => Err(QueryError::Disabled),
+                };
+                let _ = reply.send(answer);
+            }
             Request::Stats { digest, reply } => {
                 let lag = self.read_model.as_ref().map_or(Default::default(), |m| {
                     m.lag(self.state.last_index(), self.state.last_timestamp())

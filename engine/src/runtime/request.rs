@@ -2,7 +2,7 @@
 
 use crate::command::CommandBatch;
 use crate::model::{Account, AccountId, TransferId, TransferLookup};
-use crate::read_model::{At, BalanceAsOf, HistoryPage, HistoryQuery, QueryError};
+use crate::read_model::{At, BalanceAsOf, EventsPage, HistoryPage, HistoryQuery, QueryError};
 use crate::result_code::ResultCode;
 use crate::tcc::TccMessage;
 use futures::channel::oneshot;
@@ -75,6 +75,13 @@ pub enum Request {
         account: AccountId,
         at: At,
         reply: oneshot::Sender<Result<BalanceAsOf, QueryError>>,
+    },
+    /// Durable changes from a position on (subscriptions), from the read model.
+    Events {
+        from: u64,
+        account: Option<AccountId>,
+        limit: usize,
+        reply: oneshot::Sender<Result<EventsPage, QueryError>>,
     },
     /// Counters; with `digest`, also the state digest (a full pass over the state: tests and
     /// audits only).

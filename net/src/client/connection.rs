@@ -53,33 +53,7 @@ impl Connection {
         let mut stream_for_handshake = stream
             .try_clone()
             .map_err(|e| connect_error(e.to_string()))?;
-        stream_for_handshake
-            .set_read_timeout(Some(Duration::from_millis(config.timeout_ms.max(1))))
-            .map_err(|e| connect_error(e.to_string()))?;
-        let mut out = BytesMut::new();
-        frame::encode_frame_with(&mut out, Operation::Handshake as u8, 0, 0, |b| {
-            codec::encode_handshake(
-                b,
-                &Handshake {
-                    role: role::CLIENT,
-                    cluster_id: config.cluster_id,
-                    token: config.token.clone().unwrap_or_default(),
-                },
-            )
-        });
-        stream_for_handshake
-            .write_all(&out)
-            .map_err(|e| connect_error(e.to_string()))?;
-        let (header, body) =
-            read_frame(&mut stream_for_handshake).map_err(|e| connect_error(e.to_string()))?;
-        if header.flags & frame::flags::ERROR != 0 {
-            let (error, message) = codec::decode_error(&body);
-            return Err(match error {
-                Some(error) => ClientError::Refused { error, message },
-                None => ClientError::BadReply,
-            });
-        }
-        let hello = codec::decode_handshake_reply(&body).map_err(|_| ClientError::BadReply)?;
+        let hello = handshake(&mut stream_for_handshake, config)?;
         stream_for_handshake
             .set_read_timeout(Some(Duration::from_millis(REAPER_TICK_MS)))
             .map_err(|e| connect_error(e.to_string()))?;
@@ -165,7 +139,44 @@ impl Drop for Connection {
     }
 }
 
-fn read_frame(stream: &mut TcpStream) -> std::io::Result<(FrameHeader, BytesMut)> {
+/// Sends the handshake on a fresh stream and reads its reply (read timeout: `timeout_ms`).
+pub(super) fn handshake(
+    stream: &mut TcpStream,
+    config: &ClientConfig,
+) -> Result<codec::HandshakeReply, ClientError> {
+    let connect_error = |reason: String| ClientError::Connect {
+        addr: config.addr.clone(),
+        reason,
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_millis(config.timeout_ms.max(1))))
+        .map_err(|e| connect_error(e.to_string()))?;
+    let mut out = BytesMut::new();
+    frame::encode_frame_with(&mut out, Operation::Handshake as u8, 0, 0, |b| {
+        codec::encode_handshake(
+            b,
+            &Handshake {
+                role: role::CLIENT,
+                cluster_id: config.cluster_id,
+                token: config.token.clone().unwrap_or_default(),
+            },
+        )
+    });
+    stream
+        .write_all(&out)
+        .map_err(|e| connect_error(e.to_string()))?;
+    let (header, body) = read_frame(stream).map_err(|e| connect_error(e.to_string()))?;
+    if header.flags & frame::flags::ERROR != 0 {
+        let (error, message) = codec::decode_error(&body);
+        return Err(match error {
+            Some(error) => ClientError::Refused { error, message },
+            None => ClientError::BadReply,
+        });
+    }
+    codec::decode_handshake_reply(&body).map_err(|_| ClientError::BadReply)
+}
+
+pub(super) fn read_frame(stream: &mut TcpStream) -> std::io::Result<(FrameHeader, BytesMut)> {
     let mut header = [0u8; HEADER_BYTES];
     stream.read_exact(&mut header)?;
     let header = FrameHeader::decode(&header)

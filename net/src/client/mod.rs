@@ -22,9 +22,11 @@
 
 mod batcher;
 mod connection;
+mod subscription;
 
 pub use batcher::Batcher;
 use connection::{Connection, Reply};
+pub use subscription::{Subscription, SubscriptionError};
 
 use crate::codec::{self, PartitionStatus, ReadModelStatus};
 use crate::operation::{Operation, ProtocolError};

@@ -23,7 +23,7 @@ const REPLY_QUEUE_MAX: usize = 64;
 
 /// A reply frame and its share of the connection's reply budget (none for error frames,
 /// which are small and end the connection anyway).
-type Reply = (BytesMut, Option<glommio::sync::StaticPermit>);
+pub(crate) type Reply = (BytesMut, Option<glommio::sync::StaticPermit>);
 
 pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
     let peer = stream.peer_addr().ok();
@@ -56,6 +56,8 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
     let requests = Rc::new(glommio::sync::Semaphore::new(
         ctx.config.requests_in_flight_per_connection_max,
     ));
+    // Set when the read loop ends, so subscription tasks (which hold `replies`) stop too.
+    let closed = Rc::new(std::cell::Cell::new(false));
     let mut handshaken = false;
     loop {
         let mut header_bytes = [0u8; HEADER_BYTES];
@@ -127,6 +129,21 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
         let ctx = ctx.clone();
         let replies = replies.clone();
         let reply_budget = reply_budget.clone();
+        if header.operation == Operation::Subscribe as u8 {
+            // Long-lived: holds one request slot of the connection until it closes.
+            drop(bytes_permit);
+            let outlet = super::subscription::Outlet {
+                replies,
+                reply_budget,
+                closed: closed.clone(),
+            };
+            glommio::spawn_local(async move {
+                super::subscription::serve(&ctx, header, &body, outlet).await;
+                drop(request_permit);
+            })
+            .detach();
+            continue;
+        }
         glommio::spawn_local(async move {
             let reply = handle(&ctx, header, body.freeze()).await;
             // The request is done with the shards: its share of the core's budget goes back
@@ -140,6 +157,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
         })
         .detach();
     }
+    closed.set(true);
     drop(replies);
     writer_task.await;
 }

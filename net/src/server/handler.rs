@@ -113,6 +113,13 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
                 .map_err(shutting_down)?;
             codec::encode_balance_at_reply(&mut out, account, &answer);
         }
+        Operation::Subscribe => {
+            // Served by the connection itself (it pushes frames after the reply).
+            return Err((
+                ProtocolError::MalformedBody,
+                "not a one-shot request".into(),
+            ));
+        }
         Operation::ReadModelStatus => {
             let node = &ctx.node;
             let mut parts = Vec::with_capacity(node.partition_count() as usize);

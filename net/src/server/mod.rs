@@ -8,6 +8,7 @@
 
 mod connection;
 mod handler;
+mod subscription;
 
 use engine::runtime::Node;
 use glommio::net::TcpListener;
