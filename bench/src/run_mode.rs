@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// --spawn: the walletd binary [default: the one next to this executable].
     #[arg(long, conflicts_with = "addr")]
     walletd: Option<PathBuf>,
+    /// --spawn: one more argument for walletd (repeatable), e.g.
+    /// `--walletd-arg=--read-model-history-per-account=0`.
+    #[arg(long, conflicts_with = "addr", allow_hyphen_values = true)]
+    walletd_arg: Vec<String>,
     /// Write the JSON summary here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -213,7 +217,7 @@ pub fn run(mut args: RunArgs) -> Result<(), String> {
             cores,
             partitions
         );
-        let started = Walletd::start(&binary, &cores, partitions)?;
+        let started = Walletd::start(&binary, &cores, partitions, &args.walletd_arg)?;
         let addr = started.addr.clone();
         server = Some(started);
         addr

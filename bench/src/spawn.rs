@@ -30,7 +30,12 @@ pub fn default_binary() -> Result<PathBuf, String> {
 
 impl Walletd {
     /// Starts walletd and waits until a client connects and pings it.
-    pub fn start(binary: &Path, cores: &[usize], partitions: u32) -> Result<Walletd, String> {
+    pub fn start(
+        binary: &Path,
+        cores: &[usize],
+        partitions: u32,
+        extra_args: &[String],
+    ) -> Result<Walletd, String> {
         if !binary.is_file() {
             return Err(format!(
                 "{} not found: build it (cargo build --release -p walletd-tools) or pass --walletd PATH",
@@ -65,6 +70,7 @@ impl Walletd {
             .arg(&cores_arg)
             .arg("--partitions")
             .arg(partitions.to_string())
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
