@@ -136,14 +136,28 @@ impl AccountHistory {
                 };
                 self.complete = false;
             }
-        } else if self.entries.len() == self.entries.capacity() {
-            // Grow towards `max` without overshooting it (a VecDeque doubles by default).
-            let len = self.entries.len();
-            self.entries.reserve_exact(len.max(4).min(max - len));
+        } else if self.entries.capacity() == 0 {
+            // One allocation per account, at its first change: the ring never grows again (no
+            // copying while it fills, no allocation per transfer).
+            self.entries.reserve_exact(max);
         }
         entry.balance_after = self.balance;
         entry.held_after = self.held;
         self.entries.push_back(entry);
+    }
+
+    /// Loads the slot the next `record` writes (the oldest entry once full), so its cache
+    /// miss overlaps with others'. Changes nothing.
+    pub fn touch(&self) {
+        let slot = if self.entries.len() == self.entries.capacity() {
+            self.entries.front()
+        } else {
+            self.entries.back()
+        };
+        if let Some(e) = slot {
+            // An entry spans two cache lines: read from both.
+            std::hint::black_box((e.position, e.held_after));
+        }
     }
 
     /// The oldest point retained, when older history exists but is gone.

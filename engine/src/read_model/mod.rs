@@ -38,6 +38,9 @@ use history::{AccountHistory, Point};
 use position::{end_of_entry, position};
 use ring::EventRing;
 
+/// Events whose records are looked up ahead of their application (see `touch`).
+const TOUCH_WINDOW: usize = 16;
+
 /// A history entry before `record` fills in the balances after it.
 fn entry(
     position: u64,
@@ -163,13 +166,36 @@ impl ReadModel {
         // The time of an event: its item's timestamp when it carries one; TC/C steps carry
         // none (or an older one), so they take the latest time seen in the entry.
         let mut clock = entry_timestamp;
-        for (ordinal, event) in events.iter().enumerate() {
-            let at = position(entry_index, ordinal);
-            self.apply_event(at, &mut clock, event);
+        // A window at a time: first touch what each event will write (the lookups of different
+        // events are independent, so their cache misses overlap), then apply them in order.
+        for (w, window) in events.chunks(TOUCH_WINDOW).enumerate() {
+            for event in window {
+                self.touch(event);
+            }
+            for (i, event) in window.iter().enumerate() {
+                let at = position(entry_index, w * TOUCH_WINDOW + i);
+                self.apply_event(at, &mut clock, event);
+            }
         }
         self.events += events.len() as u64;
         self.last_index = entry_index;
         self.last_timestamp = entry_timestamp;
+    }
+
+    /// Loads the records an event will change (changes nothing).
+    fn touch(&self, event: &Event) {
+        let (first, second) = match *event {
+            Event::TransferApplied(t) => (t.from, t.to),
+            Event::TccTried(t) => (t.from, 0),
+            Event::TccCredited { to, .. } => (to, 0),
+            Event::TccCancelled { from, .. } => (from, 0),
+            _ => return,
+        };
+        for id in [first, second] {
+            if let Some(account) = self.accounts.get(&id) {
+                account.touch();
+            }
+        }
     }
 
     fn apply_event(&mut self, at: u64, clock: &mut u64, event: &Event) {
