@@ -38,6 +38,9 @@ use history::{AccountHistory, Point};
 use position::{end_of_entry, position};
 use ring::EventRing;
 
+/// Largest `history_per_account_max` a configuration may ask for.
+pub const HISTORY_PER_ACCOUNT_MAX: usize = 1 << 20;
+
 /// Events whose records are looked up ahead of their application (see `touch`).
 const TOUCH_WINDOW: usize = 16;
 

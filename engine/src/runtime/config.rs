@@ -126,6 +126,12 @@ impl EngineConfig {
         if self.queue_depth_max == 0 || self.group_items_max == 0 {
             return Err("queue_depth_max and group_items_max must be positive".into());
         }
+        if self.read_model_history_per_account > crate::read_model::HISTORY_PER_ACCOUNT_MAX {
+            return Err(format!(
+                "read_model_history_per_account must be at most {}",
+                crate::read_model::HISTORY_PER_ACCOUNT_MAX
+            ));
+        }
         Ok(())
     }
 }
