@@ -65,6 +65,54 @@ pub struct HistoryEntry {
     pub kind: HistoryKind,
 }
 
+/// An entry as stored: one 64-byte cache line. `amount` and `kind` are not stored; they follow
+/// from the change of `balance`/`held` since the previous entry (or `base`) and from where the
+/// counterparty lives (see `AccountHistory::expand`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(64))]
+struct Stored {
+    position: u64,
+    timestamp: u64,
+    transfer_id: u128,
+    counterparty: AccountId,
+    balance_after: i64,
+    held_after: i64,
+}
+
+/// Asks the CPU to bring `value`'s cache line in, without waiting for it (a hint: no effect on
+/// results).
+#[inline(always)]
+fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint; it never faults, even on an invalid address, and reads
+    // nothing into the program's state.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (value as *const T).cast::<i8>(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    std::hint::black_box(value);
+}
+
+/// The kind of a change from its effect: `balance` and `held` deltas, and whether the
+/// counterparty lives in this partition.
+fn kind_of(balance_delta: i64, held_delta: i64, local_counterparty: bool) -> HistoryKind {
+    if held_delta > 0 {
+        HistoryKind::TccHold
+    } else if held_delta < 0 {
+        if balance_delta == 0 {
+            HistoryKind::TccSettle
+        } else {
+            HistoryKind::TccRefund
+        }
+    } else if local_counterparty {
+        HistoryKind::Transfer
+    } else {
+        HistoryKind::TccCredit
+    }
+}
+
 /// The state of an account at one point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Point {
@@ -87,7 +135,7 @@ pub(crate) struct AccountHistory {
     /// `base` is the account's creation: nothing older exists.
     complete: bool,
     /// Newest last; at most `max` entries.
-    entries: VecDeque<HistoryEntry>,
+    entries: VecDeque<Stored>,
 }
 
 impl AccountHistory {
@@ -124,7 +172,8 @@ impl AccountHistory {
 
     /// Appends `entry` with the current `balance`/`held` (already updated by the caller) as
     /// its `*_after` fields, dropping the oldest entry when `max` are retained.
-    pub fn record(&mut self, max: usize, mut entry: HistoryEntry) {
+    /// `local`: the counterparty lives in this partition.
+    pub fn record(&mut self, max: usize, entry: HistoryEntry, local: bool) {
         debug_assert!(max > 0);
         if self.entries.len() >= max {
             if let Some(oldest) = self.entries.pop_front() {
@@ -141,9 +190,28 @@ impl AccountHistory {
             // copying while it fills, no allocation per transfer).
             self.entries.reserve_exact(max);
         }
-        entry.balance_after = self.balance;
-        entry.held_after = self.held;
-        self.entries.push_back(entry);
+        let (before_balance, before_held) = match self.entries.back() {
+            Some(last) => (last.balance_after, last.held_after),
+            None => (self.base.balance, self.base.held),
+        };
+        debug_assert_eq!(
+            kind_of(
+                self.balance - before_balance,
+                self.held - before_held,
+                local
+            ),
+            entry.kind,
+            "the kind follows from the effect"
+        );
+        debug_assert_eq!(self.balance - before_balance, entry.amount);
+        self.entries.push_back(Stored {
+            position: entry.position,
+            timestamp: entry.timestamp,
+            transfer_id: entry.transfer_id,
+            counterparty: entry.counterparty,
+            balance_after: self.balance,
+            held_after: self.held,
+        });
     }
 
     /// Loads the slot the next `record` writes (the oldest entry once full), so its cache
@@ -155,8 +223,7 @@ impl AccountHistory {
             self.entries.back()
         };
         if let Some(e) = slot {
-            // An entry spans two cache lines: read from both.
-            std::hint::black_box((e.position, e.held_after));
+            prefetch(e);
         }
     }
 
@@ -233,8 +300,33 @@ impl AccountHistory {
         })
     }
 
+    /// Entry `i` with its amount and kind (`local`: does an account live in this partition).
+    fn expand(&self, i: usize, local: &dyn Fn(AccountId) -> bool) -> HistoryEntry {
+        let e = self.entries[i];
+        let (before_balance, before_held) = match i.checked_sub(1).map(|p| self.entries[p]) {
+            Some(prev) => (prev.balance_after, prev.held_after),
+            None => (self.base.balance, self.base.held),
+        };
+        let amount = e.balance_after - before_balance;
+        HistoryEntry {
+            position: e.position,
+            timestamp: e.timestamp,
+            transfer_id: e.transfer_id,
+            counterparty: e.counterparty,
+            amount,
+            balance_after: e.balance_after,
+            held_after: e.held_after,
+            kind: kind_of(amount, e.held_after - before_held, local(e.counterparty)),
+        }
+    }
+
     /// A page of history, newest first (see `HistoryQuery`).
-    pub fn page(&self, q: &HistoryQuery, read_position: u64) -> Result<HistoryPage, QueryError> {
+    pub fn page(
+        &self,
+        q: &HistoryQuery,
+        read_position: u64,
+        local: &dyn Fn(AccountId) -> bool,
+    ) -> Result<HistoryPage, QueryError> {
         let limit = if q.limit == 0 {
             HISTORY_PAGE_MAX
         } else {
@@ -267,7 +359,10 @@ impl AccountHistory {
         }
         .min(hi);
         let take = (hi - lo).min(limit);
-        let entries: Vec<HistoryEntry> = self.entries.range(hi - take..hi).rev().copied().collect();
+        let entries: Vec<HistoryEntry> = (hi - take..hi)
+            .rev()
+            .map(|i| self.expand(i, local))
+            .collect();
         let next_before = (take < hi - lo)
             .then(|| entries.last().map(|e| e.position))
             .flatten();

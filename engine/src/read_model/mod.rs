@@ -229,6 +229,7 @@ impl ReadModel {
                         from.record(
                             max,
                             entry(at, *clock, t.id, t.to, -amount, HistoryKind::Transfer),
+                            true,
                         );
                     }
                     if let Some(to) = self.accounts.get_mut(&t.to) {
@@ -236,6 +237,7 @@ impl ReadModel {
                         to.record(
                             max,
                             entry(at, *clock, t.id, t.from, amount, HistoryKind::Transfer),
+                            true,
                         );
                     }
                 } else {
@@ -245,6 +247,7 @@ impl ReadModel {
                         from.record(
                             max,
                             entry(at, *clock, t.id, t.to, 0, HistoryKind::TccSettle),
+                            false,
                         );
                         self.totals.add(from.currency, -(amount as i128));
                     }
@@ -263,6 +266,7 @@ impl ReadModel {
                     from.record(
                         max,
                         entry(at, *clock, t.id, t.to, -amount, HistoryKind::TccHold),
+                        false,
                     );
                 }
             }
@@ -282,6 +286,7 @@ impl ReadModel {
                     account.record(
                         max,
                         entry(at, *clock, id, from, amount, HistoryKind::TccCredit),
+                        false,
                     );
                     self.totals.add(account.currency, amount as i128);
                 }
@@ -304,6 +309,7 @@ impl ReadModel {
                     account.record(
                         max,
                         entry(at, *clock, id, to, amount, HistoryKind::TccRefund),
+                        false,
                     );
                 }
             }
@@ -364,7 +370,10 @@ impl ReadModel {
     }
 
     pub fn history(&self, q: &HistoryQuery) -> Result<HistoryPage, QueryError> {
-        self.account(q.account)?.page(q, self.read_position())
+        let (partition, count) = (self.partition, self.partition_count);
+        let local = move |id: AccountId| partition_of(id, count) == partition;
+        self.account(q.account)?
+            .page(q, self.read_position(), &local)
     }
 
     pub fn balance_at(&self, account: AccountId, at: At) -> Result<BalanceAsOf, QueryError> {
