@@ -37,7 +37,7 @@ pub struct EngineConfig {
     /// unless a test injects one; timestamps stay strictly increasing whatever it answers.
     pub clock: Clock,
     /// History entries the read model keeps per account (`read_model`: history, balance as
-    /// of a timestamp or position); 0 turns the read model off. Memory: about 80 bytes per
+    /// of a timestamp or position); 0 turns the read model off. Memory: 64 bytes per
     /// entry per account that moved money.
     pub read_model_history_per_account: usize,
     /// **Test-only** fault injection into every partition's log writer (failed fsyncs, a full
