@@ -261,6 +261,11 @@ impl PartitionState {
     /// Only what the real pass will read is touched: a wasted miss costs as much as a useful one.
     fn touch_transfer(&self, id: TransferId, from: AccountId, to: AccountId) {
         std::hint::black_box(self.transfers.get(id));
+        // `try_transfer` asks whether a TC/C runs under this id; an empty table answers
+        // without a probe, a busy one (cross-partition traffic) costs a miss worth overlapping.
+        if !self.tcc.is_empty() {
+            std::hint::black_box(self.tcc.get(&id));
+        }
         std::hint::black_box(self.accounts.get(&from));
         if partition_of(to, self.partition_count) == self.partition {
             std::hint::black_box(self.accounts.get(&to));
