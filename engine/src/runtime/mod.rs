@@ -12,6 +12,7 @@ mod node;
 mod partition_task;
 mod request;
 mod router;
+mod watchers;
 
 pub use config::{Clock, EngineConfig};
 pub use node::{Node, StartError, SubmitError};

@@ -256,6 +256,19 @@ impl Node {
         .await
     }
 
+    /// Asks `partition` to send `()` on `wake` (never blocking) after each group commit that
+    /// makes new entries durable, until `wake`'s receiver is dropped.
+    pub async fn watch(
+        &self,
+        partition: PartitionId,
+        wake: flume::Sender<()>,
+    ) -> Result<(), SubmitError> {
+        self.queues[partition as usize]
+            .send_async(Request::Watch { wake })
+            .await
+            .map_err(|_| SubmitError::ShuttingDown)
+    }
+
     /// Counters and the state digest of `partition` (the digest is a full pass: not for hot
     /// paths; see `counters`).
     pub async fn stats(&self, partition: PartitionId) -> Result<PartitionStats, SubmitError> {

@@ -275,6 +275,7 @@ impl PartitionTask {
         let mut snapshot: Option<SnapshotInFlight> = None;
         let mut coordinator = Coordinator::default();
         let mut stopping = false;
+        let mut watchers = super::watchers::Watchers::default();
 
         // Recovery: move every unfinished TC/C that started here forward again.
         let redrive = self.state.tcc_redrive();
@@ -371,6 +372,7 @@ impl PartitionTask {
                     }
                     Request::Tcc { messages } => tcc_in.extend(messages),
                     Request::Shutdown => stopping = true,
+                    Request::Watch { wake } => watchers.add(wake),
                     other => reads.push(other),
                 }
             }
@@ -429,6 +431,7 @@ impl PartitionTask {
                 emitted.clear();
             }
             coordinator.ship(&self.peers);
+            watchers.notify(self.writer.durable_index());
 
             // 4. Reads see exactly the durable state.
             for read in reads {
@@ -575,7 +578,10 @@ impl PartitionTask {
         snapshot: &mut Option<SnapshotInFlight>,
     ) {
         match read {
-            Request::Commands { .. } | Request::Tcc { .. } | Request::Shutdown => {
+            Request::Commands { .. }
+            | Request::Tcc { .. }
+            | Request::Shutdown
+            | Request::Watch { .. } => {
                 unreachable!("not reads")
             }
             Request::LookupAccounts { ids, reply } => {

@@ -83,6 +83,9 @@ pub enum Request {
         limit: usize,
         reply: oneshot::Sender<Result<EventsPage, QueryError>>,
     },
+    /// Wake me (`()`, never blocking) after each group commit that makes new entries durable
+    /// (subscriptions); dropped when the receiver is.
+    Watch { wake: flume::Sender<()> },
     /// Counters; with `digest`, also the state digest (a full pass over the state: tests and
     /// audits only).
     Stats {

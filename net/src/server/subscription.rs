@@ -2,9 +2,10 @@
 //! they become durable, in frames with the `PUSH` flag and the subscribe request's id, until
 //! the connection closes.
 //!
-//! The task polls each subscribed partition's read model for changes from its cursor on
+//! The task asks each subscribed partition's read model for changes from its cursor on
 //! (`Node::events`, answered after the partition's group commit, durable changes only), pushes
-//! what it gets and moves the cursor past it; idle, it polls every `POLL_IDLE`. Each push goes
+//! what it gets and moves the cursor past it; idle, it waits until a subscribed partition
+//! reports a group commit (`Node::watch`), or `POLL_IDLE` at most. Each push goes
 //! through the connection's reply budget, so a subscriber that does not read stops the polling
 //! (and is disconnected by the writer's stall timeout). A subscriber too far behind (its
 //! cursor fell out of the partition's retained ring) gets a final push saying so.
@@ -21,8 +22,10 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// Pause between polls when nothing new came.
-const POLL_IDLE: Duration = Duration::from_millis(2);
+/// Longest wait between polls when nothing new came (wake-ups normally come first).
+const POLL_IDLE: Duration = Duration::from_millis(100);
+/// Pause between polls for a subscription no partition wakes.
+const POLL_FALLBACK: Duration = Duration::from_millis(2);
 
 /// What a subscription task needs from its connection.
 pub(crate) struct Outlet {
@@ -87,6 +90,15 @@ pub(crate) async fn serve(ctx: &CoreContext, header: FrameHeader, body: &[u8], o
     if !outlet.send(ctx, reply).await {
         return;
     }
+    // Wake-ups after each group commit of a subscribed partition (one pending at most: they
+    // coalesce). Registered before the first poll, so no commit goes unnoticed.
+    let (wake, woken) = flume::bounded::<()>(1);
+    for (partition, _) in &cursors {
+        if ctx.node.watch(*partition, wake.clone()).await.is_err() {
+            return;
+        }
+    }
+    drop(wake);
     let push = frame::flags::REPLY | frame::flags::PUSH;
     while !outlet.closed.get() {
         let mut busy = false;
@@ -120,7 +132,14 @@ pub(crate) async fn serve(ctx: &CoreContext, header: FrameHeader, body: &[u8], o
             }
         }
         if !busy {
-            glommio::timer::sleep(POLL_IDLE).await;
+            let woken = Box::pin(woken.recv_async());
+            let timer = Box::pin(glommio::timer::sleep(POLL_IDLE));
+            if let futures::future::Either::Left((Err(_), _)) =
+                futures::future::select(woken, timer).await
+            {
+                // No partition keeps our wake-up channel (its watcher list was full): poll.
+                glommio::timer::sleep(POLL_FALLBACK).await;
+            }
         }
     }
 }
