@@ -94,58 +94,39 @@ fn the_same_build_agrees_and_a_divergent_one_is_located() {
     assert!(lines.iter().any(|l| l["partition"] == 1));
     assert!(lines.iter().any(|l| !l["state"].is_null()));
 
-    let (ok, out, err) = wallet(&[
-        "--json",
-        "audit",
-        "diff",
-        "--data-dir",
-        data,
-        "--against",
-        WALLET,
-        "--checkpoint-every",
-        "4",
-    ]);
-    assert!(ok, "{out} {err}");
-    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // `wallet --json audit diff` against `other`: (exit ok, report, stderr).
+    let diff = |other: &str| -> (bool, serde_json::Value, String) {
+        let (ok, out, err) = wallet(&[
+            "--json",
+            "audit",
+            "diff",
+            "--data-dir",
+            data,
+            "--against",
+            other,
+            "--checkpoint-every",
+            "4",
+        ]);
+        let report = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+        (ok, report, err)
+    };
+    let (ok, report, err) = diff(WALLET);
+    assert!(ok, "{report} {err}");
     assert_eq!(report["identical"], true);
     assert_eq!(report["entries"].as_u64().unwrap(), lines.len() as u64);
 
     // Decisions differ at trace line 7: named exactly, exit 1.
-    let other = altered_build(dir.path(), 7, "outputs");
-    let (ok, out, err) = wallet(&[
-        "--json",
-        "audit",
-        "diff",
-        "--data-dir",
-        data,
-        "--against",
-        &other,
-        "--checkpoint-every",
-        "4",
-    ]);
-    assert!(!ok, "{out}");
+    let (ok, report, err) = diff(&altered_build(dir.path(), 7, "outputs"));
+    assert!(!ok, "{report}");
     assert!(err.contains("first divergence"), "{err}");
-    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["kind"], "outputs");
     assert_eq!(report["ours"]["partition"], lines[6]["partition"]);
     assert_eq!(report["ours"]["index"], lines[6]["index"]);
 
     // Same decisions, different state at the last checkpoint: bounded by the one before.
     let last = lines.len();
-    let other = altered_build(dir.path(), last, "state");
-    let (ok, out, _) = wallet(&[
-        "--json",
-        "audit",
-        "diff",
-        "--data-dir",
-        data,
-        "--against",
-        &other,
-        "--checkpoint-every",
-        "4",
-    ]);
+    let (ok, report, _) = diff(&altered_build(dir.path(), last, "state"));
     assert!(!ok);
-    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["kind"], "state");
     assert_eq!(report["ours"]["index"], lines[last - 1]["index"]);
     assert!(report["since_index"].as_u64().unwrap() < lines[last - 1]["index"].as_u64().unwrap());
