@@ -586,6 +586,36 @@ fn metrics_endpoint_reports_per_partition_counters() {
         "{body}"
     );
     assert!(body.contains("# TYPE walletd_tcc_in_flight gauge"));
+    // Every group that wrote to the log (the account creation above) was timed: each
+    // partition's fsync histogram counts as many groups as fsyncs, and buckets are cumulative.
+    assert!(body.contains("# TYPE walletd_group_fsync_seconds histogram"));
+    let value = |series: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing: {body}"))
+    };
+    let mut timed_groups = 0;
+    for partition in 0..2 {
+        let fsyncs = value(&format!(
+            "walletd_fsyncs_total{{partition=\"{partition}\"}}"
+        ));
+        let count = value(&format!(
+            "walletd_group_fsync_seconds_count{{partition=\"{partition}\"}}"
+        ));
+        let inf = value(&format!(
+            "walletd_group_fsync_seconds_bucket{{partition=\"{partition}\",le=\"+Inf\"}}"
+        ));
+        assert!(count <= fsyncs && count == inf, "{body}");
+        assert_eq!(
+            count,
+            value(&format!(
+                "walletd_group_apply_seconds_count{{partition=\"{partition}\"}}"
+            ))
+        );
+        timed_groups += count;
+    }
+    assert!(timed_groups >= 1, "{body}");
     let (status, _) = http_get(&metrics, "/");
     assert!(status.contains("404"), "{status}");
 }

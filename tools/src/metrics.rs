@@ -4,6 +4,7 @@
 //! shard and network executors. Each scrape asks every partition for its counters (cheap: no
 //! state digest).
 
+use engine::runtime::timing::{Histogram, BUCKET_BOUNDS_US};
 use engine::runtime::Node;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -152,5 +153,59 @@ pub fn render(node: &Node) -> Result<String, String> {
         "Milliseconds the read model is behind its partition.",
         &|s| s.read_model_lag_ms,
     );
+    histogram(
+        &mut out,
+        &stats,
+        "walletd_group_apply_seconds",
+        "Time to encode, append and apply one group commit (shard CPU).",
+        |s| &s.timing.apply,
+    );
+    histogram(
+        &mut out,
+        &stats,
+        "walletd_group_fsync_seconds",
+        "Time to write one group commit to the log and fdatasync it (disk).",
+        |s| &s.timing.fsync,
+    );
     Ok(out)
+}
+
+/// One Prometheus histogram family, a series per partition (cumulative buckets, sum, count).
+fn histogram(
+    out: &mut String,
+    stats: &[engine::runtime::PartitionStats],
+    name: &str,
+    help: &str,
+    pick: impl Fn(&engine::runtime::PartitionStats) -> &Histogram,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for s in stats {
+        let h = pick(s);
+        let partition = s.partition;
+        let mut cumulative = 0u64;
+        for (bound_us, count) in BUCKET_BOUNDS_US.iter().zip(h.counts) {
+            cumulative += count;
+            let le = *bound_us as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{partition=\"{partition}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{partition=\"{partition}\",le=\"+Inf\"}} {}",
+            h.count()
+        );
+        let _ = writeln!(
+            out,
+            "{name}_sum{{partition=\"{partition}\"}} {}",
+            h.sum_us as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "{name}_count{{partition=\"{partition}\"}} {}",
+            h.count()
+        );
+    }
 }

@@ -12,6 +12,7 @@ mod node;
 mod partition_task;
 mod request;
 mod router;
+pub mod timing;
 mod watchers;
 
 pub use config::{Clock, EngineConfig};

@@ -461,6 +461,7 @@ async fn run_shard(
             replayed_entries: recovered.replayed_entries,
             snapshots_written: 0,
             fsyncs: 0,
+            timing: Default::default(),
             peers: peers.clone(),
             tcc_try_timeout: std::time::Duration::from_millis(config.tcc_try_timeout_ms),
             clock: config.clock.clone(),

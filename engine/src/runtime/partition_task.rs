@@ -10,6 +10,7 @@
 
 use super::config::Clock;
 use super::request::{BatchReply, PartitionStats, Request};
+use super::timing::GroupTiming;
 use crate::command::CommandBatch;
 use crate::digest::state_digest;
 use crate::log::LogWriter;
@@ -39,6 +40,8 @@ pub struct PartitionTask {
     pub last_snapshot_day: u64,
     pub snapshots_written: u64,
     pub fsyncs: u64,
+    /// Apply and fsync time of every group that wrote to the log.
+    pub timing: GroupTiming,
     /// Every partition's queue, by partition id (TC/C messages go through them).
     pub peers: Vec<flume::Sender<Request>>,
     pub tcc_try_timeout: Duration,
@@ -330,6 +333,7 @@ impl PartitionTask {
 
             // 1. Apply every command batch of the group and append it to the log; incoming
             //    TC/C messages of the group become one more entry.
+            let apply_started = Instant::now();
             let mut reads = Vec::new();
             let mut tcc_in: Vec<TccMessage> = std::mem::take(&mut coordinator.local);
             for request in group.drain(..) {
@@ -398,7 +402,11 @@ impl PartitionTask {
 
             // 2. One fsync for the whole group.
             if self.writer.last_index() > self.writer.durable_index() && failed.is_none() && !full {
-                match self.writer.flush().await {
+                let flush_started = Instant::now();
+                self.timing.apply.record(flush_started - apply_started);
+                let flushed = self.writer.flush().await;
+                self.timing.fsync.record(flush_started.elapsed());
+                match flushed {
                     Ok(()) => self.fsyncs += 1,
                     Err(e) if e.is_disk_full() => full = true,
                     Err(e) => failed = Some(e.to_string()),
@@ -645,6 +653,7 @@ impl PartitionTask {
                     read_model_position: self.read_model.as_ref().map_or(0, |m| m.read_position()),
                     read_model_lag_entries: lag.entries,
                     read_model_lag_ms: lag.ms,
+                    timing: self.timing,
                     digest: if digest { state_digest(&self.state) } else { 0 },
                 });
             }

@@ -49,6 +49,8 @@ pub struct PartitionStats {
     /// How far the read model is behind the partition: log entries and milliseconds.
     pub read_model_lag_entries: u64,
     pub read_model_lag_ms: u64,
+    /// Time spent per group commit: apply (CPU) and write + fdatasync (disk).
+    pub timing: super::timing::GroupTiming,
     pub digest: u128,
 }
 

@@ -1,0 +1,65 @@
+//! How long a partition's group commits take, as fixed-bucket histograms: the time to encode,
+//! append and apply a group (CPU on the shard) and the time of its write + fdatasync (the
+//! disk). They are what an operator needs to tell a slow disk from a busy core, and what
+//! explains a batch's latency. Fixed buckets: recording is a few comparisons, no allocation,
+//! and histograms of different partitions and scrapes add up.
+
+/// Upper bounds of the buckets, in microseconds (Prometheus `le`); one more bucket counts
+/// everything above the last.
+pub const BUCKET_BOUNDS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
+];
+
+/// Counts of durations per bucket (not cumulative) and their sum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Histogram {
+    pub counts: [u64; BUCKET_BOUNDS_US.len() + 1],
+    pub sum_us: u64,
+}
+
+impl Histogram {
+    pub fn record(&mut self, duration: std::time::Duration) {
+        let us = duration.as_micros().min(u64::MAX as u128) as u64;
+        let bucket = BUCKET_BOUNDS_US
+            .iter()
+            .position(|bound| us <= *bound)
+            .unwrap_or(BUCKET_BOUNDS_US.len());
+        self.counts[bucket] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// The two phases of a group commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupTiming {
+    /// Encoding, appending and applying every batch of a group (and feeding the read model).
+    pub apply: Histogram,
+    /// Writing the group to the log and fdatasync.
+    pub fsync: Histogram,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_land_in_the_first_bucket_that_holds_them() {
+        let mut h = Histogram::default();
+        h.record(Duration::from_micros(50)); // bucket 0 (<= 50)
+        h.record(Duration::from_micros(51)); // bucket 1 (<= 100)
+        h.record(Duration::from_millis(7)); // <= 10,000
+        h.record(Duration::from_secs(3)); // above every bound
+        assert_eq!(h.counts[0], 1);
+        assert_eq!(h.counts[1], 1);
+        assert_eq!(h.counts[7], 1);
+        assert_eq!(h.counts[BUCKET_BOUNDS_US.len()], 1);
+        assert_eq!(h.count(), 4);
+        assert_eq!(h.sum_us, 50 + 51 + 7_000 + 3_000_000);
+    }
+}
