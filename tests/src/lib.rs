@@ -98,3 +98,17 @@ pub fn batch(first_id: u128, size: usize, seed: u64) -> Vec<NewTransfer> {
         })
         .collect()
 }
+
+/// Runs a command-line binary (the `wallet` CLI in the tests) with `args`; returns whether it
+/// exited 0, and its stdout and stderr, trimmed.
+pub fn run_cli(binary: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(binary)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{binary}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}

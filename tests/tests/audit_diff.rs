@@ -14,12 +14,7 @@ const WALLET: &str = env!("CARGO_BIN_EXE_test-wallet");
 
 /// Runs the CLI; returns (exit ok, stdout, stderr).
 fn wallet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(WALLET).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
+    walletd_tests::run_cli(WALLET, args)
 }
 
 /// A data dir with same- and cross-partition transfers (TC/C steps in both logs), stopped.

@@ -5,7 +5,6 @@
 use engine::read_model::{At, HistoryQuery, QueryError};
 use engine::{NewTransfer, ResultCode};
 use net::{Client, ClientConfig};
-use std::process::Command;
 use walletd_tests::server_process::ServerProcess;
 use walletd_tests::{eur, eur_account};
 
@@ -14,17 +13,9 @@ const WALLET: &str = env!("CARGO_BIN_EXE_test-wallet");
 
 /// Runs the CLI; returns (exit ok, stdout, stderr).
 fn wallet(addr: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(WALLET)
-        .arg("--addr")
-        .arg(addr)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
+    let mut all = vec!["--addr", addr];
+    all.extend_from_slice(args);
+    walletd_tests::run_cli(WALLET, &all)
 }
 
 fn json(addr: &str, args: &[&str]) -> serde_json::Value {

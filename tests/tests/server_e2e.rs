@@ -5,7 +5,6 @@
 use engine::model::Currency;
 use engine::{NewAccount, NewTransfer, ResultCode};
 use net::{Client, ClientConfig};
-use std::process::Command;
 use std::time::Instant;
 use walletd_tests::eur_account;
 use walletd_tests::server_process::ServerProcess;
@@ -19,17 +18,9 @@ fn eur() -> Currency {
 
 /// Runs the CLI; returns (exit ok, stdout, stderr).
 fn wallet(addr: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(WALLET)
-        .arg("--addr")
-        .arg(addr)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
+    let mut all = vec!["--addr", addr];
+    all.extend_from_slice(args);
+    walletd_tests::run_cli(WALLET, &all)
 }
 
 fn balance(addr: &str, id: u128) -> i64 {
