@@ -20,17 +20,18 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Allocations at least this big are faulted in when they are made.
+/// Allocations at least this big are faulted in (in the background) when they are made.
 pub const PREFAULT_MIN_BYTES: usize = 1 << 20;
 
 const PAGE_BYTES: usize = 4096;
 
-/// The global allocator, plus: big blocks come back resident (and huge-page backed when the
-/// kernel allows), so the first write into them does not fault.
+/// The global allocator, plus: big blocks are made resident by a background thread right after
+/// they are allocated (huge-page backed when the kernel allows), so writes into them stop
+/// faulting once it has been there.
 #[derive(Clone, Copy, Default, Debug)]
 pub struct Prefaulted;
 
-/// A hash table whose memory is faulted in when it is allocated.
+/// A hash table whose memory is faulted in (in the background) when it is allocated.
 pub type Table<K, V> = hashbrown::HashMap<K, V, hashbrown::DefaultHashBuilder, Prefaulted>;
 
 /// An empty `Table` (allocates nothing).
@@ -38,7 +39,7 @@ pub fn table<K, V>() -> Table<K, V> {
     hashbrown::HashMap::with_hasher_in(Default::default(), Prefaulted)
 }
 
-/// A `Table` with room for `capacity` entries, already resident.
+/// A `Table` with room for `capacity` entries, made resident in the background.
 pub fn table_with_capacity<K, V>(capacity: usize) -> Table<K, V> {
     hashbrown::HashMap::with_capacity_and_hasher_in(capacity, Default::default(), Prefaulted)
 }
@@ -61,8 +62,8 @@ unsafe impl Allocator for Prefaulted {
     }
 }
 
-/// Makes the whole uninitialized spare capacity of `vec` resident (for buffers that are filled
-/// on the hot path, such as the transfer store's open chunk).
+/// Has the whole uninitialized spare capacity of `vec` made resident in the background (for
+/// buffers that are filled on the hot path, such as the transfer store's open chunk).
 pub fn prefault_spare_capacity<T>(vec: &mut Vec<T>) {
     let spare = vec.spare_capacity_mut();
     let bytes = std::mem::size_of_val(spare);
