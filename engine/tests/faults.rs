@@ -207,6 +207,7 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
         stats.durable_index < stats.last_index,
         "the held entry is not durable"
     );
+    assert!(stats.storage_full && !stats.storage_failed, "{stats:?}");
 
     // Space comes back: the held batch becomes durable and is acknowledged, writes resume
     // without a restart, and the refused batch can be retried with the same ids.
@@ -222,6 +223,7 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
     acked.extend(refused_batch);
     let stats = block(node.stats(0)).unwrap();
     assert_eq!(stats.durable_index, stats.last_index);
+    assert!(!stats.storage_full, "space came back: {stats:?}");
     check_consistent(&node, &acked, &[]);
     node.shutdown().unwrap();
 
@@ -351,6 +353,8 @@ fn a_failed_fsync_stops_acknowledging_and_a_restart_recovers() {
         vec![ResultCode::StorageError; 10]
     );
     assert!(block(node.lookup_accounts(0, vec![100])).unwrap()[0].is_some());
+    let stats = block(node.counters(0)).unwrap();
+    assert!(stats.storage_failed && !stats.storage_full, "{stats:?}");
     assert!(block(node.snapshot(0)).unwrap().is_err());
     node.shutdown().unwrap();
 

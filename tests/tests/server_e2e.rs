@@ -607,6 +607,20 @@ fn metrics_endpoint_reports_per_partition_counters() {
         timed_groups += count;
     }
     assert!(timed_groups >= 1, "{body}");
+    for partition in 0..2 {
+        assert_eq!(
+            value(&format!(
+                "walletd_storage_full{{partition=\"{partition}\"}}"
+            )),
+            0
+        );
+        assert_eq!(
+            value(&format!(
+                "walletd_storage_failed{{partition=\"{partition}\"}}"
+            )),
+            0
+        );
+    }
     let (status, _) = http_get(&metrics, "/");
     assert!(status.contains("404"), "{status}");
 }

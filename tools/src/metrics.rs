@@ -153,6 +153,18 @@ pub fn render(node: &Node) -> Result<String, String> {
         "Milliseconds the read model is behind its partition.",
         &|s| s.read_model_lag_ms,
     );
+    family(
+        "walletd_storage_full",
+        "gauge",
+        "1 while the disk is full: writes are refused with storage_full until space returns.",
+        &|s| s.storage_full as u64,
+    );
+    family(
+        "walletd_storage_failed",
+        "gauge",
+        "1 after a log write or fsync error: writes are refused with storage_error until a restart.",
+        &|s| s.storage_failed as u64,
+    );
     histogram(
         &mut out,
         &stats,

@@ -653,6 +653,8 @@ impl PartitionTask {
                     read_model_position: self.read_model.as_ref().map_or(0, |m| m.read_position()),
                     read_model_lag_entries: lag.entries,
                     read_model_lag_ms: lag.ms,
+                    storage_full: full,
+                    storage_failed: failed.is_some(),
                     timing: self.timing,
                     digest: if digest { state_digest(&self.state) } else { 0 },
                 });

@@ -49,6 +49,11 @@ pub struct PartitionStats {
     /// How far the read model is behind the partition: log entries and milliseconds.
     pub read_model_lag_entries: u64,
     pub read_model_lag_ms: u64,
+    /// The disk is full: writes are refused with `storage_full` until space returns.
+    pub storage_full: bool,
+    /// The log failed (an fsync or write error): writes are refused with `storage_error`
+    /// until a restart.
+    pub storage_failed: bool,
     /// Time spent per group commit: apply (CPU) and write + fdatasync (disk).
     pub timing: super::timing::GroupTiming,
     pub digest: u128,
