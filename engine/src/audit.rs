@@ -3,8 +3,9 @@
 //! as of any moment. These answer the auditor's questions from the log alone: the state machine
 //! is deterministic, so the same log always yields the same balances.
 
+use crate::command::{entry_kind, ArchivedNewTransfer};
 use crate::digest::{combine_digests, state_digest};
-use crate::log::{scan_log, LogError, RecordRef};
+use crate::log::{body_bytes_of_kind, scan_log, LogError, RecordRef};
 use crate::recovery::{log_dir, partition_dir, snapshot_dir};
 use crate::snapshot::{list_snapshots, load_snapshot};
 use crate::state_machine::{ApplyOutput, PartitionState};
@@ -191,10 +192,16 @@ fn replay_partition(
             }
         }
     }
-    let (mut events, mut entries) = (0u64, 0u64);
-    let mut out = ApplyOutput::default();
-    let mut failure: Option<AuditError> = None;
     let from = state.last_index() + 1;
+    // Room for every transfer the log can hold (an upper bound: rejected items take room too),
+    // so the index does not rehash and fault in memory again each time it doubles.
+    let transfer_bytes = body_bytes_of_kind(&log_dir(&pdir), from, entry_kind::CREATE_TRANSFERS)?;
+    state.reserve_transfer_index(
+        (transfer_bytes / std::mem::size_of::<ArchivedNewTransfer>() as u64) as usize,
+    );
+    let (mut events, mut entries) = (0u64, 0u64);
+    let mut out = ApplyOutput::counting_events();
+    let mut failure: Option<AuditError> = None;
     scan_log::<LogError>(&log_dir(&pdir), from, |record| {
         if failure.is_some() || record.header.timestamp > until {
             return Ok(());
@@ -208,7 +215,7 @@ fn replay_partition(
             &mut out,
         ) {
             Ok(()) => {
-                events += out.events.len() as u64;
+                events += out.events_emitted;
                 entries += 1;
                 after_entry(&state, &out, record.header.timestamp);
             }

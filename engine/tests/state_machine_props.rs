@@ -2,12 +2,12 @@
 //! currency, no balance goes below its floor, a transfer id applies at most once, and replaying
 //! the same entries (through the real segment log) reproduces the live state bit for bit.
 
-use engine::command::{CommandBatch, NewAccount, NewTransfer};
+use engine::command::{entry_kind, CommandBatch, NewAccount, NewTransfer};
 use engine::digest::state_digest;
-use engine::log::{find_tail, LogWriter, WriterOptions};
+use engine::log::{body_bytes_of_kind, find_tail, LogWriter, WriterOptions};
 use engine::model::{account_flags, Currency};
 use engine::recovery::{log_dir, recover_partition};
-use engine::state_machine::PartitionState;
+use engine::state_machine::{ApplyOutput, PartitionState};
 use engine::ResultCode;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -103,11 +103,18 @@ fn encode(batch: &CommandBatch) -> rkyv::util::AlignedVec<16> {
     body
 }
 
+/// The entries of a run (kind, body, timestamp) and the number of events they produced.
+struct Entries {
+    entries: Vec<(u16, rkyv::util::AlignedVec<16>, u64)>,
+    events: u64,
+}
+
 /// Applies `ops` to a fresh partition 0, checking invariants after every entry. Returns the
-/// state and the entries (kind, body, timestamp) for replay.
-fn run(ops: &[Op]) -> (PartitionState, Vec<(u16, rkyv::util::AlignedVec<16>, u64)>) {
+/// state and the entries for replay.
+fn run(ops: &[Op]) -> (PartitionState, Entries) {
     let mut state = PartitionState::new(0, PARTITIONS);
     let mut entries = Vec::new();
+    let mut events = 0u64;
     let mut applied: HashMap<u128, NewTransfer> = HashMap::new();
     let mut started: std::collections::HashSet<u128> = Default::default();
     let mut timestamp = 1_000;
@@ -123,6 +130,8 @@ fn run(ops: &[Op]) -> (PartitionState, Vec<(u16, rkyv::util::AlignedVec<16>, u64
         state
             .apply_entry(index, batch.kind(), &body, timestamp, &mut out)
             .unwrap();
+        assert_eq!(out.events_emitted, out.events.len() as u64);
+        events += out.events_emitted;
         let results = out.results;
         assert_eq!(results.len(), batch.len());
 
@@ -174,7 +183,7 @@ fn run(ops: &[Op]) -> (PartitionState, Vec<(u16, rkyv::util::AlignedVec<16>, u64
         entries.push((batch.kind(), body, timestamp));
         timestamp = state.next_timestamp_floor() + 17;
     }
-    (state, entries)
+    (state, Entries { entries, events })
 }
 
 proptest! {
@@ -191,12 +200,18 @@ proptest! {
         all.extend(ops);
         let (live, entries) = run(&all);
 
-        // Replay in memory.
+        // Replay in memory, counting events without keeping them (as `wallet audit replay`
+        // does): same state, same number of events.
         let mut replayed = PartitionState::new(0, PARTITIONS);
-        for (i, (kind, body, ts)) in entries.iter().enumerate() {
-            replayed.apply_entry(i as u64 + 1, *kind, body, *ts, &mut Default::default()).unwrap();
+        let mut counted = 0u64;
+        for (i, (kind, body, ts)) in entries.entries.iter().enumerate() {
+            let mut out = ApplyOutput::counting_events();
+            replayed.apply_entry(i as u64 + 1, *kind, body, *ts, &mut out).unwrap();
+            prop_assert!(out.events.is_empty());
+            counted += out.events_emitted;
         }
         prop_assert_eq!(state_digest(&replayed), state_digest(&live));
+        prop_assert_eq!(counted, entries.events);
     }
 }
 
@@ -225,7 +240,12 @@ fn replay_through_the_segment_log_reproduces_the_digest() {
         },
     ])];
     all.extend(ops);
-    let (live, entries) = run(&all);
+    let (live, Entries { entries, .. }) = run(&all);
+    let transfer_body_bytes: u64 = entries
+        .iter()
+        .filter(|(kind, _, _)| *kind == entry_kind::CREATE_TRANSFERS)
+        .map(|(_, body, _)| body.len() as u64)
+        .sum();
     assert!(
         live.transfer_count() > 10,
         "the workload moves money ({} transfers)",
@@ -265,6 +285,14 @@ fn replay_through_the_segment_log_reproduces_the_digest() {
         segments.len() > 1,
         "small segments force rotation ({} segments)",
         segments.len()
+    );
+    // The sizing hint a replay takes from the headers alone, over several segments.
+    let log = log_dir(&partition_dir);
+    let hint = body_bytes_of_kind(&log, 1, entry_kind::CREATE_TRANSFERS).unwrap();
+    assert_eq!(hint, transfer_body_bytes);
+    assert_eq!(
+        body_bytes_of_kind(&log, u64::MAX, entry_kind::CREATE_TRANSFERS).unwrap(),
+        0
     );
     let recovered = recover_partition(&partition_dir, 0, PARTITIONS).unwrap();
     assert_eq!(recovered.replayed_entries, all.len() as u64);

@@ -13,6 +13,6 @@ pub mod writer;
 pub use error::{ignore_file_size_signal, LogError};
 pub use fault::FaultPlan;
 pub use record::{RecordError, RecordHeader};
-pub use scan::{find_tail, repair_log, scan_log, LogTail, TornTail};
+pub use scan::{body_bytes_of_kind, find_tail, repair_log, scan_log, LogTail, TornTail};
 pub use segments::{list_segments, RecordRef, SegmentInfo};
 pub use writer::{LogWriter, WriterOptions};

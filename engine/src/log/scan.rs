@@ -7,7 +7,7 @@
 //! naming the file and offset, and only an explicit repair truncates there.
 
 use super::error::LogError;
-use super::record::RecordError;
+use super::record::{decode_header, record_bytes, RecordError};
 use super::segments::{
     list_segments, valid_header_after, MappedSegment, RecordRef, SegmentEnd, SegmentInfo,
 };
@@ -130,6 +130,29 @@ pub fn scan_log<E: From<LogError>>(
 /// when they are read, e.g. by replay or `wallet log verify`).
 pub fn find_tail(dir: &Path) -> Result<LogTail, LogError> {
     scan_log::<LogError>(dir, u64::MAX, |_| Ok(()))
+}
+
+/// Sum of the body lengths of the records of `kind` with an index at or above `from_index`,
+/// read from the headers alone (bodies are neither read nor checked): a sizing hint a replay
+/// takes before it starts, then validates every record as it applies it. The walk of a
+/// segment stops quietly at its first bad header.
+pub fn body_bytes_of_kind(dir: &Path, from_index: u64, kind: u16) -> Result<u64, LogError> {
+    let mut total = 0u64;
+    for info in list_segments(dir)? {
+        let segment = MappedSegment::open(info)?;
+        let bytes = segment.bytes();
+        let mut offset = 0usize;
+        while offset < bytes.len() {
+            let Ok(Some(header)) = decode_header(&bytes[offset..]) else {
+                break;
+            };
+            if header.kind == kind && header.index >= from_index {
+                total += u64::from(header.body_len);
+            }
+            offset += record_bytes(header.body_len as usize);
+        }
+    }
+    Ok(total)
 }
 
 /// Zeroes `path` from `offset` to its end and syncs it: cuts a torn tail or, on explicit repair,
