@@ -64,6 +64,33 @@ type Answered = (
     Vec<(usize, TransferId)>,
 );
 
+/// A log entry appended in this group and not applied yet.
+struct Staged {
+    kind: u16,
+    index: u64,
+    timestamp: u64,
+    /// The client batch it came from and its reply slot (`None` for the group's TC/C entry).
+    batch: Option<(CommandBatch, oneshot::Sender<BatchReply>)>,
+}
+
+/// How long the apply waits before it starts, so the executor gets a turn to submit the
+/// group's write: glommio hands queued I/O to the kernel only between task runs, and the apply
+/// that follows keeps the thread busy for milliseconds.
+const SUBMIT_TURN: Duration = Duration::from_micros(20);
+
+/// (item position, transfer id) of the items of `batch` that wait for a TC/C outcome.
+fn pending_ids(batch: &CommandBatch, results: &[ResultCode]) -> Vec<(usize, TransferId)> {
+    let CommandBatch::CreateTransfers(items) = batch else {
+        return Vec::new();
+    };
+    results
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == ResultCode::Pending)
+        .map(|(i, _)| (i, items[i].id))
+        .collect()
+}
+
 /// A client batch whose reply waits for TC/C outcomes.
 struct HeldReply {
     reply: oneshot::Sender<BatchReply>,
@@ -266,7 +293,13 @@ impl PartitionTask {
     pub async fn run(mut self, requests: flume::Receiver<Request>) {
         let mut group: Vec<Request> = Vec::with_capacity(64);
         let mut replies: Vec<Answered> = Vec::with_capacity(64);
-        let mut body = rkyv::util::AlignedVec::<16>::with_capacity(1 << 20);
+        // Entries appended this group and waiting to be applied; `bodies[i]` is the encoded
+        // body of `staged[i]` (buffers reused from group to group).
+        let mut staged: Vec<Staged> = Vec::with_capacity(64);
+        let mut bodies: Vec<rkyv::util::AlignedVec<16>> = Vec::with_capacity(64);
+        // (index, timestamp, range of `out.events`) of every entry applied this group, for the
+        // read model, which is fed after the answers are sent.
+        let mut deferred: Vec<(u64, u64, std::ops::Range<usize>)> = Vec::with_capacity(64);
         let mut out = ApplyOutput::default();
         let mut emitted: Vec<(PartitionId, TccMessage)> = Vec::new();
         let mut resolved: Vec<(TransferId, ResultCode)> = Vec::new();
@@ -331,44 +364,35 @@ impl PartitionTask {
                 }
             }
 
-            // 1. Apply every command batch of the group and append it to the log; incoming
+            // 1. Append every command batch of the group to the log (not applied yet); incoming
             //    TC/C messages of the group become one more entry.
-            let apply_started = Instant::now();
+            let group_started = Instant::now();
             let mut reads = Vec::new();
             let mut tcc_in: Vec<TccMessage> = std::mem::take(&mut coordinator.local);
+            let mut timestamp_floor = self.state.next_timestamp_floor();
             for request in group.drain(..) {
                 match request {
                     Request::Commands { batch, reply } => {
-                        let pending_ids = |results: &[ResultCode]| -> Vec<(usize, TransferId)> {
-                            let CommandBatch::CreateTransfers(items) = &batch else {
-                                return Vec::new();
-                            };
-                            results
-                                .iter()
-                                .enumerate()
-                                .filter(|(_, c)| **c == ResultCode::Pending)
-                                .map(|(i, _)| (i, items[i].id))
-                                .collect()
-                        };
+                        let slot = staged.len();
+                        if bodies.len() == slot {
+                            bodies.push(rkyv::util::AlignedVec::new());
+                        }
                         match self
-                            .append_and_apply(&batch, &mut body, &mut out, &mut failed, &mut full)
+                            .append(
+                                &batch,
+                                &mut bodies[slot],
+                                &mut timestamp_floor,
+                                &mut failed,
+                                &mut full,
+                            )
                             .await
                         {
-                            Ok((index, timestamp)) => {
-                                let results = std::mem::take(&mut out.results);
-                                let pending = pending_ids(&results);
-                                emitted.append(&mut out.outbox);
-                                resolved.append(&mut out.resolved);
-                                replies.push((
-                                    reply,
-                                    BatchReply {
-                                        results,
-                                        index,
-                                        timestamp,
-                                    },
-                                    pending,
-                                ));
-                            }
+                            Ok((index, timestamp)) => staged.push(Staged {
+                                kind: batch.kind(),
+                                index,
+                                timestamp,
+                                batch: Some((batch, reply)),
+                            }),
                             Err(code) => {
                                 let _ = reply.send(BatchReply::refused(batch.len(), code));
                             }
@@ -382,14 +406,26 @@ impl PartitionTask {
             }
             if !tcc_in.is_empty() {
                 let batch = CommandBatch::Tcc(tcc_in);
+                let slot = staged.len();
+                if bodies.len() == slot {
+                    bodies.push(rkyv::util::AlignedVec::new());
+                }
                 match self
-                    .append_and_apply(&batch, &mut body, &mut out, &mut failed, &mut full)
+                    .append(
+                        &batch,
+                        &mut bodies[slot],
+                        &mut timestamp_floor,
+                        &mut failed,
+                        &mut full,
+                    )
                     .await
                 {
-                    Ok(_) => {
-                        emitted.append(&mut out.outbox);
-                        resolved.append(&mut out.resolved);
-                    }
+                    Ok((index, timestamp)) => staged.push(Staged {
+                        kind: batch.kind(),
+                        index,
+                        timestamp,
+                        batch: None,
+                    }),
                     Err(ResultCode::StorageFull) => {
                         // Messages from other partitions must not be lost: log them later.
                         if let CommandBatch::Tcc(messages) = batch {
@@ -400,13 +436,65 @@ impl PartitionTask {
                 }
             }
 
-            // 2. One fsync for the whole group.
-            if self.writer.last_index() > self.writer.durable_index() && failed.is_none() && !full {
-                let flush_started = Instant::now();
-                self.timing.apply.record(flush_started - apply_started);
-                let flushed = self.writer.flush().await;
-                self.timing.fsync.record(flush_started.elapsed());
-                match flushed {
+            // 2. Make the group durable and apply it at the same time: the one durable write
+            //    (O_DSYNC) is submitted first, then the state machine applies the entries while
+            //    it is in flight. Nothing is answered before both are done, so applying ahead of
+            //    durability is invisible outside this task (as it was when apply came first).
+            let must_write =
+                self.writer.last_index() > self.writer.durable_index() && failed.is_none() && !full;
+            let writer = &mut self.writer;
+            let state = &mut self.state;
+            let write = async {
+                if must_write {
+                    let written = writer.flush().await;
+                    Some((written, group_started.elapsed()))
+                } else {
+                    None
+                }
+            };
+            let apply = async {
+                if must_write {
+                    // Give the executor one turn so it submits the write before the CPU is
+                    // busy with the apply (glommio submits I/O only between task runs).
+                    glommio::timer::sleep(SUBMIT_TURN).await;
+                }
+                out.clear();
+                for (slot, entry) in staged.iter_mut().enumerate() {
+                    let events_from = out.events.len();
+                    state
+                        .apply_entry(
+                            entry.index,
+                            entry.kind,
+                            &bodies[slot],
+                            entry.timestamp,
+                            &mut out,
+                        )
+                        .expect("an entry this task encoded applies");
+                    deferred.push((entry.index, entry.timestamp, events_from..out.events.len()));
+                    emitted.append(&mut out.outbox);
+                    resolved.append(&mut out.resolved);
+                    let results = std::mem::take(&mut out.results);
+                    if let Some((batch, reply)) = entry.batch.take() {
+                        let pending = pending_ids(&batch, &results);
+                        replies.push((
+                            reply,
+                            BatchReply {
+                                results,
+                                index: entry.index,
+                                timestamp: entry.timestamp,
+                            },
+                            pending,
+                        ));
+                    }
+                }
+                group_started.elapsed()
+            };
+            let (written, applied) = futures::future::join(write, apply).await;
+            staged.clear();
+            if let Some((written, write_time)) = written {
+                self.timing.apply.record(applied);
+                self.timing.fsync.record(write_time);
+                match written {
                     Ok(()) => self.fsyncs += 1,
                     Err(e) if e.is_disk_full() => full = true,
                     Err(e) => failed = Some(e.to_string()),
@@ -439,14 +527,23 @@ impl PartitionTask {
                 emitted.clear();
             }
             coordinator.ship(&self.peers);
+
+            // 4. The read model follows (off the answers' critical path: it is eventually
+            //    consistent by design, and reads below see it up to date).
+            if let Some(model) = &mut self.read_model {
+                for (index, timestamp, events) in deferred.drain(..) {
+                    model.apply(index, timestamp, &out.events[events]);
+                }
+            }
+            deferred.clear();
             watchers.notify(self.writer.durable_index());
 
-            // 4. Reads see exactly the durable state.
+            // 5. Reads see exactly the durable state.
             for read in reads {
                 self.answer_read(read, &failed, full, &mut snapshot).await;
             }
 
-            // 5. Snapshots: collect a finished one, start a new one when due.
+            // 6. Snapshots: collect a finished one, start a new one when due.
             if let Some(inflight) = &mut snapshot {
                 if let Ok(Some(result)) = inflight.done.try_recv() {
                     self.finish_snapshot(inflight.index, result);
@@ -487,14 +584,16 @@ impl PartitionTask {
         }
     }
 
-    /// Encodes `batch`, appends it, applies it. Refused, and not applied, with `storage_error`
-    /// when the log is failed (and then it stays failed) or `storage_full` while the disk is
-    /// full.
-    async fn append_and_apply(
+    /// Encodes `batch` into `body` and appends it to the log (durable at the next flush, applied
+    /// by the caller). Its timestamp is the clock's, floored to `timestamp_floor`, which then
+    /// moves past the entry's items (item `i` has timestamp + i). Refused, and not logged, with
+    /// `storage_error` when the log is failed (and then it stays failed) or `storage_full`
+    /// while the disk is full.
+    async fn append(
         &mut self,
         batch: &CommandBatch,
         body: &mut rkyv::util::AlignedVec<16>,
-        out: &mut ApplyOutput,
+        timestamp_floor: &mut u64,
         failed: &mut Option<String>,
         full: &mut bool,
     ) -> Result<(u64, u64), ResultCode> {
@@ -528,7 +627,7 @@ impl PartitionTask {
                 }
             }
         }
-        let timestamp = self.clock.now_ns().max(self.state.next_timestamp_floor());
+        let timestamp = self.clock.now_ns().max(*timestamp_floor);
         let index = match self.writer.append(self.term, timestamp, batch.kind(), body) {
             Ok(index) => index,
             Err(e) => {
@@ -536,13 +635,8 @@ impl PartitionTask {
                 return Err(ResultCode::StorageError);
             }
         };
-        out.clear();
-        self.state
-            .apply_entry(index, batch.kind(), body, timestamp, out)
-            .expect("a batch this task encoded is a valid entry");
-        if let Some(model) = &mut self.read_model {
-            model.apply(index, timestamp, &out.events);
-        }
+        // As `PartitionState::advance` will: an empty entry still uses one timestamp.
+        *timestamp_floor = timestamp + batch.len().max(1) as u64;
         Ok((index, timestamp))
     }
 
