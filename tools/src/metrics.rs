@@ -96,7 +96,7 @@ pub fn render(node: &Node) -> Result<String, String> {
     family(
         "walletd_fsyncs_total",
         "counter",
-        "Group commits (one fdatasync each) since start.",
+        "Group commits (one durable write each) since start.",
         &|s| s.fsyncs,
     );
     family(
@@ -169,14 +169,14 @@ pub fn render(node: &Node) -> Result<String, String> {
         &mut out,
         &stats,
         "walletd_group_apply_seconds",
-        "Time to encode, append and apply one group commit (shard CPU).",
+        "Time from a group commit's start until it is encoded, appended and applied (shard CPU).",
         |s| &s.timing.apply,
     );
     histogram(
         &mut out,
         &stats,
         "walletd_group_fsync_seconds",
-        "Time to write one group commit to the log and fdatasync it (disk).",
+        "Time from a group commit's start until its durable write completed (disk; the apply overlaps it).",
         |s| &s.timing.fsync,
     );
     Ok(out)

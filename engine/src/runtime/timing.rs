@@ -1,6 +1,6 @@
-//! How long a partition's group commits take, as fixed-bucket histograms: the time to encode,
-//! append and apply a group (CPU on the shard) and the time of its write + fdatasync (the
-//! disk). They are what an operator needs to tell a slow disk from a busy core, and what
+//! How long a partition's group commits take, as fixed-bucket histograms, both measured from
+//! the group's start: until its entries are encoded, appended and applied (CPU on the shard),
+//! and until its durable write completed (the disk; the apply runs while it is in flight). They are what an operator needs to tell a slow disk from a busy core, and what
 //! explains a batch's latency. Fixed buckets: recording is a few comparisons, no allocation,
 //! and histograms of different partitions and scrapes add up.
 
@@ -37,9 +37,9 @@ impl Histogram {
 /// The two phases of a group commit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GroupTiming {
-    /// Encoding, appending and applying every batch of a group (and feeding the read model).
+    /// From the group's start until every batch is encoded, appended and applied.
     pub apply: Histogram,
-    /// Writing the group to the log and fdatasync.
+    /// From the group's start until its durable (O_DSYNC) write completed.
     pub fsync: Histogram,
 }
 
