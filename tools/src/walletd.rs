@@ -214,6 +214,14 @@ fn run(args: Args) -> Result<(), String> {
     }
     server_config.cluster_id = file.cluster_id.unwrap_or(0);
     server_config.node_id = file.node_id.unwrap_or(1);
+    // Before the port opens: clients are served as soon as `start` returns, and a SIGTERM sent
+    // after that must stop the server cleanly, not kill it with the default disposition (a
+    // race the tests hit on a loaded machine). Signals that come early wait in the iterator.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("installing signal handlers: {e}"))?;
     let server = Server::start(node.clone(), server_config)?;
     if let Some(addr) = args.metrics_listen.or(file.metrics_listen) {
         crate::metrics::serve(addr, node.clone())?;
@@ -221,11 +229,6 @@ fn run(args: Args) -> Result<(), String> {
     }
     tracing::info!(%listen, tls = tls_enabled, data_dir = %data_dir.display(), ?cores, partitions, "walletd listening");
 
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .map_err(|e| format!("installing signal handlers: {e}"))?;
     let signal = signals.forever().next();
     tracing::info!(
         ?signal,
