@@ -208,14 +208,10 @@ pub(super) fn handshake<S: Read + Write>(
         });
     }
     if filled < HEADER_BYTES {
-        let hint = if config.tls.is_none() {
-            " (a TLS port closes plain connections like this)"
-        } else {
-            ""
-        };
-        return Err(connect_error(format!(
-            "the server closed the connection during the handshake{hint}"
-        )));
+        return Err(connect_error(
+            "the server closed the connection during the handshake (at its connection limit?)"
+                .into(),
+        ));
     }
     let (header, body) = read_body(stream, &header).map_err(|e| connect_error(e.to_string()))?;
     if header.flags & frame::flags::ERROR != 0 {
