@@ -36,7 +36,14 @@ pub fn server_config(
         .map_err(|e| format!("TLS settings: {e}"))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("{} with {}: {e}", cert_file.display(), key_file.display()))?;
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => format!(
+                "{}: this key does not belong to the certificate in {}",
+                key_file.display(),
+                cert_file.display()
+            ),
+            e => format!("{} with {}: {e}", cert_file.display(), key_file.display()),
+        })?;
     Ok(Arc::new(config))
 }
 

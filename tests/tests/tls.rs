@@ -29,6 +29,8 @@ struct Pki {
     cert: PathBuf,
     key: PathBuf,
     other_ca: PathBuf,
+    /// A key that does not belong to `cert`.
+    other_key: PathBuf,
     token: PathBuf,
 }
 
@@ -59,18 +61,20 @@ fn pki() -> Pki {
     let cert = params
         .signed_by(&key, &ca_cert, &ca_key)
         .expect("a server certificate");
-    let (other_ca, _) = ca("some other CA");
+    let (other_ca, other_key) = ca("some other CA");
     let path = |name: &str| dir.path().join(name);
     std::fs::write(path("ca.pem"), ca_cert.pem()).expect("write");
     std::fs::write(path("server.pem"), cert.pem()).expect("write");
     std::fs::write(path("server.key"), key.serialize_pem()).expect("write");
     std::fs::write(path("other-ca.pem"), other_ca.pem()).expect("write");
+    std::fs::write(path("other.key"), other_key.serialize_pem()).expect("write");
     std::fs::write(path("client.token"), format!("{TOKEN}\n")).expect("write");
     Pki {
         ca: path("ca.pem"),
         cert: path("server.pem"),
         key: path("server.key"),
         other_ca: path("other-ca.pem"),
+        other_key: path("other.key"),
         token: path("client.token"),
         _dir: dir,
     }
@@ -440,4 +444,46 @@ fn idle_unauthenticated_connections_stop_holding_connection_slots() {
     // ...and a real client gets in.
     let client = Client::connect(config(&addr, None, None)).expect("a slot after the timeout");
     client.ping().expect("a ping");
+}
+
+#[test]
+fn bad_tls_files_stop_walletd_with_a_one_line_error_naming_the_file() {
+    let pki = pki();
+    let data = tempfile::tempdir().expect("a temp dir");
+    let missing = data.path().join("missing.pem");
+    let run = |args: &[&str]| -> String {
+        let out = std::process::Command::new(WALLETD)
+            .args(["--listen", "127.0.0.1:1", "--data-dir"])
+            .arg(data.path().join("data"))
+            .args(args)
+            .env("WALLETD_LOG", "warn")
+            .output()
+            .expect("run walletd");
+        assert!(!out.status.success(), "walletd started with {args:?}");
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        err
+    };
+    let err = run(&["--tls-cert", s(&missing), "--tls-key", s(&pki.key)]);
+    assert!(err.contains(s(&missing)), "{err}");
+    let err = run(&["--tls-cert", s(&pki.cert), "--tls-key", s(&missing)]);
+    assert!(err.contains(s(&missing)), "{err}");
+    // A key file that holds a certificate, a certificate file that holds a key.
+    let err = run(&["--tls-cert", s(&pki.cert), "--tls-key", s(&pki.cert)]);
+    assert!(err.contains("no private key"), "{err}");
+    let err = run(&["--tls-cert", s(&pki.key), "--tls-key", s(&pki.key)]);
+    assert!(err.contains("no certificate"), "{err}");
+    // A key that does not match the certificate.
+    let err = run(&["--tls-cert", s(&pki.cert), "--tls-key", s(&pki.other_key)]);
+    assert!(
+        err.contains(s(&pki.other_key)) && err.contains("does not belong"),
+        "{err}"
+    );
+    // Both or neither.
+    let err = run(&["--tls-cert", s(&pki.cert)]);
+    assert!(err.contains("go together"), "{err}");
+    assert!(
+        !data.path().join("data").exists(),
+        "the data dir was touched before the TLS files were checked"
+    );
 }
