@@ -134,7 +134,7 @@ fn closed_after<S: Read>(stream: &mut S, since: Instant, what: &str) -> Duration
         match stream.read(&mut buf) {
             Ok(0) => return since.elapsed(),
             Ok(n) => assert!(
-                matches!(buf[..n], [0x15 | 0x16 | 0x17, 0x03, ..]),
+                matches!(buf[..n], [0x15..=0x17, 0x03, ..]),
                 "{what}: the server sent non-TLS bytes {:?}",
                 &buf[..n]
             ),
