@@ -77,6 +77,13 @@ pub struct RunArgs {
     max_outstanding: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// --addr: speak TLS, trusting the CA certificate(s) in this PEM file (the server runs
+    /// with --tls-cert/--tls-key).
+    #[arg(long, value_name = "FILE", conflicts_with = "spawn")]
+    tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host of the address).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
     /// Per-request client timeout in milliseconds (a timed-out request is retried).
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
@@ -225,9 +232,20 @@ pub fn run(mut args: RunArgs) -> Result<(), String> {
         args.addr.clone().expect("clap requires --addr or --spawn")
     };
 
+    let tls = match &args.tls_ca {
+        Some(ca) => {
+            let name = args
+                .tls_server_name
+                .as_deref()
+                .unwrap_or_else(|| net::tls::host_of(&addr));
+            Some(net::ClientTls::from_ca_file(ca, name)?)
+        }
+        None => None,
+    };
     let config = ClientConfig {
         connections: args.connections,
         timeout_ms: args.timeout_ms,
+        tls,
         ..ClientConfig::new(addr.clone())
     };
     let client = Client::connect(config.clone()).map_err(|e| e.to_string())?;
@@ -815,6 +833,7 @@ fn aggregate(
 fn error_kind(e: &ClientError) -> &'static str {
     match e {
         ClientError::Connect { .. } => "connect",
+        ClientError::Tls { .. } => "tls",
         ClientError::Disconnected(_) => "disconnected",
         ClientError::Timeout(_) => "timeout",
         ClientError::Refused { .. } => "refused",

@@ -11,6 +11,8 @@ pub struct ServerProcess {
     extra_args: Vec<String>,
     /// The client token the server demands, if any (used by the readiness probe).
     token: Option<Vec<u8>>,
+    /// How to speak TLS to it, if it does (used by the readiness probe).
+    tls: Option<net::ClientTls>,
     child: Option<Child>,
 }
 
@@ -33,12 +35,25 @@ pub fn free_port() -> u16 {
 impl ServerProcess {
     /// Starts `binary` (the walletd program) and waits until it accepts connections.
     pub fn start(binary: &Path, data_dir: &Path, extra_args: &[&str]) -> ServerProcess {
+        ServerProcess::start_probed(binary, data_dir, extra_args, None, None)
+    }
+
+    /// Like `start`, for a server that demands `token` and/or speaks TLS (`extra_args` say so
+    /// to the server; `token` and `tls` tell the readiness probe).
+    pub fn start_probed(
+        binary: &Path,
+        data_dir: &Path,
+        extra_args: &[&str],
+        token: Option<Vec<u8>>,
+        tls: Option<net::ClientTls>,
+    ) -> ServerProcess {
         let mut server = ServerProcess {
             addr: format!("127.0.0.1:{}", free_port()),
             data_dir: data_dir.to_path_buf(),
             binary: binary.to_path_buf(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            token: None,
+            token,
+            tls,
             child: None,
         };
         server.launch();
@@ -58,6 +73,7 @@ impl ServerProcess {
             binary: binary.to_path_buf(),
             extra_args: vec!["--auth-token-file".into(), token_file.display().to_string()],
             token: Some(token),
+            tls: None,
             child: None,
         };
         server.launch();
@@ -87,6 +103,7 @@ impl ServerProcess {
         config.retries = 0;
         config.timeout_ms = 2_000;
         config.token = self.token.clone();
+        config.tls = self.tls.clone();
         while net::Client::connect(config.clone())
             .and_then(|c| c.ping())
             .is_err()

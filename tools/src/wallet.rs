@@ -17,6 +17,12 @@ struct Cli {
     /// File holding the auth token the server expects.
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
+    /// Speak TLS, trusting the CA certificate(s) in this PEM file.
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host of --addr).
+    #[arg(long, global = true, value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
     #[arg(long, global = true)]
     json: bool,
     #[arg(long, global = true, default_value_t = 10_000)]
@@ -220,6 +226,13 @@ fn run(cli: Cli) -> Result<(), String> {
         let token =
             std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         config.token = Some(token.trim().as_bytes().to_vec());
+    }
+    if let Some(ca) = &cli.tls_ca {
+        let name = cli
+            .tls_server_name
+            .as_deref()
+            .unwrap_or_else(|| net::tls::host_of(&cli.addr));
+        config.tls = Some(net::ClientTls::from_ca_file(ca, name)?);
     }
     if let Command::Watch {
         account,

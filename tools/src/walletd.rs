@@ -32,6 +32,17 @@ struct Args {
     /// Clients must present the token in this file at handshake.
     #[arg(long)]
     auth_token_file: Option<PathBuf>,
+    /// Speak TLS (1.3) on the client port with this PEM certificate chain (leaf first);
+    /// needs --tls-key. TOML: tls_cert_file.
+    #[arg(long = "tls-cert", alias = "tls-cert-file", value_name = "FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of --tls-cert. TOML: tls_key_file.
+    #[arg(long = "tls-key", alias = "tls-key-file", value_name = "FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// Close connections that have not completed their handshake (TLS and protocol) within
+    /// this many milliseconds of being accepted. Default 10000.
+    #[arg(long)]
+    handshake_timeout_ms: Option<u64>,
     /// Serve Prometheus text metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -54,6 +65,9 @@ struct FileConfig {
     cores: Option<Vec<usize>>,
     partitions: Option<u32>,
     auth_token_file: Option<PathBuf>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    handshake_timeout_ms: Option<u64>,
     metrics_listen: Option<SocketAddr>,
     segment_bytes: Option<u64>,
     snapshot_interval_entries: Option<u64>,
@@ -135,6 +149,24 @@ fn run(args: Args) -> Result<(), String> {
         }
         None => None,
     };
+    // Read before anything starts, so a bad file is reported before the data dir is touched.
+    let tls = match (
+        args.tls_cert_file.or(file.tls_cert_file),
+        args.tls_key_file.or(file.tls_key_file),
+    ) {
+        (Some(cert), Some(key)) => Some(net::tls::server_config(&cert, &key)?),
+        (None, None) => None,
+        _ => {
+            return Err("--tls-cert and --tls-key (tls_cert_file, tls_key_file) go together".into())
+        }
+    };
+    let handshake_timeout_ms = args
+        .handshake_timeout_ms
+        .or(file.handshake_timeout_ms)
+        .unwrap_or(ServerConfig::new(listen).handshake_timeout_ms);
+    if handshake_timeout_ms == 0 {
+        return Err("handshake_timeout_ms must be at least 1".into());
+    }
 
     let mut engine = EngineConfig::new(&data_dir);
     engine.cores = cores.clone();
@@ -171,6 +203,9 @@ fn run(args: Args) -> Result<(), String> {
     let mut server_config = ServerConfig::new(listen);
     server_config.cores = cores.clone();
     server_config.auth_token = auth_token;
+    let tls_enabled = tls.is_some();
+    server_config.tls = tls;
+    server_config.handshake_timeout_ms = handshake_timeout_ms;
     if let Some(v) = file.connections_per_core_max {
         server_config.connections_per_core_max = v;
     }
@@ -179,18 +214,21 @@ fn run(args: Args) -> Result<(), String> {
     }
     server_config.cluster_id = file.cluster_id.unwrap_or(0);
     server_config.node_id = file.node_id.unwrap_or(1);
-    let server = Server::start(node.clone(), server_config)?;
-    if let Some(addr) = args.metrics_listen.or(file.metrics_listen) {
-        crate::metrics::serve(addr, node.clone())?;
-        tracing::info!(%addr, "metrics at /metrics");
-    }
-    tracing::info!(%listen, data_dir = %data_dir.display(), ?cores, partitions, "walletd listening");
-
+    // Before the port opens: clients are served as soon as `start` returns, and a SIGTERM sent
+    // after that must stop the server cleanly, not kill it with the default disposition (a
+    // race the tests hit on a loaded machine). Signals that come early wait in the iterator.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])
     .map_err(|e| format!("installing signal handlers: {e}"))?;
+    let server = Server::start(node.clone(), server_config)?;
+    if let Some(addr) = args.metrics_listen.or(file.metrics_listen) {
+        crate::metrics::serve(addr, node.clone())?;
+        tracing::info!(%addr, "metrics at /metrics");
+    }
+    tracing::info!(%listen, tls = tls_enabled, data_dir = %data_dir.display(), ?cores, partitions, "walletd listening");
+
     let signal = signals.forever().next();
     tracing::info!(
         ?signal,

@@ -1,6 +1,9 @@
-//! One pipelined connection: callers write frames under a lock and wait on a oneshot; a reader
-//! thread matches replies to requests by id and fails requests whose deadline passed.
+//! One pipelined connection: callers queue frames for a writer thread and wait on a oneshot; a
+//! reader thread matches replies to requests by id and fails requests whose deadline passed.
+//! Over TLS the two threads share the rustls state under a lock, never held across a socket
+//! call (`transport.rs`); plain TCP uses the sockets directly, as before.
 
+use super::transport::{poisoned, seal, TlsReader, Transport};
 use super::{ClientConfig, ClientError};
 use crate::codec::{self, role, Handshake};
 use crate::frame::{self, FrameHeader, HEADER_BYTES};
@@ -46,47 +49,67 @@ impl Connection {
             addr: config.addr.clone(),
             reason,
         };
-        let stream = TcpStream::connect(&config.addr).map_err(|e| connect_error(e.to_string()))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| connect_error(e.to_string()))?;
-        let mut stream_for_handshake = stream
-            .try_clone()
-            .map_err(|e| connect_error(e.to_string()))?;
-        let hello = handshake(&mut stream_for_handshake, config)?;
-        stream_for_handshake
-            .set_read_timeout(Some(Duration::from_millis(REAPER_TICK_MS)))
-            .map_err(|e| connect_error(e.to_string()))?;
+        let mut transport = Transport::open(config)?;
+        let hello = handshake(&mut transport, config)?;
 
         let pending: Arc<Mutex<HashMap<u64, Waiter>>> = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
+        let (outgoing, frames) = flume::bounded::<BytesMut>(OUTGOING_FRAMES_MAX);
         let reader_pending = pending.clone();
         let reader_alive = alive.clone();
-        std::thread::Builder::new()
-            .name("walletd-client-reader".into())
-            .spawn(move || read_loop(stream_for_handshake, reader_pending, reader_alive))
-            .map_err(|e| connect_error(e.to_string()))?;
-        let (outgoing, frames) = flume::bounded::<BytesMut>(OUTGOING_FRAMES_MAX);
-        let mut writer = stream
-            .try_clone()
-            .map_err(|e| connect_error(e.to_string()))?;
         let writer_alive = alive.clone();
-        std::thread::Builder::new()
-            .name("walletd-client-writer".into())
-            .spawn(move || {
-                while let Ok(frame) = frames.recv() {
-                    if writer.write_all(&frame).is_err() {
-                        // The reader sees the broken socket and fails every pending request.
-                        writer_alive.store(false, Ordering::Release);
-                        let _ = writer.shutdown(std::net::Shutdown::Both);
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| connect_error(e.to_string()))?;
+        let socket = match transport {
+            Transport::Plain(stream) => {
+                let reader = stream
+                    .try_clone()
+                    .map_err(|e| connect_error(e.to_string()))?;
+                reader
+                    .set_read_timeout(Some(Duration::from_millis(REAPER_TICK_MS)))
+                    .map_err(|e| connect_error(e.to_string()))?;
+                spawn_reader(reader, reader_pending, reader_alive)
+                    .map_err(|e| connect_error(e.to_string()))?;
+                let mut writer = stream
+                    .try_clone()
+                    .map_err(|e| connect_error(e.to_string()))?;
+                std::thread::Builder::new()
+                    .name("walletd-client-writer".into())
+                    .spawn(move || {
+                        while let Ok(frame) = frames.recv() {
+                            if writer.write_all(&frame).is_err() {
+                                // The reader sees the broken socket and fails every pending
+                                // request.
+                                writer_alive.store(false, Ordering::Release);
+                                let _ = writer.shutdown(std::net::Shutdown::Both);
+                                break;
+                            }
+                        }
+                    })
+                    .map_err(|e| connect_error(e.to_string()))?;
+                stream
+            }
+            Transport::Tls(tls) => {
+                let rustls::StreamOwned { conn, sock } = *tls;
+                sock.set_read_timeout(Some(Duration::from_millis(REAPER_TICK_MS)))
+                    .map_err(|e| connect_error(e.to_string()))?;
+                let conn = Arc::new(Mutex::new(conn));
+                let reader = TlsReader::new(
+                    sock.try_clone().map_err(|e| connect_error(e.to_string()))?,
+                    conn.clone(),
+                    outgoing.downgrade(),
+                );
+                spawn_reader(reader, reader_pending, reader_alive)
+                    .map_err(|e| connect_error(e.to_string()))?;
+                let writer = sock.try_clone().map_err(|e| connect_error(e.to_string()))?;
+                std::thread::Builder::new()
+                    .name("walletd-client-writer".into())
+                    .spawn(move || tls_write_loop(writer, conn, frames, writer_alive))
+                    .map_err(|e| connect_error(e.to_string()))?;
+                sock
+            }
+        };
         Ok(Connection {
             outgoing,
-            socket: stream,
+            socket,
             pending,
             next_id: AtomicU64::new(1),
             alive,
@@ -139,18 +162,16 @@ impl Drop for Connection {
     }
 }
 
-/// Sends the handshake on a fresh stream and reads its reply (read timeout: `timeout_ms`).
-pub(super) fn handshake(
-    stream: &mut TcpStream,
+/// Sends the handshake on a fresh stream and reads its reply (the stream's read timeout
+/// bounds the wait: `Transport::open` sets `timeout_ms`).
+pub(super) fn handshake<S: Read + Write>(
+    stream: &mut S,
     config: &ClientConfig,
 ) -> Result<codec::HandshakeReply, ClientError> {
     let connect_error = |reason: String| ClientError::Connect {
         addr: config.addr.clone(),
         reason,
     };
-    stream
-        .set_read_timeout(Some(Duration::from_millis(config.timeout_ms.max(1))))
-        .map_err(|e| connect_error(e.to_string()))?;
     let mut out = BytesMut::new();
     frame::encode_frame_with(&mut out, Operation::Handshake as u8, 0, 0, |b| {
         codec::encode_handshake(
@@ -164,8 +185,35 @@ pub(super) fn handshake(
     });
     stream
         .write_all(&out)
+        .and_then(|()| stream.flush())
         .map_err(|e| connect_error(e.to_string()))?;
-    let (header, body) = read_frame(stream).map_err(|e| connect_error(e.to_string()))?;
+    // The reply header by hand: what a TLS port answers a plain client is worth recognizing.
+    let mut header = [0u8; HEADER_BYTES];
+    let mut filled = 0;
+    while filled < HEADER_BYTES {
+        match stream.read(&mut header[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if filled == 0 || !looks_like_tls(&header[..filled]) => {
+                return Err(connect_error(e.to_string()))
+            }
+            Err(_) => break,
+        }
+    }
+    if config.tls.is_none() && looks_like_tls(&header[..filled]) {
+        return Err(ClientError::Tls {
+            addr: config.addr.clone(),
+            reason: "the server speaks TLS; connect with TLS (wallet --tls-ca FILE)".into(),
+        });
+    }
+    if filled < HEADER_BYTES {
+        return Err(connect_error(
+            "the server closed the connection during the handshake (at its connection limit?)"
+                .into(),
+        ));
+    }
+    let (header, body) = read_body(stream, &header).map_err(|e| connect_error(e.to_string()))?;
     if header.flags & frame::flags::ERROR != 0 {
         let (error, message) = codec::decode_error(&body);
         return Err(match error {
@@ -176,10 +224,23 @@ pub(super) fn handshake(
     codec::decode_handshake_reply(&body).map_err(|_| ClientError::BadReply)
 }
 
-pub(super) fn read_frame(stream: &mut TcpStream) -> std::io::Result<(FrameHeader, BytesMut)> {
+/// A TLS record header (alert or handshake, version 3.x): what a TLS server sends.
+fn looks_like_tls(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x15 | 0x16, 0x03, ..])
+}
+
+pub(super) fn read_frame<S: Read>(stream: &mut S) -> std::io::Result<(FrameHeader, BytesMut)> {
     let mut header = [0u8; HEADER_BYTES];
     stream.read_exact(&mut header)?;
-    let header = FrameHeader::decode(&header)
+    read_body(stream, &header)
+}
+
+/// Decodes a header and reads and checks its body.
+fn read_body<S: Read>(
+    stream: &mut S,
+    header: &[u8; HEADER_BYTES],
+) -> std::io::Result<(FrameHeader, BytesMut)> {
+    let header = FrameHeader::decode(header)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     let mut body = BytesMut::zeroed(header.body_len as usize);
     stream.read_exact(&mut body)?;
@@ -189,9 +250,55 @@ pub(super) fn read_frame(stream: &mut TcpStream) -> std::io::Result<(FrameHeader
     Ok((header, body))
 }
 
+fn spawn_reader<R: Read + Send + 'static>(
+    reader: R,
+    pending: Arc<Mutex<HashMap<u64, Waiter>>>,
+    alive: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("walletd-client-reader".into())
+        .spawn(move || read_loop(reader, pending, alive))
+        .map(|_| ())
+}
+
+/// Bytes of queued frames sealed into one socket write.
+const TLS_COALESCE_BYTES: usize = 256 * 1024;
+
+/// The writer thread of a TLS connection: encrypts under the lock, writes without it.
+fn tls_write_loop(
+    mut socket: TcpStream,
+    conn: Arc<Mutex<rustls::ClientConnection>>,
+    frames: flume::Receiver<BytesMut>,
+    alive: Arc<AtomicBool>,
+) {
+    let mut out = Vec::new();
+    while let Ok(frame) = frames.recv() {
+        out.clear();
+        let sealed = match conn.lock() {
+            Ok(mut conn) => {
+                let mut sealed = seal(&mut conn, &frame, &mut out);
+                while sealed.is_ok() && out.len() < TLS_COALESCE_BYTES {
+                    match frames.try_recv() {
+                        Ok(frame) => sealed = seal(&mut conn, &frame, &mut out),
+                        Err(_) => break,
+                    }
+                }
+                sealed
+            }
+            Err(_) => Err(poisoned()),
+        };
+        if sealed.is_err() || socket.write_all(&out).is_err() {
+            // The reader sees the broken socket and fails every pending request.
+            alive.store(false, Ordering::Release);
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+            break;
+        }
+    }
+}
+
 /// Reads exactly `buf`, waking every tick to expire overdue requests.
-fn read_full(
-    stream: &mut TcpStream,
+fn read_full<R: Read>(
+    stream: &mut R,
     buf: &mut [u8],
     pending: &Mutex<HashMap<u64, Waiter>>,
     alive: &AtomicBool,
@@ -236,8 +343,8 @@ fn expire(pending: &Mutex<HashMap<u64, Waiter>>) {
     }
 }
 
-fn read_loop(
-    mut stream: TcpStream,
+fn read_loop<R: Read>(
+    mut stream: R,
     pending: Arc<Mutex<HashMap<u64, Waiter>>>,
     alive: Arc<AtomicBool>,
 ) {

@@ -23,6 +23,7 @@
 mod batcher;
 mod connection;
 mod subscription;
+mod transport;
 
 pub use batcher::Batcher;
 use connection::{Connection, Reply};
@@ -30,6 +31,7 @@ pub use subscription::{Subscription, SubscriptionError};
 
 use crate::codec::{self, PartitionStatus, ReadModelStatus};
 use crate::operation::{Operation, ProtocolError};
+use crate::tls::ClientTls;
 use bytes::BytesMut;
 use engine::model::{Account, TransferLookup};
 use engine::read_model::{At, BalanceAsOf, HistoryPage, HistoryQuery, QueryError};
@@ -47,6 +49,8 @@ pub struct ClientConfig {
     pub timeout_ms: u64,
     /// Extra attempts after a disconnect or timeout.
     pub retries: u32,
+    /// Speak TLS to the server (`ClientTls::from_ca_file`); `None`: plain TCP.
+    pub tls: Option<ClientTls>,
 }
 
 impl ClientConfig {
@@ -58,6 +62,7 @@ impl ClientConfig {
             connections: 1,
             timeout_ms: 10_000,
             retries: 3,
+            tls: None,
         }
     }
 }
@@ -66,6 +71,10 @@ impl ClientConfig {
 pub enum ClientError {
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
+    /// TLS could not be agreed (untrusted or wrong certificate, TLS on one side only): not
+    /// retried.
+    #[error("TLS with {addr}: {reason}")]
+    Tls { addr: String, reason: String },
     #[error("connection lost: {0}")]
     Disconnected(String),
     #[error("no reply within {0} ms")]

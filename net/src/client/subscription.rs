@@ -4,6 +4,7 @@
 //! comes exactly once, as long as the server still retains that position.
 
 use super::connection::{handshake, read_frame};
+use super::transport::Transport;
 use super::{ClientConfig, ClientError};
 use crate::codec::{self, Push, Subscribe};
 use crate::frame::{self, FrameHeader, HEADER_BYTES};
@@ -12,14 +13,13 @@ use bytes::BytesMut;
 use engine::read_model::{ChangeEvent, QueryError};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 /// The request id of the subscribe request on its connection.
 const SUBSCRIBE_REQUEST_ID: u64 = 1;
 
 pub struct Subscription {
-    stream: TcpStream,
+    stream: Transport,
     account: Option<u128>,
     /// Per subscribed partition: the position to resume from (after the last change seen).
     cursors: Vec<(u32, u64)>,
@@ -51,12 +51,7 @@ impl Subscription {
         account: Option<u128>,
         from: &[u64],
     ) -> Result<Subscription, SubscriptionError> {
-        let connect_error = |e: std::io::Error| ClientError::Connect {
-            addr: config.addr.clone(),
-            reason: e.to_string(),
-        };
-        let mut stream = TcpStream::connect(&config.addr).map_err(connect_error)?;
-        stream.set_nodelay(true).map_err(connect_error)?;
+        let mut stream = Transport::open(config)?;
         handshake(&mut stream, config)?;
         let mut body = BytesMut::new();
         codec::encode_subscribe(
@@ -74,7 +69,10 @@ impl Subscription {
             SUBSCRIBE_REQUEST_ID,
             &body,
         );
-        stream.write_all(&frame).map_err(disconnected)?;
+        stream
+            .write_all(&frame)
+            .and_then(|()| stream.flush())
+            .map_err(disconnected)?;
         let (header, body) = read_frame(&mut stream).map_err(disconnected)?;
         if header.flags & frame::flags::ERROR != 0 {
             let (error, message) = codec::decode_error(&body);
@@ -90,7 +88,10 @@ impl Subscription {
         let cursors = codec::decode_subscribe_reply(&body, account.unwrap_or(0))
             .map_err(|_| ClientError::BadReply)?
             .map_err(SubscriptionError::Refused)?;
-        stream.set_read_timeout(None).map_err(disconnected)?;
+        stream
+            .socket()
+            .set_read_timeout(None)
+            .map_err(disconnected)?;
         Ok(Subscription {
             stream,
             account,
@@ -137,6 +138,7 @@ impl Subscription {
         timeout: Option<Duration>,
     ) -> Result<Option<(FrameHeader, BytesMut)>, ClientError> {
         self.stream
+            .socket()
             .set_read_timeout(timeout.map(|t| t.max(Duration::from_millis(1))))
             .map_err(disconnected)?;
         loop {

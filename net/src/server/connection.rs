@@ -1,5 +1,8 @@
-//! One client connection: handshake, then a read loop that hands each request to its own task
-//! (pipelining) and a writer task that sends replies as they complete (matched by request id).
+//! One client connection: TLS (when configured) and the protocol handshake, both within
+//! `handshake_timeout_ms` of the accept, then a read loop that hands each request to its own
+//! task (pipelining) and a writer task that sends replies as they complete (matched by request
+//! id). The code after the transport is set up is generic over the stream halves, so plain TCP
+//! runs on the glommio stream directly and TLS on a rustls stream, each monomorphized.
 //!
 //! Memory per connection is bounded: request bodies by the per-connection request permits and
 //! the per-core byte budget (released as soon as a request is handled, so a client that does
@@ -13,10 +16,15 @@ use crate::codec::{self, role};
 use crate::frame::{self, FrameHeader, HEADER_BYTES};
 use crate::operation::{Operation, ProtocolError};
 use bytes::BytesMut;
-use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::future::Either;
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpStream;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// Replies queued for the writer per connection.
 const REPLY_QUEUE_MAX: usize = 64;
@@ -28,7 +36,75 @@ pub(crate) type Reply = (BytesMut, Option<glommio::sync::StaticPermit>);
 pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.split();
+    // The TLS handshake (if any) and the protocol handshake must both be done by then.
+    let deadline = Instant::now() + Duration::from_millis(ctx.config.handshake_timeout_ms);
+    match ctx.tls.clone() {
+        // Plain TCP: the halves of the glommio stream itself, so the per-frame path is the
+        // same code as without TLS support (`serve_split` is monomorphized per stream type).
+        None => {
+            let (reader, writer) = stream.split();
+            serve_split(reader, writer, peer, deadline, ctx).await;
+        }
+        Some(acceptor) => match before(deadline, &ctx.stop, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                let (reader, writer) = stream.split();
+                serve_split(reader, writer, peer, deadline, ctx).await;
+            }
+            Ok(Err(e)) => tracing::info!(?peer, error = %e, "TLS handshake failed"),
+            Err(Cut::TimedOut) => tracing::info!(?peer, "TLS handshake timed out"),
+            Err(Cut::Stopping) => {}
+        },
+    }
+}
+
+/// Why `before` gave up on a future.
+enum Cut {
+    TimedOut,
+    Stopping,
+}
+
+/// `f`, unless `deadline` passes or the server stops first.
+async fn before<F: Future>(
+    deadline: Instant,
+    stop: &flume::Receiver<()>,
+    f: F,
+) -> Result<F::Output, Cut> {
+    let timer = pin!(glommio::timer::sleep(
+        deadline.saturating_duration_since(Instant::now())
+    ));
+    let stopped = pin!(stop.recv_async());
+    match futures::future::select(pin!(f), futures::future::select(timer, stopped)).await {
+        Either::Left((output, _)) => Ok(output),
+        Either::Right((Either::Left(_), _)) => Err(Cut::TimedOut),
+        Either::Right((Either::Right(_), _)) => Err(Cut::Stopping),
+    }
+}
+
+/// A connection after its transport is set up: the protocol handshake (bounded by
+/// `deadline`), then requests until either side stops.
+async fn serve_split<R, W>(
+    mut reader: R,
+    mut writer: W,
+    peer: Option<SocketAddr>,
+    deadline: Instant,
+    ctx: Rc<CoreContext>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + 'static,
+{
+    let handshake = handshake(&mut reader, &mut writer, &ctx, peer);
+    match before(deadline, &ctx.stop, handshake).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(Cut::TimedOut) => {
+            tracing::info!(
+                ?peer,
+                "closing a connection that did not complete its handshake in time"
+            );
+            return;
+        }
+        Err(Cut::Stopping) => return,
+    }
     let (replies, reply_queue) = local_channel::new_bounded::<Reply>(REPLY_QUEUE_MAX);
     let replies = Rc::new(replies);
     let reply_budget = Rc::new(glommio::sync::Semaphore::new(
@@ -39,12 +115,16 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
     let stall = std::time::Duration::from_millis(ctx.config.write_stall_timeout_ms);
     let writer_task = glommio::spawn_local(async move {
         while let Some((frame, permit)) = reply_queue.recv().await {
-            let write = Box::pin(writer.write_all(&frame));
+            // The flush is free on plain TCP; TLS may keep the tail of a record until then.
+            let write = Box::pin(async {
+                writer.write_all(&frame).await?;
+                writer.flush().await
+            });
             let timeout = Box::pin(glommio::timer::sleep(stall));
             match futures::future::select(write, timeout).await {
-                futures::future::Either::Left((Ok(()), _)) => drop(permit),
-                futures::future::Either::Left((Err(_), _)) => break,
-                futures::future::Either::Right(_) => {
+                Either::Left((Ok(()), _)) => drop(permit),
+                Either::Left((Err(_), _)) => break,
+                Either::Right(_) => {
                     tracing::warn!(?peer, "closing a connection that does not read its replies");
                     break;
                 }
@@ -58,7 +138,6 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
     ));
     // Set when the read loop ends, so subscription tasks (which hold `replies`) stop too.
     let closed = Rc::new(std::cell::Cell::new(false));
-    let mut handshaken = false;
     loop {
         let mut header_bytes = [0u8; HEADER_BYTES];
         let read = Box::pin(reader.read_exact(&mut header_bytes));
@@ -67,9 +146,9 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
             Box::pin(writer_gone.recv_async()),
         );
         match futures::future::select(read, stopped).await {
-            futures::future::Either::Left((Ok(()), _)) => {}
-            futures::future::Either::Left((Err(_), _)) => break, // closed (or cut mid-header)
-            futures::future::Either::Right(_) => break,          // the server is stopping
+            Either::Left((Ok(()), _)) => {}
+            Either::Left((Err(_), _)) => break, // closed (or cut mid-header)
+            Either::Right(_) => break,          // the server is stopping
         }
         let header = match FrameHeader::decode(&header_bytes) {
             Ok(h) => h,
@@ -105,27 +184,6 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
             .await;
             break;
         }
-        if !handshaken {
-            match accept_handshake(&ctx, &header, &body) {
-                Ok(reply) => {
-                    handshaken = true;
-                    let _ = replies.send((reply, None)).await;
-                    continue;
-                }
-                Err((error, message)) => {
-                    tracing::info!(?peer, %error, "handshake refused");
-                    send_error(
-                        &replies,
-                        header.operation,
-                        header.request_id,
-                        error,
-                        message,
-                    )
-                    .await;
-                    break;
-                }
-            }
-        }
         let ctx = ctx.clone();
         let replies = replies.clone();
         let reply_budget = reply_budget.clone();
@@ -160,6 +218,63 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
     closed.set(true);
     drop(replies);
     writer_task.await;
+}
+
+/// Reads the first frame, which must be an acceptable handshake, and answers it. `false`: the
+/// connection is done (refused with an error frame, or closed by the peer); the writer is
+/// closed then. The caller bounds the whole exchange in time.
+async fn handshake<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    ctx: &CoreContext,
+    peer: Option<SocketAddr>,
+) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let reply = async {
+        let mut header_bytes = [0u8; HEADER_BYTES];
+        reader.read_exact(&mut header_bytes).await.ok()?;
+        let header = match FrameHeader::decode(&header_bytes) {
+            Ok(h) => h,
+            Err(e) => return Some(Err(error_frame(0, 0, e.into(), &e.to_string()))),
+        };
+        // The body's bytes count against the core's budget like any request's.
+        let _bytes_permit = ctx
+            .bytes_in_flight
+            .acquire_static_permit(header.body_len as u64 + HEADER_BYTES as u64)
+            .await
+            .ok()?;
+        let mut body = BytesMut::zeroed(header.body_len as usize);
+        reader.read_exact(&mut body).await.ok()?;
+        if let Err(e) = header.check_body(&body) {
+            let error = error_frame(
+                header.operation,
+                header.request_id,
+                e.into(),
+                &e.to_string(),
+            );
+            return Some(Err(error));
+        }
+        Some(
+            accept_handshake(ctx, &header, &body).map_err(|(error, message)| {
+                tracing::info!(?peer, %error, "handshake refused");
+                error_frame(header.operation, header.request_id, error, message)
+            }),
+        )
+    }
+    .await;
+    let accepted = matches!(reply, Some(Ok(_)));
+    if let Some(Ok(frame) | Err(frame)) = reply {
+        if writer.write_all(&frame).await.is_err() || writer.flush().await.is_err() {
+            return false;
+        }
+    }
+    if !accepted {
+        let _ = writer.close().await;
+    }
+    accepted
 }
 
 fn accept_handshake(

@@ -5,6 +5,8 @@
 //!
 //! Limits: requests in flight per connection, bytes in flight per core, connections per core.
 //! Beyond a limit the server stops reading from that socket (TCP pushes back on the client).
+//! A connection must finish its handshake (TLS, when configured, then the protocol's) within
+//! `handshake_timeout_ms`.
 
 mod connection;
 mod handler;
@@ -35,6 +37,13 @@ pub struct ServerConfig {
     pub reply_bytes_per_connection_max: u64,
     /// A connection whose replies cannot be written for this long is closed.
     pub write_stall_timeout_ms: u64,
+    /// A connection that has not completed its handshake (the TLS handshake, if any, and the
+    /// protocol handshake) this long after it was accepted is closed, so idle unauthenticated
+    /// connections cannot hold connection slots.
+    pub handshake_timeout_ms: u64,
+    /// TLS on the client port (`crate::tls::server_config`); `None`: plain TCP. With TLS the
+    /// port speaks nothing else.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub io_memory_bytes: usize,
 }
 
@@ -51,6 +60,8 @@ impl ServerConfig {
             connections_per_core_max: 1024,
             reply_bytes_per_connection_max: 8 << 20,
             write_stall_timeout_ms: 10_000,
+            handshake_timeout_ms: 10_000,
+            tls: None,
             io_memory_bytes: 1 << 20,
         }
     }
@@ -68,6 +79,8 @@ pub(crate) struct CoreContext {
     pub config: ServerConfig,
     pub bytes_in_flight: Rc<glommio::sync::Semaphore>,
     pub connections: std::cell::Cell<usize>,
+    /// Set when the port speaks TLS.
+    pub tls: Option<futures_rustls::TlsAcceptor>,
     /// Resolves (with an error) when the server stops: connections stop reading then.
     pub stop: flume::Receiver<()>,
 }
@@ -149,6 +162,7 @@ async fn accept_loop(
         bytes_in_flight: Rc::new(glommio::sync::Semaphore::new(
             config.bytes_in_flight_per_core_max,
         )),
+        tls: config.tls.clone().map(futures_rustls::TlsAcceptor::from),
         node,
         config,
         connections: std::cell::Cell::new(0),
