@@ -21,6 +21,7 @@ pub mod log;
 pub mod model;
 pub mod partition;
 pub mod prefault;
+pub mod raft;
 pub mod read_model;
 pub mod recovery;
 pub mod result_code;
