@@ -51,7 +51,7 @@ fn walletd_keeps_its_invariants_under_random_faults() {
         );
     }
     assert!(
-        summary.acknowledged > 1_000 * secs,
+        summary.acknowledged > 300 * secs,
         "the load barely ran: {} acknowledged (seed {seed})",
         summary.acknowledged
     );
