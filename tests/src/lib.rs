@@ -1,6 +1,7 @@
 //! Shared pieces of the cross-process tests: the workload the crash child runs, so the parent
 //! can check exactly what it expects to find, and a walletd child process on a free port.
 
+pub mod chaos;
 pub mod server_process;
 
 use engine::model::Currency;

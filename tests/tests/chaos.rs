@@ -1,0 +1,62 @@
+//! The chaos harness, CI-sized: a walletd with 4 partitions under load for `CHAOS_SECS`
+//! (default 30) seconds while it is SIGKILLed, SIGSTOPped, runs out of disk and is restarted
+//! cleanly, then the invariant check (see `walletd_tests::chaos`). The seed is printed;
+//! `CHAOS_SEED` repeats a fault schedule. For a soak: `CHAOS_SECS=600 cargo test --test chaos
+//! -- --nocapture`, or the `wallet-chaos` program.
+
+use std::path::PathBuf;
+use std::time::Duration;
+use walletd_tests::chaos::faults::FaultKind;
+use walletd_tests::chaos::{run, ChaosConfig};
+
+const WALLETD: &str = env!("CARGO_BIN_EXE_test-walletd");
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
+#[test]
+fn walletd_keeps_its_invariants_under_random_faults() {
+    let seed = env_u64("CHAOS_SEED").unwrap_or_else(|| fastrand::u64(..));
+    let secs = env_u64("CHAOS_SECS").unwrap_or(30);
+    println!("CHAOS_SEED={seed} CHAOS_SECS={secs}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ChaosConfig::new(
+        PathBuf::from(WALLETD),
+        dir.path().to_path_buf(),
+        seed,
+        Duration::from_secs(secs),
+    );
+    // A debug build on a small shared machine: a modest rate keeps the final lookups short.
+    config.rate = 3_000;
+    let summary = run(&config).unwrap_or_else(|e| {
+        panic!(
+            "the chaos run failed (seed {seed}): {e}; walletd log: {}",
+            std::fs::read_to_string(dir.path().join("node0/walletd.log")).unwrap_or_default()
+        )
+    });
+    println!("{summary}");
+    assert!(
+        summary.passed(),
+        "invariants violated (CHAOS_SEED={seed}):\n{summary}"
+    );
+    assert_eq!(summary.lost, 0, "seed {seed}");
+    assert_eq!(summary.duplicated, 0, "seed {seed}");
+    assert_eq!(summary.unanswered, 0, "seed {seed}");
+    for kind in FaultKind::ALL {
+        assert!(
+            summary.faults_of(kind) >= 1,
+            "no {} fault in {secs} s (seed {seed})",
+            kind.name()
+        );
+    }
+    assert!(
+        summary.acknowledged > 300 * secs,
+        "the load barely ran: {} acknowledged (seed {seed})",
+        summary.acknowledged
+    );
+    assert!(
+        summary.batches_retried > 0,
+        "no batch lost its answer, so exactly-once was not exercised (seed {seed})"
+    );
+}
