@@ -2,10 +2,10 @@
 //! Replay runs the very same `apply_entry` as the live path, so the state comes back bit for
 //! bit (tests compare digests).
 
-use crate::log::{scan_log, LogError, LogTail};
+use crate::log::{find_tail, scan_log, LogError, LogTail};
 use crate::partition::PartitionId;
 use crate::read_model::ReadModel;
-use crate::snapshot::load_latest;
+use crate::snapshot::{load_at_or_before, load_latest};
 use crate::state_machine::{ApplyError, ApplyOutput, PartitionState};
 use std::path::{Path, PathBuf};
 
@@ -64,20 +64,39 @@ pub fn recover_partition(
     partition: PartitionId,
     partition_count: u32,
 ) -> Result<Recovered, RecoveryError> {
-    recover_partition_with(partition_dir, partition, partition_count, 0)
+    recover_partition_with(partition_dir, partition, partition_count, 0, 0)
 }
 
 /// `recover_partition`, also rebuilding a read model keeping `history_per_account` entries
 /// per account (0: none) from the snapshot's state and the events of the replayed log tail.
+///
+/// With a read model, recovery starts from a snapshot at least `history_rebuild_entries`
+/// entries before the end of the log (the newest such one; the oldest kept snapshot when all
+/// are newer), not from the newest: a clean shutdown writes a snapshot at the very end, and
+/// starting there would leave the history empty. The price is replaying up to that many more
+/// entries at start; the state comes out the same either way.
 pub fn recover_partition_with(
     partition_dir: &Path,
     partition: PartitionId,
     partition_count: u32,
     history_per_account: usize,
+    history_rebuild_entries: u64,
 ) -> Result<Recovered, RecoveryError> {
     let snapshots = snapshot_dir(partition_dir);
     let logs = log_dir(partition_dir);
-    let loaded = load_latest(&snapshots, partition, partition_count)?;
+    let earlier = if history_per_account > 0 && history_rebuild_entries > 0 {
+        let log = find_tail(&logs)?;
+        let wanted = log.last_index.saturating_sub(history_rebuild_entries);
+        // Only a snapshot the log continues without a gap (a purged log starts later).
+        load_at_or_before(&snapshots, partition, partition_count, wanted)?
+            .filter(|l| log.first_index <= l.state.last_index() + 1)
+    } else {
+        None
+    };
+    let loaded = match earlier {
+        Some(l) => Some(l),
+        None => load_latest(&snapshots, partition, partition_count)?,
+    };
     let (mut state, snapshot_term, snapshot) = match loaded {
         Some(l) => (l.state, l.last_term, Some(l.path)),
         None => (PartitionState::new(partition, partition_count), 0, None),

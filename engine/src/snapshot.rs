@@ -311,6 +311,36 @@ pub fn load_latest(
     Ok(None)
 }
 
+/// Loads the newest valid snapshot of `dir` that covers at most `index`; when every valid one
+/// is newer, the oldest valid one. (Recovery starts a little further back than the newest
+/// snapshot so that the read model's history spans the entries in between.)
+pub fn load_at_or_before(
+    dir: &Path,
+    partition: PartitionId,
+    partition_count: u32,
+    index: u64,
+) -> Result<Option<LoadedSnapshot>, LogError> {
+    let mut oldest_newer: Option<LoadedSnapshot> = None;
+    for (last_index, path) in list_snapshots(dir)?.into_iter().rev() {
+        match load_snapshot(&path) {
+            Ok(loaded) => {
+                if loaded.state.partition != partition
+                    || loaded.state.partition_count != partition_count
+                {
+                    tracing::warn!(path = %path.display(), "snapshot belongs to another partition layout; skipped");
+                    continue;
+                }
+                if last_index <= index {
+                    return Ok(Some(loaded));
+                }
+                oldest_newer = Some(loaded);
+            }
+            Err(e) => tracing::warn!(error = %e, "snapshot unusable; falling back to an older one"),
+        }
+    }
+    Ok(oldest_newer)
+}
+
 /// Loads and fully validates one snapshot file.
 pub fn load_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
     let invalid = |reason: String| SnapshotError::Invalid {

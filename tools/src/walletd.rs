@@ -82,6 +82,8 @@ struct FileConfig {
     cluster_id: Option<u64>,
     node_id: Option<u64>,
     read_model_history_per_account: Option<usize>,
+    /// Log entries replayed into the read model at start (its history survives a restart).
+    read_model_rebuild_entries: Option<u64>,
 }
 
 /// History entries per account the read model keeps unless configured.
@@ -184,6 +186,9 @@ fn run(args: Args) -> Result<(), String> {
     }
     if let Some(v) = file.snapshot_daily_days {
         engine.snapshot_daily_days = v;
+    }
+    if let Some(v) = file.read_model_rebuild_entries {
+        engine.read_model_rebuild_entries = v;
     }
     if let Some(v) = file.queue_depth_max {
         engine.queue_depth_max = v;

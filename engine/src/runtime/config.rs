@@ -40,6 +40,10 @@ pub struct EngineConfig {
     /// of a timestamp or position); 0 turns the read model off. Memory: 64 bytes per
     /// entry per account that moved money.
     pub read_model_history_per_account: usize,
+    /// With a read model: at start, replay at least this many log entries into it (recovery
+    /// starts from an older snapshot), so the history survives a clean restart. 0: start from
+    /// the newest snapshot (fastest start, history begins there).
+    pub read_model_rebuild_entries: u64,
     /// **Test-only** fault injection into every partition's log writer (failed fsyncs, a full
     /// disk, slow writes). `None` in production, and then it costs nothing measurable.
     pub faults: Option<Arc<FaultPlan>>,
@@ -101,6 +105,7 @@ impl EngineConfig {
             tcc_try_timeout_ms: 5_000,
             clock: Clock::system(),
             read_model_history_per_account: 0,
+            read_model_rebuild_entries: 1024,
             faults: None,
         }
     }

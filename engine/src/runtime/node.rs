@@ -409,7 +409,13 @@ async fn run_shard(
             }
         }
         let history = config.read_model_history_per_account;
-        let recovered = match recover_partition_with(&dir, partition, config.partitions, history) {
+        let recovered = match recover_partition_with(
+            &dir,
+            partition,
+            config.partitions,
+            history,
+            config.read_model_rebuild_entries,
+        ) {
             Ok(r) => r,
             Err(e) => {
                 let _ = ready.send(Err(StartError::Recovery {
