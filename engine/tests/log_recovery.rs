@@ -1,5 +1,6 @@
 //! The segment log under damage: a torn tail is cut off, damage in the middle stops the start
-//! with the file and offset, and an explicit repair truncates there.
+//! with the file and offset, and an explicit repair truncates there. Also Raft's conflict
+//! truncation (`truncate_from`) and appends at dictated indexes (`append_at`).
 
 use engine::log::{find_tail, repair_log, scan_log, LogError, LogWriter, WriterOptions};
 use std::path::{Path, PathBuf};
@@ -177,4 +178,89 @@ fn a_zeroed_block_in_the_middle_is_detected() {
         find_tail(dir.path()),
         Err(LogError::Corrupt { .. })
     ));
+}
+
+/// (index, term) of every record.
+fn terms(dir: &Path) -> Vec<(u64, u64)> {
+    let mut seen = Vec::new();
+    scan_log::<LogError>(dir, 1, |r| {
+        seen.push((r.header.index, r.header.term));
+        Ok(())
+    })
+    .unwrap();
+    seen
+}
+
+/// Raft's conflict truncation: cut the log at `cut`, then append `more` records of term 2 at
+/// the dictated indexes, reopen, and check the log is 1..cut-1 of term 1 then term 2.
+fn truncate_then_append(total: u64, cut: u64, more: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let segment_bytes = 64 << 10;
+    write_records(dir.path(), total, 7, segment_bytes);
+    let segments_before = engine::log::list_segments(dir.path()).unwrap().len();
+    let path = dir.path().to_path_buf();
+    on_glommio(move || async move {
+        let options = WriterOptions {
+            segment_bytes,
+            pending_bytes_max: (segment_bytes / 4) as usize,
+            ..Default::default()
+        };
+        let mut writer = LogWriter::open(&path, options, &find_tail(&path).unwrap())
+            .await
+            .unwrap();
+        writer.truncate_from(cut).await.unwrap();
+        assert_eq!(writer.last_index(), cut - 1);
+        assert_eq!(writer.durable_index(), cut - 1);
+        for index in cut..cut + more {
+            let body = vec![index as u8; 300];
+            writer
+                .append_at(index, 2, 10_000 + index, 9, &body)
+                .unwrap();
+        }
+        writer.flush().await.unwrap();
+        writer.close().await.unwrap();
+    });
+    let expected: Vec<(u64, u64)> = (1..cut)
+        .map(|i| (i, 1))
+        .chain((cut..cut + more).map(|i| (i, 2)))
+        .collect();
+    assert_eq!(terms(dir.path()), expected, "cut at {cut} of {total}");
+    assert_eq!(indexes(dir.path()), (1..cut + more).collect::<Vec<_>>());
+    let segments_after = engine::log::list_segments(dir.path()).unwrap().len();
+    assert!(segments_after <= segments_before + 1);
+}
+
+#[test]
+fn truncation_cuts_a_conflicting_suffix_and_appends_continue_at_the_cut() {
+    // 400 records over many 64 KiB segments: cut in the last segment, in an earlier one
+    // (later segments deleted), at the very first record of a segment, and at index 1.
+    let total = 400;
+    let probe = tempfile::tempdir().unwrap();
+    write_records(probe.path(), total, 7, 64 << 10);
+    let first_of_third = engine::log::list_segments(probe.path()).unwrap()[2].first_index;
+    for cut in [total, total - 3, total / 2, first_of_third, 2, 1] {
+        truncate_then_append(total, cut, 25);
+    }
+}
+
+#[test]
+fn truncating_past_the_end_changes_nothing_and_before_the_start_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_records(dir.path(), 20, 5, 64 << 10);
+    let path = dir.path().to_path_buf();
+    on_glommio(move || async move {
+        let options = WriterOptions {
+            segment_bytes: 64 << 10,
+            pending_bytes_max: 16 << 10,
+            ..Default::default()
+        };
+        let mut writer = LogWriter::open(&path, options, &find_tail(&path).unwrap())
+            .await
+            .unwrap();
+        writer.truncate_from(21).await.unwrap();
+        assert_eq!(writer.last_index(), 20);
+        assert!(writer.truncate_from(0).await.is_err());
+        writer.close().await.unwrap();
+    });
+    assert_eq!(indexes(dir.path()), (1..=20).collect::<Vec<_>>());
 }

@@ -158,6 +158,11 @@ pub fn body_bytes_of_kind(dir: &Path, from_index: u64, kind: u16) -> Result<u64,
 /// Zeroes `path` from `offset` to its end and syncs it: cuts a torn tail or, on explicit repair,
 /// everything from a corrupt record on.
 pub fn zero_from(path: &Path, offset: u64) -> Result<(), LogError> {
+    zero_range(path, offset, u64::MAX)
+}
+
+/// Zeroes `path` from `offset` up to `end` (or its end, if shorter) and syncs it.
+pub fn zero_range(path: &Path, offset: u64, end: u64) -> Result<(), LogError> {
     use std::io::{Seek, SeekFrom, Write};
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -167,7 +172,7 @@ pub fn zero_from(path: &Path, offset: u64) -> Result<(), LogError> {
     file.seek(SeekFrom::Start(offset))
         .map_err(|e| LogError::io(path, e))?;
     let zeros = vec![0u8; 1 << 20];
-    let mut left = len.saturating_sub(offset);
+    let mut left = len.min(end).saturating_sub(offset);
     while left > 0 {
         let n = left.min(zeros.len() as u64) as usize;
         file.write_all(&zeros[..n])

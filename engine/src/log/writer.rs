@@ -21,8 +21,8 @@
 use super::error::LogError;
 use super::fault::FaultPlan;
 use super::record::{encode_record, record_bytes, RecordHeader};
-use super::scan::{sync_dir, zero_from, LogTail};
-use super::segments::{segment_path, SegmentInfo};
+use super::scan::{find_tail, sync_dir, zero_from, zero_range, LogTail};
+use super::segments::{segment_path, MappedSegment, SegmentEnd, SegmentInfo};
 use glommio::io::{DmaFile, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -439,6 +439,98 @@ impl LogWriter {
 
     /// Deletes whole segments whose records all precede `index` (after a snapshot covers them).
     /// The active segment is never deleted.
+    /// `append` at an index the caller dictates (a Raft follower writes the leader's entries
+    /// at the leader's indexes): it must be the next one.
+    pub fn append_at(
+        &mut self,
+        index: u64,
+        term: u64,
+        timestamp: u64,
+        kind: u16,
+        body: &[u8],
+    ) -> Result<u64, LogError> {
+        assert_eq!(
+            index,
+            self.last_index + 1,
+            "the log continues without a gap"
+        );
+        self.append(term, timestamp, kind, body)
+    }
+
+    /// Removes every record at or after `index` (for Raft: a follower's entries that conflict
+    /// with the new leader's). Later segments are deleted from the back, so a crash midway
+    /// leaves no hole; the written part of the segment that holds `index`, from that record
+    /// on, is zeroed and synced. Afterwards the log ends at `index - 1` and appends continue
+    /// there. Only durable records can be cut (flush first); nothing happens when `index` is
+    /// past the end. The writer is reopened from a fresh scan of the tail (a rare operation:
+    /// the proven start-up path is worth more than saving that scan).
+    pub async fn truncate_from(&mut self, index: u64) -> Result<(), LogError> {
+        if let Some(reason) = &self.poisoned {
+            return Err(LogError::Poisoned(reason.clone()));
+        }
+        assert_eq!(
+            self.durable_index, self.last_index,
+            "flush before truncating"
+        );
+        if index > self.last_index {
+            return Ok(());
+        }
+        let first = self.segments.first().map_or(0, |s| s.first_index);
+        if index == 0 || index < first {
+            return Err(LogError::io(
+                &self.dir,
+                std::io::Error::other(format!(
+                    "cannot truncate from index {index}: the log starts at {first}"
+                )),
+            ));
+        }
+        if let Some(active) = self.active.take() {
+            active
+                .close()
+                .await
+                .map_err(|e| LogError::glommio(self.active_path(), e))?;
+        }
+        let mut deleted = false;
+        while self.segments.len() > 1 && self.segments.last().is_some_and(|s| s.first_index > index)
+        {
+            let segment = self.segments.pop().expect("checked above");
+            std::fs::remove_file(&segment.path).map_err(|e| LogError::io(&segment.path, e))?;
+            deleted = true;
+        }
+        if deleted {
+            sync_dir(&self.dir)?;
+        }
+        let holder = self
+            .segments
+            .last()
+            .cloned()
+            .expect("the log has a segment");
+        let mapped = MappedSegment::open(holder.clone())?;
+        let mut records = mapped.records();
+        let cut = records
+            .by_ref()
+            .find(|r| r.header.index >= index)
+            .map(|r| r.offset);
+        let end = match records.end() {
+            Some(SegmentEnd::Clean { offset }) | Some(SegmentEnd::Invalid { offset, .. }) => {
+                *offset
+            }
+            None => mapped.bytes().len() as u64,
+        };
+        drop(mapped);
+        if let Some(cut) = cut {
+            zero_range(&holder.path, cut, end.next_multiple_of(BLOCK_BYTES))?;
+        }
+        let tail = find_tail(&self.dir)?;
+        *self = LogWriter::open(&self.dir, self.options.clone(), &tail).await?;
+        assert_eq!(
+            self.last_index,
+            index - 1,
+            "the log ends right before {index}"
+        );
+        Ok(())
+    }
+
     pub fn purge_before(&mut self, index: u64) -> Result<usize, LogError> {
         let mut removed = 0;
         while self.segments.len() > 1 && self.segments[1].first_index <= index {
