@@ -785,7 +785,7 @@ fn aggregate(
                         }
                     }
                     Err(e) => {
-                        *o.errors.entry(error_kind(e).to_string()).or_default() += 1;
+                        *o.errors.entry(e.kind().to_string()).or_default() += 1;
                         if is_fatal(e) && fatal.is_none() {
                             fatal = Some(e.to_string());
                             stop.store(true, Ordering::Relaxed);
@@ -828,18 +828,6 @@ fn aggregate(
         }
     }
     Ok(o)
-}
-
-fn error_kind(e: &ClientError) -> &'static str {
-    match e {
-        ClientError::Connect { .. } => "connect",
-        ClientError::Tls { .. } => "tls",
-        ClientError::Disconnected(_) => "disconnected",
-        ClientError::Timeout(_) => "timeout",
-        ClientError::Refused { .. } => "refused",
-        ClientError::BadReply => "bad_reply",
-        ClientError::TooManyItems(_) => "too_many_items",
-    }
 }
 
 /// Errors after which more load makes no sense (the server is gone or refuses us).

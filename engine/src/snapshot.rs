@@ -294,21 +294,7 @@ pub fn load_latest(
     partition: PartitionId,
     partition_count: u32,
 ) -> Result<Option<LoadedSnapshot>, LogError> {
-    for (_, path) in list_snapshots(dir)?.into_iter().rev() {
-        match load_snapshot(&path) {
-            Ok(loaded) => {
-                if loaded.state.partition != partition
-                    || loaded.state.partition_count != partition_count
-                {
-                    tracing::warn!(path = %path.display(), "snapshot belongs to another partition layout; skipped");
-                    continue;
-                }
-                return Ok(Some(loaded));
-            }
-            Err(e) => tracing::warn!(error = %e, "snapshot unusable; falling back to an older one"),
-        }
-    }
-    Ok(None)
+    load_at_or_before(dir, partition, partition_count, u64::MAX)
 }
 
 /// Loads the newest valid snapshot of `dir` that covers at most `index`; when every valid one

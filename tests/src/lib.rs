@@ -113,3 +113,42 @@ pub fn run_cli(binary: &str, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).trim().to_string(),
     )
 }
+
+/// Sets (or, with `None`, lifts back to the hard limit) the file-size limit (`RLIMIT_FSIZE`,
+/// through `prlimit`) of a running process: its writes past that offset fail with EFBIG,
+/// which walletd treats like a full disk.
+pub fn set_file_size_limit(pid: u32, bytes: Option<u64>) -> Result<(), std::io::Error> {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall on valid pointers.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let new = libc::rlimit {
+        rlim_cur: bytes.map_or(old.rlim_max, |b| b.min(old.rlim_max)),
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -19,34 +19,7 @@ const WALLETS: u128 = 10;
 const FILE_SIZE_LIMIT_BYTES: u64 = 1 << 20;
 
 fn set_file_size_limit(pid: u32, bytes: Option<u64>) {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscall on valid pointers.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_FSIZE,
-            std::ptr::null(),
-            &mut old,
-        )
-    };
-    assert_eq!(rc, 0, "prlimit get: {}", std::io::Error::last_os_error());
-    let new = libc::rlimit {
-        rlim_cur: bytes.unwrap_or(old.rlim_max),
-        rlim_max: old.rlim_max,
-    };
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_FSIZE,
-            &new,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(rc, 0, "prlimit set: {}", std::io::Error::last_os_error());
+    walletd_tests::set_file_size_limit(pid, bytes).expect("prlimit");
 }
 
 fn transfers(first_id: u128, count: u128) -> Vec<NewTransfer> {

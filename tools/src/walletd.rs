@@ -227,11 +227,13 @@ fn run(args: Args) -> Result<(), String> {
         signal_hook::consts::SIGINT,
     ])
     .map_err(|e| format!("installing signal handlers: {e}"))?;
-    let server = Server::start(node.clone(), server_config)?;
+    // Metrics before the client port: whoever waits for the client port (scripts, tests) then
+    // finds the metrics port open too.
     if let Some(addr) = args.metrics_listen.or(file.metrics_listen) {
         crate::metrics::serve(addr, node.clone())?;
         tracing::info!(%addr, "metrics at /metrics");
     }
+    let server = Server::start(node.clone(), server_config)?;
     tracing::info!(%listen, tls = tls_enabled, data_dir = %data_dir.display(), ?cores, partitions, "walletd listening");
 
     let signal = signals.forever().next();

@@ -78,6 +78,19 @@ struct Staged {
 /// that follows keeps the thread busy for milliseconds.
 const SUBMIT_TURN: Duration = Duration::from_micros(20);
 
+/// The body buffer of the entry staged at `slot` (buffers are kept from group to group, so a
+/// steady load allocates none).
+fn next_body(
+    bodies: &mut Vec<rkyv::util::AlignedVec<16>>,
+    slot: usize,
+) -> &mut rkyv::util::AlignedVec<16> {
+    assert!(slot <= bodies.len(), "slots are used in order");
+    if bodies.len() == slot {
+        bodies.push(rkyv::util::AlignedVec::new());
+    }
+    &mut bodies[slot]
+}
+
 /// (item position, transfer id) of the items of `batch` that wait for a TC/C outcome.
 fn pending_ids(batch: &CommandBatch, results: &[ResultCode]) -> Vec<(usize, TransferId)> {
     let CommandBatch::CreateTransfers(items) = batch else {
@@ -373,14 +386,10 @@ impl PartitionTask {
             for request in group.drain(..) {
                 match request {
                     Request::Commands { batch, reply } => {
-                        let slot = staged.len();
-                        if bodies.len() == slot {
-                            bodies.push(rkyv::util::AlignedVec::new());
-                        }
                         match self
                             .append(
                                 &batch,
-                                &mut bodies[slot],
+                                next_body(&mut bodies, staged.len()),
                                 &mut timestamp_floor,
                                 &mut failed,
                                 &mut full,
@@ -406,14 +415,10 @@ impl PartitionTask {
             }
             if !tcc_in.is_empty() {
                 let batch = CommandBatch::Tcc(tcc_in);
-                let slot = staged.len();
-                if bodies.len() == slot {
-                    bodies.push(rkyv::util::AlignedVec::new());
-                }
                 match self
                     .append(
                         &batch,
-                        &mut bodies[slot],
+                        next_body(&mut bodies, staged.len()),
                         &mut timestamp_floor,
                         &mut failed,
                         &mut full,

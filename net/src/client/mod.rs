@@ -91,6 +91,20 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// A short snake_case name of the kind of error, for counting errors by kind (reports,
+    /// metrics).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientError::Connect { .. } => "connect",
+            ClientError::Tls { .. } => "tls",
+            ClientError::Disconnected(_) => "disconnected",
+            ClientError::Timeout(_) => "timeout",
+            ClientError::Refused { .. } => "refused",
+            ClientError::BadReply => "bad_reply",
+            ClientError::TooManyItems(_) => "too_many_items",
+        }
+    }
+
     /// Worth retrying on a fresh connection (the request may or may not have been applied;
     /// ids make the retry safe).
     fn is_transient(&self) -> bool {

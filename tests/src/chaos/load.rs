@@ -225,18 +225,6 @@ impl LoadReport {
     }
 }
 
-fn error_kind(e: &ClientError) -> &'static str {
-    match e {
-        ClientError::Connect { .. } => "connect",
-        ClientError::Tls { .. } => "tls",
-        ClientError::Disconnected(_) => "disconnected",
-        ClientError::Timeout(_) => "timeout",
-        ClientError::Refused { .. } => "refused",
-        ClientError::BadReply => "bad_reply",
-        ClientError::TooManyItems(_) => "too_many_items",
-    }
-}
-
 /// Answers after which the same ids are simply sent again.
 fn is_transient(code: ResultCode) -> bool {
     matches!(
@@ -299,7 +287,7 @@ pub fn run_load(
                 // The first connection (the pool reconnects by itself after that).
                 match Client::connect(client_config.clone()) {
                     Ok(c) => client = Some(c),
-                    Err(e) => *report.errors.entry(error_kind(&e)).or_default() += 1,
+                    Err(e) => *report.errors.entry(e.kind()).or_default() += 1,
                 }
             }
             let result = match &client {
@@ -342,7 +330,7 @@ pub fn run_load(
                     codes.len(),
                     pending.len()
                 )),
-                Err(e) => *report.errors.entry(error_kind(&e)).or_default() += 1,
+                Err(e) => *report.errors.entry(e.kind()).or_default() += 1,
             }
             if pending.is_empty() {
                 break;

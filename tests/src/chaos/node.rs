@@ -191,7 +191,8 @@ impl NodeHandle {
     /// full disk. `None` restores the hard limit.
     pub fn limit_file_size(&mut self, bytes: Option<u64>) -> Result<(), String> {
         let pid = self.running_pid()?;
-        set_file_size_limit(pid, bytes).map_err(|e| format!("{}: prlimit: {e}", self.name))?;
+        crate::set_file_size_limit(pid, bytes)
+            .map_err(|e| format!("{}: prlimit: {e}", self.name))?;
         self.file_size_limited = bytes.is_some();
         Ok(())
     }
@@ -233,42 +234,6 @@ impl Drop for NodeHandle {
 fn signal(pid: u32, signal: libc::c_int) {
     // SAFETY: plain syscall; the pid is our own child, not yet reaped.
     unsafe { libc::kill(pid as libc::pid_t, signal) };
-}
-
-fn set_file_size_limit(pid: u32, bytes: Option<u64>) -> Result<(), std::io::Error> {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscall on valid pointers.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_FSIZE,
-            std::ptr::null(),
-            &mut old,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let new = libc::rlimit {
-        rlim_cur: bytes.map_or(old.rlim_max, |b| b.min(old.rlim_max)),
-        rlim_max: old.rlim_max,
-    };
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_FSIZE,
-            &new,
-            std::ptr::null_mut(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Copies a process's stderr to `path` line by line, each line prefixed with its pid. Reads
