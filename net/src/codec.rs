@@ -631,6 +631,53 @@ pub fn decode_balance_at_reply(
     }))
 }
 
+/// One partition's line in a StateDigest reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionDigest {
+    pub partition: u32,
+    /// The last applied log entry the digest covers.
+    pub last_index: u64,
+    pub digest: u128,
+}
+
+/// Bytes per partition in a StateDigest reply.
+pub const PARTITION_DIGEST_BYTES: usize = 32;
+
+/// StateDigest reply: `count u32 | reserved u32 | count * (partition u32 | reserved u32 |
+/// last_index u64 | digest u128)`, little-endian.
+pub fn encode_state_digests(out: &mut BytesMut, parts: &[PartitionDigest]) {
+    out.put_u32_le(parts.len() as u32);
+    out.put_u32_le(0);
+    for p in parts {
+        out.put_u32_le(p.partition);
+        out.put_u32_le(0);
+        out.put_u64_le(p.last_index);
+        out.put_u128_le(p.digest);
+    }
+}
+
+pub fn decode_state_digests(body: &[u8]) -> Result<Vec<PartitionDigest>, ProtocolError> {
+    if body.len() < 8 {
+        return Err(ProtocolError::MalformedBody);
+    }
+    let count = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
+    let lines = &body[8..];
+    if lines.len() != count.saturating_mul(PARTITION_DIGEST_BYTES) {
+        return Err(ProtocolError::MalformedBody);
+    }
+    Ok(lines
+        .chunks_exact(PARTITION_DIGEST_BYTES)
+        .map(|l| {
+            let r = Reader(l);
+            PartitionDigest {
+                partition: r.u32(0),
+                last_index: r.u64(8),
+                digest: r.u128(16),
+            }
+        })
+        .collect())
+}
+
 /// One partition's read model in a ReadModelStatus reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadModelStatus {
@@ -1033,5 +1080,26 @@ mod tests {
             records(&out, ID_BYTES).err(),
             Some(ProtocolError::TooManyItems)
         );
+    }
+    #[test]
+    fn state_digests_round_trip_and_a_wrong_length_is_refused() {
+        let parts = [
+            PartitionDigest {
+                partition: 0,
+                last_index: 7,
+                digest: u128::MAX - 3,
+            },
+            PartitionDigest {
+                partition: 1,
+                last_index: 0,
+                digest: 42,
+            },
+        ];
+        let mut out = BytesMut::new();
+        encode_state_digests(&mut out, &parts);
+        assert_eq!(out.len(), 8 + 2 * PARTITION_DIGEST_BYTES);
+        assert_eq!(decode_state_digests(&out).unwrap(), parts);
+        assert!(decode_state_digests(&out[..out.len() - 1]).is_err());
+        assert!(decode_state_digests(&out[..4]).is_err());
     }
 }

@@ -19,6 +19,8 @@ pub enum Operation {
     ReadModelStatus = 22,
     /// Read model: subscribe to changes (reply, then push frames with the same request id).
     Subscribe = 23,
+    /// The state digest of every partition (a full pass over each partition's state).
+    StateDigest = 24,
 }
 
 impl Operation {
@@ -35,6 +37,7 @@ impl Operation {
             21 => Operation::GetBalanceAt,
             22 => Operation::ReadModelStatus,
             23 => Operation::Subscribe,
+            24 => Operation::StateDigest,
             _ => return None,
         })
     }

@@ -40,6 +40,7 @@ fn decode_stream(mut bytes: &[u8]) -> (usize, bool) {
             Some(Operation::Ping)
             | Some(Operation::Status)
             | Some(Operation::ReadModelStatus)
+            | Some(Operation::StateDigest)
             | None => Ok(0),
         };
         frames += 1;

@@ -119,6 +119,9 @@ enum Command {
     },
     /// Node status: partitions and their log positions.
     Status,
+    /// The live state digest (per partition and combined), comparable with `audit replay`'s.
+    /// Each partition pauses while it hashes its state: for audits, not for monitoring.
+    Digest,
     /// Offline log tools on a data dir (no server needed).
     #[command(subcommand)]
     Log(LogCommand),
@@ -385,6 +388,29 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Log(_) | Command::Audit(_) | Command::Watch { .. } => {
             unreachable!("handled above")
+        }
+        Command::Digest => {
+            let digest = client.state_digest().map_err(|e| e.to_string())?;
+            if cli.json {
+                let parts: Vec<_> = digest
+                    .partitions
+                    .iter()
+                    .map(|p| json!({"partition": p.partition, "last_index": p.last_index, "digest": format!("{:032x}", p.digest)}))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"digest": format!("{:032x}", digest.digest), "partitions": parts})
+                );
+            } else {
+                println!("digest {:032x}", digest.digest);
+                for p in &digest.partitions {
+                    println!(
+                        "  partition {}: {:032x} at index {}",
+                        p.partition, p.digest, p.last_index
+                    );
+                }
+            }
+            Ok(())
         }
         Command::Status => {
             let status = client.status().map_err(|e| e.to_string())?;

@@ -29,7 +29,7 @@ pub use batcher::Batcher;
 use connection::{Connection, Reply};
 pub use subscription::{Subscription, SubscriptionError};
 
-use crate::codec::{self, PartitionStatus, ReadModelStatus};
+use crate::codec::{self, PartitionDigest, PartitionStatus, ReadModelStatus};
 use crate::operation::{Operation, ProtocolError};
 use crate::tls::ClientTls;
 use bytes::BytesMut;
@@ -127,6 +127,15 @@ pub struct Client {
 pub struct Status {
     pub cores: u32,
     pub partitions: Vec<PartitionStatus>,
+}
+
+/// The node's state digest, as reported by `Client::state_digest`.
+#[derive(Clone, Debug)]
+pub struct StateDigest {
+    /// Every partition's digest combined in partition order: the value `wallet audit replay`
+    /// prints for the same log (`engine::digest::combine_digests`).
+    pub digest: u128,
+    pub partitions: Vec<PartitionDigest>,
 }
 
 impl Client {
@@ -253,6 +262,21 @@ impl Client {
         Ok(Status { cores, partitions })
     }
 
+    /// The state digest of every partition and their combination. Each partition hashes its
+    /// whole state for this (a pause of that partition proportional to its size): an
+    /// operator's and auditor's command, not for monitoring loops.
+    pub async fn state_digest_async(&self) -> Result<StateDigest, ClientError> {
+        let reply = self.call(Operation::StateDigest, &[]).await?;
+        let mut partitions =
+            codec::decode_state_digests(&reply.body).map_err(|_| ClientError::BadReply)?;
+        partitions.sort_by_key(|p| p.partition);
+        let digests: Vec<u128> = partitions.iter().map(|p| p.digest).collect();
+        Ok(StateDigest {
+            digest: engine::digest::combine_digests(&digests),
+            partitions,
+        })
+    }
+
     /// A page of an account's history from the read model (newest first). The inner error
     /// is the read model's answer (e.g. the range is older than the retained history).
     pub async fn history_async(
@@ -304,6 +328,10 @@ impl Client {
     }
     pub fn status(&self) -> Result<Status, ClientError> {
         futures::executor::block_on(self.status_async())
+    }
+
+    pub fn state_digest(&self) -> Result<StateDigest, ClientError> {
+        futures::executor::block_on(self.state_digest_async())
     }
     pub fn history(
         &self,

@@ -61,6 +61,19 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
             }
             codec::encode_status(&mut out, node.config().cores.len() as u32, &parts);
         }
+        Operation::StateDigest => {
+            let node = &ctx.node;
+            let mut parts = Vec::with_capacity(node.partition_count() as usize);
+            for p in 0..node.partition_count() {
+                let s = node.stats(p).await.map_err(shutting_down)?;
+                parts.push(codec::PartitionDigest {
+                    partition: p,
+                    last_index: s.last_index,
+                    digest: s.digest,
+                });
+            }
+            codec::encode_state_digests(&mut out, &parts);
+        }
         Operation::CreateAccounts => {
             let items: Vec<_> =
                 decode_all(body, codec::NEW_ACCOUNT_BYTES, codec::decode_new_account)?;
