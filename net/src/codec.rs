@@ -646,8 +646,7 @@ pub const PARTITION_DIGEST_BYTES: usize = 32;
 /// StateDigest reply: `count u32 | reserved u32 | count * (partition u32 | reserved u32 |
 /// last_index u64 | digest u128)`, little-endian.
 pub fn encode_state_digests(out: &mut BytesMut, parts: &[PartitionDigest]) {
-    out.put_u32_le(parts.len() as u32);
-    out.put_u32_le(0);
+    put_count(out, parts.len());
     for p in parts {
         out.put_u32_le(p.partition);
         out.put_u32_le(0);
@@ -657,16 +656,7 @@ pub fn encode_state_digests(out: &mut BytesMut, parts: &[PartitionDigest]) {
 }
 
 pub fn decode_state_digests(body: &[u8]) -> Result<Vec<PartitionDigest>, ProtocolError> {
-    if body.len() < 8 {
-        return Err(ProtocolError::MalformedBody);
-    }
-    let count = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
-    let lines = &body[8..];
-    if lines.len() != count.saturating_mul(PARTITION_DIGEST_BYTES) {
-        return Err(ProtocolError::MalformedBody);
-    }
-    Ok(lines
-        .chunks_exact(PARTITION_DIGEST_BYTES)
+    Ok(records(body, PARTITION_DIGEST_BYTES)?
         .map(|l| {
             let r = Reader(l);
             PartitionDigest {
