@@ -13,10 +13,12 @@
 //! - `recovery`: snapshot + log tail -> state, at start.
 //! - `runtime`: one pinned glommio executor per core, partitions owned by cores.
 
+pub mod account_table;
 pub mod audit;
 pub mod command;
 pub mod digest;
 pub mod event;
+pub mod id_hash;
 pub mod log;
 pub mod model;
 pub mod partition;
@@ -29,6 +31,7 @@ pub mod runtime;
 pub mod snapshot;
 pub mod state_machine;
 pub mod tcc;
+pub mod transfer_index;
 pub mod transfer_store;
 
 pub use command::{CommandBatch, NewAccount, NewTransfer, BATCH_ITEMS_MAX};

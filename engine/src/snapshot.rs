@@ -445,6 +445,13 @@ pub fn load_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
     if meta.partition >= meta.partition_count {
         return Err(invalid("partition out of range".into()));
     }
+    // Written sorted by id (see `write_snapshot`): anything else is damage the table must not see.
+    let ordered = accounts.windows(2).all(|pair| pair[0].id < pair[1].id);
+    if !ordered || !accounts.iter().all(|a| crate::model::is_valid_id(a.id)) {
+        return Err(invalid(
+            "account ids invalid, repeated or out of order".into(),
+        ));
+    }
     let parts = crate::state_machine::StateParts {
         accounts,
         transfers,

@@ -5,7 +5,8 @@
 //! which keeps the shard's pause short however many transfers there are.
 
 use crate::model::{Transfer, TransferId};
-use crate::prefault::{self, Table};
+use crate::prefault;
+use crate::transfer_index::TransferIndex;
 use std::sync::Arc;
 
 /// Transfers per chunk (64 Ki records, ~5.5 MiB).
@@ -15,7 +16,7 @@ pub const CHUNK_RECORDS: usize = 64 * 1024;
 pub struct TransferStore {
     full: Vec<Arc<Vec<Transfer>>>,
     open: Vec<Transfer>,
-    index: Table<TransferId, u64>,
+    index: TransferIndex,
 }
 
 /// An immutable view of a store at one moment, cheap to take, safe to send to another thread.
@@ -47,7 +48,7 @@ impl TransferStore {
         TransferStore {
             full: Vec::new(),
             open: fresh_chunk(),
-            index: prefault::table_with_capacity(capacity),
+            index: TransferIndex::with_capacity(capacity),
         }
     }
 
@@ -60,22 +61,31 @@ impl TransferStore {
     }
 
     pub fn get(&self, id: TransferId) -> Option<&Transfer> {
-        let position = *self.index.get(&id)? as usize;
-        let chunk = position / CHUNK_RECORDS;
-        let slot = position % CHUNK_RECORDS;
-        if chunk < self.full.len() {
-            Some(&self.full[chunk][slot])
-        } else {
-            Some(&self.open[slot])
-        }
+        let position = self.index.find(id, |p| self.at(p).id)?;
+        Some(self.at(position))
+    }
+
+    /// Asks the CPU to fetch what `get(id)` and `push` will read, without waiting for it.
+    #[inline]
+    pub fn prefetch(&self, id: TransferId) {
+        self.index.prefetch(id);
+    }
+
+    fn at(&self, position: u64) -> &Transfer {
+        record_at(&self.full, &self.open, position)
     }
 
     /// Appends a transfer whose id is not in the store yet.
     pub fn push(&mut self, transfer: Transfer) {
         let position = self.len() as u64;
-        let previous = self.index.insert(transfer.id, position);
-        assert!(previous.is_none(), "transfer ids are unique in the store");
+        debug_assert!(
+            self.get(transfer.id).is_none(),
+            "transfer ids are unique in the store"
+        );
         self.open.push(transfer);
+        let (full, open) = (&self.full, &self.open);
+        self.index
+            .insert(transfer.id, position, |p| record_at(full, open, p).id);
         if self.open.len() == CHUNK_RECORDS {
             let sealed = std::mem::replace(&mut self.open, fresh_chunk());
             self.full.push(Arc::new(sealed));
@@ -95,6 +105,21 @@ impl TransferStore {
             full: self.full.clone(),
             open: self.open.clone(),
         }
+    }
+}
+
+/// The transfer at `position` (in log order) of a store made of `full` chunks and `open`.
+fn record_at<'a>(
+    full: &'a [Arc<Vec<Transfer>>],
+    open: &'a [Transfer],
+    position: u64,
+) -> &'a Transfer {
+    let position = position as usize;
+    let (chunk, slot) = (position / CHUNK_RECORDS, position % CHUNK_RECORDS);
+    if chunk < full.len() {
+        &full[chunk][slot]
+    } else {
+        &open[slot]
     }
 }
 
