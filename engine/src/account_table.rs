@@ -14,8 +14,8 @@
 //! Nothing observable depends on the slot order: every output sorts by id or sums.
 
 use crate::id_hash::{mix, prefetch_lines, process_seed};
-use crate::model::{is_valid_id, Account, AccountId, Currency};
-use crate::prefault::Prefaulted;
+use crate::model::{is_valid_id, Account, AccountId};
+use crate::prefault::{self, Prefaulted, ZeroIsValid};
 use allocator_api2::vec::Vec as AllocVec;
 
 /// Slots in the smallest table.
@@ -26,18 +26,9 @@ const SLOTS_MIN: usize = 1024;
 const LOAD_NUMERATOR: usize = 1;
 const LOAD_DENOMINATOR: usize = 2;
 
-/// The empty slot.
-const EMPTY: Account = Account {
-    id: 0,
-    currency: Currency(0),
-    flags: 0,
-    balance: 0,
-    held: 0,
-    incoming: 0,
-    floor: 0,
-    user_data: 0,
-    timestamp: 0,
-};
+// SAFETY: every field of an account is an integer (the currency a `u32`); all zero is the
+// empty slot.
+unsafe impl ZeroIsValid for Account {}
 
 #[derive(Clone)]
 pub struct AccountTable {
@@ -72,10 +63,8 @@ impl AccountTable {
 
     fn with_slots(slots: usize, seed: u64) -> AccountTable {
         assert!(slots.is_power_of_two() && slots >= SLOTS_MIN);
-        let mut table = AllocVec::with_capacity_in(slots, Prefaulted);
-        table.resize(slots, EMPTY);
         AccountTable {
-            slots: table,
+            slots: prefault::zeroed_vec(slots),
             len: 0,
             shift: 64 - slots.trailing_zeros(),
             seed,
@@ -180,6 +169,20 @@ fn slots_for(accounts: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Currency;
+
+    /// An empty slot's value (all zero).
+    const EMPTY: Account = Account {
+        id: 0,
+        currency: Currency(0),
+        flags: 0,
+        balance: 0,
+        held: 0,
+        incoming: 0,
+        floor: 0,
+        user_data: 0,
+        timestamp: 0,
+    };
 
     fn account(id: AccountId) -> Account {
         Account {
