@@ -239,4 +239,30 @@ mod tests {
         table.get_mut(1).expect("present").balance = 99;
         assert_eq!(copy.get(1).map(|a| a.balance), Some(1));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// Against a std map: ids from a narrow range (many repeats) or anywhere, across
+        /// several doublings; every id reads back as the model says, and so do absent ones.
+        #[test]
+        fn behaves_like_a_map(
+            ids in proptest::collection::vec(
+                proptest::prop_oneof![1u128..3000, 1u128..u128::MAX], 1..4000),
+        ) {
+            let mut table = AccountTable::default();
+            let mut model = std::collections::HashMap::new();
+            for (i, &id) in ids.iter().enumerate() {
+                if let std::collections::hash_map::Entry::Vacant(slot) = model.entry(id) {
+                    table.insert(Account { id, balance: i as i64, ..EMPTY });
+                    slot.insert(i as i64);
+                }
+                proptest::prop_assert_eq!(table.len(), model.len());
+            }
+            for id in ids.iter().copied().chain(3000..3100) {
+                proptest::prop_assert_eq!(table.get(id).map(|a| a.balance), model.get(&id).copied());
+            }
+            proptest::prop_assert_eq!(table.values().count(), model.len());
+        }
+    }
 }

@@ -175,4 +175,34 @@ mod tests {
         assert_eq!(index.find(5, |_| 0), None);
         assert_eq!(index.find(5, |p| p as u128 + 1), Some(4));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// Against a std map, with ids from a narrow range (repeats) or anywhere, across
+        /// several doublings: the store is a plain Vec of ids, as the transfer store is.
+        #[test]
+        fn behaves_like_a_map(
+            ids in proptest::collection::vec(
+                proptest::prop_oneof![0u128..3000, 0u128..u128::MAX], 1..4000),
+        ) {
+            let mut index = TransferIndex::default();
+            let mut store: Vec<u128> = Vec::new();
+            let mut model = std::collections::HashMap::new();
+            for &id in &ids {
+                let found = index.find(id, |p| store[p as usize]);
+                proptest::prop_assert_eq!(found, model.get(&id).copied());
+                if found.is_none() {
+                    let position = store.len() as u64;
+                    store.push(id);
+                    index.insert(id, position, |p| store[p as usize]);
+                    model.insert(id, position);
+                }
+            }
+            proptest::prop_assert_eq!(index.len(), model.len());
+            for id in ids.iter().copied().chain(3000..3100) {
+                proptest::prop_assert_eq!(index.find(id, |p| store[p as usize]), model.get(&id).copied());
+            }
+        }
+    }
 }
