@@ -135,21 +135,7 @@ impl LogWriter {
                 .await
                 .map_err(|e| LogError::glommio(&last.path, e))?;
             writer.active_end = tail.end_offset;
-            let block_start = tail.end_offset - tail.end_offset % BLOCK_BYTES;
-            if block_start < tail.end_offset {
-                let read = file
-                    .read_at_aligned(block_start, BLOCK_BYTES as usize)
-                    .await
-                    .map_err(|e| LogError::glommio(&last.path, e))?;
-                let partial = (tail.end_offset - block_start) as usize;
-                if read.len() < partial {
-                    return Err(LogError::io(
-                        &last.path,
-                        std::io::Error::other("short read of the tail block"),
-                    ));
-                }
-                writer.tail_block.extend_from_slice(&read[..partial]);
-            }
+            writer.tail_block = read_tail_block(&last.path, tail.end_offset)?;
             writer.active = Some(file);
         }
         Ok(writer)
@@ -543,6 +529,26 @@ impl LogWriter {
         }
         Ok(removed)
     }
+}
+
+/// The bytes of `path` from the start of the block that holds `end_offset` up to it: the
+/// partial last block, which the next write rewrites.
+///
+/// A plain buffered read, not a glommio DMA read: glommio 0.9 decides once per thread and
+/// device whether the device supports io_uring polling, by a read at offset 0 of the first
+/// DMA file opened. When that file is a segment just created (empty), the read succeeds
+/// without reaching the device, glommio wrongly concludes polling works, and every later DMA
+/// read on that thread fails with EOPNOTSUPP (seen on a virtio disk: a writer reopened on the
+/// thread that created the log, as `truncate_from` does). Writes are not affected. The read
+/// happens once per open; after O_DIRECT writes the page cache holds no stale copy.
+fn read_tail_block(path: &Path, end_offset: u64) -> Result<Vec<u8>, LogError> {
+    use std::os::unix::fs::FileExt;
+    let block_start = end_offset - end_offset % BLOCK_BYTES;
+    let mut block = vec![0u8; (end_offset - block_start) as usize];
+    std::fs::File::open(path)
+        .and_then(|file| file.read_exact_at(&mut block, block_start))
+        .map_err(|e| LogError::io(path, e))?;
+    Ok(block)
 }
 
 /// Fills `out` with bytes `skip..skip + out.len()` of the block image `tail ++ bytes ++ zeros`
