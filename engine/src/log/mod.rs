@@ -2,6 +2,7 @@
 //! fixed-size segment files. Shaped for Raft log storage: every record has an index and a term,
 //! the vote is persisted beside it, and the log can be purged from the front.
 
+mod atomic_file;
 pub mod error;
 pub mod fault;
 pub mod record;
