@@ -5,6 +5,7 @@
 mod atomic_file;
 pub mod error;
 pub mod fault;
+pub mod raft_meta;
 pub mod record;
 pub mod scan;
 pub mod segments;
@@ -13,6 +14,7 @@ pub mod writer;
 
 pub use error::{ignore_file_size_signal, LogError};
 pub use fault::FaultPlan;
+pub use raft_meta::{load_raft_meta, save_raft_meta, EntryId, RaftMeta};
 pub use record::{RecordError, RecordHeader};
 pub use scan::{body_bytes_of_kind, find_tail, repair_log, scan_log, LogTail, TornTail};
 pub use segments::{list_segments, RecordRef, SegmentInfo};
