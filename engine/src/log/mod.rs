@@ -1,6 +1,7 @@
 //! The segment log: per partition, an append-only sequence of checksummed records in
 //! fixed-size segment files. Shaped for Raft log storage: every record has an index and a term,
-//! the vote is persisted beside it, and the log can be purged from the front.
+//! the vote is persisted beside it, and the log can be purged from the front (logically, through
+//! `raft_meta`, then whole segments).
 
 mod atomic_file;
 pub mod error;
