@@ -2,57 +2,11 @@
 //! with the file and offset, and an explicit repair truncates there. Also Raft's conflict
 //! truncation (`truncate_from`) and appends at dictated indexes (`append_at`).
 
-use engine::log::{find_tail, repair_log, scan_log, LogError, LogWriter, WriterOptions};
+mod log_support;
+
+use engine::log::{find_tail, repair_log, scan_log, LogError};
+use log_support::{append_flushed, indexes, on_glommio, open_writer, terms, write_records};
 use std::path::{Path, PathBuf};
-
-fn on_glommio<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
-    f: impl FnOnce() -> F + Send + 'static,
-) -> T {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(1 << 20)
-        .spawn(f)
-        .unwrap()
-        .join()
-        .unwrap()
-}
-
-/// Writes `count` records (body = index repeated), flushing every `per_flush`.
-fn write_records(dir: &Path, count: u64, per_flush: u64, segment_bytes: u64) {
-    let dir = dir.to_path_buf();
-    on_glommio(move || async move {
-        let tail = find_tail(&dir).unwrap();
-        let options = WriterOptions {
-            segment_bytes,
-            pending_bytes_max: (segment_bytes / 4) as usize,
-            ..Default::default()
-        };
-        let mut writer = LogWriter::open(&dir, options, &tail).await.unwrap();
-        let start = writer.last_index();
-        for i in 1..=count {
-            let body = vec![(start + i) as u8; 100 + (i as usize * 37) % 900];
-            writer.append(1, 1_000 + start + i, 9, &body).unwrap();
-            if i % per_flush == 0 {
-                writer.flush().await.unwrap();
-            }
-        }
-        writer.flush().await.unwrap();
-        writer.close().await.unwrap();
-    })
-}
-
-fn indexes(dir: &Path) -> Vec<u64> {
-    let mut seen = Vec::new();
-    scan_log::<LogError>(dir, 1, |r| {
-        assert!(
-            r.body.iter().all(|b| *b == r.header.index as u8),
-            "body intact"
-        );
-        seen.push(r.header.index);
-        Ok(())
-    })
-    .unwrap();
-    seen
-}
 
 fn last_segment(dir: &Path) -> PathBuf {
     engine::log::list_segments(dir).unwrap().pop().unwrap().path
@@ -180,17 +134,6 @@ fn a_zeroed_block_in_the_middle_is_detected() {
     ));
 }
 
-/// (index, term) of every record.
-fn terms(dir: &Path) -> Vec<(u64, u64)> {
-    let mut seen = Vec::new();
-    scan_log::<LogError>(dir, 1, |r| {
-        seen.push((r.header.index, r.header.term));
-        Ok(())
-    })
-    .unwrap();
-    seen
-}
-
 /// Raft's conflict truncation: cut the log at `cut`, then append `more` records of term 2 at
 /// the dictated indexes, reopen, and check the log is 1..cut-1 of term 1 then term 2.
 fn truncate_then_append(total: u64, cut: u64, more: u64) {
@@ -200,24 +143,11 @@ fn truncate_then_append(total: u64, cut: u64, more: u64) {
     let segments_before = engine::log::list_segments(dir.path()).unwrap().len();
     let path = dir.path().to_path_buf();
     on_glommio(move || async move {
-        let options = WriterOptions {
-            segment_bytes,
-            pending_bytes_max: (segment_bytes / 4) as usize,
-            ..Default::default()
-        };
-        let mut writer = LogWriter::open(&path, options, &find_tail(&path).unwrap())
-            .await
-            .unwrap();
+        let mut writer = open_writer(&path, segment_bytes).await;
         writer.truncate_from(cut).await.unwrap();
         assert_eq!(writer.last_index(), cut - 1);
         assert_eq!(writer.durable_index(), cut - 1);
-        for index in cut..cut + more {
-            let body = vec![index as u8; 300];
-            writer
-                .append_at(index, 2, 10_000 + index, 9, &body)
-                .unwrap();
-        }
-        writer.flush().await.unwrap();
+        append_flushed(&mut writer, more, 2).await;
         writer.close().await.unwrap();
     });
     let expected: Vec<(u64, u64)> = (1..cut)
@@ -249,18 +179,31 @@ fn truncating_past_the_end_changes_nothing_and_before_the_start_is_refused() {
     write_records(dir.path(), 20, 5, 64 << 10);
     let path = dir.path().to_path_buf();
     on_glommio(move || async move {
-        let options = WriterOptions {
-            segment_bytes: 64 << 10,
-            pending_bytes_max: 16 << 10,
-            ..Default::default()
-        };
-        let mut writer = LogWriter::open(&path, options, &find_tail(&path).unwrap())
-            .await
-            .unwrap();
+        let mut writer = open_writer(&path, 64 << 10).await;
         writer.truncate_from(21).await.unwrap();
         assert_eq!(writer.last_index(), 20);
         assert!(writer.truncate_from(0).await.is_err());
         writer.close().await.unwrap();
     });
     assert_eq!(indexes(dir.path()), (1..=20).collect::<Vec<_>>());
+}
+
+/// A writer reopened on the thread that created the log (as `truncate_from` does) reads its
+/// tail block back. glommio's iopoll probe on the new, empty first segment used to make every
+/// later DMA read on that thread fail with EOPNOTSUPP.
+#[test]
+fn a_writer_reopened_on_the_thread_that_created_the_log_reads_its_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    on_glommio(move || async move {
+        let mut writer = open_writer(&path, 64 << 10).await;
+        append_flushed(&mut writer, 5, 1).await;
+        writer.close().await.unwrap();
+        let mut writer = open_writer(&path, 64 << 10).await;
+        assert_eq!(writer.last_index(), 5);
+        writer.truncate_from(3).await.unwrap();
+        append_flushed(&mut writer, 2, 2).await;
+        writer.close().await.unwrap();
+    });
+    assert_eq!(terms(dir.path()), [(1, 1), (2, 1), (3, 2), (4, 2)]);
 }

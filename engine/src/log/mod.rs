@@ -1,9 +1,12 @@
 //! The segment log: per partition, an append-only sequence of checksummed records in
 //! fixed-size segment files. Shaped for Raft log storage: every record has an index and a term,
-//! the vote is persisted beside it, and the log can be purged from the front.
+//! the vote is persisted beside it, and the log can be purged from the front (logically, through
+//! `raft_meta`, then whole segments).
 
+mod atomic_file;
 pub mod error;
 pub mod fault;
+pub mod raft_meta;
 pub mod record;
 pub mod scan;
 pub mod segments;
@@ -12,6 +15,7 @@ pub mod writer;
 
 pub use error::{ignore_file_size_signal, LogError};
 pub use fault::FaultPlan;
+pub use raft_meta::{load_raft_meta, save_raft_meta, EntryId, RaftMeta};
 pub use record::{RecordError, RecordHeader};
 pub use scan::{body_bytes_of_kind, find_tail, repair_log, scan_log, LogTail, TornTail};
 pub use segments::{list_segments, RecordRef, SegmentInfo};

@@ -5,8 +5,13 @@
 //! cut short, never acknowledged) and may be cut off. Anything else, bad bytes in an earlier
 //! segment, or valid records after the bad ones, is corruption: the scan stops with an error
 //! naming the file and offset, and only an explicit repair truncates there.
+//!
+//! Records at or below `raft_meta`'s `last_purged` are walked (validated, counted for
+//! continuity) but never handed to a visitor: a purge deletes only whole segments, so such
+//! records may survive on disk, and no reader may serve them again.
 
 use super::error::LogError;
+use super::raft_meta::{load_raft_meta, RaftMeta};
 use super::record::{decode_header, record_bytes, RecordError};
 use super::segments::{
     list_segments, valid_header_after, MappedSegment, RecordRef, SegmentEnd, SegmentInfo,
@@ -26,6 +31,8 @@ pub struct LogTail {
     pub end_offset: u64,
     /// A torn tail that was found (not yet cut off): file, offset, what was wrong.
     pub torn: Option<TornTail>,
+    /// The `raft_meta` file as the scan read it (default when there is none).
+    pub raft_meta: RaftMeta,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,16 +42,20 @@ pub struct TornTail {
     pub reason: RecordError,
 }
 
-/// Calls `visit` for every valid record with index >= `from_index`, in order, and returns where
-/// the log ends. `visit` may stop the scan by returning an error.
+/// Calls `visit` for every valid record with index >= `from_index` and above `raft_meta`'s
+/// `last_purged`, in order, and returns where the log ends (`last_index`/`last_term` are those
+/// of the last record on disk, purged or not). `visit` may stop the scan by returning an error.
 pub fn scan_log<E: From<LogError>>(
     dir: &Path,
     from_index: u64,
     mut visit: impl FnMut(RecordRef<'_>) -> Result<(), E>,
 ) -> Result<LogTail, E> {
+    let raft_meta = load_raft_meta(dir)?.unwrap_or_default();
+    let from_index = from_index.max(raft_meta.first_unpurged_index());
     let segments = list_segments(dir)?;
     let mut tail = LogTail {
         segments: segments.clone(),
+        raft_meta,
         ..LogTail::default()
     };
     let count = segments.len();

@@ -1,10 +1,9 @@
 //! The persisted Raft vote of a partition (term, voted-for node, committed flag), written
-//! atomically: temp file, fsync, rename, fsync directory. A node must never vote twice in a
-//! term, even across a crash, so the vote is durable before it is acted on.
+//! atomically (`atomic_file`). A node must never vote twice in a term, even across a crash, so
+//! the vote is durable before it is acted on.
 
+use super::atomic_file::{damaged, le_u64, load_checked, save_checked};
 use super::error::LogError;
-use super::scan::sync_dir;
-use std::io::Write;
 use std::path::Path;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -15,51 +14,31 @@ pub struct Vote {
 }
 
 const VOTE_FILE: &str = "vote";
+/// term (8), node id (8), committed (1).
+const VOTE_BYTES: usize = 17;
 
 pub fn save_vote(dir: &Path, vote: &Vote) -> Result<(), LogError> {
-    let tmp = dir.join("vote.tmp");
-    let mut bytes = Vec::with_capacity(21);
-    bytes.extend_from_slice(&vote.term.to_le_bytes());
-    bytes.extend_from_slice(&vote.node_id.to_le_bytes());
-    bytes.push(vote.committed as u8);
-    let checksum = crc32c::crc32c(&bytes);
-    bytes.extend_from_slice(&checksum.to_le_bytes());
-    let mut file = std::fs::File::create(&tmp).map_err(|e| LogError::io(&tmp, e))?;
-    file.write_all(&bytes).map_err(|e| LogError::io(&tmp, e))?;
-    file.sync_all().map_err(|e| LogError::io(&tmp, e))?;
-    let path = dir.join(VOTE_FILE);
-    std::fs::rename(&tmp, &path).map_err(|e| LogError::io(&path, e))?;
-    sync_dir(dir)
+    let mut bytes = [0u8; VOTE_BYTES];
+    bytes[0..8].copy_from_slice(&vote.term.to_le_bytes());
+    bytes[8..16].copy_from_slice(&vote.node_id.to_le_bytes());
+    bytes[16] = vote.committed as u8;
+    save_checked(dir, VOTE_FILE, &bytes)
 }
 
 /// The saved vote, `None` if none was ever saved. A damaged vote file is an error.
 pub fn load_vote(dir: &Path) -> Result<Option<Vote>, LogError> {
-    let path = dir.join(VOTE_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(LogError::io(&path, e)),
+    let Some(bytes) = load_checked::<VOTE_BYTES>(dir, VOTE_FILE)? else {
+        return Ok(None);
     };
-    let damaged = || {
-        LogError::io(
-            &path,
-            std::io::Error::other("vote file is damaged (bad length or checksum)"),
-        )
-    };
-    if bytes.len() != 21 {
-        return Err(damaged());
+    if bytes[16] > 1 {
+        return Err(damaged(
+            &dir.join(VOTE_FILE),
+            "committed flag is not 0 or 1",
+        ));
     }
-    let checksum = u32::from_le_bytes([bytes[17], bytes[18], bytes[19], bytes[20]]);
-    if crc32c::crc32c(&bytes[..17]) != checksum || bytes[16] > 1 {
-        return Err(damaged());
-    }
-    let mut term = [0u8; 8];
-    term.copy_from_slice(&bytes[0..8]);
-    let mut node = [0u8; 8];
-    node.copy_from_slice(&bytes[8..16]);
     Ok(Some(Vote {
-        term: u64::from_le_bytes(term),
-        node_id: u64::from_le_bytes(node),
+        term: le_u64(&bytes, 0),
+        node_id: le_u64(&bytes, 8),
         committed: bytes[16] == 1,
     }))
 }
@@ -81,6 +60,7 @@ mod tests {
         assert_eq!(load_vote(dir.path()).unwrap(), Some(vote));
         let path = dir.path().join(VOTE_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 21, "the on-disk format is unchanged");
         bytes[0] ^= 1;
         std::fs::write(&path, bytes).unwrap();
         assert!(load_vote(dir.path()).is_err());

@@ -20,6 +20,7 @@
 
 use super::error::LogError;
 use super::fault::FaultPlan;
+use super::raft_meta::RaftMeta;
 use super::record::{encode_record, record_bytes, RecordHeader};
 use super::scan::{find_tail, sync_dir, zero_from, zero_range, LogTail};
 use super::segments::{segment_path, MappedSegment, SegmentEnd, SegmentInfo};
@@ -27,6 +28,8 @@ use glommio::io::{DmaFile, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod purge;
 
 /// O_DIRECT writes are whole, aligned blocks.
 const BLOCK_BYTES: u64 = 4096;
@@ -79,11 +82,14 @@ pub struct LogWriter {
     full: Option<(Instant, String)>,
     /// `prepare_segment` asked for the next segment and it is not created yet.
     segment_wanted: bool,
+    /// The Raft pointers persisted beside the segments (`last_purged`, `committed`).
+    meta: RaftMeta,
 }
 
 impl LogWriter {
     /// Opens the log of `dir` for appending after a scan found its tail. A torn tail found by
-    /// the scan is cut off (zeroed and synced) first.
+    /// the scan is cut off (zeroed and synced) first, then a purge that a crash interrupted is
+    /// finished (`purge::settle_purge`).
     pub async fn open(
         dir: &Path,
         options: WriterOptions,
@@ -104,28 +110,26 @@ impl LogWriter {
             );
             zero_from(&torn.path, torn.offset)?;
         }
+        let start = purge::settle_purge(dir, tail)?;
         let mut writer = LogWriter {
             dir: dir.to_path_buf(),
             options,
-            segments: tail.segments.clone(),
+            segments: start.segments,
             active: None,
             active_end: 0,
             tail_block: Vec::new(),
             pending: Vec::new(),
             overflow: Vec::new(),
             overflow_first_index: 0,
-            last_index: tail.last_index,
-            last_term: tail.last_term,
-            durable_index: tail.last_index,
+            last_index: start.last_index,
+            last_term: start.last_term,
+            durable_index: start.last_index,
             poisoned: None,
             full: None,
             segment_wanted: false,
+            meta: tail.raft_meta,
         };
-        if tail.last_index == 0 && tail.first_index > 1 {
-            // An empty log that starts later (after a purge): keep its numbering.
-            writer.last_index = tail.first_index - 1;
-            writer.durable_index = writer.last_index;
-        }
+        // The last segment is the scanned one (a purge never deletes it unless it deletes all).
         if let Some(last) = writer.segments.last().cloned() {
             let file = OpenOptions::new()
                 .read(true)
@@ -135,24 +139,18 @@ impl LogWriter {
                 .await
                 .map_err(|e| LogError::glommio(&last.path, e))?;
             writer.active_end = tail.end_offset;
-            let block_start = tail.end_offset - tail.end_offset % BLOCK_BYTES;
-            if block_start < tail.end_offset {
-                let read = file
-                    .read_at_aligned(block_start, BLOCK_BYTES as usize)
-                    .await
-                    .map_err(|e| LogError::glommio(&last.path, e))?;
-                let partial = (tail.end_offset - block_start) as usize;
-                if read.len() < partial {
-                    return Err(LogError::io(
-                        &last.path,
-                        std::io::Error::other("short read of the tail block"),
-                    ));
-                }
-                writer.tail_block.extend_from_slice(&read[..partial]);
-            }
+            writer.tail_block = read_tail_block(&last.path, tail.end_offset)?;
             writer.active = Some(file);
         }
         Ok(writer)
+    }
+
+    /// After an I/O error of unknown outcome nothing more is written (module doc).
+    fn refuse_if_poisoned(&self) -> Result<(), LogError> {
+        match &self.poisoned {
+            Some(reason) => Err(LogError::Poisoned(reason.clone())),
+            None => Ok(()),
+        }
     }
 
     pub fn last_index(&self) -> u64 {
@@ -209,9 +207,7 @@ impl LogWriter {
         kind: u16,
         body: &[u8],
     ) -> Result<u64, LogError> {
-        if let Some(reason) = &self.poisoned {
-            return Err(LogError::Poisoned(reason.clone()));
-        }
+        self.refuse_if_poisoned()?;
         assert!(self.has_room(body.len()), "flush before appending more");
         assert!(term >= self.last_term, "terms never decrease");
         let index = self.last_index + 1;
@@ -250,9 +246,7 @@ impl LogWriter {
     /// An out-of-space error (`LogError::is_disk_full`) keeps the unwritten records: call
     /// `flush` again later. Any other error poisons the writer.
     pub async fn flush(&mut self) -> Result<(), LogError> {
-        if let Some(reason) = &self.poisoned {
-            return Err(LogError::Poisoned(reason.clone()));
-        }
+        self.refuse_if_poisoned()?;
         if let Some((retry_at, reason)) = &self.full {
             if Instant::now() < *retry_at {
                 return Err(LogError::Full(reason.clone()));
@@ -429,16 +423,9 @@ impl LogWriter {
 
     /// Closes the active segment (after a final flush by the caller).
     pub async fn close(mut self) -> Result<(), LogError> {
-        if let Some(file) = self.active.take() {
-            file.close()
-                .await
-                .map_err(|e| LogError::glommio(self.active_path(), e))?;
-        }
-        Ok(())
+        self.close_active().await
     }
 
-    /// Deletes whole segments whose records all precede `index` (after a snapshot covers them).
-    /// The active segment is never deleted.
     /// `append` at an index the caller dictates (a Raft follower writes the leader's entries
     /// at the leader's indexes): it must be the next one.
     pub fn append_at(
@@ -462,12 +449,11 @@ impl LogWriter {
     /// leaves no hole; the written part of the segment that holds `index`, from that record
     /// on, is zeroed and synced. Afterwards the log ends at `index - 1` and appends continue
     /// there. Only durable records can be cut (flush first); nothing happens when `index` is
-    /// past the end. The writer is reopened from a fresh scan of the tail (a rare operation:
-    /// the proven start-up path is worth more than saving that scan).
+    /// past the end, and purged records (at or below `last_purged`) cannot be cut. The writer
+    /// is reopened from a fresh scan of the tail (a rare operation: the proven start-up path
+    /// is worth more than saving that scan).
     pub async fn truncate_from(&mut self, index: u64) -> Result<(), LogError> {
-        if let Some(reason) = &self.poisoned {
-            return Err(LogError::Poisoned(reason.clone()));
-        }
+        self.refuse_if_poisoned()?;
         assert_eq!(
             self.durable_index, self.last_index,
             "flush before truncating"
@@ -475,21 +461,16 @@ impl LogWriter {
         if index > self.last_index {
             return Ok(());
         }
-        let first = self.segments.first().map_or(0, |s| s.first_index);
+        let first = self.first_live_index();
         if index == 0 || index < first {
             return Err(LogError::io(
                 &self.dir,
                 std::io::Error::other(format!(
-                    "cannot truncate from index {index}: the log starts at {first}"
+                    "cannot truncate from index {index}: the log's first live index is {first}"
                 )),
             ));
         }
-        if let Some(active) = self.active.take() {
-            active
-                .close()
-                .await
-                .map_err(|e| LogError::glommio(self.active_path(), e))?;
-        }
+        self.close_active().await?;
         let mut deleted = false;
         while self.segments.len() > 1 && self.segments.last().is_some_and(|s| s.first_index > index)
         {
@@ -521,8 +502,7 @@ impl LogWriter {
         if let Some(cut) = cut {
             zero_range(&holder.path, cut, end.next_multiple_of(BLOCK_BYTES))?;
         }
-        let tail = find_tail(&self.dir)?;
-        *self = LogWriter::open(&self.dir, self.options.clone(), &tail).await?;
+        self.reopen().await?;
         assert_eq!(
             self.last_index,
             index - 1,
@@ -531,18 +511,58 @@ impl LogWriter {
         Ok(())
     }
 
-    pub fn purge_before(&mut self, index: u64) -> Result<usize, LogError> {
-        let mut removed = 0;
-        while self.segments.len() > 1 && self.segments[1].first_index <= index {
-            let segment = self.segments.remove(0);
-            std::fs::remove_file(&segment.path).map_err(|e| LogError::io(&segment.path, e))?;
-            removed += 1;
+    /// Closes the active segment (if one is open); appends need `reopen` afterwards.
+    async fn close_active(&mut self) -> Result<(), LogError> {
+        if let Some(active) = self.active.take() {
+            active
+                .close()
+                .await
+                .map_err(|e| LogError::glommio(self.active_path(), e))?;
         }
-        if removed > 0 {
-            sync_dir(&self.dir)?;
-        }
-        Ok(removed)
+        Ok(())
     }
+
+    /// Replaces the writer by one opened from a fresh scan of the tail, after an operation
+    /// that changed the files under it (truncation, a purge past the end). A failure leaves the
+    /// files in a state this writer no longer describes, so it poisons the writer.
+    async fn reopen(&mut self) -> Result<(), LogError> {
+        let reopened = async {
+            self.close_active().await?;
+            let tail = find_tail(&self.dir)?;
+            LogWriter::open(&self.dir, self.options.clone(), &tail).await
+        }
+        .await;
+        match reopened {
+            Ok(writer) => {
+                *self = writer;
+                Ok(())
+            }
+            Err(e) => {
+                self.poisoned = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The bytes of `path` from the start of the block that holds `end_offset` up to it: the
+/// partial last block, which the next write rewrites.
+///
+/// A plain buffered read, not a glommio DMA read: glommio 0.9 decides once per thread and
+/// device whether the device supports io_uring polling, by a read at offset 0 of the first
+/// DMA file opened. When that file is a segment just created (empty), the read succeeds
+/// without reaching the device, glommio wrongly concludes polling works, and every later DMA
+/// read on that thread fails with EOPNOTSUPP (seen on a virtio disk: a writer reopened on the
+/// thread that created the log, as `truncate_from` does). Writes are not affected. The read
+/// happens once per open; after O_DIRECT writes the page cache holds no stale copy.
+fn read_tail_block(path: &Path, end_offset: u64) -> Result<Vec<u8>, LogError> {
+    use std::os::unix::fs::FileExt;
+    let block_start = end_offset - end_offset % BLOCK_BYTES;
+    let mut block = vec![0u8; (end_offset - block_start) as usize];
+    std::fs::File::open(path)
+        .and_then(|file| file.read_exact_at(&mut block, block_start))
+        .map_err(|e| LogError::io(path, e))?;
+    Ok(block)
 }
 
 /// Fills `out` with bytes `skip..skip + out.len()` of the block image `tail ++ bytes ++ zeros`
