@@ -202,7 +202,7 @@ fn run(args: Args) -> Result<(), String> {
     // Pre-size the idempotency index: growing a table of millions of ids rehashes it in one
     // go, which stalls the partition for a noticeable time. Address space only until used.
     engine.transfers_capacity_per_partition =
-        file.transfers_capacity_per_partition.unwrap_or(8 << 20);
+        file.transfers_capacity_per_partition.unwrap_or(16 << 20);
     let node = Arc::new(Node::start(engine).map_err(|e| e.to_string())?);
 
     let mut server_config = ServerConfig::new(listen);
