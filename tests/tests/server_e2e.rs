@@ -606,6 +606,11 @@ fn metrics_endpoint_reports_per_partition_counters() {
             "walletd_group_fsync_seconds_bucket{{partition=\"{partition}\",le=\"+Inf\"}}"
         ));
         assert!(count <= fsyncs && count == inf, "{body}");
+        // Each command batch that reached a group was timed in the queue (account creation).
+        let queued = value(&format!(
+            "walletd_queue_wait_seconds_count{{partition=\"{partition}\"}}"
+        ));
+        assert!(queued >= 1, "{body}");
         assert_eq!(
             count,
             value(&format!(

@@ -168,6 +168,13 @@ pub fn render(node: &Node) -> Result<String, String> {
     histogram(
         &mut out,
         &stats,
+        "walletd_queue_wait_seconds",
+        "Time a command batch waited in its partition's queue before its group commit started.",
+        |s| &s.timing.queue,
+    );
+    histogram(
+        &mut out,
+        &stats,
         "walletd_group_apply_seconds",
         "Time from a group commit's start until it is encoded, appended and applied (shard CPU).",
         |s| &s.timing.apply,

@@ -154,7 +154,11 @@ impl Node {
     ) -> Result<BatchReply, SubmitError> {
         let (reply, answer) = oneshot::channel();
         self.queues[partition as usize]
-            .send_async(Request::Commands { batch, reply })
+            .send_async(Request::Commands {
+                batch,
+                reply,
+                enqueued: std::time::Instant::now(),
+            })
             .await
             .map_err(|_| SubmitError::ShuttingDown)?;
         answer.await.map_err(|_| SubmitError::ShuttingDown)
@@ -169,7 +173,11 @@ impl Node {
     ) -> Result<oneshot::Receiver<BatchReply>, SubmitError> {
         let (reply, answer) = oneshot::channel();
         self.queues[partition as usize]
-            .try_send(Request::Commands { batch, reply })
+            .try_send(Request::Commands {
+                batch,
+                reply,
+                enqueued: std::time::Instant::now(),
+            })
             .map_err(|e| match e {
                 flume::TrySendError::Full(_) => SubmitError::Busy,
                 flume::TrySendError::Disconnected(_) => SubmitError::ShuttingDown,

@@ -385,7 +385,14 @@ impl PartitionTask {
             let mut timestamp_floor = self.state.next_timestamp_floor();
             for request in group.drain(..) {
                 match request {
-                    Request::Commands { batch, reply } => {
+                    Request::Commands {
+                        batch,
+                        reply,
+                        enqueued,
+                    } => {
+                        self.timing
+                            .queue
+                            .record(group_started.saturating_duration_since(enqueued));
                         match self
                             .append(
                                 &batch,

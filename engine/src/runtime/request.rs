@@ -63,6 +63,8 @@ pub enum Request {
     Commands {
         batch: CommandBatch,
         reply: oneshot::Sender<BatchReply>,
+        /// When it was queued (for the queue-wait histogram).
+        enqueued: std::time::Instant,
     },
     LookupAccounts {
         ids: Vec<AccountId>,

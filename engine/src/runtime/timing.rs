@@ -34,9 +34,12 @@ impl Histogram {
     }
 }
 
-/// The two phases of a group commit.
+/// The phases of a group commit, and the wait before it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GroupTiming {
+    /// From a command batch's arrival in the partition's queue until its group started (one
+    /// sample per client batch): time spent behind the group before it.
+    pub queue: Histogram,
     /// From the group's start until every batch is encoded, appended and applied.
     pub apply: Histogram,
     /// From the group's start until its durable (O_DSYNC) write completed.
