@@ -580,6 +580,21 @@ fn metrics_endpoint_reports_per_partition_counters() {
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
     assert_eq!(accounts_total, 4, "{body}");
+    // The four creations were counted by result code; a repeat of them answers `exists`.
+    assert!(
+        body.contains("walletd_results_total{code=\"ok\"} 4\n"),
+        "{body}"
+    );
+    assert!(client
+        .create_accounts(&accounts)
+        .unwrap()
+        .iter()
+        .all(|c| *c == ResultCode::Exists));
+    let (_, body) = http_get(&metrics, "/metrics");
+    assert!(
+        body.contains("walletd_results_total{code=\"exists\"} 4\n"),
+        "{body}"
+    );
     assert!(
         body.contains("walletd_fsyncs_total{partition=\"1\"}"),
         "{body}"

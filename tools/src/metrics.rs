@@ -165,6 +165,18 @@ pub fn render(node: &Node) -> Result<String, String> {
         "1 after a log write or fsync error: writes are refused with storage_error until a restart.",
         &|s| s.storage_failed as u64,
     );
+    let _ = writeln!(
+        out,
+        "# HELP walletd_results_total Items of client batches (accounts, transfers) answered with each result code."
+    );
+    let _ = writeln!(out, "# TYPE walletd_results_total counter");
+    for (code, count) in node.results().snapshot() {
+        let _ = writeln!(
+            out,
+            "walletd_results_total{{code=\"{}\"}} {count}",
+            code.name()
+        );
+    }
     histogram(
         &mut out,
         &stats,

@@ -11,6 +11,7 @@ mod config;
 mod node;
 mod partition_task;
 mod request;
+pub mod result_counts;
 mod router;
 pub mod timing;
 mod watchers;

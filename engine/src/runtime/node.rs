@@ -61,6 +61,8 @@ pub struct Node {
     queues: Vec<flume::Sender<Request>>,
     /// Behind a lock so a node shared by other threads (`Arc<Node>`) can still be shut down.
     executors: std::sync::Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
+    /// Result codes of every routed client batch (for metrics).
+    results: super::result_counts::ResultCounts,
 }
 
 const PARTITION_COUNT_FILE: &str = "partitions";
@@ -109,6 +111,7 @@ impl Node {
             config,
             queues,
             executors: std::sync::Mutex::new(executors),
+            results: Default::default(),
         };
         for _ in 0..node.config.partitions {
             match ready_rx.recv() {
@@ -134,6 +137,11 @@ impl Node {
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// Result codes of every client batch routed through this node so far.
+    pub fn results(&self) -> &super::result_counts::ResultCounts {
+        &self.results
     }
 
     pub fn partition_count(&self) -> u32 {

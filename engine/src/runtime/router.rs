@@ -117,6 +117,7 @@ impl Node {
                 results[i] = code;
             }
         }
+        self.results().record(&results);
         Ok(results)
     }
 }
