@@ -595,6 +595,11 @@ fn metrics_endpoint_reports_per_partition_counters() {
         body.contains("walletd_results_total{code=\"exists\"} 4\n"),
         "{body}"
     );
+    // Nothing is waiting between requests of one idle client.
+    assert!(
+        body.contains("walletd_queue_depth{partition=\"1\"} 0\n"),
+        "{body}"
+    );
     assert!(
         body.contains("walletd_fsyncs_total{partition=\"1\"}"),
         "{body}"

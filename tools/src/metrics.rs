@@ -167,6 +167,19 @@ pub fn render(node: &Node) -> Result<String, String> {
     );
     let _ = writeln!(
         out,
+        "# HELP walletd_queue_depth Requests waiting in the partition's queue (bounded by queue_depth_max; full means clients get busy)."
+    );
+    let _ = writeln!(out, "# TYPE walletd_queue_depth gauge");
+    for s in &stats {
+        let depth = node.queue_depth(s.partition);
+        let _ = writeln!(
+            out,
+            "walletd_queue_depth{{partition=\"{}\"}} {depth}",
+            s.partition
+        );
+    }
+    let _ = writeln!(
+        out,
         "# HELP walletd_results_total Items of client batches (accounts, transfers) answered with each result code."
     );
     let _ = writeln!(out, "# TYPE walletd_results_total counter");

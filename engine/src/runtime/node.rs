@@ -139,6 +139,11 @@ impl Node {
         &self.config
     }
 
+    /// Requests waiting in `partition`'s queue right now (at most `queue_depth_max`).
+    pub fn queue_depth(&self, partition: PartitionId) -> usize {
+        self.queues[partition as usize].len()
+    }
+
     /// Result codes of every client batch routed through this node so far.
     pub fn results(&self) -> &super::result_counts::ResultCounts {
         &self.results
