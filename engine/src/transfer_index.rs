@@ -9,7 +9,8 @@
 //! transfer is at most 21 bytes (at the lowest load after a doubling) instead of 48 in a
 //! general map.
 //!
-//! Entries are never removed: linear probing, no tombstones, 0 = empty.
+//! Entries are never removed: linear probing, no tombstones, 0 = empty. The index doubles a
+//! few slots per insert (`MIGRATE_SLOTS_PER_INSERT`), never all at once.
 
 use crate::id_hash::{mix, prefetch_lines, process_seed};
 use crate::prefault::{self, Prefaulted};
@@ -30,11 +31,29 @@ const LOAD_DENOMINATOR: usize = 4;
 /// Slots in the smallest index.
 const SLOTS_MIN: usize = 1024;
 
+/// Old slots moved into the new table per insert while the index doubles. The old table
+/// holds at most 3/4 of its `S` slots; moving `S` slots at 4 per insert ends after `S / 4`
+/// inserts, when the new table (`2S` slots) holds at most `S`: below its own 3/4 threshold,
+/// so a doubling never starts while one is running.
+const MIGRATE_SLOTS_PER_INSERT: usize = 4;
+
 #[derive(Clone)]
 pub struct TransferIndex {
+    /// Receives every insert.
+    table: Slots,
+    /// While the index doubles: the previous table and the next of its slots to move. Every
+    /// entry not moved yet is still there, so a lookup that misses `table` asks it too.
+    /// Growing a step per insert instead of all at once keeps the partition answering: a
+    /// one-go rehash of 12 Mi entries stalled it for about a second.
+    old: Option<(Slots, usize)>,
+    len: usize,
+}
+
+/// One open-addressing table of slots.
+#[derive(Clone)]
+struct Slots {
     /// A power-of-two number of slots: `tag << 40 | (position + 1)`, or 0 when empty.
     slots: AllocVec<u64, Prefaulted>,
-    len: usize,
     /// `64 - log2(slots)`: the home slot is the top bits of the hash, the tag its low bits.
     shift: u32,
     seed: u64,
@@ -49,16 +68,10 @@ impl Default for TransferIndex {
 impl TransferIndex {
     /// An index that holds `transfers` entries without growing.
     pub fn with_capacity(transfers: usize) -> TransferIndex {
-        TransferIndex::with_slots(slots_for(transfers), process_seed())
-    }
-
-    fn with_slots(slots: usize, seed: u64) -> TransferIndex {
-        assert!(slots.is_power_of_two() && slots >= SLOTS_MIN);
         TransferIndex {
-            slots: prefault::zeroed_vec(slots),
+            table: Slots::new(slots_for(transfers), process_seed()),
+            old: None,
             len: 0,
-            shift: 64 - slots.trailing_zeros(),
-            seed,
         }
     }
 
@@ -72,6 +85,72 @@ impl TransferIndex {
 
     /// The position of `id`; `id_at(position)` reads a stored id to confirm a tag match.
     pub fn find(&self, id: u128, id_at: impl Fn(u64) -> u128) -> Option<u64> {
+        self.table.find(id, &id_at).or_else(|| {
+            let (old, _) = self.old.as_ref()?;
+            old.find(id, &id_at)
+        })
+    }
+
+    /// Records `id` at `position`. The caller knows `id` is not in the index; `id_at` reads
+    /// the id of any position already indexed (needed when the index grows).
+    pub fn insert(&mut self, id: u128, position: u64, id_at: impl Fn(u64) -> u128) {
+        assert!(
+            position < POSITIONS_MAX,
+            "a partition holds at most 2^40 transfers"
+        );
+        if self.old.is_some() {
+            self.migrate_step(&id_at);
+        } else if (self.len + 1) * LOAD_DENOMINATOR > self.table.slots.len() * LOAD_NUMERATOR {
+            let bigger = Slots::new(self.table.slots.len() * 2, self.table.seed);
+            self.old = Some((std::mem::replace(&mut self.table, bigger), 0));
+            self.migrate_step(&id_at);
+        }
+        assert!(
+            self.len < self.table.slots.len() * LOAD_NUMERATOR / LOAD_DENOMINATOR,
+            "the index grows before it fills"
+        );
+        self.table.place(id, position);
+        self.len += 1;
+    }
+
+    /// Asks the CPU to bring `id`'s home slot into cache without waiting for it.
+    #[inline]
+    pub fn prefetch(&self, id: u128) {
+        self.table.prefetch(id);
+        if let Some((old, _)) = &self.old {
+            old.prefetch(id);
+        }
+    }
+
+    /// Moves the next `MIGRATE_SLOTS_PER_INSERT` slots of the old table into the new one, and
+    /// drops the old table after its last slot.
+    fn migrate_step(&mut self, id_at: &impl Fn(u64) -> u128) {
+        let Some((old, next)) = &mut self.old else {
+            return;
+        };
+        let end = (*next + MIGRATE_SLOTS_PER_INSERT).min(old.slots.len());
+        for &entry in old.slots[*next..end].iter().filter(|e| **e != 0) {
+            let position = (entry & POSITION_MASK) - 1;
+            self.table.place(id_at(position), position);
+        }
+        *next = end;
+        if end == old.slots.len() {
+            self.old = None;
+        }
+    }
+}
+
+impl Slots {
+    fn new(slots: usize, seed: u64) -> Slots {
+        assert!(slots.is_power_of_two() && slots >= SLOTS_MIN);
+        Slots {
+            slots: prefault::zeroed_vec(slots),
+            shift: 64 - slots.trailing_zeros(),
+            seed,
+        }
+    }
+
+    fn find(&self, id: u128, id_at: &impl Fn(u64) -> u128) -> Option<u64> {
         let (mut slot, tag) = self.home_and_tag(id);
         let mask = self.slots.len() - 1;
         loop {
@@ -89,26 +168,6 @@ impl TransferIndex {
         }
     }
 
-    /// Records `id` at `position`. The caller knows `id` is not in the index; `id_at` reads
-    /// the id of any position already indexed (needed when the index grows).
-    pub fn insert(&mut self, id: u128, position: u64, id_at: impl Fn(u64) -> u128) {
-        assert!(
-            position < POSITIONS_MAX,
-            "a partition holds at most 2^40 transfers"
-        );
-        if (self.len + 1) * LOAD_DENOMINATOR > self.slots.len() * LOAD_NUMERATOR {
-            self.grow(&id_at);
-        }
-        self.place(id, position);
-    }
-
-    /// Asks the CPU to bring `id`'s home slot into cache without waiting for it.
-    #[inline]
-    pub fn prefetch(&self, id: u128) {
-        let (slot, _) = self.home_and_tag(id);
-        prefetch_lines((&self.slots[slot] as *const u64).cast(), 8);
-    }
-
     fn place(&mut self, id: u128, position: u64) {
         let (mut slot, tag) = self.home_and_tag(id);
         let mask = self.slots.len() - 1;
@@ -116,22 +175,18 @@ impl TransferIndex {
             slot = (slot + 1) & mask;
         }
         self.slots[slot] = tag << POSITION_BITS | (position + 1);
-        self.len += 1;
+    }
+
+    #[inline]
+    fn prefetch(&self, id: u128) {
+        let (slot, _) = self.home_and_tag(id);
+        prefetch_lines((&self.slots[slot] as *const u64).cast(), 8);
     }
 
     #[inline]
     fn home_and_tag(&self, id: u128) -> (usize, u64) {
         let hash = mix(id, self.seed);
         ((hash >> self.shift) as usize, hash & TAG_MASK)
-    }
-
-    fn grow(&mut self, id_at: &impl Fn(u64) -> u128) {
-        let mut bigger = TransferIndex::with_slots(self.slots.len() * 2, self.seed);
-        for &entry in self.slots.iter().filter(|e| **e != 0) {
-            let position = (entry & POSITION_MASK) - 1;
-            bigger.place(id_at(position), position);
-        }
-        *self = bigger;
     }
 }
 
@@ -157,12 +212,49 @@ mod tests {
             index.insert(id, position as u64, |p| ids[p as usize]);
         }
         assert_eq!(index.len(), ids.len());
-        assert!(index.slots.len() * 3 >= 4 * ids.len());
+        assert!(index.table.slots.len() * 3 >= 4 * ids.len());
         for (position, &id) in ids.iter().enumerate() {
             index.prefetch(id);
             assert_eq!(index.find(id, |p| ids[p as usize]), Some(position as u64));
         }
         assert_eq!(index.find(u128::MAX - 1, |p| ids[p as usize]), None);
+    }
+
+    #[test]
+    fn doubling_moves_a_few_slots_per_insert_and_ends_before_the_next() {
+        let ids: Vec<u128> = (1..=5000u128).map(|i| i * 7919).collect();
+        let mut index = TransferIndex::default();
+        // Inserts made while each doubling ran, with the old table's slot count.
+        let mut doublings: Vec<(usize, usize)> = Vec::new();
+        for (position, &id) in ids.iter().enumerate() {
+            let was_moving = index.old.is_some();
+            index.insert(id, position as u64, |p| ids[p as usize]);
+            match &index.old {
+                Some((old, _)) if !was_moving => doublings.push((old.slots.len(), 1)),
+                Some(_) => doublings.last_mut().expect("running").1 += 1,
+                None => {}
+            }
+            // Mid-doubling too, every id inserted so far is found (old or new table).
+            for p in (0..=position).step_by(97) {
+                assert_eq!(index.find(ids[p], |q| ids[q as usize]), Some(p as u64));
+            }
+        }
+        assert_eq!(
+            index.old.as_ref().map(|_| ()),
+            None,
+            "the last doubling finished"
+        );
+        // 1024 -> 2048 -> 4096 -> 8192 slots.
+        assert_eq!(
+            doublings.iter().map(|d| d.0).collect::<Vec<_>>(),
+            [1024, 2048, 4096]
+        );
+        for (old_slots, inserts) in doublings {
+            assert!(
+                inserts < old_slots / MIGRATE_SLOTS_PER_INSERT,
+                "{old_slots}: {inserts}"
+            );
+        }
     }
 
     #[test]
