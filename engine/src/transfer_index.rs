@@ -46,6 +46,11 @@ pub struct TransferIndex {
     /// Growing a step per insert instead of all at once keeps the partition answering: a
     /// one-go rehash of 12 Mi entries stalled it for about a second.
     old: Option<(Slots, usize)>,
+    /// The table of the next doubling, reserved at 5/8 load so that the prefault thread has
+    /// made it resident by the time it is needed at 3/4: the inserts of a doubling land at
+    /// random places all over it, and faulting its pages in on the shard (a huge page zeroed
+    /// per fault) stalled the partition for 0.1-0.5 s.
+    reserved: Option<Slots>,
     len: usize,
 }
 
@@ -71,6 +76,7 @@ impl TransferIndex {
         TransferIndex {
             table: Slots::new(slots_for(transfers), process_seed()),
             old: None,
+            reserved: None,
             len: 0,
         }
     }
@@ -98,12 +104,18 @@ impl TransferIndex {
             position < POSITIONS_MAX,
             "a partition holds at most 2^40 transfers"
         );
+        let slots = self.table.slots.len();
         if self.old.is_some() {
             self.migrate_step(&id_at);
-        } else if (self.len + 1) * LOAD_DENOMINATOR > self.table.slots.len() * LOAD_NUMERATOR {
-            let bigger = Slots::new(self.table.slots.len() * 2, self.table.seed);
+        } else if (self.len + 1) * LOAD_DENOMINATOR > slots * LOAD_NUMERATOR {
+            let bigger = self
+                .reserved
+                .take()
+                .unwrap_or_else(|| Slots::new(slots * 2, self.table.seed));
             self.old = Some((std::mem::replace(&mut self.table, bigger), 0));
             self.migrate_step(&id_at);
+        } else if self.reserved.is_none() && (self.len + 1) * 8 > slots * 5 {
+            self.reserved = Some(Slots::new(slots * 2, self.table.seed));
         }
         assert!(
             self.len < self.table.slots.len() * LOAD_NUMERATOR / LOAD_DENOMINATOR,
