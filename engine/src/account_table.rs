@@ -169,20 +169,8 @@ fn slots_for(accounts: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Currency;
 
-    /// An empty slot's value (all zero).
-    const EMPTY: Account = Account {
-        id: 0,
-        currency: Currency(0),
-        flags: 0,
-        balance: 0,
-        held: 0,
-        incoming: 0,
-        floor: 0,
-        user_data: 0,
-        timestamp: 0,
-    };
+    const EMPTY: Account = Account::ZERO;
 
     fn account(id: AccountId) -> Account {
         Account {

@@ -90,6 +90,20 @@ pub struct Account {
 }
 
 impl Account {
+    /// Every field zero: the empty slot of the account table, and the placeholder next to a
+    /// `not_found` answer.
+    pub const ZERO: Account = Account {
+        id: 0,
+        currency: Currency(0),
+        flags: 0,
+        balance: 0,
+        held: 0,
+        incoming: 0,
+        floor: 0,
+        user_data: 0,
+        timestamp: 0,
+    };
+
     pub fn is_frozen(&self) -> bool {
         self.flags & account_flags::FROZEN != 0
     }

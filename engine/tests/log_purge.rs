@@ -259,6 +259,18 @@ fn an_interrupted_purge_is_finished_at_open() {
     assert!(segment_starts(&dir).is_empty());
 }
 
+/// The error with which the writer refuses to open `dir`.
+fn open_error(dir: &Path) -> LogError {
+    let dir = dir.to_path_buf();
+    on_glommio(move || async move {
+        let tail = find_tail(&dir).unwrap();
+        LogWriter::open(&dir, log_support::options(SEGMENT_BYTES), &tail)
+            .await
+            .err()
+            .expect("refused")
+    })
+}
+
 #[test]
 fn a_raft_meta_that_contradicts_the_segments_refuses_to_open() {
     let (_keep, dir) = log_of(300);
@@ -273,14 +285,7 @@ fn a_raft_meta_that_contradicts_the_segments_refuses_to_open() {
         },
     )
     .unwrap();
-    let dir_clone = dir.clone();
-    let err = on_glommio(move || async move {
-        let tail = find_tail(&dir_clone).unwrap();
-        LogWriter::open(&dir_clone, log_support::options(SEGMENT_BYTES), &tail)
-            .await
-            .err()
-            .expect("refused")
-    });
+    let err = open_error(&dir);
     assert!(
         matches!(err, LogError::IndexGap { expected: 6, found, .. } if found == starts[1]),
         "{err}"
@@ -294,14 +299,7 @@ fn a_raft_meta_that_contradicts_the_segments_refuses_to_open() {
         },
     )
     .unwrap();
-    let dir_clone = dir.clone();
-    let err = on_glommio(move || async move {
-        let tail = find_tail(&dir_clone).unwrap();
-        LogWriter::open(&dir_clone, log_support::options(SEGMENT_BYTES), &tail)
-            .await
-            .err()
-            .expect("refused")
-    });
+    let err = open_error(&dir);
     assert!(err.to_string().contains("has term 1"), "{err}");
 }
 

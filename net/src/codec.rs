@@ -137,20 +137,7 @@ pub fn encode_account_replies(out: &mut BytesMut, items: &[Option<Account>]) {
     for item in items {
         let (code, a) = match item {
             Some(a) => (ResultCode::Ok, *a),
-            None => (
-                ResultCode::NotFound,
-                Account {
-                    id: 0,
-                    currency: Currency(0),
-                    flags: 0,
-                    balance: 0,
-                    held: 0,
-                    incoming: 0,
-                    floor: 0,
-                    user_data: 0,
-                    timestamp: 0,
-                },
-            ),
+            None => (ResultCode::NotFound, Account::ZERO),
         };
         out.put_u8(code as u8);
         out.put_bytes(0, 7);
