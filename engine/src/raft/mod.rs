@@ -6,8 +6,9 @@
 //!   the partition, like everything else of that partition.
 //! - `types`: the type configuration `WalletRaft` (entry payload `EntryData`, `NodeAddr`, and
 //!   placeholders for what the state-machine half will fill in).
-//! - `entry_record` (one entry = one record; raft index = log index - 1) and `membership`
-//!   (membership record bodies).
+//! - `log_store`: `RaftLogStore`, openraft's `RaftLogStorage` over the segment log
+//!   (`crate::log`), with `log_reader` (reads for replication), `entry_record` (one entry = one
+//!   record; raft index = log index - 1) and `membership` (membership record bodies).
 //!
 //! Next (plan §10): the log's tail cache and offset index, the engine's state machine and
 //! snapshots behind `RaftStateMachine`, the node-to-node transport, then the partition task
@@ -19,8 +20,11 @@
 #![allow(clippy::result_large_err)]
 
 pub mod entry_record;
+pub mod log_reader;
+pub mod log_store;
 pub mod membership;
 pub mod runtime;
 pub mod types;
 
+pub use log_store::RaftLogStore;
 pub use types::{EntryData, GroupResult, NodeAddr, SnapshotHandle, WalletRaft};
