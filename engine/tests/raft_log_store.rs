@@ -388,3 +388,145 @@ fn the_flush_callback_runs_only_once_the_entries_are_on_disk() {
     assert_eq!(failed_on_disk, 20, "nothing of the failed batch is on disk");
     drop(faults);
 }
+
+/// The store under a real openraft `Raft` (one voter, on the glommio runtime): initialize,
+/// elect, commit client writes through `append` and its callback; after a restart from the same
+/// directory the vote, log and committed id bring the node back as leader with everything
+/// applied again, and new writes continue the log.
+mod single_node {
+    use super::raft_support::{on_glommio_with_tokio_timer, open_store, TestStateMachine};
+    use engine::command::entry_kind;
+    use engine::log::{scan_log, LogError};
+    use engine::raft::{EntryData, NodeAddr, WalletRaft};
+    use openraft::error::{Fatal, RPCError, RaftError, StreamingError, Unreachable};
+    use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+    use openraft::raft::{
+        AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    };
+    use openraft::{Config, Raft, ServerState, Snapshot, Vote};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A network with no peers: a one-voter cluster never sends anything.
+    struct NoPeers;
+
+    fn unreachable() -> Unreachable {
+        Unreachable::new(&std::io::Error::other("a single-node test has no peers"))
+    }
+
+    impl RaftNetworkFactory<WalletRaft> for NoPeers {
+        type Network = NoPeers;
+        async fn new_client(&mut self, _target: u64, _node: &NodeAddr) -> NoPeers {
+            NoPeers
+        }
+    }
+
+    impl RaftNetwork<WalletRaft> for NoPeers {
+        async fn append_entries(
+            &mut self,
+            _rpc: AppendEntriesRequest<WalletRaft>,
+            _option: RPCOption,
+        ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
+            Err(RPCError::Unreachable(unreachable()))
+        }
+        async fn vote(
+            &mut self,
+            _rpc: VoteRequest<u64>,
+            _option: RPCOption,
+        ) -> Result<VoteResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
+            Err(RPCError::Unreachable(unreachable()))
+        }
+        async fn full_snapshot(
+            &mut self,
+            _vote: Vote<u64>,
+            _snapshot: Snapshot<WalletRaft>,
+            _cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed> + 'static,
+            _option: RPCOption,
+        ) -> Result<SnapshotResponse<u64>, StreamingError<WalletRaft, Fatal<u64>>> {
+            Err(StreamingError::Unreachable(unreachable()))
+        }
+    }
+
+    async fn start(dir: &std::path::Path) -> Raft<WalletRaft> {
+        let config = Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 150,
+            election_timeout_max: 300,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().unwrap());
+        let store = open_store(dir).await;
+        Raft::new(1, config, NoPeers, store, TestStateMachine::default())
+            .await
+            .unwrap()
+    }
+
+    async fn write(raft: &Raft<WalletRaft>, n: u64) -> u64 {
+        let data = EntryData::new(
+            entry_kind::CREATE_TRANSFERS,
+            5_000 + n,
+            vec![n as u8; 100].into(),
+        );
+        raft.client_write(data).await.unwrap().log_id.index
+    }
+
+    const WAIT: Option<Duration> = Some(Duration::from_secs(5));
+
+    #[test]
+    fn a_single_node_raft_commits_through_the_store_and_restarts_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        on_glommio_with_tokio_timer(move || async move {
+            let raft = start(&path).await;
+            let node = NodeAddr {
+                raft_addr: "127.0.0.1:7001".into(),
+                client_addr: "127.0.0.1:7000".into(),
+            };
+            raft.initialize(BTreeMap::from([(1, node)])).await.unwrap();
+            raft.wait(WAIT)
+                .state(ServerState::Leader, "elected")
+                .await
+                .unwrap();
+            // Index 0: the initial membership; 1: the leader's blank entry.
+            for n in 0..5 {
+                assert_eq!(write(&raft, n).await, n + 2);
+            }
+            raft.shutdown().await.unwrap();
+        });
+        // On disk: membership, blank, five normal records, at log indexes 1..=7.
+        let mut kinds = Vec::new();
+        scan_log::<LogError>(dir.path(), 1, |r| {
+            kinds.push((r.header.index, r.header.kind));
+            Ok(())
+        })
+        .unwrap();
+        let mut want = vec![(1, entry_kind::MEMBERSHIP), (2, entry_kind::BLANK)];
+        want.extend((3..=7).map(|i| (i, entry_kind::CREATE_TRANSFERS)));
+        assert_eq!(kinds, want);
+        // openraft saved the commit point (raft index 6 = log index 7) through the store.
+        let meta = engine::log::load_raft_meta(dir.path()).unwrap().unwrap();
+        assert_eq!(meta.committed.map(|c| c.index), Some(7));
+
+        let path = dir.path().to_path_buf();
+        on_glommio_with_tokio_timer(move || async move {
+            let raft = start(&path).await;
+            raft.wait(WAIT)
+                .state(ServerState::Leader, "re-elected")
+                .await
+                .unwrap();
+            // The committed id (and the log) bring the fresh state machine back up to the last
+            // entry written before the restart.
+            raft.wait(WAIT)
+                .applied_index_at_least(Some(6), "re-applied")
+                .await
+                .unwrap();
+            // A single voter with its own committed vote resumes leadership in its term
+            // (no new blank entry), so writes go on right after the last entry.
+            let last = raft.metrics().borrow().last_log_index;
+            assert!(last >= Some(6), "{last:?}");
+            assert_eq!(Some(write(&raft, 5).await), last.map(|i| i + 1));
+            raft.shutdown().await.unwrap();
+        });
+    }
+}
