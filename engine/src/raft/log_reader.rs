@@ -25,9 +25,9 @@ use std::rc::Rc;
 /// `first > last`), held by `segments`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogView {
-    pub first: u64,
-    pub last: u64,
-    pub segments: Vec<SegmentInfo>,
+    pub(crate) first: u64,
+    pub(crate) last: u64,
+    pub(crate) segments: Vec<SegmentInfo>,
 }
 
 /// A `RaftLogReader` over the store's log: one per replication task, all sharing the store's
@@ -54,7 +54,7 @@ impl RaftLogReader<WalletRaft> for LogReader {
 
 /// The entries of `view` whose Raft indexes lie in `range`; indexes outside what the view
 /// holds (purged, or past the end) are left out, as openraft allows.
-pub fn read_entries(
+pub(crate) fn read_entries(
     view: &LogView,
     range: impl RangeBounds<u64>,
 ) -> Result<Vec<Entry>, StorageError> {
