@@ -45,6 +45,10 @@ pub struct RaftLogStore {
     view: Rc<RefCell<LogView>>,
     /// Reused buffer for membership bodies.
     scratch: Vec<u8>,
+    /// Why an append failed with records buffered that never reached the disk. The log's
+    /// end in memory is then past its end on disk, so every later write is refused (openraft
+    /// stops this Raft on the first error anyway; a restart reopens the log from disk).
+    failed: Option<String>,
 }
 
 impl RaftLogStore {
@@ -68,6 +72,7 @@ impl RaftLogStore {
             writer,
             view: Rc::default(),
             scratch: Vec::new(),
+            failed: None,
         };
         store.grow_view();
         store
@@ -97,6 +102,11 @@ impl RaftLogStore {
         I: IntoIterator<Item = Entry>,
     {
         let result = self.append_durably(entries).await;
+        if let Err(e) = &result {
+            if self.writer.durable_index() != self.writer.last_index() {
+                self.failed = Some(e.to_string());
+            }
+        }
         self.grow_view();
         done(match &result {
             Ok(()) => Ok(()),
@@ -109,6 +119,7 @@ impl RaftLogStore {
     where
         I: IntoIterator<Item = Entry>,
     {
+        self.refuse_if_failed()?;
         for entry in entries {
             self.check_continues(&entry.log_id)?;
             let (kind, timestamp, body) = record_fields(&entry, &mut self.scratch);
@@ -150,6 +161,15 @@ impl RaftLogStore {
             )));
         }
         Ok(())
+    }
+
+    fn refuse_if_failed(&self) -> Result<(), StorageError> {
+        match &self.failed {
+            Some(why) => Err(defensive(format!(
+                "the log refuses writes after a failed append: {why}"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Lets readers see everything durable and not purged (after a write completed).
@@ -198,6 +218,7 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        self.refuse_if_failed()?;
         let stored = StoredVote {
             term: vote.leader_id.term,
             voted_for: vote.leader_id.voted_for,
@@ -218,6 +239,7 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.refuse_if_failed()?;
         self.writer
             .save_committed(committed.as_ref().map(to_entry_id))
             .map_err(write_error)
@@ -242,6 +264,7 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
 
     /// Deletes `[log_id.index, ..)`. Readers stop seeing those entries first.
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.refuse_if_failed()?;
         let from = log_index(log_id.index);
         {
             let mut view = self.view.borrow_mut();
@@ -255,6 +278,7 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
     /// Deletes `(.., log_id.index]`, logically at once and durably (`raft_meta`), whole
     /// segments as far as they lie below it. Readers stop seeing those entries first.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.refuse_if_failed()?;
         let through = to_entry_id(&log_id);
         {
             let mut view = self.view.borrow_mut();
