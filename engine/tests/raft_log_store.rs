@@ -365,8 +365,12 @@ fn the_flush_callback_runs_only_once_the_entries_are_on_disk() {
                 .expect("the callback ran before append returned");
             seen.push(saw);
         }
-        // Readers are not served the failed batch (openraft stops this Raft on the error).
+        // Readers are not served the failed batch, and later writes are refused (openraft
+        // stops this Raft on the error; a restart reopens the log from what is on disk).
         assert_eq!(read_all(&mut store).await, entries(1, 0, 19));
+        plan.write_delay_ms.store(0, Ordering::SeqCst);
+        assert!(store.truncate(log_id(1, 15)).await.is_err());
+        assert!(store.save_vote(&Vote::new(2, 1)).await.is_err());
         store.close().await.unwrap();
         seen
     });
@@ -528,5 +532,156 @@ mod single_node {
             assert_eq!(Some(write(&raft, 5).await), last.map(|i| i + 1));
             raft.shutdown().await.unwrap();
         });
+    }
+}
+
+/// Random sequences of appends, truncations, purges and restarts against an in-memory model
+/// of what openraft expects from a log store: after every step the log state, a full read and
+/// a sub-range read (through a reader taken before the step) match the model.
+mod model {
+    use super::raft_support::{entries, on_glommio_with_tokio_timer, open_store};
+    use super::state;
+    use engine::raft::entry_record::log_id;
+    use engine::raft::types::{Entry, LogId};
+    use engine::raft::RaftLogStore;
+    use openraft::storage::RaftLogStorage;
+    use openraft::RaftLogReader;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Append `count` entries, in a new term when `new_term`.
+        Append {
+            count: u64,
+            new_term: bool,
+        },
+        /// Truncate at the live entry picked by `pick` (modulo their number).
+        Truncate {
+            pick: u64,
+        },
+        /// Purge through the live entry picked by `pick`, or `past` entries beyond the end.
+        Purge {
+            pick: u64,
+            past: u64,
+        },
+        Reopen,
+    }
+
+    fn op_strategy() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (1..40u64, any::<bool>())
+                .prop_map(|(count, new_term)| Op::Append { count, new_term }),
+            1 => any::<u64>().prop_map(|pick| Op::Truncate { pick }),
+            1 => (any::<u64>(), prop_oneof![3 => Just(0u64), 1 => 1..5u64])
+                .prop_map(|(pick, past)| Op::Purge { pick, past }),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    /// The log as openraft sees it: the live entries and the last purged id.
+    #[derive(Default)]
+    struct Model {
+        live: BTreeMap<u64, Entry>,
+        last_purged: Option<LogId>,
+        term: u64,
+    }
+
+    impl Model {
+        fn last_log_id(&self) -> Option<LogId> {
+            self.live
+                .values()
+                .last()
+                .map(|e| e.log_id)
+                .or(self.last_purged)
+        }
+    }
+
+    async fn step(store: &mut RaftLogStore, model: &mut Model, op: &Op) {
+        match *op {
+            Op::Append { count, new_term } => {
+                model.term = model.term.max(1) + u64::from(new_term);
+                let from = model.last_log_id().map_or(0, |id| id.index + 1);
+                let batch = entries(model.term, from, from + count - 1);
+                model
+                    .live
+                    .extend(batch.iter().map(|e| (e.log_id.index, e.clone())));
+                super::append(store, batch).await;
+            }
+            Op::Truncate { pick } => {
+                let Some(&at) = model
+                    .live
+                    .keys()
+                    .nth((pick % model.live.len().max(1) as u64) as usize)
+                else {
+                    return;
+                };
+                let id = model.live[&at].log_id;
+                model.live.split_off(&at);
+                store.truncate(id).await.unwrap();
+            }
+            Op::Purge { pick, past } => {
+                let id = if past > 0 || model.live.is_empty() {
+                    let end = model.last_log_id().map_or(0, |id| id.index);
+                    model.term = model.term.max(1);
+                    log_id(model.term, end + past.max(1))
+                } else {
+                    let at = *model
+                        .live
+                        .keys()
+                        .nth((pick % model.live.len() as u64) as usize)
+                        .unwrap();
+                    model.live[&at].log_id
+                };
+                model.live = model.live.split_off(&(id.index + 1));
+                model.last_purged = Some(id);
+                store.purge(id).await.unwrap();
+            }
+            Op::Reopen => unreachable!("handled by the caller"),
+        }
+    }
+
+    fn run(ops: Vec<Op>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        on_glommio_with_tokio_timer(move || async move {
+            let mut store = open_store(&path).await;
+            let mut model = Model::default();
+            for (n, op) in ops.iter().enumerate() {
+                let mut reader = store.get_log_reader().await;
+                if let Op::Reopen = op {
+                    store.close().await.unwrap();
+                    store = open_store(&path).await;
+                    reader = store.get_log_reader().await;
+                } else {
+                    step(&mut store, &mut model, op).await;
+                }
+                let want: Vec<Entry> = model.live.values().cloned().collect();
+                assert_eq!(
+                    state(&mut store).await,
+                    (model.last_purged, model.last_log_id()),
+                    "log state after step {n} {op:?}"
+                );
+                assert_eq!(super::read_all(&mut store).await, want, "step {n} {op:?}");
+                let (from, to) = (n as u64 * 7, n as u64 * 7 + 25);
+                let part: Vec<Entry> = model.live.range(from..to).map(|(_, e)| e.clone()).collect();
+                assert_eq!(reader.try_get_log_entries(from..to).await.unwrap(), part);
+            }
+            store.close().await.unwrap();
+        });
+    }
+
+    proptest! {
+        // Each case runs its own glommio executor and up to 24 steps with O_DSYNC writes: 24
+        // cases keep this file's run time within a few seconds on a 2-core machine. A failure
+        // is shrunk and its seed saved in `raft_log_store.proptest-regressions`.
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn appends_truncations_purges_and_restarts_match_a_model(
+            ops in prop::collection::vec(op_strategy(), 1..24)
+        ) {
+            run(ops);
+        }
     }
 }
