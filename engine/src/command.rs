@@ -41,6 +41,12 @@ pub mod entry_kind {
     pub const CREATE_TRANSFERS: u16 = 2;
     /// Body: archived `Vec<tcc::TccMessage>` (from other partitions, or the local coordinator).
     pub const TCC_MESSAGES: u16 = 3;
+    /// Raft: an entry without a payload (openraft's `EntryPayload::Blank`, which a new leader
+    /// appends first). Body: empty. Changes no state; it only takes up its index.
+    pub const BLANK: u16 = 4;
+    /// Raft: a membership change (openraft's `EntryPayload::Membership`). Body: the
+    /// hand-written encoding of `raft::membership`. Changes no ledger state.
+    pub const MEMBERSHIP: u16 = 5;
 }
 
 /// One homogeneous batch of commands, as submitted to a partition.

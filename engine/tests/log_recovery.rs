@@ -5,7 +5,9 @@
 mod log_support;
 
 use engine::log::{find_tail, repair_log, scan_log, LogError};
-use log_support::{append_flushed, indexes, on_glommio, open_writer, terms, write_records};
+use log_support::{
+    append_flushed, body_of, indexes, on_glommio, open_writer, terms, write_records,
+};
 use std::path::{Path, PathBuf};
 
 fn last_segment(dir: &Path) -> PathBuf {
@@ -206,4 +208,35 @@ fn a_writer_reopened_on_the_thread_that_created_the_log_reads_its_tail() {
         writer.close().await.unwrap();
     });
     assert_eq!(terms(dir.path()), [(1, 1), (2, 1), (3, 2), (4, 2)]);
+}
+
+/// A log that never held a record may start at any index (openraft's storage contract allows
+/// it); after that, appends continue without a gap, also after a restart.
+#[test]
+fn a_pristine_log_starts_at_its_first_append_at_and_then_continues_without_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    on_glommio(move || async move {
+        let mut writer = open_writer(&path, 64 << 10).await;
+        assert!(writer.is_pristine());
+        writer.append_at(7, 1, 1_007, 9, &body_of(7)).unwrap();
+        assert!(!writer.is_pristine());
+        writer.flush().await.unwrap();
+        append_flushed(&mut writer, 2, 1).await;
+        assert_eq!((writer.first_live_index(), writer.last_index()), (7, 9));
+        writer.close().await.unwrap();
+        let mut writer = open_writer(&path, 64 << 10).await;
+        assert!(!writer.is_pristine());
+        assert_eq!((writer.first_live_index(), writer.last_index()), (7, 9));
+        let gap = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            writer.append_at(11, 1, 1_011, 9, &body_of(11))
+        }));
+        assert!(gap.is_err(), "a gap after the first record is refused");
+        writer.close().await.unwrap();
+    });
+    assert_eq!(indexes(dir.path()), [7, 8, 9]);
+    assert_eq!(
+        engine::log::list_segments(dir.path()).unwrap()[0].first_index,
+        7
+    );
 }

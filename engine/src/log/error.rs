@@ -29,6 +29,13 @@ pub enum LogError {
         expected: u64,
         found: u64,
     },
+    /// A reader asked for a record the log says it holds, and the segment ends first.
+    #[error("{path} at offset {offset}: the segment ends where log index {expected} should be")]
+    Missing {
+        path: PathBuf,
+        offset: u64,
+        expected: u64,
+    },
     #[error("{path}: segment file name is not <20-digit first index>.wlog")]
     BadSegmentName { path: PathBuf },
     #[error("the log stopped accepting writes after an earlier I/O error: {0}")]

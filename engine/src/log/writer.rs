@@ -428,6 +428,11 @@ impl LogWriter {
 
     /// `append` at an index the caller dictates (a Raft follower writes the leader's entries
     /// at the leader's indexes): it must be the next one.
+    ///
+    /// Except on a **pristine** log (no segment, nothing buffered, never purged): its first
+    /// record may have any index, and the log then starts there (its first segment is named
+    /// after it, which is all a scan needs). openraft's storage contract allows a log to begin
+    /// anywhere, and its conformance suite appends a first entry at index 1 or 2.
     pub fn append_at(
         &mut self,
         index: u64,
@@ -436,12 +441,32 @@ impl LogWriter {
         kind: u16,
         body: &[u8],
     ) -> Result<u64, LogError> {
+        assert!(index >= 1, "log indexes start at 1");
+        if self.is_pristine() {
+            self.last_index = index - 1;
+            self.durable_index = index - 1;
+        }
         assert_eq!(
             index,
             self.last_index + 1,
             "the log continues without a gap"
         );
         self.append(term, timestamp, kind, body)
+    }
+
+    /// True for a log that never held a record: no segment, nothing buffered, never purged.
+    /// Its first `append_at` may be at any index.
+    pub fn is_pristine(&self) -> bool {
+        self.segments.is_empty()
+            && self.pending_bytes() == 0
+            && self.last_index == 0
+            && self.meta.last_purged.is_none()
+    }
+
+    /// The segments on disk, in index order (the last one is the active segment). Readers of
+    /// the durable records (`log::range::read_range`) walk them.
+    pub fn segments(&self) -> &[SegmentInfo] {
+        &self.segments
     }
 
     /// Removes every record at or after `index` (for Raft: a follower's entries that conflict

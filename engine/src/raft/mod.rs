@@ -4,14 +4,27 @@
 //! - `runtime`: `GlommioRuntime`, openraft's `AsyncRuntime` on glommio, so that a partition's
 //!   Raft (its core loop, replication tasks, timers) runs on the executor of the core that owns
 //!   the partition, like everything else of that partition.
+//! - `types`: the type configuration `WalletRaft` (entry payload `EntryData`, `NodeAddr`, and
+//!   placeholders for what the state-machine half will fill in).
+//! - `log_store`: `RaftLogStore`, openraft's `RaftLogStorage` over the segment log
+//!   (`crate::log`), with `log_reader` (reads for replication), `entry_record` (one entry = one
+//!   record; raft index = log index - 1) and `membership` (membership record bodies).
 //!
-//! In the segment log (`crate::log::LogWriter`): `append_at` (explicit index) and
-//! `truncate_from` (conflict truncation).
-//!
-//! Next (plan §10): the rest of the segment log as Raft log storage (logical purge with a
-//! persisted `raft_meta`, an offset index and tail cache for replication reads), the engine's state
-//! machine and snapshots behind `RaftStateMachine`, the node-to-node transport, then the
-//! partition task driving `client_write` with one Raft entry per group commit. Until then
-//! walletd is a single node and nothing here is on its request path.
+//! Next (plan §10): the log's tail cache and offset index, the engine's state machine and
+//! snapshots behind `RaftStateMachine`, the node-to-node transport, then the partition task
+//! driving `client_write` with one Raft entry per group commit. Until then walletd is a single
+//! node and nothing here is on its request path.
 
+// openraft's storage traits return its `StorageError` (~200 bytes) by value; the helpers
+// behind them return the same type, since boxing it there would only be undone at the trait.
+#![allow(clippy::result_large_err)]
+
+pub mod entry_record;
+pub mod log_reader;
+pub mod log_store;
+pub mod membership;
 pub mod runtime;
+pub mod types;
+
+pub use log_store::RaftLogStore;
+pub use types::{EntryData, GroupResult, NodeAddr, SnapshotHandle, WalletRaft};
