@@ -375,3 +375,113 @@ fn a_single_node_log_replays_to_the_digest_it_had_before_the_clamp() {
         state_digest(&state)
     );
 }
+
+/// End to end on one voter: openraft drives `RaftLogStore` and `RaftPartition`; transfers go
+/// in through `client_write` and come out as balances; a snapshot and a restart bring the same
+/// state back (from the snapshot, then the log after it).
+mod single_node {
+    use super::raft_support::{
+        encode, ledger_batches, ledger_timestamp, on_glommio_with_tokio_timer, open_store,
+        raft_config, NoPeers,
+    };
+    use super::{apply_directly, ledger_entries};
+    use engine::digest::state_digest;
+    use engine::raft::{EntryData, NodeAddr, RaftPartition, WalletRaft};
+    use engine::state_machine::PartitionState;
+    use engine::ResultCode;
+    use openraft::{Raft, ServerState};
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    const WAIT: Option<Duration> = Some(Duration::from_secs(5));
+    const BATCHES: u64 = 12;
+
+    async fn start(dir: &Path) -> (Raft<WalletRaft>, Rc<RefCell<PartitionState>>) {
+        let store = open_store(&dir.join("log")).await;
+        let sm = RaftPartition::open(&dir.join("snapshots"), 0, 1).unwrap();
+        let state = sm.state();
+        let raft = Raft::new(1, raft_config(), NoPeers, store, sm)
+            .await
+            .unwrap();
+        (raft, state)
+    }
+
+    #[test]
+    fn a_one_voter_cluster_moves_money_through_client_write_and_restarts_from_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        // Raft 0: the initial membership, 1: the leader's blank, then one entry per batch:
+        // the same entries `ledger_entries` builds, so the same state as applying those.
+        let want = state_digest(&apply_directly(&ledger_entries(BATCHES - 1)).0);
+        let snapshot_digest = on_glommio_with_tokio_timer(move || async move {
+            let (raft, state) = start(&path).await;
+            let node = NodeAddr {
+                raft_addr: "127.0.0.1:7001".into(),
+                client_addr: "127.0.0.1:7000".into(),
+            };
+            raft.initialize(BTreeMap::from([(1, node)])).await.unwrap();
+            raft.wait(WAIT)
+                .state(ServerState::Leader, "elected")
+                .await
+                .unwrap();
+            let mut issued = 0i64;
+            for (n, batch) in ledger_batches(BATCHES - 1).iter().enumerate() {
+                let data = EntryData::new(batch.kind(), ledger_timestamp(n as u64), encode(batch));
+                let response = raft.client_write(data).await.unwrap();
+                assert_eq!(response.log_id.index, n as u64 + 2);
+                let answer = response.data;
+                assert_eq!(answer.results.len(), batch.len());
+                assert_eq!(answer.timestamp, ledger_timestamp(n as u64));
+                if let engine::CommandBatch::CreateTransfers(transfers) = batch {
+                    issued += transfers
+                        .iter()
+                        .zip(&answer.results)
+                        .filter(|(t, code)| t.from == 1 && **code == ResultCode::Ok)
+                        .map(|(t, _)| t.amount as i64)
+                        .sum::<i64>();
+                }
+            }
+            {
+                let state = state.borrow();
+                assert_eq!(state_digest(&state), want);
+                assert_eq!(state.account(1).unwrap().balance, -issued);
+                let wallets: i64 = (2..=20).map(|id| state.account(id).unwrap().balance).sum();
+                assert_eq!(wallets, issued);
+            }
+            let last = raft.metrics().borrow().last_applied;
+            raft.trigger().snapshot().await.unwrap();
+            raft.wait(WAIT)
+                .metrics(|m| m.snapshot == last, "snapshot of everything applied")
+                .await
+                .unwrap();
+            raft.shutdown().await.unwrap();
+            let digest = state_digest(&state.borrow());
+            digest
+        });
+        assert_eq!(snapshot_digest, want);
+
+        let path = dir.path().to_path_buf();
+        on_glommio_with_tokio_timer(move || async move {
+            let (raft, state) = start(&path).await;
+            raft.wait(WAIT)
+                .state(ServerState::Leader, "re-elected")
+                .await
+                .unwrap();
+            raft.wait(WAIT)
+                .applied_index_at_least(Some(BATCHES), "applied again")
+                .await
+                .unwrap();
+            assert_eq!(state_digest(&state.borrow()), want);
+            // The log goes on after the snapshot; a stale timestamp is clamped.
+            let batch = ledger_batches(BATCHES).pop().unwrap();
+            let data = EntryData::new(batch.kind(), 1, encode(&batch));
+            let answer = raft.client_write(data).await.unwrap().data;
+            assert_eq!(answer.results.len(), batch.len());
+            assert!(answer.timestamp > ledger_timestamp(BATCHES - 2));
+            raft.shutdown().await.unwrap();
+        });
+    }
+}
