@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 /// Not run:
 /// - `last_applied_state`, `snapshot_meta`, `apply_single`, `apply_multiple` and
 ///   `transfer_snapshot` exercise only the state machine, which here is a test double
-///   (`TestStateMachine`); they belong to the state-machine half.
+///   (`TestStateMachine`); they run against the real one in `raft_state_machine.rs`.
 /// - `get_initial_state_membership_from_log_and_sm`: after its `get_initial_state` purged the
 ///   empty log through the state machine's applied id (index 2), it appends an entry at index
 ///   1, below the purge point. A segment log only continues after its end, so the store
