@@ -202,8 +202,16 @@ fn replay_partition(
     let (mut events, mut entries) = (0u64, 0u64);
     let mut out = ApplyOutput::counting_events();
     let mut failure: Option<AuditError> = None;
+    let mut past_until = false;
     scan_log::<LogError>(&log_dir(&pdir), from, |record| {
-        if failure.is_some() || record.header.timestamp > until {
+        // Entries apply in index order, so the first entry past `until` ends the replay (a
+        // later Raft blank or membership entry, stamped 0, must not be applied after a gap).
+        // A command entry counts at the time it is applied at, which a Raft log may have
+        // clamped above its header's (`PartitionState::effective_timestamp`).
+        past_until = past_until
+            || (!entry_kind::is_raft(record.header.kind)
+                && state.effective_timestamp(record.header.timestamp) > until);
+        if failure.is_some() || past_until {
             return Ok(());
         }
         out.clear();

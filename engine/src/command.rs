@@ -47,6 +47,12 @@ pub mod entry_kind {
     /// Raft: a membership change (openraft's `EntryPayload::Membership`). Body: the
     /// hand-written encoding of `raft::membership`. Changes no ledger state.
     pub const MEMBERSHIP: u16 = 5;
+
+    /// True for the kinds of Raft's own entries (`BLANK`, `MEMBERSHIP`): they carry no
+    /// commands and no log time (timestamp 0).
+    pub fn is_raft(kind: u16) -> bool {
+        kind == BLANK || kind == MEMBERSHIP
+    }
 }
 
 /// One homogeneous batch of commands, as submitted to a partition.

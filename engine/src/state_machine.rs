@@ -5,8 +5,18 @@
 //! its output: the same log always yields the same state, bit for bit (see `digest`). The live
 //! path and replay both call it on the archived bytes that are (or were) in the log.
 //!
-//! Item `i` of an entry with timestamp `T` gets timestamp `T + i`; the shard chooses `T` above
-//! every timestamp already used, so timestamps are unique and increase within a partition.
+//! Item `i` of an entry applied at timestamp `T` gets timestamp `T + i`. The shard chooses `T`
+//! above every timestamp already used; an entry whose `T` is not (a Raft entry from a new leader
+//! or a skewed clock) is applied at `T_eff = max(T, last_timestamp + 1)` instead
+//! (`effective_timestamp`). Every replica computes the same `T_eff` from the same log, so
+//! timestamps stay unique and increasing within a partition and a skewed leader cannot wedge
+//! it. On a log the single-node path wrote, `T_eff = T` for every entry.
+//!
+//! Raft's own entries (`entry_kind::BLANK`, `entry_kind::MEMBERSHIP`) take up their index and
+//! change nothing else: no balance, no timestamp (they carry 0), no output. They are handled
+//! here rather than in the Raft state machine because recovery and `wallet audit replay` feed
+//! every record of a log through `apply_entry`: one place that knows every kind keeps the
+//! three in agreement on a replicated log.
 
 use crate::account_table::AccountTable;
 use crate::command::{entry_kind, ArchivedNewAccount, ArchivedNewTransfer, NewAccount};
@@ -91,8 +101,6 @@ pub enum ApplyError {
     UnknownKind(u16),
     #[error("log entry body is not a valid archive of its kind: {0}")]
     InvalidArchive(String),
-    #[error("entry timestamp {entry} is not above the last applied timestamp {last}")]
-    TimestampNotMonotonic { entry: u64, last: u64 },
 }
 
 /// The whole state of one partition.
@@ -213,8 +221,17 @@ impl PartitionState {
         self.last_timestamp + 1
     }
 
-    /// Applies log entry `index` (kind + archived body) at `timestamp`, appending one result per
-    /// item to `results` and the derived events to `events`.
+    /// The timestamp an entry stamped `timestamp` is applied at: `timestamp`, or just above the
+    /// last one used when it is not above it (see the module doc). A pure function of the
+    /// state, so every replica picks the same one.
+    pub fn effective_timestamp(&self, timestamp: u64) -> u64 {
+        timestamp.max(self.next_timestamp_floor())
+    }
+
+    /// Applies log entry `index` (kind + archived body) at `effective_timestamp(timestamp)`,
+    /// appending one result per item to `out.results` and the derived events to `out.events`.
+    /// A Raft blank or membership entry only takes up `index` (a blank's body must be empty;
+    /// a membership body is the Raft layer's business, `raft::membership`).
     pub fn apply_entry(
         &mut self,
         index: u64,
@@ -224,12 +241,20 @@ impl PartitionState {
         out: &mut ApplyOutput,
     ) -> Result<(), ApplyError> {
         assert_eq!(index, self.last_index + 1, "entries apply in index order");
-        if timestamp <= self.last_timestamp {
-            return Err(ApplyError::TimestampNotMonotonic {
-                entry: timestamp,
-                last: self.last_timestamp,
-            });
+        match kind {
+            entry_kind::BLANK if !body.is_empty() => {
+                return Err(ApplyError::InvalidArchive(format!(
+                    "a blank entry with a {}-byte body",
+                    body.len()
+                )))
+            }
+            entry_kind::BLANK | entry_kind::MEMBERSHIP => {
+                self.last_index = index;
+                return Ok(());
+            }
+            _ => {}
         }
+        let timestamp = self.effective_timestamp(timestamp);
         match kind {
             entry_kind::CREATE_ACCOUNTS => {
                 let items =
@@ -275,6 +300,18 @@ impl PartitionState {
             other => return Err(ApplyError::UnknownKind(other)),
         }
         Ok(())
+    }
+
+    /// Moves the applied index up to `index` without applying anything in between. Only for a
+    /// Raft state machine asked to apply a blank or membership entry past a gap, which
+    /// openraft's storage suite does and openraft itself never does (see
+    /// `raft::state_machine`): the ledger state is the same either way.
+    pub(crate) fn skip_to(&mut self, index: u64) {
+        assert!(
+            index >= self.last_index,
+            "the applied index never goes back"
+        );
+        self.last_index = index;
     }
 
     /// Applies `items` in order (item `i` at `timestamp + i`), touching each item

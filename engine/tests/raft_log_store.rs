@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 /// Not run:
 /// - `last_applied_state`, `snapshot_meta`, `apply_single`, `apply_multiple` and
 ///   `transfer_snapshot` exercise only the state machine, which here is a test double
-///   (`TestStateMachine`); they belong to the state-machine half.
+///   (`TestStateMachine`); they run against the real one in `raft_state_machine.rs`.
 /// - `get_initial_state_membership_from_log_and_sm`: after its `get_initial_state` purged the
 ///   empty log through the state machine's applied id (index 2), it appends an entry at index
 ///   1, below the purge point. A segment log only continues after its end, so the store
@@ -398,72 +398,27 @@ fn the_flush_callback_runs_only_once_the_entries_are_on_disk() {
 /// directory the vote, log and committed id bring the node back as leader with everything
 /// applied again, and new writes continue the log.
 mod single_node {
-    use super::raft_support::{on_glommio_with_tokio_timer, open_store, TestStateMachine};
+    use super::raft_support::{
+        on_glommio_with_tokio_timer, open_store, raft_config, NoPeers, TestStateMachine,
+    };
     use engine::command::entry_kind;
     use engine::log::{scan_log, LogError};
     use engine::raft::{EntryData, NodeAddr, WalletRaft};
-    use openraft::error::{Fatal, RPCError, RaftError, StreamingError, Unreachable};
-    use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-    use openraft::raft::{
-        AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
-    };
-    use openraft::{Config, Raft, ServerState, Snapshot, Vote};
+    use openraft::{Raft, ServerState};
     use std::collections::BTreeMap;
-    use std::sync::Arc;
     use std::time::Duration;
 
-    /// A network with no peers: a one-voter cluster never sends anything.
-    struct NoPeers;
-
-    fn unreachable() -> Unreachable {
-        Unreachable::new(&std::io::Error::other("a single-node test has no peers"))
-    }
-
-    impl RaftNetworkFactory<WalletRaft> for NoPeers {
-        type Network = NoPeers;
-        async fn new_client(&mut self, _target: u64, _node: &NodeAddr) -> NoPeers {
-            NoPeers
-        }
-    }
-
-    impl RaftNetwork<WalletRaft> for NoPeers {
-        async fn append_entries(
-            &mut self,
-            _rpc: AppendEntriesRequest<WalletRaft>,
-            _option: RPCOption,
-        ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
-            Err(RPCError::Unreachable(unreachable()))
-        }
-        async fn vote(
-            &mut self,
-            _rpc: VoteRequest<u64>,
-            _option: RPCOption,
-        ) -> Result<VoteResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
-            Err(RPCError::Unreachable(unreachable()))
-        }
-        async fn full_snapshot(
-            &mut self,
-            _vote: Vote<u64>,
-            _snapshot: Snapshot<WalletRaft>,
-            _cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed> + 'static,
-            _option: RPCOption,
-        ) -> Result<SnapshotResponse<u64>, StreamingError<WalletRaft, Fatal<u64>>> {
-            Err(StreamingError::Unreachable(unreachable()))
-        }
-    }
-
     async fn start(dir: &std::path::Path) -> Raft<WalletRaft> {
-        let config = Config {
-            heartbeat_interval: 50,
-            election_timeout_min: 150,
-            election_timeout_max: 300,
-            ..Default::default()
-        };
-        let config = Arc::new(config.validate().unwrap());
         let store = open_store(dir).await;
-        Raft::new(1, config, NoPeers, store, TestStateMachine::default())
-            .await
-            .unwrap()
+        Raft::new(
+            1,
+            raft_config(),
+            NoPeers,
+            store,
+            TestStateMachine::default(),
+        )
+        .await
+        .unwrap()
     }
 
     async fn write(raft: &Raft<WalletRaft>, n: u64) -> u64 {

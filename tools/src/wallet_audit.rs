@@ -145,6 +145,25 @@ fn dump_record(
                 )?;
             }
         }
+        entry_kind::BLANK => line(
+            json!({"partition": partition, "index": h.index, "kind": "raft_blank"}),
+            format!("{at} raft blank"),
+        )?,
+        entry_kind::MEMBERSHIP => {
+            let membership = engine::raft::membership::decode_membership(r.body)
+                .map_err(|e| format!("partition {partition}, entry {}: {e}", h.index))?;
+            let configs: Vec<Vec<u64>> = membership
+                .get_joint_config()
+                .iter()
+                .map(|voters| voters.iter().copied().collect())
+                .collect();
+            let nodes: Vec<u64> = membership.nodes().map(|(id, _)| *id).collect();
+            line(
+                json!({"partition": partition, "index": h.index, "kind": "raft_membership",
+                       "voters": configs, "nodes": nodes}),
+                format!("{at} raft membership voters={configs:?} nodes={nodes:?}"),
+            )?
+        }
         other => line(
             json!({"partition": partition, "index": h.index, "timestamp": h.timestamp, "kind": other, "bytes": r.body.len()}),
             format!("{at} kind={other} ({} bytes)", r.body.len()),

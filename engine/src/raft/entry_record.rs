@@ -11,7 +11,9 @@
 //! for every record and for the ids kept beside them (`raft_meta`'s `last_purged` and
 //! `committed` are stored in log indexes, like everything under `log/`). The mapping is
 //! applied only here, at the boundary; `LogId`s never reach `log/` and log indexes never reach
-//! openraft. The term is the record's term unchanged.
+//! openraft. The term is the record's term unchanged. The state machine's applied index
+//! (`PartitionState::last_index`, a log index like its snapshots') maps the same way
+//! (`applied_log_index`, `applied_log_id`).
 //!
 //! **Payloads.** The header carries index, term, timestamp and kind; the kind tells the
 //! payload: `entry_kind::BLANK` (empty body), `entry_kind::MEMBERSHIP` (`raft::membership`
@@ -36,6 +38,18 @@ pub fn log_index(raft_index: u64) -> u64 {
 pub fn raft_index(log_index: u64) -> u64 {
     assert!(log_index >= 1, "log indexes start at 1");
     log_index - 1
+}
+
+/// The log index a state machine has applied through, given the Raft id of the last entry it
+/// applied (`None`: nothing, log index 0). `PartitionState::last_index` is a log index.
+pub fn applied_log_index(applied: Option<&LogId>) -> u64 {
+    applied.map_or(0, |id| log_index(id.index))
+}
+
+/// The Raft id of the last entry applied by a state at log index `last_index` (0: none), whose
+/// term is `term`: the inverse of `applied_log_index`.
+pub fn applied_log_id(term: u64, last_index: u64) -> Option<LogId> {
+    (last_index > 0).then(|| log_id(term, raft_index(last_index)))
 }
 
 /// `id` as the segment log stores it.
@@ -132,6 +146,10 @@ mod tests {
         let id = log_id(7, 41);
         assert_eq!(to_entry_id(&id), EntryId { term: 7, index: 42 });
         assert_eq!(to_log_id(to_entry_id(&id)), id);
+        assert_eq!(applied_log_index(None), 0);
+        assert_eq!(applied_log_index(Some(&id)), 42);
+        assert_eq!(applied_log_id(7, 42), Some(id));
+        assert_eq!(applied_log_id(7, 0), None);
     }
 
     #[test]

@@ -4,16 +4,19 @@
 //! - `runtime`: `GlommioRuntime`, openraft's `AsyncRuntime` on glommio, so that a partition's
 //!   Raft (its core loop, replication tasks, timers) runs on the executor of the core that owns
 //!   the partition, like everything else of that partition.
-//! - `types`: the type configuration `WalletRaft` (entry payload `EntryData`, `NodeAddr`, and
-//!   placeholders for what the state-machine half will fill in).
+//! - `types`: the type configuration `WalletRaft` (entry payload `EntryData`, `NodeAddr`,
+//!   `GroupResult`, `SnapshotHandle`).
 //! - `log_store`: `RaftLogStore`, openraft's `RaftLogStorage` over the segment log
 //!   (`crate::log`), with `log_reader` (reads for replication), `entry_record` (one entry = one
 //!   record; raft index = log index - 1) and `membership` (membership record bodies).
 //!
-//! Next (plan §10): the log's tail cache and offset index, the engine's state machine and
-//! snapshots behind `RaftStateMachine`, the node-to-node transport, then the partition task
-//! driving `client_write` with one Raft entry per group commit. Until then walletd is a single
-//! node and nothing here is on its request path.
+//! - `state_machine`: `RaftPartition`, openraft's `RaftStateMachine` over `PartitionState`,
+//!   with `snapshot_files` (a snapshot = the engine's snapshot file + `snapshot_meta`, openraft's
+//!   meta for it, in a file beside it).
+//!
+//! Next (plan §10): the log's tail cache and offset index, the node-to-node transport, then
+//! the partition task driving `client_write` with one Raft entry per group commit. Until then
+//! walletd is a single node and nothing here is on its request path.
 
 // openraft's storage traits return its `StorageError` (~200 bytes) by value; the helpers
 // behind them return the same type, since boxing it there would only be undone at the trait.
@@ -24,7 +27,11 @@ pub mod log_reader;
 pub mod log_store;
 pub mod membership;
 pub mod runtime;
+pub mod snapshot_files;
+pub mod snapshot_meta;
+pub mod state_machine;
 pub mod types;
 
 pub use log_store::RaftLogStore;
+pub use state_machine::RaftPartition;
 pub use types::{EntryData, GroupResult, NodeAddr, SnapshotHandle, WalletRaft};

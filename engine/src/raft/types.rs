@@ -3,11 +3,13 @@
 //!
 //! Node ids are `u64` (openraft reserves none of them; 0 is valid). Log ids are
 //! `(term, index)` (feature `single-term-leader`), which is what our record header stores.
-//! Where the piece behind a type is not built yet, the type is the smallest honest stand-in
-//! and says so: `GroupResult` (the state machine's answer) and `SnapshotHandle` (snapshots).
 
 use crate::command::entry_kind;
+use crate::model::TransferId;
+use crate::partition::PartitionId;
 use crate::raft::runtime::GlommioRuntime;
+use crate::result_code::ResultCode;
+use crate::tcc::TccMessage;
 use bytes::Bytes;
 use std::path::PathBuf;
 
@@ -55,7 +57,7 @@ impl EntryData {
     /// a normal entry would make it read back as something else.
     pub fn new(kind: u16, timestamp_ns: u64, body: Bytes) -> EntryData {
         assert!(
-            !is_raft_kind(kind),
+            !entry_kind::is_raft(kind),
             "record kind {kind} is reserved for openraft's own entries"
         );
         EntryData {
@@ -75,16 +77,22 @@ impl EntryData {
     }
 }
 
-/// True for the record kinds that encode openraft's blank and membership payloads.
-pub fn is_raft_kind(kind: u16) -> bool {
-    kind == entry_kind::BLANK || kind == entry_kind::MEMBERSHIP
-}
-
-/// What applying one entry answers the client that proposed it. **Placeholder**: the
-/// state-machine half (RAFT_PLAN step 3, §2.4) fills it with the per-batch results, timestamps
-/// and TC/C outbox of a group entry. Empty until then.
+/// What applying one entry produced, for the client that proposed it (openraft hands it to
+/// the entry's responder on the leader). Raft's own entries (blank, membership) produce the
+/// default: no items, timestamp 0.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GroupResult {}
+pub struct GroupResult {
+    /// One code per item of the entry's command batch (`Pending` for a TC/C still running).
+    pub results: Vec<ResultCode>,
+    /// The timestamp the entry was applied at: the leader's, or just above the last one used
+    /// when the leader's was not above it (`PartitionState::effective_timestamp`). Item `i`
+    /// got `timestamp + i`.
+    pub timestamp: u64,
+    /// TC/C messages to other partitions (shipped by the leader only, RAFT_PLAN §7).
+    pub outbox: Vec<(PartitionId, TccMessage)>,
+    /// TC/C transfers of this partition that reached their final result in this entry.
+    pub resolved: Vec<(TransferId, ResultCode)>,
+}
 
 /// Where a node listens, as the membership config records it (openraft keeps one per member
 /// and hands it to the network factory). Strings of the form `host:port`, not resolved
@@ -98,8 +106,13 @@ pub struct NodeAddr {
 }
 
 /// A snapshot as openraft hands it around (feature `generic-snapshot-data`: the type is ours,
-/// and so is its transfer). **Placeholder** until the state-machine half (RAFT_PLAN §2.4):
-/// the path of a snapshot file written by `snapshot.rs`. Nothing builds or installs one yet.
+/// and so is its transfer): the path of a snapshot file in the engine's format (`snapshot.rs`:
+/// checksummed records, the engine's `SnapshotMeta` first). openraft's own meta for it (last
+/// log id, last membership, snapshot id) travels beside it in `openraft::Snapshot`, and lies
+/// beside the file on disk (`raft::snapshot_files`).
+///
+/// A handle from `begin_receiving_snapshot` names a file that does not exist yet: the
+/// transport writes the received bytes there, then installs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotHandle {
     pub path: PathBuf,

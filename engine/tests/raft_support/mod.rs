@@ -1,17 +1,26 @@
 //! Helpers for the Raft storage tests: a glommio executor with a tokio timer at hand (for
-//! openraft's conformance tests), a minimal in-memory state machine, and entry builders.
+//! openraft's conformance tests), a minimal in-memory state machine, entry builders, a
+//! network for one-voter clusters, and a deterministic ledger workload.
 #![allow(dead_code)] // each test crate uses a subset
 
-use engine::command::entry_kind;
+use engine::command::{entry_kind, CommandBatch, NewAccount, NewTransfer};
 use engine::log::WriterOptions;
+use engine::model::Currency;
 use engine::raft::entry_record::log_id;
 use engine::raft::types::{Entry, LogId, Membership, StorageError};
 use engine::raft::{EntryData, GroupResult, NodeAddr, RaftLogStore, SnapshotHandle, WalletRaft};
+use openraft::error::{Fatal, RPCError, RaftError, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership,
+    Config, EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
+    StoredMembership, Vote,
 };
 use std::path::Path;
+use std::sync::Arc;
 
 /// Segments small enough that a few hundred entries rotate through many of them.
 pub const SEGMENT_BYTES: u64 = 16 << 10;
@@ -191,4 +200,123 @@ impl RaftStateMachine<WalletRaft> for TestStateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<WalletRaft>>, StorageError> {
         Ok(None)
     }
+}
+
+/// A one-voter test cluster's timing: elections within a few hundred ms.
+pub fn raft_config() -> Arc<Config> {
+    let config = Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        ..Default::default()
+    };
+    Arc::new(config.validate().unwrap())
+}
+
+/// A network with no peers: a one-voter cluster never sends anything.
+pub struct NoPeers;
+
+fn unreachable() -> Unreachable {
+    Unreachable::new(&std::io::Error::other("a single-node test has no peers"))
+}
+
+impl RaftNetworkFactory<WalletRaft> for NoPeers {
+    type Network = NoPeers;
+    async fn new_client(&mut self, _target: u64, _node: &NodeAddr) -> NoPeers {
+        NoPeers
+    }
+}
+
+impl RaftNetwork<WalletRaft> for NoPeers {
+    async fn append_entries(
+        &mut self,
+        _rpc: AppendEntriesRequest<WalletRaft>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
+        Err(RPCError::Unreachable(unreachable()))
+    }
+    async fn vote(
+        &mut self,
+        _rpc: VoteRequest<u64>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
+        Err(RPCError::Unreachable(unreachable()))
+    }
+    async fn full_snapshot(
+        &mut self,
+        _vote: Vote<u64>,
+        _snapshot: Snapshot<WalletRaft>,
+        _cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed> + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<u64>, StreamingError<WalletRaft, Fatal<u64>>> {
+        Err(StreamingError::Unreachable(unreachable()))
+    }
+}
+
+/// The accounts of `ledger_batches`: id 1 is an issuer (may go 10^12 below zero), 2..=20 are
+/// wallets; all EUR.
+pub const LEDGER_ACCOUNTS: u128 = 20;
+
+/// A deterministic ledger workload for one partition of one: the accounts (plus a repeat and
+/// an invalid id, rejected), then `transfer_batches` batches of 40 transfers from a fixed
+/// linear congruential sequence (so the bytes, and every digest over them, never depend on a
+/// library's random generator): issuance, wallet-to-wallet moves that some lack the funds for,
+/// repeated transfer ids (answered `exists` or rejected as different) and an empty batch.
+pub fn ledger_batches(transfer_batches: u64) -> Vec<CommandBatch> {
+    let eur = Currency::parse("EUR").unwrap();
+    let mut accounts: Vec<NewAccount> = (1..=LEDGER_ACCOUNTS)
+        .map(|id| NewAccount {
+            id,
+            currency: eur,
+            flags: 0,
+            floor: if id == 1 { -1_000_000_000_000 } else { 0 },
+            user_data: id as u64,
+        })
+        .collect();
+    accounts.push(accounts[3]);
+    accounts.push(NewAccount {
+        id: 0,
+        ..accounts[0]
+    });
+    let mut batches = vec![CommandBatch::CreateAccounts(accounts)];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: u64| {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (x >> 33) % n
+    };
+    for b in 0..transfer_batches {
+        if b == transfer_batches / 2 {
+            batches.push(CommandBatch::CreateTransfers(Vec::new()));
+        }
+        let transfers = (0..40)
+            .map(|i| {
+                let issue = i % 4 == 0;
+                NewTransfer {
+                    id: 1 + u128::from(next(b * 40 + 60)),
+                    from: if issue { 1 } else { 2 + u128::from(next(19)) },
+                    to: 2 + u128::from(next(19)),
+                    amount: 1 + next(if issue { 5_000 } else { 2_000 }),
+                    currency: eur,
+                    user_data: i,
+                }
+            })
+            .collect();
+        batches.push(CommandBatch::CreateTransfers(transfers));
+    }
+    batches
+}
+
+/// A command batch's archived body, as a log record carries it.
+pub fn encode(batch: &CommandBatch) -> bytes::Bytes {
+    let mut body = rkyv::util::AlignedVec::<16>::new();
+    batch.encode_into(&mut body);
+    bytes::Bytes::copy_from_slice(&body)
+}
+
+/// The timestamp the single-node path would give batch `n` of `ledger_batches`: strictly above
+/// every item of the batches before it.
+pub fn ledger_timestamp(n: u64) -> u64 {
+    1_700_000_000_000_000_000 + n * 1_000_000
 }

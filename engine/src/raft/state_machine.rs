@@ -1,0 +1,309 @@
+//! `RaftPartition`: openraft's state machine (`RaftStateMachine`, storage-v2) over a
+//! partition's `PartitionState` (RAFT_PLAN §2.4).
+//!
+//! | openraft                   | here                                                        |
+//! | -------------------------- | ----------------------------------------------------------- |
+//! | `apply`                    | `PartitionState::apply_entry` per entry, at the leader's     |
+//! |                            | timestamp (clamped there, so every replica agrees)          |
+//! | `applied_state`            | the last applied id and membership, kept beside the state   |
+//! | `get_snapshot_builder`     | `SnapshotCapture::take`: a consistent view, taken at once    |
+//! | `build_snapshot`           | `snapshot_files::write_pair` on a helper thread             |
+//! | `begin_receiving_snapshot` | a fresh path in the snapshot dir for the transport to fill   |
+//! | `install_snapshot`         | `snapshot_files::install` (load, check, write) on a thread, |
+//! |                            | then the loaded state replaces the live one                 |
+//! | `get_current_snapshot`     | the newest snapshot + Raft meta pair on disk                |
+//!
+//! **Indexes.** `PartitionState::last_index` is a log index (its snapshots and the segment log
+//! share it); openraft's ids are Raft indexes, one lower (`entry_record`). The invariant
+//! `state.last_index == applied_log_index(applied)` holds between calls and is asserted.
+//!
+//! **Gaps.** openraft applies committed entries strictly in order, from the last applied one
+//! (or the installed snapshot's) on. Its storage suite, though, applies blank and membership
+//! entries to a fresh state machine at arbitrary increasing indexes. Such an entry changes no
+//! ledger state, so it is applied past a gap (`PartitionState::skip_to`); a command entry must
+//! follow the last applied one exactly, or `apply` fails (the state would silently miss
+//! commands). An entry at or below the last applied one fails too.
+//!
+//! **Sharing.** The state is an `Rc<RefCell<_>>`: the partition task reads it (queries, TC/C)
+//! while openraft's state-machine task applies to it, both on the partition's core. No borrow
+//! is held across an `.await`.
+
+use crate::command::entry_kind;
+use crate::partition::PartitionId;
+use crate::raft::entry_record::{applied_log_index, log_index};
+use crate::raft::snapshot_files::{install, load_newest, newest, receiving_path, write_pair};
+use crate::raft::snapshot_meta::RaftSnapshotMeta;
+use crate::raft::types::{Entry, GroupResult, LogId, NodeAddr, SnapshotHandle, StorageError};
+use crate::raft::WalletRaft;
+use crate::snapshot::{SnapshotCapture, SnapshotError, SnapshotRetention};
+use crate::state_machine::{ApplyOutput, PartitionState};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError, StoredMembership,
+};
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+pub struct RaftPartition {
+    state: Rc<RefCell<PartitionState>>,
+    /// The id of the last applied entry (`None`: nothing applied, log index 0).
+    applied: Option<LogId>,
+    /// The last membership applied (from a membership entry or an installed snapshot).
+    membership: StoredMembership<u64, NodeAddr>,
+    snapshot_dir: PathBuf,
+    retention: SnapshotRetention,
+    /// Reused across entries. Events are counted, not kept: nothing consumes them on the Raft
+    /// path yet (the read model will, with the partition task driving Raft, RAFT_PLAN step 4).
+    out: ApplyOutput,
+}
+
+impl RaftPartition {
+    /// The state machine of `partition` (of `partition_count`), starting from the newest usable
+    /// snapshot in `snapshot_dir` (or from an empty state). openraft then re-applies the
+    /// committed log entries after it.
+    pub fn open(
+        snapshot_dir: &Path,
+        partition: PartitionId,
+        partition_count: u32,
+    ) -> Result<RaftPartition, crate::log::LogError> {
+        let (state, applied, membership) =
+            match load_newest(snapshot_dir, partition, partition_count)? {
+                Some((meta, loaded)) => (loaded.state, meta.last_log_id, meta.last_membership),
+                None => (
+                    PartitionState::new(partition, partition_count),
+                    None,
+                    StoredMembership::default(),
+                ),
+            };
+        let sm = RaftPartition {
+            state: Rc::new(RefCell::new(state)),
+            applied,
+            membership,
+            snapshot_dir: snapshot_dir.to_path_buf(),
+            retention: SnapshotRetention::default(),
+            out: ApplyOutput::counting_events(),
+        };
+        sm.check_applied();
+        Ok(sm)
+    }
+
+    /// Which snapshots survive a new one (default: `SnapshotRetention::default()`).
+    pub fn with_retention(mut self, retention: SnapshotRetention) -> RaftPartition {
+        self.retention = retention;
+        self
+    }
+
+    /// The live state, shared: readers must not hold a borrow across an `.await`.
+    pub fn state(&self) -> Rc<RefCell<PartitionState>> {
+        self.state.clone()
+    }
+
+    fn check_applied(&self) {
+        assert_eq!(
+            self.state.borrow().last_index(),
+            applied_log_index(self.applied.as_ref()),
+            "the state has applied exactly through the applied id"
+        );
+    }
+
+    /// Applies one committed entry.
+    fn apply_one(&mut self, entry: &Entry) -> Result<GroupResult, StorageError> {
+        let index = log_index(entry.log_id.index);
+        let mut state = self.state.borrow_mut();
+        let next = state.last_index() + 1;
+        let refuse = |what: String| -> StorageError {
+            StorageIOError::apply(entry.log_id, AnyError::error(what)).into()
+        };
+        if index < next {
+            return Err(refuse(format!(
+                "entry {} is at or below the last applied one ({:?})",
+                entry.log_id, self.applied
+            )));
+        }
+        self.out.clear();
+        let result = match &entry.payload {
+            EntryPayload::Blank | EntryPayload::Membership(_) => {
+                let kind = match &entry.payload {
+                    EntryPayload::Membership(_) => entry_kind::MEMBERSHIP,
+                    _ => entry_kind::BLANK,
+                };
+                state.skip_to(index - 1);
+                state
+                    .apply_entry(index, kind, &[], 0, &mut self.out)
+                    .map_err(|e| refuse(e.to_string()))?;
+                GroupResult::default()
+            }
+            EntryPayload::Normal(data) => {
+                if index != next {
+                    return Err(refuse(format!(
+                        "command entry {} leaves a gap after log index {}",
+                        entry.log_id,
+                        next - 1
+                    )));
+                }
+                let timestamp = state.effective_timestamp(data.timestamp_ns());
+                state
+                    .apply_entry(
+                        index,
+                        data.kind(),
+                        data.body(),
+                        data.timestamp_ns(),
+                        &mut self.out,
+                    )
+                    .map_err(|e| refuse(e.to_string()))?;
+                GroupResult {
+                    results: std::mem::take(&mut self.out.results),
+                    timestamp,
+                    outbox: std::mem::take(&mut self.out.outbox),
+                    resolved: std::mem::take(&mut self.out.resolved),
+                }
+            }
+        };
+        drop(state);
+        if let EntryPayload::Membership(membership) = &entry.payload {
+            self.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+        }
+        self.applied = Some(entry.log_id);
+        Ok(result)
+    }
+
+    fn snapshot_meta(&self) -> RaftSnapshotMeta {
+        RaftSnapshotMeta {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+            snapshot_id: self.applied.map_or_else(
+                || "none".to_string(),
+                |id| format!("{}-{}", id.leader_id.term, id.index),
+            ),
+        }
+    }
+}
+
+/// Builds one snapshot from a capture taken when the builder was made, so entries applied
+/// meanwhile do not leak into it (openraft builds in a task of its own, beside `apply`).
+pub struct SnapshotBuilder {
+    capture: Option<SnapshotCapture>,
+    meta: RaftSnapshotMeta,
+    dir: PathBuf,
+    retention: SnapshotRetention,
+}
+
+impl RaftSnapshotBuilder<WalletRaft> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<WalletRaft>, StorageError> {
+        let signature = Some(self.meta.signature());
+        let failed = |e: &dyn std::error::Error| -> StorageError {
+            StorageIOError::write_snapshot(signature.clone(), AnyError::error(e.to_string())).into()
+        };
+        let capture = self
+            .capture
+            .take()
+            .ok_or_else(|| failed(&std::io::Error::other("this builder already built")))?;
+        let (dir, meta, retention) = (self.dir.clone(), self.meta.clone(), self.retention);
+        let handle = on_helper_thread("raft-snapshot", move || {
+            write_pair(&dir, capture, &meta, retention)
+        })
+        .await
+        .map_err(|e| failed(&e))?
+        .map_err(|e| failed(&e))?;
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            snapshot: Box::new(handle),
+        })
+    }
+}
+
+impl RaftStateMachine<WalletRaft> for RaftPartition {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<u64, NodeAddr>), StorageError> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    /// Applies `entries` in order, one result per entry. On an error the entries before it
+    /// stay applied and openraft stops this Raft (the state is then behind, never wrong).
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<GroupResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let results = entries
+            .into_iter()
+            .map(|entry| self.apply_one(&entry))
+            .collect::<Result<Vec<_>, _>>();
+        self.check_applied();
+        results
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        let term = self.applied.map_or(0, |id| id.leader_id.term);
+        SnapshotBuilder {
+            capture: Some(SnapshotCapture::take(&self.state.borrow(), term)),
+            meta: self.snapshot_meta(),
+            dir: self.snapshot_dir.clone(),
+            retention: self.retention,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotHandle>, StorageError> {
+        std::fs::create_dir_all(&self.snapshot_dir)
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(SnapshotHandle {
+            path: receiving_path(&self.snapshot_dir),
+        }))
+    }
+
+    /// Loads and checks the snapshot, makes it this partition's newest snapshot on disk, then
+    /// replaces the live state with it. A snapshot that fails to load or does not match `meta`
+    /// or this partition changes nothing.
+    async fn install_snapshot(
+        &mut self,
+        meta: &RaftSnapshotMeta,
+        snapshot: Box<SnapshotHandle>,
+    ) -> Result<(), StorageError> {
+        let failed = |e: &dyn std::error::Error| -> StorageError {
+            StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(e.to_string()))
+                .into()
+        };
+        let (partition, count) = {
+            let state = self.state.borrow();
+            (state.partition(), state.partition_count())
+        };
+        let (dir, owned_meta, retention) =
+            (self.snapshot_dir.clone(), meta.clone(), self.retention);
+        let (loaded, _installed) = on_helper_thread("raft-install", move || {
+            install(&dir, &owned_meta, &snapshot, partition, count, retention)
+        })
+        .await
+        .map_err(|e| failed(&e))?
+        .map_err(|e: SnapshotError| failed(&e))?;
+        *self.state.borrow_mut() = loaded.state;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.check_applied();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<WalletRaft>>, StorageError> {
+        newest(&self.snapshot_dir).map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
+
+/// Runs blocking `work` on a thread of its own and awaits its result without blocking the
+/// executor. An error means the thread could not start or panicked.
+async fn on_helper_thread<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, std::io::Error> {
+    let (done, result) = futures::channel::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let _ = done.send(work());
+        })?;
+    result
+        .await
+        .map_err(|_| std::io::Error::other(format!("the {name} thread panicked")))
+}
