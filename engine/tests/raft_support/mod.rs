@@ -3,6 +3,9 @@
 //! network for one-voter clusters, and a deterministic ledger workload.
 #![allow(dead_code)] // each test crate uses a subset
 
+#[path = "../log_support/mod.rs"]
+mod log_support;
+
 use engine::command::{entry_kind, CommandBatch, NewAccount, NewTransfer};
 use engine::log::WriterOptions;
 use engine::model::Currency;
@@ -53,21 +56,10 @@ pub fn on_glommio_with_tokio_timer<
         .build()
         .unwrap();
     let handle = tokio.handle().clone();
-    let joined = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(1 << 20)
-        .spawn(move || async move {
-            let _entered = handle.enter();
-            f().await
-        })
-        .unwrap()
-        .join();
-    match joined {
-        Ok(value) => value,
-        Err(glommio::GlommioError::BuilderError(glommio::BuilderErrorKind::ThreadPanic(p))) => {
-            std::panic::resume_unwind(p)
-        }
-        Err(other) => panic!("glommio executor: {other}"),
-    }
+    log_support::on_glommio(move || async move {
+        let _entered = handle.enter();
+        f().await
+    })
 }
 
 /// A normal entry at raft index `index` of `term`, with a body derived from the index (so a
