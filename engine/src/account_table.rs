@@ -87,8 +87,8 @@ impl AccountTable {
         self.find(id).map(|slot| &mut self.slots[slot])
     }
 
-    /// Adds an account whose id is valid and not in the table yet (the state machine checked
-    /// both; `contains` first when the input is untrusted).
+    /// Adds an account whose id is valid and not in the table yet (the state machine and the
+    /// snapshot loader check both first).
     pub fn insert(&mut self, account: Account) {
         assert!(
             is_valid_id(account.id),
@@ -109,10 +109,6 @@ impl AccountTable {
             }
             slot = (slot + 1) & mask;
         }
-    }
-
-    pub fn contains(&self, id: AccountId) -> bool {
-        self.find(id).is_some()
     }
 
     /// Every account, in no particular order.
