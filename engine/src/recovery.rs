@@ -117,6 +117,9 @@ pub fn recover_partition_with(
             });
         }
         out.clear();
+        // The moment the entry is applied at (a Raft entry may carry an earlier one; see
+        // `PartitionState::effective_timestamp`): what the read model must record.
+        let applied_at = state.effective_timestamp(record.header.timestamp);
         state
             .apply_entry(
                 index,
@@ -131,7 +134,7 @@ pub fn recover_partition_with(
                 source,
             })?;
         if let Some(model) = &mut read_model {
-            model.apply(index, record.header.timestamp, &out.events);
+            model.apply(index, applied_at, &out.events);
         }
         replayed += 1;
         Ok(())
