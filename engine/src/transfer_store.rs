@@ -78,7 +78,9 @@ impl TransferStore {
     /// Appends a transfer whose id is not in the store yet.
     pub fn push(&mut self, transfer: Transfer) {
         let position = self.len() as u64;
-        debug_assert!(
+        // At most once: the invariant the whole ledger rests on, checked in release builds too
+        // (the probe finds the lines `try_transfer`'s lookup just brought into cache).
+        assert!(
             self.get(transfer.id).is_none(),
             "transfer ids are unique in the store"
         );
