@@ -8,6 +8,7 @@
 //! ```
 
 mod config;
+mod coordinator;
 mod node;
 mod partition_task;
 mod request;

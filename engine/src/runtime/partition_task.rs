@@ -9,6 +9,7 @@
 //! records after a restart, and aborts a Try that gets no answer in time.
 
 use super::config::Clock;
+use super::coordinator::Coordinator;
 use super::request::{BatchReply, PartitionStats, Request};
 use super::timing::GroupTiming;
 use crate::command::CommandBatch;
@@ -22,7 +23,6 @@ use crate::snapshot::{write_snapshot, SnapshotCapture, SnapshotRetention, DAY_NS
 use crate::state_machine::{ApplyOutput, PartitionState};
 use crate::tcc::{self, TccMessage};
 use futures::channel::oneshot;
-use hashbrown::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -104,15 +104,6 @@ fn pending_ids(batch: &CommandBatch, results: &[ResultCode]) -> Vec<(usize, Tran
         .collect()
 }
 
-/// A client batch whose reply waits for TC/C outcomes.
-struct HeldReply {
-    reply: oneshot::Sender<BatchReply>,
-    answer: BatchReply,
-    /// (item position, transfer id) of the items that were pending when the batch was held.
-    pending: Vec<(usize, TransferId)>,
-    remaining: usize,
-}
-
 /// How often the loop wakes to retry shipping messages and check Try timeouts while TC/C
 /// work is outstanding.
 const TCC_TICK: Duration = Duration::from_millis(2);
@@ -120,187 +111,6 @@ const TCC_TICK: Duration = Duration::from_millis(2);
 /// How often the loop wakes to retry writing while the disk is full and no request comes (the
 /// writer itself touches the disk at most every 100 ms).
 const FULL_TICK: Duration = Duration::from_millis(50);
-
-/// A TC/C of this partition that is not decided yet, as the coordinator tracks it.
-struct Running {
-    /// The client reply slot and item position waiting for its outcome (none after a restart).
-    waiter: Option<(u32, u32)>,
-    /// Further waiters (retries of the same id while it runs): rare, so usually empty and
-    /// not allocated.
-    more: Vec<(u32, u32)>,
-}
-
-/// Whose Try timer is this: a held client batch (slot + generation, so a reused slot is not
-/// mistaken for the old one) or the transfers re-driven at start, which nobody waits for.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Timer {
-    Batch { slot: usize, generation: u64 },
-    Redriven,
-}
-
-#[derive(Default)]
-struct Coordinator {
-    held: Vec<Option<HeldReply>>,
-    generations: Vec<u64>,
-    free_slots: Vec<usize>,
-    /// Every running TC/C of this partition, and who waits for it.
-    running: HashMap<TransferId, Running>,
-    /// Timers in start order, one per held batch (not per transfer), so checking them costs
-    /// nothing per transfer.
-    timeline: std::collections::VecDeque<(Instant, Timer)>,
-    /// Transfers re-driven after a restart (no client waits for them).
-    redriven: Vec<TransferId>,
-    /// Messages to other partitions not yet accepted by their queues.
-    outbox: Vec<(PartitionId, Vec<TccMessage>)>,
-    /// Local messages (aborts) to log in the next group.
-    local: Vec<TccMessage>,
-}
-
-impl Coordinator {
-    fn has_work(&self) -> bool {
-        !self.outbox.is_empty() || !self.local.is_empty() || !self.running.is_empty()
-    }
-
-    fn hold(
-        &mut self,
-        reply: oneshot::Sender<BatchReply>,
-        answer: BatchReply,
-        pending: Vec<(usize, TransferId)>,
-    ) {
-        let slot = self.free_slots.pop().unwrap_or_else(|| {
-            self.held.push(None);
-            self.generations.push(0);
-            self.held.len() - 1
-        });
-        for &(position, id) in &pending {
-            let waiter = (slot as u32, position as u32);
-            let running = self.running.entry(id).or_insert(Running {
-                waiter: None,
-                more: Vec::new(),
-            });
-            if running.waiter.is_none() {
-                running.waiter = Some(waiter);
-            } else {
-                running.more.push(waiter);
-            }
-        }
-        self.held[slot] = Some(HeldReply {
-            reply,
-            answer,
-            remaining: pending.len(),
-            pending,
-        });
-        self.generations[slot] += 1;
-        let timer = Timer::Batch {
-            slot,
-            generation: self.generations[slot],
-        };
-        self.timeline.push_back((Instant::now(), timer));
-    }
-
-    /// Tracks transfers re-driven at start (nobody waits for them).
-    fn redrive(&mut self, ids: impl Iterator<Item = TransferId>) {
-        for id in ids {
-            self.running.entry(id).or_insert(Running {
-                waiter: None,
-                more: Vec::new(),
-            });
-            self.redriven.push(id);
-        }
-        self.timeline.push_back((Instant::now(), Timer::Redriven));
-    }
-
-    /// Transfers whose timer started before `cutoff` and that still run; their timers restart
-    /// at `now`.
-    fn overdue(&mut self, cutoff: Instant, now: Instant) -> Vec<TransferId> {
-        let mut due = Vec::new();
-        let mut rearm = Vec::new();
-        while let Some(&(at, timer)) = self.timeline.front() {
-            if at > cutoff {
-                break;
-            }
-            self.timeline.pop_front();
-            let before = due.len();
-            match timer {
-                Timer::Batch { slot, generation } => {
-                    if self.generations[slot] != generation {
-                        continue;
-                    }
-                    if let Some(held) = &self.held[slot] {
-                        due.extend(
-                            held.pending
-                                .iter()
-                                .filter(|(position, _)| {
-                                    held.answer.results[*position] == ResultCode::Pending
-                                })
-                                .map(|(_, id)| *id),
-                        );
-                    }
-                }
-                Timer::Redriven => {
-                    let running = &self.running;
-                    self.redriven.retain(|id| running.contains_key(id));
-                    due.extend(self.redriven.iter().copied());
-                }
-            }
-            if due.len() > before {
-                rearm.push(timer);
-            }
-        }
-        for timer in rearm {
-            self.timeline.push_back((now, timer));
-        }
-        due
-    }
-
-    fn resolve(&mut self, id: TransferId, code: ResultCode) {
-        let Some(running) = self.running.remove(&id) else {
-            return;
-        };
-        for (slot, position) in running.waiter.into_iter().chain(running.more) {
-            let slot = slot as usize;
-            let Some(held) = self.held[slot].as_mut() else {
-                continue;
-            };
-            held.answer.results[position as usize] = code;
-            held.remaining -= 1;
-            if held.remaining == 0 {
-                if let Some(done) = self.held[slot].take() {
-                    let _ = done.reply.send(done.answer);
-                }
-                self.generations[slot] += 1;
-                self.free_slots.push(slot);
-            }
-        }
-    }
-
-    /// Queues messages by destination (one batch per destination).
-    fn queue(&mut self, messages: &[(PartitionId, TccMessage)]) {
-        for &(destination, message) in messages {
-            match self.outbox.iter_mut().find(|(d, _)| *d == destination) {
-                Some((_, batch)) => batch.push(message),
-                None => self.outbox.push((destination, vec![message])),
-            }
-        }
-    }
-
-    /// Hands queued batches to their partitions' queues without ever blocking (two tasks
-    /// waiting on each other's full queues would deadlock); what does not fit waits for the
-    /// next tick.
-    fn ship(&mut self, peers: &[flume::Sender<Request>]) {
-        let mut kept = Vec::new();
-        for (destination, messages) in self.outbox.drain(..) {
-            match peers[destination as usize].try_send(Request::Tcc { messages }) {
-                Ok(()) => {}
-                Err(flume::TrySendError::Full(Request::Tcc { messages })) => {
-                    kept.push((destination, messages))
-                }
-                Err(_) => {} // the peer stopped: the source re-drives after the next start
-            }
-        }
-        self.outbox = kept;
-    }
-}
 
 impl PartitionTask {
     pub async fn run(mut self, requests: flume::Receiver<Request>) {
