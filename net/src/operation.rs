@@ -21,6 +21,9 @@ pub enum Operation {
     Subscribe = 23,
     /// The state digest of every partition (a full pass over each partition's state).
     StateDigest = 24,
+    /// Which node leads each partition and where clients reach every node
+    /// (`partition_map.rs`).
+    PartitionMap = 25,
 }
 
 impl Operation {
@@ -38,6 +41,7 @@ impl Operation {
             22 => Operation::ReadModelStatus,
             23 => Operation::Subscribe,
             24 => Operation::StateDigest,
+            25 => Operation::PartitionMap,
             _ => return None,
         })
     }

@@ -37,6 +37,10 @@ fn decode_stream(mut bytes: &[u8]) -> (usize, bool) {
             Some(Operation::GetAccountHistory) => codec::decode_history_query(body).map(|_| 1),
             Some(Operation::GetBalanceAt) => codec::decode_balance_at_query(body).map(|_| 1),
             Some(Operation::Subscribe) => codec::decode_subscribe(body).map(|_| 1),
+            // The request is empty; a client decodes the reply, which must not panic either.
+            Some(Operation::PartitionMap) => {
+                net::partition_map::decode_partition_map(body).map(|_| 1)
+            }
             Some(Operation::Ping)
             | Some(Operation::Status)
             | Some(Operation::ReadModelStatus)

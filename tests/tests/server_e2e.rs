@@ -657,3 +657,71 @@ fn metrics_endpoint_reports_per_partition_counters() {
     let (status, _) = http_get(&metrics, "/");
     assert!(status.contains("404"), "{status}");
 }
+
+#[test]
+fn cluster_client_routes_by_the_partition_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        std::path::Path::new(WALLETD),
+        dir.path(),
+        &["--cores", "0,1", "--partitions", "2"],
+    );
+    let seeds = vec!["127.0.0.1:1".to_string(), server.addr.clone()];
+    let cluster = net::ClusterClient::connect(ClientConfig::new(""), &seeds)
+        .expect("the second seed answers");
+    let map = cluster.map();
+    assert_eq!(map.partition_count(), 2);
+    assert_eq!(map.nodes.len(), 1);
+    assert_eq!(map.nodes[0].node_id, 1);
+    assert_eq!(
+        map.nodes[0].client_addr, server.addr,
+        "advertised = listen by default"
+    );
+    assert_eq!(map.sole_leader().map(|n| n.node_id), Some(1));
+
+    // Accounts on both partitions and transfers across them (TC/C), through the map.
+    let mut accounts = vec![eur_account(1, -1_000_000)];
+    accounts.extend((2u128..40).map(|id| eur_account(id, 0)));
+    assert!(cluster
+        .create_accounts(&accounts)
+        .unwrap()
+        .iter()
+        .all(|c| *c == ResultCode::Ok));
+    let transfers: Vec<NewTransfer> = (2u128..40)
+        .map(|to| NewTransfer {
+            id: 500 + to,
+            from: 1,
+            to,
+            amount: 10,
+            currency: eur(),
+            user_data: 0,
+        })
+        .collect();
+    assert!(
+        transfers
+            .iter()
+            .any(|t| engine::partition::partition_of(t.from, 2)
+                != engine::partition::partition_of(t.to, 2)),
+        "some transfers cross partitions"
+    );
+    let first = cluster.create_transfers(&transfers).unwrap();
+    assert!(first.iter().all(|c| *c == ResultCode::Ok), "{first:?}");
+    let again = cluster.create_transfers(&transfers).unwrap();
+    assert!(again.iter().all(|c| *c == ResultCode::Exists), "{again:?}");
+    assert_eq!(balance(&server.addr, 1), -380);
+    assert_eq!(balance(&server.addr, 39), 10);
+
+    // --advertise-addr is what the map tells clients.
+    let dir2 = tempfile::tempdir().unwrap();
+    let advertised = ServerProcess::start(
+        std::path::Path::new(WALLETD),
+        dir2.path(),
+        &["--advertise-addr", "walletd-1.example:7400"],
+    );
+    let map = Client::connect(ClientConfig::new(advertised.addr.clone()))
+        .unwrap()
+        .partition_map()
+        .unwrap();
+    assert_eq!(map.nodes[0].client_addr, "walletd-1.example:7400");
+    assert_eq!(map.partition_count(), 1);
+}

@@ -46,6 +46,10 @@ struct Args {
     /// Serve Prometheus text metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// The HOST:PORT clients should use to reach this node, as the partition map tells them
+    /// (default: --listen; set it when listening on 0.0.0.0). TOML: advertise_addr.
+    #[arg(long)]
+    advertise_addr: Option<String>,
     /// Cut each partition's log at its first damaged record before starting (loses what
     /// follows it; see docs/OPERATIONS.md). Never needed after a plain crash.
     #[arg(long)]
@@ -69,6 +73,7 @@ struct FileConfig {
     tls_key_file: Option<PathBuf>,
     handshake_timeout_ms: Option<u64>,
     metrics_listen: Option<SocketAddr>,
+    advertise_addr: Option<String>,
     segment_bytes: Option<u64>,
     snapshot_interval_entries: Option<u64>,
     /// Days (UTC, log time) whose newest snapshot is kept as an audit starting point.
@@ -219,6 +224,7 @@ fn run(args: Args) -> Result<(), String> {
     }
     server_config.cluster_id = file.cluster_id.unwrap_or(0);
     server_config.node_id = file.node_id.unwrap_or(1);
+    server_config.advertise_addr = args.advertise_addr.or(file.advertise_addr);
     // Before the port opens: clients are served as soon as `start` returns, and a SIGTERM sent
     // after that must stop the server cleanly, not kill it with the default disposition (a
     // race the tests hit on a loaded machine). Signals that come early wait in the iterator.

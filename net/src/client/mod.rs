@@ -21,16 +21,20 @@
 //! Single transfers from many threads are coalesced into batches by `Client::batcher`.
 
 mod batcher;
+mod cluster;
 mod connection;
+mod routing;
 mod subscription;
 mod transport;
 
 pub use batcher::Batcher;
+pub use cluster::ClusterClient;
 use connection::{Connection, Reply};
 pub use subscription::{Subscription, SubscriptionError};
 
 use crate::codec::{self, PartitionDigest, PartitionStatus, ReadModelStatus};
 use crate::operation::{Operation, ProtocolError};
+use crate::partition_map::{decode_partition_map, PartitionMap};
 use crate::tls::ClientTls;
 use bytes::BytesMut;
 use engine::model::{Account, TransferLookup};
@@ -307,6 +311,12 @@ impl Client {
         codec::decode_read_model_status(&reply.body).map_err(|_| ClientError::BadReply)
     }
 
+    /// Which node leads each partition, as this node knows it (`partition_map.rs`).
+    pub async fn partition_map_async(&self) -> Result<PartitionMap, ClientError> {
+        let reply = self.call(Operation::PartitionMap, &[]).await?;
+        decode_partition_map(&reply.body).map_err(|_| ClientError::BadReply)
+    }
+
     pub async fn ping_async(&self) -> Result<(), ClientError> {
         self.call(Operation::Ping, &[]).await.map(|_| ())
     }
@@ -348,6 +358,9 @@ impl Client {
     }
     pub fn read_model_status(&self) -> Result<Vec<ReadModelStatus>, ClientError> {
         futures::executor::block_on(self.read_model_status_async())
+    }
+    pub fn partition_map(&self) -> Result<PartitionMap, ClientError> {
+        futures::executor::block_on(self.partition_map_async())
     }
     pub fn ping(&self) -> Result<(), ClientError> {
         futures::executor::block_on(self.ping_async())

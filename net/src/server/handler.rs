@@ -61,6 +61,16 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
             }
             codec::encode_status(&mut out, node.config().cores.len() as u32, &parts);
         }
+        Operation::PartitionMap => {
+            // Without replication this node leads every partition it has.
+            let map = crate::partition_map::PartitionMap::single_node(
+                ctx.config.cluster_id,
+                ctx.config.node_id,
+                ctx.config.advertised_addr(),
+                ctx.node.partition_count(),
+            );
+            crate::partition_map::encode_partition_map(&mut out, &map);
+        }
         Operation::StateDigest => {
             let node = &ctx.node;
             let mut parts = Vec::with_capacity(node.partition_count() as usize);

@@ -45,9 +45,19 @@ pub struct ServerConfig {
     /// port speaks nothing else.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub io_memory_bytes: usize,
+    /// The `host:port` clients should use for this node, as the partition map tells them
+    /// (`None`: the listen address, which is wrong when listening on 0.0.0.0).
+    pub advertise_addr: Option<String>,
 }
 
 impl ServerConfig {
+    /// Where clients reach this node (`advertise_addr`, else the listen address).
+    pub fn advertised_addr(&self) -> String {
+        self.advertise_addr
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+
     pub fn new(listen: SocketAddr) -> ServerConfig {
         ServerConfig {
             listen,
@@ -63,6 +73,7 @@ impl ServerConfig {
             handshake_timeout_ms: 10_000,
             tls: None,
             io_memory_bytes: 1 << 20,
+            advertise_addr: None,
         }
     }
 }

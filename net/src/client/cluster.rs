@@ -1,0 +1,241 @@
+//! `ClusterClient`: a client of a whole cluster. It keeps the partition map (which node leads
+//! each partition, `partition_map.rs`) and one `Client` per node, sends every command straight
+//! to the leader of its partition, and follows leader changes (`routing.rs`).
+//!
+//! Against a single node (or any node that leads every partition) a batch goes there whole,
+//! exactly as with `Client`.
+//!
+//! ```no_run
+//! use net::{ClientConfig, ClusterClient};
+//!
+//! let seeds = vec!["10.0.0.1:7400".to_string(), "10.0.0.2:7400".to_string()];
+//! let cluster = ClusterClient::connect(ClientConfig::new(""), &seeds).unwrap();
+//! println!("{} partitions", cluster.map().partition_count());
+//! ```
+
+use super::routing::{route, Nodes};
+use super::{check_len, Client, ClientConfig, ClientError};
+use crate::partition_map::PartitionMap;
+use engine::partition::PartitionId;
+use engine::{NewAccount, NewTransfer, ResultCode};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Pause before the refresh of routing round `n` is `n` times this (capped), so a cluster in an
+/// election is asked again after it has had time to elect.
+const REFRESH_BACKOFF_MS: u64 = 25;
+const REFRESH_BACKOFF_MAX_MS: u64 = 200;
+
+pub struct ClusterClient {
+    /// Settings for every node's `Client` (token, TLS, timeouts); `addr` is set per node.
+    template: ClientConfig,
+    /// Where to ask for a map when no node of the current one answers.
+    seeds: Vec<String>,
+    routes: Mutex<Routes>,
+}
+
+struct Routes {
+    map: Arc<PartitionMap>,
+    /// One client (with its own connection pool) per node id, connected on first use.
+    clients: HashMap<u64, Arc<Client>>,
+}
+
+impl ClusterClient {
+    /// Fetches the partition map from the first seed that answers. `template` carries the
+    /// settings of every connection; its `addr` is ignored.
+    pub fn connect(template: ClientConfig, seeds: &[String]) -> Result<ClusterClient, ClientError> {
+        let mut last = ClientError::Connect {
+            addr: String::new(),
+            reason: "no seed address given".into(),
+        };
+        for seed in seeds {
+            match fetch_map(&template, seed) {
+                Ok((client, map)) => {
+                    let mut clients = HashMap::new();
+                    if let Some(node) = map.nodes.iter().find(|n| n.client_addr == *seed) {
+                        clients.insert(node.node_id, client);
+                    }
+                    return Ok(ClusterClient {
+                        template,
+                        seeds: seeds.to_vec(),
+                        routes: Mutex::new(Routes {
+                            map: Arc::new(map),
+                            clients,
+                        }),
+                    });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The map requests are routed by now.
+    pub fn map(&self) -> Arc<PartitionMap> {
+        self.routes().map.clone()
+    }
+
+    /// Asks the map's nodes, then the seeds, for a fresh map and keeps the first one of the
+    /// same cluster; keeps the old map if nobody answers.
+    pub fn refresh(&self) -> Result<Arc<PartitionMap>, ClientError> {
+        let current = self.map();
+        let mut candidates: Vec<String> = current
+            .nodes
+            .iter()
+            .map(|n| n.client_addr.clone())
+            .collect();
+        candidates.extend(self.seeds.iter().cloned());
+        let mut last = ClientError::Disconnected("no node answered with a map".into());
+        for addr in candidates {
+            let fetched = match self.cached_client_at(&current, &addr) {
+                Some(client) => client.partition_map().map(|map| (client, map)),
+                None => fetch_map(&self.template, &addr),
+            };
+            match fetched {
+                Ok((_, map)) if map.cluster_id != current.cluster_id => {
+                    tracing::warn!(%addr, cluster_id = map.cluster_id, "ignoring the map of another cluster");
+                }
+                Ok((_, map)) => {
+                    let map = Arc::new(map);
+                    let mut routes = self.routes();
+                    // Clients of nodes that left the cluster are dropped with their
+                    // connections.
+                    routes
+                        .clients
+                        .retain(|id, _| map.nodes.iter().any(|n| n.node_id == *id));
+                    routes.map = map.clone();
+                    return Ok(map);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The client of the node leading `partition` (for reads, which its leader answers).
+    pub fn leader_client(&self, partition: PartitionId) -> Result<Arc<Client>, ClientError> {
+        let map = self.map();
+        let node = map.leader_of(partition).ok_or_else(|| {
+            ClientError::Disconnected(format!("partition {partition} has no leader now"))
+        })?;
+        self.client(node.node_id)
+    }
+
+    pub async fn create_accounts_async(
+        &self,
+        items: &[NewAccount],
+    ) -> Result<Vec<ResultCode>, ClientError> {
+        check_len(items.len())?;
+        route(self, items, |a| a.id).await
+    }
+
+    /// Creates transfers on the leaders of their source accounts' partitions; one result per
+    /// item, in order. See `routing::route` for what is retried.
+    pub async fn create_transfers_async(
+        &self,
+        items: &[NewTransfer],
+    ) -> Result<Vec<ResultCode>, ClientError> {
+        check_len(items.len())?;
+        route(self, items, |t| t.from).await
+    }
+
+    pub fn create_accounts(&self, items: &[NewAccount]) -> Result<Vec<ResultCode>, ClientError> {
+        futures::executor::block_on(self.create_accounts_async(items))
+    }
+
+    pub fn create_transfers(&self, items: &[NewTransfer]) -> Result<Vec<ResultCode>, ClientError> {
+        futures::executor::block_on(self.create_transfers_async(items))
+    }
+
+    fn routes(&self) -> MutexGuard<'_, Routes> {
+        // A panic while holding the lock leaves plain data behind (a map and clients), which
+        // stays valid: take it over.
+        self.routes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn cached_client_at(&self, map: &PartitionMap, addr: &str) -> Option<Arc<Client>> {
+        let node = map.nodes.iter().find(|n| n.client_addr == addr)?;
+        self.routes().clients.get(&node.node_id).cloned()
+    }
+
+    /// The client of `node_id`, connecting it on first use (outside the lock: connecting
+    /// blocks for a round trip or a timeout).
+    fn client(&self, node_id: u64) -> Result<Arc<Client>, ClientError> {
+        let addr = {
+            let routes = self.routes();
+            if let Some(client) = routes.clients.get(&node_id) {
+                return Ok(client.clone());
+            }
+            routes
+                .map
+                .nodes
+                .iter()
+                .find(|n| n.node_id == node_id)
+                .map(|n| n.client_addr.clone())
+                .ok_or_else(|| ClientError::Disconnected(format!("node {node_id} left the map")))?
+        };
+        let client = Arc::new(Client::connect(ClientConfig {
+            addr,
+            ..self.template.clone()
+        })?);
+        Ok(self
+            .routes()
+            .clients
+            .entry(node_id)
+            .or_insert(client)
+            .clone())
+    }
+}
+
+impl<T: Copy + Routed> Nodes<T> for ClusterClient {
+    fn map(&self) -> Arc<PartitionMap> {
+        ClusterClient::map(self)
+    }
+
+    async fn refresh(&self, round: u32) {
+        let pause_ms = (REFRESH_BACKOFF_MS * round as u64).min(REFRESH_BACKOFF_MAX_MS);
+        // Blocking, like `Client`'s own retry pause: the client library runs on any executor
+        // and has no timer of its own.
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        if let Err(e) = ClusterClient::refresh(self) {
+            tracing::debug!(error = %e, round, "partition map refresh failed; routing by the old one");
+        }
+    }
+
+    async fn send(&self, node_id: u64, items: Vec<T>) -> Result<Vec<ResultCode>, ClientError> {
+        let client = self.client(node_id)?;
+        T::send(&client, &items).await
+    }
+}
+
+/// A command item the cluster client routes, and the call that sends a batch of them.
+pub(crate) trait Routed: Sized {
+    async fn send(client: &Client, items: &[Self]) -> Result<Vec<ResultCode>, ClientError>;
+}
+
+impl Routed for NewTransfer {
+    async fn send(client: &Client, items: &[Self]) -> Result<Vec<ResultCode>, ClientError> {
+        client.create_transfers_async(items).await
+    }
+}
+
+impl Routed for NewAccount {
+    async fn send(client: &Client, items: &[Self]) -> Result<Vec<ResultCode>, ClientError> {
+        client.create_accounts_async(items).await
+    }
+}
+
+fn fetch_map(
+    template: &ClientConfig,
+    addr: &str,
+) -> Result<(Arc<Client>, PartitionMap), ClientError> {
+    let client = Arc::new(Client::connect(ClientConfig {
+        addr: addr.to_string(),
+        ..template.clone()
+    })?);
+    let map = client.partition_map()?;
+    Ok((client, map))
+}
