@@ -190,6 +190,45 @@ fn entries_read_back_across_segment_rotation_from_the_store_its_readers_and_afte
 }
 
 #[test]
+fn the_newest_entries_are_read_from_memory_not_from_the_segments() {
+    let (_keep, dir) = temp();
+    let written = entries(1, 0, 99);
+    let expected = written.clone();
+    let segment_dir = dir.clone();
+    with_store(&dir, move |mut store| async move {
+        append(&mut store, written).await;
+        let mut reader = store.get_log_reader().await;
+        // Wipe every segment behind the store's back: what the tail cache holds still reads
+        // back whole, which it could not if the read went to the disk.
+        for segment in list_segments(&segment_dir).unwrap() {
+            let len = std::fs::metadata(&segment.path).unwrap().len();
+            std::fs::write(&segment.path, vec![0u8; len as usize]).unwrap();
+        }
+        assert!(read_nothing(&segment_dir), "the segments really are wiped");
+        assert_eq!(
+            reader.try_get_log_entries(90..100).await.unwrap(),
+            expected[90..]
+        );
+        assert_eq!(read_all(&mut store).await, expected);
+        // A truncation must read the segments, finds them gone, and says so: an error, not
+        // a panic, and it forgets the cached entries from the cut on first.
+        assert!(store.truncate(log_id(1, 95)).await.is_err());
+        assert_eq!(reader.try_get_log_entries(95..100).await.unwrap(), vec![]);
+        (store, ())
+    });
+}
+
+/// True when a scan of `dir` finds no record (a wiped segment reads as an empty log).
+fn read_nothing(dir: &Path) -> bool {
+    let mut found = 0;
+    let _ = scan_log::<LogError>(dir, 1, |_| {
+        found += 1;
+        Ok(())
+    });
+    found == 0
+}
+
+#[test]
 fn a_truncation_cuts_the_log_and_its_readers_and_appends_continue_at_the_cut() {
     let (_keep, dir) = temp();
     with_store(&dir, move |mut store| async move {

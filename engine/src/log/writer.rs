@@ -528,11 +528,17 @@ impl LogWriter {
             zero_range(&holder.path, cut, end.next_multiple_of(BLOCK_BYTES))?;
         }
         self.reopen().await?;
-        assert_eq!(
-            self.last_index,
-            index - 1,
-            "the log ends right before {index}"
-        );
+        if self.last_index != index - 1 {
+            // The records before the cut did not read back: the disk changed under the log.
+            let path = self.active_path();
+            let error = LogError::Missing {
+                path,
+                offset: self.active_end,
+                expected: self.last_index + 1,
+            };
+            self.poisoned = Some(error.to_string());
+            return Err(error);
+        }
         Ok(())
     }
 

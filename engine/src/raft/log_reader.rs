@@ -8,12 +8,13 @@
 //! `.await`), so it always sees one consistent view, and never asks for a record that is being
 //! cut, deleted or not yet durable.
 //!
-//! Records are read through the mapped segments (`log::read_range`), not from an in-memory
-//! tail cache: the plan's cache of recent entries (RAFT_PLAN §2.3) is not built yet. Every
-//! read maps the segments it touches and copies the bodies it returns.
+//! A read of the newest entries (a follower keeping up) is served by the view's `TailCache`
+//! without touching the disk; any other read goes through the mapped segments
+//! (`log::read_range`), mapping the segments it touches and copying the bodies it returns.
 
 use crate::log::{read_range, LogError, SegmentInfo};
 use crate::raft::entry_record::entry_of_record;
+use crate::raft::tail_cache::TailCache;
 use crate::raft::types::{Entry, StorageError, WalletRaft};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 use std::cell::RefCell;
@@ -22,12 +23,13 @@ use std::ops::{Bound, RangeBounds};
 use std::rc::Rc;
 
 /// What readers may read, in log indexes (`entry_record`): `first..=last` (empty when
-/// `first > last`), held by `segments`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// `first > last`), held by `segments`, the newest of them also in `cache`.
+#[derive(Debug, Default)]
 pub struct LogView {
     pub(crate) first: u64,
     pub(crate) last: u64,
     pub(crate) segments: Vec<SegmentInfo>,
+    pub(crate) cache: TailCache,
 }
 
 /// A `RaftLogReader` over the store's log: one per replication task, all sharing the store's
@@ -61,6 +63,9 @@ pub(crate) fn read_entries(
     let (from, until) = log_range(range);
     let from = from.max(view.first);
     let until = until.min(view.last.saturating_add(1));
+    if let Some(cached) = view.cache.get(from, until) {
+        return Ok(cached);
+    }
     let mut entries = Vec::with_capacity(until.saturating_sub(from).min(1024) as usize);
     read_range::<ReadError>(&view.segments, from, until, |record| {
         entries.push(entry_of_record(&record).map_err(ReadError::Entry)?);

@@ -10,7 +10,8 @@
 //! | `get_log_state`     | the writer's last index/term and `raft_meta.last_purged`          |
 //! | `save/read_vote`    | `log/vote.rs`                                                     |
 //! | `save/read_committed` | `raft_meta.committed`                                          |
-//! | `try_get_log_entries`, readers | `log_reader` (mapped segments, no tail cache yet)     |
+//! | `try_get_log_entries`, readers | `log_reader`: the newest entries from `tail_cache`, |
+//! |                     | older ones through the mapped segments                           |
 //!
 //! Raft index `i` is log index `i + 1` (`entry_record`). Records and `raft_meta` stay in log
 //! indexes; the shift happens only at this boundary.
@@ -120,6 +121,8 @@ impl RaftLogStore {
         I: IntoIterator<Item = Entry>,
     {
         self.refuse_if_failed()?;
+        // Kept for the tail cache, which takes them only once they are durable.
+        let mut appended = Vec::new();
         for entry in entries {
             self.check_continues(&entry.log_id)?;
             let (kind, timestamp, body) = record_fields(&entry, &mut self.scratch);
@@ -142,8 +145,14 @@ impl RaftLogStore {
                     body,
                 )
                 .map_err(write_error)?;
+            appended.push(entry);
         }
-        self.writer.flush().await.map_err(write_error)
+        self.writer.flush().await.map_err(write_error)?;
+        let mut view = self.view.borrow_mut();
+        for entry in appended {
+            view.cache.push(log_index(entry.log_id.index), entry);
+        }
+        Ok(())
     }
 
     /// Refuses (instead of the writer's panic) an entry that would leave a hole or lower the
@@ -269,6 +278,7 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
         {
             let mut view = self.view.borrow_mut();
             view.last = view.last.min(from - 1);
+            view.cache.truncate_from(from);
         }
         let result = self.writer.truncate_from(from).await;
         self.grow_view();
@@ -283,6 +293,7 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
         {
             let mut view = self.view.borrow_mut();
             view.first = view.first.max(through.index + 1);
+            view.cache.purge_through(through.index);
         }
         let result = self.writer.purge_through(through).await;
         self.grow_view();

@@ -7,14 +7,16 @@
 //! - `types`: the type configuration `WalletRaft` (entry payload `EntryData`, `NodeAddr`,
 //!   `GroupResult`, `SnapshotHandle`).
 //! - `log_store`: `RaftLogStore`, openraft's `RaftLogStorage` over the segment log
-//!   (`crate::log`), with `log_reader` (reads for replication), `entry_record` (one entry = one
-//!   record; raft index = log index - 1) and `membership` (membership record bodies).
+//!   (`crate::log`), with `log_reader` (reads for replication), `tail_cache` (the newest
+//!   durable entries in memory, so replication to followers that keep up reads no disk),
+//!   `entry_record` (one entry = one record; raft index = log index - 1) and `membership`
+//!   (membership record bodies).
 //!
 //! - `state_machine`: `RaftPartition`, openraft's `RaftStateMachine` over `PartitionState`,
 //!   with `snapshot_files` (a snapshot = the engine's snapshot file + `snapshot_meta`, openraft's
 //!   meta for it, in a file beside it).
 //!
-//! Next (plan §10): the log's tail cache and offset index, the node-to-node transport, then
+//! Next (plan §10): an offset index for reads behind the cache, the node-to-node transport, then
 //! the partition task driving `client_write` with one Raft entry per group commit. Until then
 //! walletd is a single node and nothing here is on its request path.
 
@@ -30,6 +32,7 @@ pub mod runtime;
 pub mod snapshot_files;
 pub mod snapshot_meta;
 pub mod state_machine;
+pub mod tail_cache;
 pub mod types;
 
 pub use log_store::RaftLogStore;
