@@ -190,6 +190,25 @@ fn a_purge_at_or_below_the_last_one_changes_nothing() {
 }
 
 #[test]
+fn a_purge_that_contradicts_the_log_is_refused_without_a_panic_and_changes_nothing() {
+    let (_keep, dir) = log_of(100);
+    with_writer(&dir, move |mut w| async move {
+        w.purge_through(id(1, 40)).await.unwrap();
+        // A lower term than the last purge, and a term that is not the last record's.
+        assert!(w.purge_through(id(0, 50)).await.is_err());
+        assert!(w.purge_through(id(2, 100)).await.is_err());
+        assert_eq!(w.last_purged(), Some(id(1, 40)));
+        assert_eq!(w.first_live_index(), 41);
+        // The log goes on.
+        w.purge_through(id(1, 60)).await.unwrap();
+        assert_eq!(w.first_live_index(), 61);
+        w.close().await.unwrap();
+    });
+    let meta = load_raft_meta(&dir).unwrap().expect("a raft_meta file");
+    assert_eq!(meta.last_purged, Some(id(1, 60)));
+}
+
+#[test]
 fn truncation_after_a_purge_cuts_live_records_only_and_appends_continue() {
     let (_keep, dir) = log_of(300);
     let starts = segment_starts(&dir);

@@ -57,10 +57,12 @@ impl LogWriter {
             if purged.index <= old.index {
                 return Ok(());
             }
-            assert!(
-                purged.term >= old.term,
-                "terms never decrease along the log"
-            );
+            if purged.term < old.term {
+                return Err(refused(
+                    &self.dir,
+                    format!("purge through {purged:?} lowers the term of the last purge {old:?}"),
+                ));
+            }
         }
         let past_end = purged.index > self.last_index;
         if past_end {
@@ -68,11 +70,14 @@ impl LogWriter {
                 self.durable_index, self.last_index,
                 "flush before purging past the end"
             );
-        } else if purged.index == self.last_index {
-            assert_eq!(
-                purged.term, self.last_term,
-                "the purged id is the last record's"
-            );
+        } else if purged.index == self.last_index && purged.term != self.last_term {
+            return Err(refused(
+                &self.dir,
+                format!(
+                    "purge through {purged:?}, but the last record there has term {}",
+                    self.last_term
+                ),
+            ));
         }
         let meta = RaftMeta {
             last_purged: Some(purged),
@@ -83,10 +88,17 @@ impl LogWriter {
         if past_end {
             // `open` finishes a purge past the end (deletes every segment), as after a crash.
             self.reopen().await?;
-            assert_eq!(
-                (self.last_index, self.last_term),
-                (purged.index, purged.term)
-            );
+            if (self.last_index, self.last_term) != (purged.index, purged.term) {
+                let error = refused(
+                    &self.dir,
+                    format!(
+                        "after purging past the end the log ends at {}/{}, not at {purged:?}",
+                        self.last_index, self.last_term
+                    ),
+                );
+                self.poisoned = Some(error.to_string());
+                return Err(error);
+            }
         } else {
             let count = purged_segment_count(&self.segments, purged.index);
             delete_front_segments(&self.dir, &mut self.segments, count)?;
@@ -212,6 +224,12 @@ fn delete_front_segments(
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// A purge the log refuses: it contradicts the log (a caller's bug, or a disk changed under
+/// the log). An error, not a panic: openraft stops this partition's Raft, not the process.
+fn refused(dir: &std::path::Path, what: String) -> LogError {
+    LogError::io(dir, std::io::Error::other(what))
 }
 
 #[cfg(test)]
