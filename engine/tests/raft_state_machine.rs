@@ -238,6 +238,22 @@ fn a_command_entry_after_a_gap_or_below_the_applied_one_is_refused_and_changes_n
 }
 
 #[test]
+fn a_reception_cut_short_by_a_stop_is_deleted_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open_sm(dir.path());
+    let receiving = block_on(sm.begin_receiving_snapshot()).unwrap();
+    std::fs::write(&receiving.path, b"the first chunk of a snapshot").unwrap();
+    drop(sm); // the node stops before the last chunk
+    let reopened = open_sm(dir.path());
+    assert!(!receiving.path.exists(), "the partial file is gone");
+    assert_eq!(
+        reopened.state().borrow().last_index(),
+        0,
+        "nothing was installed from it"
+    );
+}
+
+#[test]
 fn a_snapshot_installed_into_a_fresh_state_machine_carries_the_state_and_membership() {
     let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let entries = ledger_entries(20);

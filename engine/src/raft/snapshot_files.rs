@@ -154,6 +154,26 @@ pub fn receiving_path(dir: &Path) -> PathBuf {
     dir.join(format!("{nanos}.{RECEIVING_SUFFIX}"))
 }
 
+/// Deletes the files of `dir` that were being received when the node stopped: a transfer
+/// that did not finish is never resumed (the leader sends the snapshot again), so they are
+/// only dead weight. Returns how many were deleted; a missing `dir` has none.
+pub fn remove_unfinished_receptions(dir: &Path) -> Result<usize, LogError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(LogError::io(dir, e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let path = entry.map_err(|e| LogError::io(dir, e))?.path();
+        if path.extension().and_then(|e| e.to_str()) == Some(RECEIVING_SUFFIX) {
+            std::fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Installs the snapshot at `handle` described by `meta` into `dir`: loads and checks it,
 /// writes the meta, then writes the loaded state as this partition's snapshot under its index
 /// (`write_snapshot`, which also prunes what `retention` does not keep). Rewriting rather than

@@ -31,7 +31,9 @@
 use crate::command::entry_kind;
 use crate::partition::PartitionId;
 use crate::raft::entry_record::{applied_log_index, log_index};
-use crate::raft::snapshot_files::{install, load_newest, newest, receiving_path, write_pair};
+use crate::raft::snapshot_files::{
+    install, load_newest, newest, receiving_path, remove_unfinished_receptions, write_pair,
+};
 use crate::raft::snapshot_meta::RaftSnapshotMeta;
 use crate::raft::types::{Entry, GroupResult, LogId, NodeAddr, SnapshotHandle, StorageError};
 use crate::raft::WalletRaft;
@@ -67,6 +69,10 @@ impl RaftPartition {
         partition: PartitionId,
         partition_count: u32,
     ) -> Result<RaftPartition, crate::log::LogError> {
+        let removed = remove_unfinished_receptions(snapshot_dir)?;
+        if removed > 0 {
+            tracing::info!(partition, removed, dir = %snapshot_dir.display(), "deleted snapshots whose reception did not finish");
+        }
         let (state, applied, membership) =
             match load_newest(snapshot_dir, partition, partition_count)? {
                 Some((meta, loaded)) => (loaded.state, meta.last_log_id, meta.last_membership),
