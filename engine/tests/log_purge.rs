@@ -327,7 +327,7 @@ fn committed_survives_restarts_and_purges() {
     let (_keep, dir) = log_of(120);
     with_writer(&dir, move |mut w| async move {
         assert_eq!(w.read_committed(), None);
-        w.save_committed(Some(id(1, 90))).unwrap();
+        w.save_committed(Some(id(1, 90))).await.unwrap();
         w.purge_through(id(1, 60)).await.unwrap();
         assert_eq!(w.read_committed(), Some(id(1, 90)));
         w.close().await.unwrap();
@@ -337,7 +337,7 @@ fn committed_survives_restarts_and_purges() {
     assert_eq!(meta.last_purged, Some(id(1, 60)));
     with_writer(&dir, move |mut w| async move {
         assert_eq!(w.read_committed(), Some(id(1, 90)));
-        w.save_committed(None).unwrap();
+        w.save_committed(None).await.unwrap();
         w.close().await.unwrap();
     });
     with_writer(&dir, move |w| async move {
@@ -345,6 +345,42 @@ fn committed_survives_restarts_and_purges() {
         assert_eq!(w.last_purged(), Some(id(1, 60)));
         w.close().await.unwrap();
     });
+}
+
+#[test]
+fn committed_is_written_at_most_once_per_interval_and_at_close() {
+    let (_keep, dir) = log_of(50);
+    let on_disk = |dir: &Path| load_raft_meta(dir).unwrap().unwrap().committed;
+    let d = dir.clone();
+    with_writer(&dir, move |mut w| async move {
+        w.save_committed(Some(id(1, 10))).await.unwrap();
+        assert_eq!(on_disk(&d), Some(id(1, 10)), "the first save writes");
+        w.save_committed(Some(id(1, 20))).await.unwrap();
+        assert_eq!(w.read_committed(), Some(id(1, 20)));
+        assert_eq!(
+            on_disk(&d),
+            Some(id(1, 10)),
+            "within the interval: memory only"
+        );
+        glommio::timer::sleep(std::time::Duration::from_millis(
+            engine::log::COMMITTED_SAVE_INTERVAL_MS + 20,
+        ))
+        .await;
+        w.save_committed(Some(id(1, 30))).await.unwrap();
+        assert_eq!(
+            on_disk(&d),
+            Some(id(1, 30)),
+            "after the interval it writes again"
+        );
+        w.save_committed(Some(id(1, 40))).await.unwrap();
+        assert_eq!(on_disk(&d), Some(id(1, 30)));
+        w.close().await.unwrap();
+    });
+    assert_eq!(
+        on_disk(&dir),
+        Some(id(1, 40)),
+        "close writes what was held back"
+    );
 }
 
 // --- The model check ---------------------------------------------------------------------

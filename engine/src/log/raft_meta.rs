@@ -22,7 +22,7 @@
 //! 34     4    CRC32C of bytes 0..34
 //! ```
 
-use super::atomic_file::{damaged, le_u64, load_checked, save_checked};
+use super::atomic_file::{damaged, le_u64, load_checked, save_checked, save_checked_async};
 use super::error::LogError;
 use std::path::Path;
 
@@ -54,8 +54,18 @@ impl RaftMeta {
     }
 }
 
-/// Replaces the `raft_meta` file of `dir` durably (temp file, fsync, rename, fsync of `dir`).
+/// Replaces the `raft_meta` file of `dir` durably (temp file, fsync, rename, fsync of `dir`),
+/// with blocking std::fs (tools and tests).
 pub fn save_raft_meta(dir: &Path, meta: &RaftMeta) -> Result<(), LogError> {
+    save_checked(dir, RAFT_META_FILE, &encode(meta))
+}
+
+/// `save_raft_meta` through glommio, without blocking the executor.
+pub async fn save_raft_meta_async(dir: &Path, meta: &RaftMeta) -> Result<(), LogError> {
+    save_checked_async(dir, RAFT_META_FILE, &encode(meta)).await
+}
+
+fn encode(meta: &RaftMeta) -> [u8; PAYLOAD_BYTES] {
     let mut bytes = [0u8; PAYLOAD_BYTES];
     bytes[0] = VERSION;
     for (id, flag, at) in [
@@ -68,7 +78,7 @@ pub fn save_raft_meta(dir: &Path, meta: &RaftMeta) -> Result<(), LogError> {
             bytes[at + 8..at + 16].copy_from_slice(&id.index.to_le_bytes());
         }
     }
-    save_checked(dir, RAFT_META_FILE, &bytes)
+    bytes
 }
 
 /// The saved pointers, `None` when no `raft_meta` file exists (a log that was never purged and

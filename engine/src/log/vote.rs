@@ -7,7 +7,7 @@
 //! a flag rather than node id 0 because openraft reserves no node id: 0 is a valid one (its own
 //! storage conformance suite votes for node 0).
 
-use super::atomic_file::{damaged, le_u64, load_checked, save_checked};
+use super::atomic_file::{damaged, le_u64, load_checked, save_checked, save_checked_async};
 use super::error::LogError;
 use std::path::Path;
 
@@ -28,6 +28,16 @@ const COMMITTED: u8 = 1;
 const HAS_VOTED_FOR: u8 = 2;
 
 pub fn save_vote(dir: &Path, vote: &Vote) -> Result<(), LogError> {
+    save_checked(dir, VOTE_FILE, &encode(vote))
+}
+
+/// `save_vote` through glommio, without blocking the executor (an election over many
+/// partitions of one core saves many votes at once).
+pub async fn save_vote_async(dir: &Path, vote: &Vote) -> Result<(), LogError> {
+    save_checked_async(dir, VOTE_FILE, &encode(vote)).await
+}
+
+fn encode(vote: &Vote) -> [u8; VOTE_BYTES] {
     let mut bytes = [0u8; VOTE_BYTES];
     bytes[0..8].copy_from_slice(&vote.term.to_le_bytes());
     if let Some(node_id) = vote.voted_for {
@@ -37,7 +47,7 @@ pub fn save_vote(dir: &Path, vote: &Vote) -> Result<(), LogError> {
     if vote.committed {
         bytes[16] |= COMMITTED;
     }
-    save_checked(dir, VOTE_FILE, &bytes)
+    bytes
 }
 
 /// The saved vote, `None` if none was ever saved. A damaged vote file is an error.

@@ -20,7 +20,7 @@
 
 use super::error::LogError;
 use super::fault::FaultPlan;
-use super::raft_meta::RaftMeta;
+use super::raft_meta::{EntryId, RaftMeta};
 use super::record::{encode_record, record_bytes, RecordHeader};
 use super::scan::{find_tail, sync_dir, zero_from, zero_range, LogTail};
 use super::segments::{segment_path, MappedSegment, SegmentEnd, SegmentInfo};
@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod purge;
+pub use purge::COMMITTED_SAVE_INTERVAL_MS;
 
 /// O_DIRECT writes are whole, aligned blocks.
 const BLOCK_BYTES: u64 = 4096;
@@ -82,8 +83,13 @@ pub struct LogWriter {
     full: Option<(Instant, String)>,
     /// `prepare_segment` asked for the next segment and it is not created yet.
     segment_wanted: bool,
-    /// The Raft pointers persisted beside the segments (`last_purged`, `committed`).
+    /// The Raft pointers kept beside the segments (`last_purged`, `committed`): `last_purged`
+    /// as persisted; `committed` may be ahead of the file by up to
+    /// `COMMITTED_SAVE_INTERVAL_MS` (see `save_committed`).
     meta: RaftMeta,
+    /// `committed` as the `raft_meta` file holds it, and when it was last written.
+    committed_on_disk: Option<EntryId>,
+    committed_saved_at: Option<Instant>,
 }
 
 impl LogWriter {
@@ -128,6 +134,8 @@ impl LogWriter {
             full: None,
             segment_wanted: false,
             meta: tail.raft_meta,
+            committed_on_disk: tail.raft_meta.committed,
+            committed_saved_at: None,
         };
         // The last segment is the scanned one (a purge never deletes it unless it deletes all).
         if let Some(last) = writer.segments.last().cloned() {
@@ -422,7 +430,11 @@ impl LogWriter {
     }
 
     /// Closes the active segment (after a final flush by the caller).
+    /// Closes the log: the active segment, and a `committed` not yet written to `raft_meta`.
     pub async fn close(mut self) -> Result<(), LogError> {
+        if self.poisoned.is_none() && self.meta.committed != self.committed_on_disk {
+            self.write_meta().await?;
+        }
         self.close_active().await
     }
 

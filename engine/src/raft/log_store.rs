@@ -20,15 +20,16 @@
 //! it goes on (RAFT_PLAN §6), so a background flusher would buy nothing; and because it
 //! returns only when durable, the entries are readable when it returns, as openraft requires.
 //!
-//! The vote and `raft_meta` saves are blocking std::fs (temp file, fsync, rename, fsync) on the
-//! executor thread: fine for rare votes and commits, a stall in an election storm over many
-//! partitions (RAFT_PLAN §2.3 wants them asynchronous later).
+//! The vote and `raft_meta` saves (temp file, fsync, rename, fsync of the directory) go through
+//! glommio's io_uring, so an election storm over many partitions of a core does not stall it.
+//! openraft saves `committed` on every commit; the writer keeps it in memory and writes it at
+//! most every `COMMITTED_SAVE_INTERVAL_MS` (`LogWriter::save_committed`).
 //!
 //! All writes come through `&mut self`, one at a time, as openraft requires (vote and log I/O
 //! serialized). Readers share only the `LogView`, which the store shrinks before a destructive
 //! step and grows after a durable one (`log_reader`).
 
-use crate::log::vote::{load_vote, save_vote, Vote as StoredVote};
+use crate::log::vote::{load_vote, save_vote_async, Vote as StoredVote};
 use crate::log::{find_tail, LogError, LogWriter, WriterOptions};
 use crate::raft::entry_record::{log_index, raft_index, record_fields, to_entry_id, to_log_id};
 use crate::raft::log_reader::{read_entries, LogReader, LogView};
@@ -233,7 +234,9 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
             voted_for: vote.leader_id.voted_for,
             committed: vote.committed,
         };
-        save_vote(self.writer.dir(), &stored).map_err(|e| StorageIOError::write_vote(&e).into())
+        save_vote_async(self.writer.dir(), &stored)
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
@@ -251,6 +254,7 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
         self.refuse_if_failed()?;
         self.writer
             .save_committed(committed.as_ref().map(to_entry_id))
+            .await
             .map_err(write_error)
     }
 

@@ -12,10 +12,14 @@
 
 use super::LogWriter;
 use crate::log::error::LogError;
-use crate::log::raft_meta::{save_raft_meta, EntryId, RaftMeta, RAFT_META_FILE};
+use crate::log::raft_meta::{save_raft_meta, save_raft_meta_async, EntryId, RAFT_META_FILE};
 use crate::log::scan::{sync_dir, LogTail};
 use crate::log::segments::SegmentInfo;
 use std::path::Path;
+use std::time::Instant;
+
+/// How often, at most, `save_committed` writes `raft_meta` (openraft calls it per commit).
+pub const COMMITTED_SAVE_INTERVAL_MS: u64 = 100;
 
 impl LogWriter {
     /// The id of the last purged entry, as persisted in `raft_meta` (survives restarts).
@@ -79,12 +83,12 @@ impl LogWriter {
                 ),
             ));
         }
-        let meta = RaftMeta {
-            last_purged: Some(purged),
-            ..self.meta
-        };
-        save_raft_meta(&self.dir, &meta)?;
-        self.meta = meta;
+        let before = self.meta;
+        self.meta.last_purged = Some(purged);
+        if let Err(e) = self.write_meta().await {
+            self.meta = before;
+            return Err(e);
+        }
         if past_end {
             // `open` finishes a purge past the end (deletes every segment), as after a crash.
             self.reopen().await?;
@@ -107,23 +111,49 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Openraft's `save_committed`: persists a lower bound of the commit index (it may lag;
-    /// openraft re-applies up to it at start). Durable on return; blocking std::fs with two
-    /// fsyncs, so call it rarely (at snapshots, every ~100 ms).
-    pub fn save_committed(&mut self, committed: Option<EntryId>) -> Result<(), LogError> {
+    /// Openraft's `save_committed`, which it calls on **every** commit: a lower bound of the
+    /// commit index that openraft re-applies up to at start. It is taken in memory at once
+    /// (`read_committed` answers it) and written to `raft_meta` asynchronously, at most once
+    /// per `COMMITTED_SAVE_INTERVAL_MS` (a save within that time of the last write waits for
+    /// the next one, a purge, or `close`). Two fsyncs per commit would double the log's
+    /// fsyncs; a crash loses at most the last interval's progress, which the contract allows
+    /// (the bound may lag; openraft re-applies the rest once the leader commits it again).
+    pub async fn save_committed(&mut self, committed: Option<EntryId>) -> Result<(), LogError> {
         self.refuse_if_poisoned()?;
-        let meta = RaftMeta {
-            committed,
-            ..self.meta
-        };
-        save_raft_meta(&self.dir, &meta)?;
-        self.meta = meta;
+        self.meta.committed = committed;
+        let due = self.committed_saved_at.is_none_or(|at| {
+            at.elapsed() >= std::time::Duration::from_millis(COMMITTED_SAVE_INTERVAL_MS)
+        });
+        if due && self.committed_on_disk != committed {
+            self.write_meta().await?;
+        }
         Ok(())
     }
 
-    /// The last value `save_committed` persisted (read from `raft_meta` at open).
+    /// Writes the in-memory `raft_meta` (its `committed` included) durably.
+    pub(in crate::log) async fn write_meta(&mut self) -> Result<(), LogError> {
+        save_raft_meta_async(&self.dir, &self.meta).await?;
+        self.committed_on_disk = self.meta.committed;
+        self.committed_saved_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The last value given to `save_committed` (at open: the one in `raft_meta`).
     pub fn read_committed(&self) -> Option<EntryId> {
         self.meta.committed
+    }
+}
+
+/// A writer dropped without `close` (openraft drops its log store at shutdown) still writes
+/// a held-back `committed`, blocking, so a clean stop keeps the exact commit point. On a
+/// failed log nothing is written.
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        if self.poisoned.is_none() && self.meta.committed != self.committed_on_disk {
+            if let Err(e) = save_raft_meta(&self.dir, &self.meta) {
+                tracing::warn!(error = %e, "could not write the commit point at close; it lags (harmless: openraft re-applies)");
+            }
+        }
     }
 }
 
