@@ -164,8 +164,11 @@ fn history_and_balance_at_through_cli_and_client_survive_a_crash_and_a_clean_res
     let rm = &status["partitions"][0]["read_model"];
     assert_eq!(rm["enabled"], true);
     assert_eq!(rm["lag_entries"], 0);
+    assert_eq!(status["partitions"][0]["leader"], 1, "a single node leads");
+    assert_eq!(status["nodes"][0]["addr"], addr.as_str());
     let (ok, out, _) = wallet(&addr, &["status"]);
     assert!(ok && out.contains("read model lag 0 entries"), "{out}");
+    assert!(out.contains("leader node 1 (term 0)"), "{out}");
 
     // A crash: no snapshot was written, so recovery replays the log into the read model and
     // the history comes back the same.

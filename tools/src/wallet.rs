@@ -415,27 +415,43 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Status => {
             let status = client.status().map_err(|e| e.to_string())?;
             let read_models = client.read_model_status().map_err(|e| e.to_string())?;
+            let map = client.partition_map().map_err(|e| e.to_string())?;
             let read_model = |p: u32| read_models.iter().find(|r| r.partition == p);
+            let leader = |p: u32| map.partitions.get(p as usize).copied();
             if cli.json {
                 let parts: Vec<_> = status
                     .partitions
                     .iter()
-                    .map(|p| json!({"partition": p.partition, "last_index": p.last_index, "durable_index": p.durable_index, "accounts": p.accounts, "transfers": p.transfers, "fsyncs": p.fsyncs, "read_model": read_model(p.partition).map(crate::wallet_read::status_json)}))
+                    .map(|p| json!({"partition": p.partition, "last_index": p.last_index, "durable_index": p.durable_index, "accounts": p.accounts, "transfers": p.transfers, "fsyncs": p.fsyncs, "leader": leader(p.partition).and_then(|l| l.leader), "term": leader(p.partition).map(|l| l.term), "read_model": read_model(p.partition).map(crate::wallet_read::status_json)}))
+                    .collect();
+                let nodes: Vec<_> = map
+                    .nodes
+                    .iter()
+                    .map(|n| json!({"node_id": n.node_id, "addr": n.client_addr}))
                     .collect();
                 println!(
                     "{}",
-                    json!({"node": cli.addr, "cores": status.cores, "partitions": parts})
+                    json!({"node": cli.addr, "cores": status.cores, "cluster_id": map.cluster_id, "nodes": nodes, "partitions": parts})
                 );
             } else {
                 println!(
-                    "node {}: {} cores, {} partitions",
+                    "node {}: {} cores, {} partitions, cluster {} of {} node(s)",
                     cli.addr,
                     status.cores,
-                    status.partitions.len()
+                    status.partitions.len(),
+                    map.cluster_id,
+                    map.nodes.len()
                 );
                 for p in &status.partitions {
+                    let led_by = match leader(p.partition) {
+                        Some(l) => match l.leader {
+                            Some(id) => format!("leader node {id} (term {})", l.term),
+                            None => "no leader".to_string(),
+                        },
+                        None => "leader unknown".to_string(),
+                    };
                     println!(
-                        "  partition {}: index {} (durable {}), {} accounts, {} transfers, {}",
+                        "  partition {}: {led_by}, index {} (durable {}), {} accounts, {} transfers, {}",
                         p.partition,
                         p.last_index,
                         p.durable_index,
