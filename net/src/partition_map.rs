@@ -204,35 +204,31 @@ pub fn decode_partition_map(body: &[u8]) -> Result<PartitionMap, ProtocolError> 
     Ok(map)
 }
 
+/// A map of nodes 1, 2 and 3 (at `127.0.0.1:740N`) with one (leader, term) per partition.
+#[cfg(test)]
+pub(crate) fn three_node_map(partitions: &[(Option<u64>, u64)]) -> PartitionMap {
+    PartitionMap {
+        cluster_id: 9,
+        nodes: (1..=3)
+            .map(|id| MapNode {
+                node_id: id,
+                client_addr: format!("127.0.0.1:74{id:02}"),
+            })
+            .collect(),
+        partitions: partitions
+            .iter()
+            .map(|&(leader, term)| PartitionLeader { leader, term })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     fn three_nodes() -> PartitionMap {
-        PartitionMap {
-            cluster_id: 9,
-            nodes: (1..=3)
-                .map(|id| MapNode {
-                    node_id: id,
-                    client_addr: format!("127.0.0.1:74{id:02}"),
-                })
-                .collect(),
-            partitions: vec![
-                PartitionLeader {
-                    leader: Some(1),
-                    term: 4,
-                },
-                PartitionLeader {
-                    leader: None,
-                    term: 5,
-                },
-                PartitionLeader {
-                    leader: Some(3),
-                    term: 2,
-                },
-            ],
-        }
+        three_node_map(&[(Some(1), 4), (None, 5), (Some(3), 2)])
     }
 
     #[test]

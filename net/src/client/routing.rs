@@ -116,7 +116,7 @@ pub(crate) async fn route<T: Copy, N: Nodes<T>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::partition_map::{MapNode, PartitionLeader};
+    use crate::partition_map::three_node_map;
     use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
 
@@ -135,19 +135,8 @@ mod tests {
     }
 
     fn map(leaders: &[Option<u64>], term: u64) -> PartitionMap {
-        PartitionMap {
-            cluster_id: 1,
-            nodes: (1..=3)
-                .map(|id| MapNode {
-                    node_id: id,
-                    client_addr: format!("n{id}"),
-                })
-                .collect(),
-            partitions: leaders
-                .iter()
-                .map(|&leader| PartitionLeader { leader, term })
-                .collect(),
-        }
+        let partitions: Vec<_> = leaders.iter().map(|&leader| (leader, term)).collect();
+        three_node_map(&partitions)
     }
 
     impl FakeCluster {
