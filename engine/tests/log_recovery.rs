@@ -240,3 +240,78 @@ fn a_pristine_log_starts_at_its_first_append_at_and_then_continues_without_a_gap
         7
     );
 }
+
+/// (index, term, body length) of the records `from..until`, read with `hints`.
+fn read_with(
+    w: &engine::log::LogWriter,
+    hints: &mut engine::log::OffsetHints,
+    from: u64,
+    until: u64,
+) -> Vec<(u64, u64, usize)> {
+    let mut out = Vec::new();
+    engine::log::read_range::<LogError>(w.segments(), hints, from, until, |r| {
+        out.push((r.header.index, r.header.term, r.body.len()));
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+#[test]
+fn reads_that_start_from_offset_hints_equal_walks_from_the_start_across_a_truncation() {
+    use engine::log::OffsetHints;
+    let dir = tempfile::tempdir().unwrap();
+    write_records(dir.path(), 400, 7, 64 << 10);
+    let path = dir.path().to_path_buf();
+    on_glommio(move || async move {
+        let mut w = open_writer(&path, 64 << 10).await;
+        assert!(w.segments().len() > 2, "several segments");
+        let ranges: Vec<(u64, u64)> = (1..400)
+            .step_by(13)
+            .map(|f| (f, (f + 29).min(401)))
+            .collect();
+        // Shared hints (stride 3) against fresh ones: the same records either way.
+        let mut shared = OffsetHints::new(3);
+        for &(from, until) in ranges.iter().chain(ranges.iter().rev()) {
+            let want = read_with(&w, &mut OffsetHints::new(3), from, until);
+            assert_eq!(want.len() as u64, until - from);
+            assert_eq!(
+                read_with(&w, &mut shared, from, until),
+                want,
+                "{from}..{until}"
+            );
+        }
+        // Cut at 250 and append records of other sizes in term 2: offsets after the cut move.
+        w.truncate_from(250).await.unwrap();
+        for index in 250..=400u64 {
+            let body = vec![0xAB; 60 + (index as usize % 13)];
+            if !w.has_room(body.len()) {
+                w.flush().await.unwrap();
+            }
+            w.append_at(index, 2, 5_000 + index, 9, &body).unwrap();
+        }
+        w.flush().await.unwrap();
+        // Hints the owner did not invalidate are caught by their header check; invalidated
+        // ones are simply gone. Both read what a walk from the start reads.
+        let mut invalidated = OffsetHints::new(3);
+        for &(from, until) in &ranges {
+            let _ = read_with(&w, &mut invalidated, from, until.min(250));
+        }
+        invalidated.forget_from(250);
+        for &(from, until) in &ranges {
+            let want = read_with(&w, &mut OffsetHints::new(3), from, until);
+            assert_eq!(
+                read_with(&w, &mut shared, from, until),
+                want,
+                "stale {from}..{until}"
+            );
+            assert_eq!(
+                read_with(&w, &mut invalidated, from, until),
+                want,
+                "{from}..{until}"
+            );
+            assert!(want.iter().all(|&(i, t, _)| (i < 250) == (t == 1)));
+        }
+        w.close().await.unwrap();
+    });
+}

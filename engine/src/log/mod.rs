@@ -6,6 +6,7 @@
 mod atomic_file;
 pub mod error;
 pub mod fault;
+pub mod offset_hints;
 pub mod raft_meta;
 pub mod range;
 pub mod record;
@@ -16,6 +17,7 @@ pub mod writer;
 
 pub use error::{ignore_file_size_signal, LogError};
 pub use fault::FaultPlan;
+pub use offset_hints::OffsetHints;
 pub use raft_meta::{load_raft_meta, save_raft_meta, EntryId, RaftMeta};
 pub use range::read_range;
 pub use record::{RecordError, RecordHeader};

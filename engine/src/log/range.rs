@@ -2,15 +2,16 @@
 //! follower, openraft's own reads), validating each record and the continuity of indexes.
 //!
 //! Records are found by walking the headers of the segment that holds the first one (the
-//! header checksum covers index and length; bodies before the range are not checksummed), so
-//! a read costs a walk over part of one segment plus the records returned. An offset index of
-//! the live tail would make the start O(1); it is not built yet (docs/RAFT_PLAN.md §2.3).
+//! header checksum covers index and length; bodies before the range are not checksummed),
+//! starting from the furthest offset the caller's `OffsetHints` remember, so a read costs a
+//! walk over at most a stride of records plus the records returned.
 //!
 //! The walk stops as soon as the last wanted record is read and never decodes past it: the
 //! caller may be truncating the log behind that point (the Raft log store shrinks what readers
 //! may ask for before it cuts).
 
 use super::error::LogError;
+use super::offset_hints::OffsetHints;
 use super::record::{decode_header, decode_record, record_bytes};
 use super::segments::{MappedSegment, RecordRef, SegmentInfo};
 
@@ -20,6 +21,7 @@ use super::segments::{MappedSegment, RecordRef, SegmentInfo};
 /// an error naming the file and offset. Nothing is visited when `from >= until`.
 pub fn read_range<E: From<LogError>>(
     segments: &[SegmentInfo],
+    hints: &mut OffsetHints,
     from: u64,
     until: u64,
     mut visit: impl FnMut(RecordRef<'_>) -> Result<(), E>,
@@ -54,9 +56,14 @@ pub fn read_range<E: From<LogError>>(
         }
         let segment = MappedSegment::open(info.clone())?;
         let bytes = segment.bytes();
-        let mut offset = 0usize;
-        // Hop over the records before the range, by their headers alone.
-        let mut index = info.first_index;
+        // Hop over the records before the range, by their headers alone, from the furthest
+        // remembered point.
+        let (mut index, mut offset) = hints.start_for(info.first_index, expected);
+        if index > info.first_index && !header_at(bytes, offset, index) {
+            // The hint is stale (its owner missed a truncation): walk from the start.
+            hints.forget_segment(info.first_index);
+            (index, offset) = (info.first_index, 0);
+        }
         while index < expected {
             let header = match decode_header(&bytes[offset.min(bytes.len())..]) {
                 Ok(Some(header)) if header.index == index => header,
@@ -64,6 +71,7 @@ pub fn read_range<E: From<LogError>>(
                 Ok(None) => return Err(missing(info, offset, index)),
                 Err(reason) => return Err(corrupt(info, offset, reason)),
             };
+            hints.learn(info.first_index, index, offset);
             offset += record_bytes(header.body_len as usize);
             index += 1;
         }
@@ -72,6 +80,7 @@ pub fn read_range<E: From<LogError>>(
         while expected < until {
             match decode_record(&bytes[offset.min(bytes.len())..]) {
                 Ok(Some((header, body))) if header.index == expected => {
+                    hints.learn(info.first_index, expected, offset);
                     visit(RecordRef {
                         offset: offset as u64,
                         header,
@@ -91,6 +100,11 @@ pub fn read_range<E: From<LogError>>(
         }
     }
     unreachable!("the last segment either yields every wanted record or fails");
+}
+
+/// Whether a valid header of record `index` starts at `offset`.
+fn header_at(bytes: &[u8], offset: usize, index: u64) -> bool {
+    matches!(decode_header(&bytes[offset.min(bytes.len())..]), Ok(Some(h)) if h.index == index)
 }
 
 fn gap<E: From<LogError>>(info: &SegmentInfo, offset: usize, expected: u64, found: u64) -> E {

@@ -10,9 +10,10 @@
 //!
 //! A read of the newest entries (a follower keeping up) is served by the view's `TailCache`
 //! without touching the disk; any other read goes through the mapped segments
-//! (`log::read_range`), mapping the segments it touches and copying the bodies it returns.
+//! (`log::read_range`, starting from the view's `OffsetHints`), mapping the segments it
+//! touches and copying the bodies it returns.
 
-use crate::log::{read_range, LogError, SegmentInfo};
+use crate::log::{read_range, LogError, OffsetHints, SegmentInfo};
 use crate::raft::entry_record::entry_of_record;
 use crate::raft::tail_cache::TailCache;
 use crate::raft::types::{Entry, StorageError, WalletRaft};
@@ -30,6 +31,8 @@ pub struct LogView {
     pub(crate) last: u64,
     pub(crate) segments: Vec<SegmentInfo>,
     pub(crate) cache: TailCache,
+    /// Where records start in `segments`, learned by reads (a `RefCell`: reads share the view).
+    pub(crate) hints: RefCell<OffsetHints>,
 }
 
 /// A `RaftLogReader` over the store's log: one per replication task, all sharing the store's
@@ -67,7 +70,8 @@ pub(crate) fn read_entries(
         return Ok(cached);
     }
     let mut entries = Vec::with_capacity(until.saturating_sub(from).min(1024) as usize);
-    read_range::<ReadError>(&view.segments, from, until, |record| {
+    let mut hints = view.hints.borrow_mut();
+    read_range::<ReadError>(&view.segments, &mut hints, from, until, |record| {
         entries.push(entry_of_record(&record).map_err(ReadError::Entry)?);
         Ok(())
     })

@@ -189,6 +189,8 @@ impl RaftLogStore {
         view.last = self.writer.durable_index();
         if view.segments != self.writer.segments() {
             view.segments = self.writer.segments().to_vec();
+            let view = &mut *view;
+            view.hints.get_mut().retain_segments(&view.segments);
         }
     }
 }
@@ -283,6 +285,7 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
             let mut view = self.view.borrow_mut();
             view.last = view.last.min(from - 1);
             view.cache.truncate_from(from);
+            view.hints.get_mut().forget_from(from);
         }
         let result = self.writer.truncate_from(from).await;
         self.grow_view();
