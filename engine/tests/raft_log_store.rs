@@ -218,6 +218,32 @@ fn the_newest_entries_are_read_from_memory_not_from_the_segments() {
     });
 }
 
+#[test]
+fn a_read_across_the_cache_start_takes_the_older_part_from_the_segments() {
+    let (_keep, dir) = temp();
+    let first = entries(1, 0, 49);
+    with_store(&dir, move |mut store| async move {
+        append(&mut store, first).await;
+        (store, ())
+    });
+    // After a restart the cache holds only what is appended from then on.
+    let all = entries(1, 0, 59);
+    with_store(&dir, move |mut store| async move {
+        append(&mut store, all[50..].to_vec()).await;
+        let mut reader = store.get_log_reader().await;
+        assert_eq!(read_all(&mut store).await, all);
+        assert_eq!(
+            reader.try_get_log_entries(45..55).await.unwrap(),
+            all[45..55]
+        );
+        assert_eq!(
+            reader.try_get_log_entries(10..20).await.unwrap(),
+            all[10..20]
+        );
+        (store, ())
+    });
+}
+
 /// True when a scan of `dir` finds no record (a wiped segment reads as an empty log).
 fn read_nothing(dir: &Path) -> bool {
     let mut found = 0;

@@ -66,12 +66,14 @@ pub(crate) fn read_entries(
     let (from, until) = log_range(range);
     let from = from.max(view.first);
     let until = until.min(view.last.saturating_add(1));
-    if let Some(cached) = view.cache.get(from, until) {
-        return Ok(cached);
-    }
+    // The end of the range from memory, what lies before the cache from the segments.
+    let (disk_until, cached) = view
+        .cache
+        .suffix(from, until)
+        .unwrap_or((until, Vec::new()));
     let mut entries = Vec::with_capacity(until.saturating_sub(from).min(1024) as usize);
     let mut hints = view.hints.borrow_mut();
-    read_range::<ReadError>(&view.segments, &mut hints, from, until, |record| {
+    read_range::<ReadError>(&view.segments, &mut hints, from, disk_until, |record| {
         entries.push(entry_of_record(&record).map_err(ReadError::Entry)?);
         Ok(())
     })
@@ -79,6 +81,7 @@ pub(crate) fn read_entries(
         ReadError::Log(e) => StorageIOError::read_logs(&e).into(),
         ReadError::Entry(e) => e,
     })?;
+    entries.extend(cached);
     Ok(entries)
 }
 

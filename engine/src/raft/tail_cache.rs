@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 
 /// Body bytes a partition's cache holds at most (the entries' bodies are shared with the
 /// in-flight requests that proposed them, so this is mostly memory kept a little longer).
-pub const TAIL_CACHE_BODY_BYTES_MAX: usize = 32 << 20;
+pub const TAIL_CACHE_BODY_BYTES_MAX: usize = 64 << 20;
 /// Entries a partition's cache holds at most.
 pub const TAIL_CACHE_ENTRIES_MAX: usize = 16 * 1024;
 
@@ -90,15 +90,20 @@ impl TailCache {
         }
     }
 
-    /// The entries at log indexes `from..until`, if all of them are cached (`None` otherwise:
-    /// read the segments).
-    pub fn get(&self, from: u64, until: u64) -> Option<Vec<Entry>> {
-        if from >= until || from < self.first_index || until > self.end_index() {
+    /// The cached end of the range `from..until`: `(start, entries at start..until)` when the
+    /// cache holds `until - 1` (the records `from..start` are older: read them from the
+    /// segments), `None` when it holds none of the range's end.
+    pub fn suffix(&self, from: u64, until: u64) -> Option<(u64, Vec<Entry>)> {
+        if from >= until || until > self.end_index() || until <= self.first_index {
             return None;
         }
-        let skip = (from - self.first_index) as usize;
-        let take = (until - from) as usize;
-        Some(self.entries.iter().skip(skip).take(take).cloned().collect())
+        let start = from.max(self.first_index);
+        let skip = (start - self.first_index) as usize;
+        let take = (until - start) as usize;
+        Some((
+            start,
+            self.entries.iter().skip(skip).take(take).cloned().collect(),
+        ))
     }
 
     pub fn len(&self) -> usize {
@@ -149,17 +154,31 @@ mod tests {
         entries.iter().map(|e| e.log_id.index + 1).collect()
     }
 
+    /// What `get` answered before suffixes: the whole range, or nothing.
+    impl TailCache {
+        fn get(&self, from: u64, until: u64) -> Option<Vec<Entry>> {
+            self.suffix(from, until)
+                .and_then(|(start, entries)| (start == from).then_some(entries))
+        }
+    }
+
     #[test]
-    fn serves_only_ranges_it_holds_whole() {
+    fn serves_the_cached_end_of_a_range() {
         let mut cache = TailCache::new(1 << 20, 100);
         for i in 5..=9 {
             cache.push(i, entry(i, 10));
         }
         assert_eq!(indexes(&cache.get(5, 10).unwrap()), vec![5, 6, 7, 8, 9]);
         assert_eq!(indexes(&cache.get(7, 9).unwrap()), vec![7, 8]);
-        assert_eq!(cache.get(4, 6), None, "starts before the cache");
-        assert_eq!(cache.get(8, 11), None, "ends past the cache");
-        assert_eq!(cache.get(6, 6), None, "empty range");
+        let (start, tail) = cache.suffix(2, 8).unwrap();
+        assert_eq!(
+            (start, indexes(&tail)),
+            (5, vec![5, 6, 7]),
+            "2..5 from disk"
+        );
+        assert_eq!(cache.suffix(1, 5), None, "ends before the cache");
+        assert_eq!(cache.suffix(8, 11), None, "ends past the cache");
+        assert_eq!(cache.suffix(6, 6), None, "empty range");
     }
 
     #[test]
