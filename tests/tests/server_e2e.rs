@@ -711,6 +711,21 @@ fn cluster_client_routes_by_the_partition_map() {
     assert_eq!(balance(&server.addr, 1), -380);
     assert_eq!(balance(&server.addr, 39), 10);
 
+    // wallet cluster status: one node leading both partitions, no lag.
+    let (ok, out, err) = wallet(&server.addr, &["--json", "cluster", "status"]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["nodes"][0]["reachable"], true);
+    for p in 0..2 {
+        let part = &status["partitions"][p];
+        assert_eq!(part["leader"], 1);
+        assert_eq!(part["replicas"][0]["node_id"], 1);
+        assert_eq!(part["replicas"][0]["lag_entries"], 0);
+        assert!(part["replicas"][0]["durable_index"].as_u64().unwrap() > 0);
+    }
+    let (ok, out, _) = wallet(&server.addr, &["cluster", "status"]);
+    assert!(ok && out.contains("partition 1: leader node 1, term 0"), "{out}");
+
     // --advertise-addr is what the map tells clients.
     let dir2 = tempfile::tempdir().unwrap();
     let advertised = ServerProcess::start(

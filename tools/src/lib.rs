@@ -5,5 +5,6 @@ pub mod metrics;
 pub mod wallet;
 pub mod wallet_audit;
 pub mod wallet_audit_diff;
+pub mod wallet_cluster;
 pub mod wallet_read;
 pub mod walletd;

@@ -122,12 +122,22 @@ enum Command {
     /// The live state digest (per partition and combined), comparable with `audit replay`'s.
     /// Each partition pauses while it hashes its state: for audits, not for monitoring.
     Digest,
+    /// The cluster: who leads each partition, and how far each replica is behind.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Offline log tools on a data dir (no server needed).
     #[command(subcommand)]
     Log(LogCommand),
     /// Offline audit: rebuild state from the log.
     #[command(subcommand)]
     Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Per partition: leader and term from the partition map, and every node's durable log
+    /// index with its lag behind the leader.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -244,6 +254,9 @@ fn run(cli: Cli) -> Result<(), String> {
     } = cli.command
     {
         return crate::wallet_read::watch(&config, account, from_position, count, cli.json);
+    }
+    if let Command::Cluster(ClusterCommand::Status) = cli.command {
+        return crate::wallet_cluster::status(&config, cli.json);
     }
     let client = Client::connect(config).map_err(|e| e.to_string())?;
     match cli.command {
@@ -386,7 +399,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Log(_) | Command::Audit(_) | Command::Watch { .. } => {
+        Command::Log(_) | Command::Audit(_) | Command::Watch { .. } | Command::Cluster(_) => {
             unreachable!("handled above")
         }
         Command::Digest => {
