@@ -2,12 +2,14 @@
 //!
 //! The binary protocol (docs/PROTOCOL.md): `frame` (header, checksums, limits), `operation`
 //! (operation and error codes), `codec` (bodies), the glommio `server`, the `client`
-//! library, and `tls` (TLS settings for both sides).
+//! library, `tls` (TLS settings for both sides), and `raft_link` (the node-to-node transport
+//! of Raft messages, on a listener of its own).
 
 pub mod client;
 pub mod codec;
 pub mod frame;
 pub mod operation;
+pub mod raft_link;
 pub mod server;
 pub mod tls;
 

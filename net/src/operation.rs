@@ -21,6 +21,9 @@ pub enum Operation {
     Subscribe = 23,
     /// The state digest of every partition (a full pass over each partition's state).
     StateDigest = 24,
+    /// Node link only (`raft_link`, its own listener): a batch of Raft messages of any
+    /// partitions; its reply (REPLY flag, "RaftBatchReply") batches answers the same way.
+    RaftBatch = 32,
 }
 
 impl Operation {
@@ -38,6 +41,7 @@ impl Operation {
             22 => Operation::ReadModelStatus,
             23 => Operation::Subscribe,
             24 => Operation::StateDigest,
+            32 => Operation::RaftBatch,
             _ => return None,
         })
     }
