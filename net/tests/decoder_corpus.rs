@@ -37,6 +37,17 @@ fn decode_stream(mut bytes: &[u8]) -> (usize, bool) {
             Some(Operation::GetAccountHistory) => codec::decode_history_query(body).map(|_| 1),
             Some(Operation::GetBalanceAt) => codec::decode_balance_at_query(body).map(|_| 1),
             Some(Operation::Subscribe) => codec::decode_subscribe(body).map(|_| 1),
+            Some(Operation::RaftBatch) => net::raft_link::decode_batch(body)
+                .map(|batch| {
+                    batch
+                        .messages
+                        .iter()
+                        .filter(|m| {
+                            net::raft_link::message::LinkRequest::decode(m.kind, m.body).is_ok()
+                        })
+                        .count()
+                })
+                .map_err(|_| net::ProtocolError::MalformedBody),
             Some(Operation::Ping)
             | Some(Operation::Status)
             | Some(Operation::ReadModelStatus)

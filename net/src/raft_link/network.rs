@@ -243,7 +243,7 @@ impl RaftNetwork<WalletRaft> for LinkNetwork {
             let mut data = vec![0u8; len];
             file.read_exact_at(&mut data, offset).map_err(unreadable)?;
             let request = LinkRequest::SnapshotChunk(SnapshotChunk {
-                vote: vote.clone(),
+                vote,
                 snapshot_id: meta.snapshot_id.clone(),
                 offset,
                 data: Bytes::from(data),
