@@ -556,13 +556,22 @@ mod handshake {
     use std::time::Duration;
 
     fn link(id: u64, token: &[u8]) -> RaftLink {
-        let config = LinkConfig::new(id, "127.0.0.1:0".parse().unwrap(), token.to_vec());
+        link_on(id, token, "127.0.0.1:0".parse().unwrap())
+    }
+
+    pub(super) fn link_on(id: u64, token: &[u8], listen: std::net::SocketAddr) -> RaftLink {
+        let config = LinkConfig::new(id, listen, token.to_vec());
         RaftLink::start(config, RaftRegistry::new()).unwrap()
     }
 
     async fn vote_from(from: &RaftLink, to: &RaftLink) -> String {
+        vote_to(from, to.local_addr()).await
+    }
+
+    /// A vote request of partition 0 to node 2 at `to`; the unreachable error it gets.
+    pub(super) async fn vote_to(from: &RaftLink, to: std::net::SocketAddr) -> String {
         let addr = NodeAddr {
-            raft_addr: to.local_addr().to_string(),
+            raft_addr: to.to_string(),
             client_addr: String::new(),
         };
         let mut network = from.network(0).new_client(2, &addr).await;
@@ -626,6 +635,50 @@ mod handshake {
             let refused = raw_handshake(&target, role::PEER, b"").await;
             assert_eq!(refused, Some(ProtocolError::AuthFailed));
             assert_eq!(raw_handshake(&target, role::PEER, TOKEN).await, None);
+        });
+    }
+}
+
+/// Reconnecting: a peer that goes away is reported unreachable (at once while the link backs
+/// off), and reached again once it is back on the same address.
+mod reconnect {
+    use super::handshake::{link_on, vote_to};
+    use super::{on_glommio, TOKEN};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_peer_that_comes_back_is_reached_again() {
+        on_glommio(|| async {
+            let target = link_on(2, TOKEN, "127.0.0.1:0".parse().unwrap());
+            let addr = target.local_addr();
+            let from = link_on(1, TOKEN, "127.0.0.1:0".parse().unwrap());
+            assert!(vote_to(&from, addr).await.contains("no Raft"));
+
+            target.shutdown();
+            drop(target);
+            let gone = vote_to(&from, addr).await;
+            assert!(
+                gone.contains("lost") || gone.contains("cannot reach") || gone.contains("backoff"),
+                "{gone}"
+            );
+            // While it is down, calls fail fast (refused connects, then backoff).
+            let start = Instant::now();
+            for _ in 0..5 {
+                vote_to(&from, addr).await;
+            }
+            assert!(start.elapsed() < Duration::from_secs(1));
+
+            let back = link_on(2, TOKEN, addr);
+            let start = Instant::now();
+            loop {
+                let why = vote_to(&from, addr).await;
+                if why.contains("no Raft") {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(5), "still: {why}");
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            drop(back);
         });
     }
 }

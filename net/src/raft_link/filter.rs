@@ -6,8 +6,9 @@
 //!
 //! Dropping on both sides means one filter per node is enough to cut that node off, and one
 //! filter shared by all nodes of a test (as in `tests/raft_link.rs`) cuts a node off from the
-//! rest with a single `isolate` call. Connections stay up: traffic vanishes like in a real
-//! partition, so requests in flight time out rather than failing fast.
+//! rest with a single `isolate` call. Connections stay up. A new request to a cut-off node
+//! fails at once as unreachable (as a refused connection would, so openraft backs off);
+//! requests already in flight, and replies, vanish as in a real partition and time out.
 //!
 //! Changed at run time from any thread (an admin operation or a test), read on every message:
 //! a read lock on an uncontended `RwLock` over a small set.

@@ -26,8 +26,8 @@ use super::config::LinkConfig;
 use super::handshake;
 use super::io::{read_frame, LinkIoError};
 use super::limits::{
-    BATCH_BODY_BYTES_TARGET, ENVELOPE_BYTES, LINK_BODY_BYTES_MAX, MESSAGES_PER_FRAME_MAX,
-    OUTBOX_MESSAGES_MAX, PENDING_REPLIES_MAX,
+    BATCH_BODY_BYTES_TARGET, BATCH_HEADER_BYTES, ENVELOPE_BYTES, LINK_BODY_BYTES_MAX,
+    MESSAGES_PER_FRAME_MAX, OUTBOX_MESSAGES_MAX, PENDING_REPLIES_MAX,
 };
 use super::message::{Failure, LinkReply};
 use crate::frame::{self, flags};
@@ -252,7 +252,7 @@ async fn pump(shared: Rc<Shared>, queued: flume::Receiver<Outgoing>) {
         let mut bytes = ENVELOPE_BYTES + batch[0].body.len();
         while batch.len() < MESSAGES_PER_FRAME_MAX && bytes < BATCH_BODY_BYTES_TARGET {
             let Ok(next) = queued.try_recv() else { break };
-            if bytes + ENVELOPE_BYTES + next.body.len() > LINK_BODY_BYTES_MAX - 64 {
+            if BATCH_HEADER_BYTES + bytes + ENVELOPE_BYTES + next.body.len() > LINK_BODY_BYTES_MAX {
                 carry = Some(next);
                 break;
             }
@@ -339,7 +339,15 @@ async fn pump(shared: Rc<Shared>, queued: flume::Receiver<Outgoing>) {
 async fn connect(shared: &Rc<Shared>) -> Result<Connection, LinkIoError> {
     let budget = Duration::from_millis(shared.config.connect_timeout_ms);
     let attempt = async {
-        let stream = TcpStream::connect(shared.addr.as_str())
+        // Resolved here, not by glommio's `connect`, which panics on a name that resolves to
+        // no address. A host name is resolved with a blocking lookup on the executor (rare:
+        // once per connect; membership addresses are normally IP literals).
+        let resolved = std::net::ToSocketAddrs::to_socket_addrs(shared.addr.as_str())?
+            .next()
+            .ok_or_else(|| {
+                LinkIoError::Protocol(format!("{} resolves to no address", shared.addr))
+            })?;
+        let stream = TcpStream::connect(resolved)
             .await
             .map_err(|e| LinkIoError::Io(std::io::Error::other(e.to_string())))?;
         let _ = stream.set_nodelay(true);
