@@ -38,13 +38,22 @@ const TOKEN: &[u8] = b"the cluster's peer token";
 const NODES: [u64; 3] = [1, 2, 3];
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Runs `f` on a fresh glommio executor; a panic inside it resumes in the caller.
+/// A whole test's budget: every wait inside is bounded too, so a hang is a failure that says
+/// where, not a stuck test run.
+const TEST_BUDGET: Duration = Duration::from_secs(60);
+
+/// Runs `f` on a fresh glommio executor, within `TEST_BUDGET`; a panic inside it resumes in
+/// the caller.
 fn on_glommio<T: Send + 'static, F: Future<Output = T> + 'static>(
     f: impl FnOnce() -> F + Send + 'static,
 ) -> T {
     let joined = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(4 << 20)
-        .spawn(f)
+        .spawn(move || async move {
+            within(TEST_BUDGET, f())
+                .await
+                .unwrap_or_else(|| panic!("the test did not finish within {TEST_BUDGET:?}"))
+        })
         .unwrap()
         .join();
     match joined {
@@ -149,7 +158,10 @@ async fn start_cluster(
         })
         .collect();
     for raft in &nodes[0].rafts {
-        raft.initialize(members.clone()).await.unwrap();
+        within(WAIT, raft.initialize(members.clone()))
+            .await
+            .expect("initialize did not complete")
+            .unwrap();
     }
     nodes
 }
@@ -157,7 +169,10 @@ async fn start_cluster(
 async fn stop_cluster(nodes: Vec<Node>) {
     for node in &nodes {
         for raft in &node.rafts {
-            raft.shutdown().await.unwrap();
+            within(WAIT, raft.shutdown())
+                .await
+                .unwrap_or_else(|| panic!("node {} did not shut down", node.id))
+                .unwrap();
         }
         node.link.shutdown();
     }
@@ -319,7 +334,11 @@ async fn write(
     batch: CommandBatch,
 ) -> Vec<NewTransfer> {
     let data = workload.entry(&batch);
-    let answer = raft.client_write(data).await.unwrap().data;
+    let answer = within(WAIT, raft.client_write(data))
+        .await
+        .expect("client_write did not complete")
+        .unwrap()
+        .data;
     assert_eq!(answer.results.len(), batch.len());
     match batch {
         CommandBatch::CreateTransfers(transfers) => transfers
@@ -587,6 +606,19 @@ mod handshake {
 
     /// Sends one handshake frame with `role` and `token`, returns the error it is refused with.
     async fn raw_handshake(to: &RaftLink, role: u8, token: &[u8]) -> Option<ProtocolError> {
+        super::within(
+            Duration::from_secs(5),
+            raw_handshake_unbounded(to, role, token),
+        )
+        .await
+        .expect("the handshake exchange did not complete")
+    }
+
+    async fn raw_handshake_unbounded(
+        to: &RaftLink,
+        role: u8,
+        token: &[u8],
+    ) -> Option<ProtocolError> {
         let mut stream = glommio::net::TcpStream::connect(to.local_addr())
             .await
             .unwrap();

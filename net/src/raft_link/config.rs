@@ -22,7 +22,12 @@ pub struct LinkConfig {
     /// `reconnect_backoff_max_ms`; a success resets it. Meanwhile RPCs to that peer fail at
     /// once as unreachable (and openraft backs off on its side, `RaftNetwork::backoff`).
     pub reconnect_backoff_min_ms: u64,
+    /// Also the ceiling of openraft's backoff (`LinkNetwork::backoff`): a healed peer is
+    /// retried within this long. 500 ms is openraft's own (constant) default.
     pub reconnect_backoff_max_ms: u64,
+    /// A connection whose frame cannot be written for this long is closed (the peer stopped
+    /// reading; its requests fail as unreachable).
+    pub write_stall_timeout_ms: u64,
     /// How long the last step of a snapshot transfer may take (the receiver loads and checks
     /// the whole snapshot, then installs it). Chunks use openraft's `RPCOption` timeout.
     pub snapshot_install_timeout_ms: u64,
@@ -41,7 +46,8 @@ impl LinkConfig {
             connect_timeout_ms: 1_000,
             handshake_timeout_ms: 5_000,
             reconnect_backoff_min_ms: 50,
-            reconnect_backoff_max_ms: 2_000,
+            reconnect_backoff_max_ms: 500,
+            write_stall_timeout_ms: 10_000,
             snapshot_install_timeout_ms: 30_000,
             snapshot_chunk_bytes: super::limits::SNAPSHOT_CHUNK_BYTES,
             filter: super::LinkFilter::new(),

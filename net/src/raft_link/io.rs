@@ -5,7 +5,10 @@
 
 use crate::frame::{FrameError, FrameHeader, HEADER_BYTES};
 use bytes::BytesMut;
-use futures::io::{AsyncRead, AsyncReadExt};
+use futures::future::Either;
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::pin::pin;
+use std::time::Duration;
 
 /// Why a link connection ends.
 #[derive(Debug, thiserror::Error)]
@@ -38,4 +41,25 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     reader.read_exact(&mut body).await?;
     header.check_body(&body)?;
     Ok((header, body))
+}
+
+/// Writes and flushes `bytes`, or fails if that takes longer than `stall`: a peer that stops
+/// reading must not hold a connection (and the queues behind it) forever.
+pub async fn write_within<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    bytes: &[u8],
+    stall: Duration,
+) -> std::io::Result<()> {
+    let write = async {
+        writer.write_all(bytes).await?;
+        writer.flush().await
+    };
+    let timer = pin!(glommio::timer::sleep(stall));
+    match futures::future::select(pin!(write), timer).await {
+        Either::Left((result, _)) => result,
+        Either::Right(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("a write stalled for {stall:?}"),
+        )),
+    }
 }

@@ -24,7 +24,7 @@
 use super::batch::{encode_batch, Envelope};
 use super::config::LinkConfig;
 use super::handshake;
-use super::io::{read_frame, LinkIoError};
+use super::io::{read_frame, write_within, LinkIoError};
 use super::limits::{
     BATCH_BODY_BYTES_TARGET, BATCH_HEADER_BYTES, ENVELOPE_BYTES, LINK_BODY_BYTES_MAX,
     MESSAGES_PER_FRAME_MAX, OUTBOX_MESSAGES_MAX, PENDING_REPLIES_MAX,
@@ -317,11 +317,8 @@ async fn pump(shared: Rc<Shared>, queued: flume::Receiver<Outgoing>) {
             LINK_BODY_BYTES_MAX,
             |b| encode_batch(b, shared.config.node_id, shared.target, &envelopes),
         );
-        let written = async {
-            c.writer.write_all(&out).await?;
-            c.writer.flush().await
-        };
-        if let Err(e) = written.await {
+        let stall = Duration::from_millis(shared.config.write_stall_timeout_ms);
+        if let Err(e) = write_within(&mut c.writer, &out, stall).await {
             tracing::debug!(target = shared.target, error = %e, "node link write failed");
             c.alive.set(false);
             let id = c.id;

@@ -16,7 +16,7 @@
 
 use super::batch::{decode_batch, encode_batch, Envelope};
 use super::handshake::{self, HANDSHAKE_BODY_BYTES_MAX};
-use super::io::{read_frame, LinkIoError};
+use super::io::{read_frame, write_within, LinkIoError};
 use super::limits::{
     BATCH_BODY_BYTES_TARGET, ENVELOPE_BYTES, LINK_BODY_BYTES_MAX,
     MESSAGES_IN_FLIGHT_PER_CONNECTION_MAX, MESSAGES_PER_FRAME_MAX, REPLY_QUEUE_MAX,
@@ -110,15 +110,23 @@ async fn serve(stream: TcpStream, link: &Rc<LinkShared>) -> Result<(), LinkIoErr
     let (replies, queued) = flume::bounded::<QueuedReply>(REPLY_QUEUE_MAX);
     // The peer's node id, from its first batch (fixed for the connection).
     let peer = Rc::new(std::cell::Cell::new(None::<u64>));
-    let writer_task =
-        glommio::spawn_local(write_replies(writer, queued, link.clone(), peer.clone()));
+    let (gone, writer_gone) = flume::bounded::<()>(1);
+    let writer_task = glommio::spawn_local(write_replies(
+        writer,
+        queued,
+        link.clone(),
+        peer.clone(),
+        gone,
+    ));
     let in_flight = Rc::new(glommio::sync::Semaphore::new(
         MESSAGES_IN_FLIGHT_PER_CONNECTION_MAX,
     ));
     let transfers = Rc::new(Transfers::default());
     let result = loop {
         let read = pin!(read_frame(&mut reader, LINK_BODY_BYTES_MAX));
-        let stopped = pin!(link.stop.recv_async());
+        let stop = pin!(link.stop.recv_async());
+        let gone = pin!(writer_gone.recv_async());
+        let stopped = futures::future::select(stop, gone);
         let (header, body) = match futures::future::select(read, stopped).await {
             Either::Left((Ok(frame), _)) => frame,
             Either::Left((Err(e), _)) => break Err(e),
@@ -186,8 +194,11 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     queued: flume::Receiver<QueuedReply>,
     link: Rc<LinkShared>,
     peer: Rc<std::cell::Cell<Option<u64>>>,
+    // Dropped when the writer ends: wakes the read loop, which then ends too.
+    _gone: flume::Sender<()>,
 ) {
     let node_id = link.config.node_id;
+    let stall = Duration::from_millis(link.config.write_stall_timeout_ms);
     let mut frame_seq = 0u64;
     while let Ok(first) = queued.recv_async().await {
         let mut batch = vec![first];
@@ -235,11 +246,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
                 LINK_BODY_BYTES_MAX,
                 |b| encode_batch(b, node_id, to, &envelopes),
             );
-            let written = async {
-                writer.write_all(&out).await?;
-                writer.flush().await
-            };
-            if written.await.is_err() {
+            if write_within(&mut writer, &out, stall).await.is_err() {
                 return;
             }
             start = end;
