@@ -671,6 +671,68 @@ mod handshake {
     }
 }
 
+/// The other way round: the client port refuses a peer's handshake (role 2), so a node that
+/// dials a client address by mistake gets nowhere.
+mod client_port {
+    use super::TOKEN;
+    use engine::runtime::{EngineConfig, Node};
+    use net::codec::{self, role, Handshake};
+    use net::frame::{self, flags, FrameHeader, HEADER_BYTES};
+    use net::operation::{Operation, ProtocolError};
+    use net::{Server, ServerConfig};
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn the_client_port_refuses_a_peer_handshake() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EngineConfig::new(dir.path());
+        config.segment_bytes = 4 << 20;
+        let node = Arc::new(Node::start(config).unwrap());
+        // A free port (the server reports no address when given port 0).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut server_config = ServerConfig::new(listen);
+        server_config.auth_token = Some(TOKEN.to_vec());
+        let server = Server::start(node.clone(), server_config).unwrap();
+
+        let mut stream = std::net::TcpStream::connect(listen).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut out = bytes::BytesMut::new();
+        frame::encode_frame_with(&mut out, Operation::Handshake as u8, 0, 1, |b| {
+            codec::encode_handshake(
+                b,
+                &Handshake {
+                    role: role::PEER,
+                    cluster_id: 0,
+                    token: TOKEN.to_vec(),
+                },
+            )
+        });
+        stream.write_all(&out).unwrap();
+        let mut header = [0u8; HEADER_BYTES];
+        stream.read_exact(&mut header).unwrap();
+        let header = FrameHeader::decode(&header).unwrap();
+        let mut body = vec![0u8; header.body_len as usize];
+        stream.read_exact(&mut body).unwrap();
+        assert_ne!(header.flags & flags::ERROR, 0);
+        assert_eq!(
+            codec::decode_error(&body).0,
+            Some(ProtocolError::AuthFailed)
+        );
+        drop(stream);
+        server.stop();
+        drop(node);
+    }
+}
+
 /// Reconnecting: a peer that goes away is reported unreachable (at once while the link backs
 /// off), and reached again once it is back on the same address.
 mod reconnect {
