@@ -404,6 +404,16 @@ fn three_voters_apply_the_same_entries_on_every_node_for_every_partition() {
             }
         }
         assert_ne!(digests(&nodes, &[1], 0), digests(&nodes, &[1], 1));
+        for n in &nodes {
+            let stats = n.link.stats();
+            eprintln!("node {} sent {stats:?}", n.id);
+            // At most one connection per peer (no reconnects on a healthy loopback), shared by
+            // both partitions' messages.
+            assert!(
+                stats.connects <= 2 && stats.connect_failures == 0,
+                "{stats:?}"
+            );
+        }
         stop_cluster(nodes).await;
     });
 }
@@ -660,7 +670,41 @@ mod handshake {
 
             let friend = link(1, TOKEN);
             let why = vote_from(&friend, &target).await;
-            assert!(why.contains("no Raft of partition 0"), "{why}");
+            assert!(why.contains("no Raft of partition 0 "), "{why}");
+
+            // Many partitions' requests issued in one turn share frames, and each reply finds
+            // its caller.
+            let addr = NodeAddr {
+                raft_addr: target.local_addr().to_string(),
+                client_addr: String::new(),
+            };
+            let calls = (0..64u32).map(|p| {
+                let factory = friend.network(p);
+                let addr = addr.clone();
+                async move {
+                    let mut factory = factory;
+                    let mut network = factory.new_client(2, &addr).await;
+                    let request = VoteRequest::new(Vote::new(1, 1), None);
+                    network
+                        .vote(request, RPCOption::new(Duration::from_secs(2)))
+                        .await
+                }
+            });
+            let before = friend.stats();
+            let results = futures::future::join_all(calls).await;
+            for (p, result) in results.into_iter().enumerate() {
+                match result {
+                    Err(RPCError::Unreachable(u)) => {
+                        let why = u.to_string();
+                        assert!(why.contains(&format!("partition {p} ")), "{why}");
+                    }
+                    other => panic!("expected unreachable, got {other:?}"),
+                }
+            }
+            let after = friend.stats();
+            assert_eq!(after.messages_sent - before.messages_sent, 64);
+            assert!(after.frames_sent - before.frames_sent < 64, "{after:?}");
+            assert!(after.messages_per_frame_max > 1, "{after:?}");
 
             let refused = raw_handshake(&target, role::CLIENT, TOKEN).await;
             assert_eq!(refused, Some(ProtocolError::AuthFailed));

@@ -23,6 +23,7 @@
 //! - `server`, `receive`, `registry`: the listener, each message answered by the `Raft` of
 //!   its partition, snapshot chunks collected into a file and installed.
 //! - `filter`: `LinkFilter`, fault injection (cut nodes off) for partition tests.
+//! - `stats`: `LinkStats`, counters of frames, messages per frame and connects.
 //!
 //! **Deviation from RAFT_PLAN §5 (cores).** The plan has one connection per node pair, owned
 //! by one core, with per-core outboxes and raft inboxes (flume) carrying messages between
@@ -44,6 +45,7 @@ mod peer;
 mod receive;
 mod registry;
 mod server;
+mod stats;
 pub mod wire;
 
 pub use batch::{decode_batch, encode_batch, Batch, Envelope};
@@ -54,6 +56,7 @@ pub use io::LinkIoError;
 pub use network::{LinkNetwork, LinkNetworkFactory};
 pub use peer::CallError;
 pub use registry::RaftRegistry;
+pub use stats::LinkStats;
 pub use wire::DecodeError;
 
 use glommio::net::TcpListener;
@@ -67,6 +70,7 @@ use std::rc::Rc;
 pub(crate) struct LinkShared {
     config: Rc<config::LinkConfig>,
     registry: RaftRegistry,
+    counters: Rc<stats::LinkCounters>,
     peers: RefCell<HashMap<u64, Rc<PeerLink>>>,
     connections: Cell<usize>,
     /// Never sent on: dropping the sender (`RaftLink::shutdown`) wakes every receiver.
@@ -82,7 +86,12 @@ impl LinkShared {
                 return peer.clone();
             }
         }
-        let peer = Rc::new(PeerLink::new(self.config.clone(), target, addr.to_string()));
+        let peer = Rc::new(PeerLink::new(
+            self.config.clone(),
+            self.counters.clone(),
+            target,
+            addr.to_string(),
+        ));
         peers.insert(target, peer.clone());
         peer
     }
@@ -113,6 +122,7 @@ impl RaftLink {
         let shared = Rc::new(LinkShared {
             config: Rc::new(config),
             registry,
+            counters: Rc::default(),
             peers: RefCell::default(),
             connections: Cell::new(0),
             stop: stop_rx,
@@ -140,6 +150,11 @@ impl RaftLink {
 
     pub fn registry(&self) -> &RaftRegistry {
         &self.shared.registry
+    }
+
+    /// Counters of what this link sent (frames, messages, connects).
+    pub fn stats(&self) -> LinkStats {
+        self.shared.counters.snapshot()
     }
 
     pub fn filter(&self) -> &LinkFilter {

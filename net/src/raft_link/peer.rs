@@ -30,6 +30,7 @@ use super::limits::{
     MESSAGES_PER_FRAME_MAX, OUTBOX_MESSAGES_MAX, PENDING_REPLIES_MAX,
 };
 use super::message::{Failure, LinkReply};
+use super::stats::LinkCounters;
 use crate::frame::{self, flags};
 use crate::operation::Operation;
 use bytes::BytesMut;
@@ -80,6 +81,7 @@ struct Pending {
 /// State shared by the link handle, its pump and its reply reader.
 struct Shared {
     config: Rc<LinkConfig>,
+    counters: Rc<LinkCounters>,
     target: u64,
     addr: String,
     pending: RefCell<HashMap<u64, Pending>>,
@@ -115,6 +117,7 @@ impl Shared {
     }
 
     fn connect_failed(&self) {
+        self.counters.connect_failed();
         let delay_ms = self.backoff_ms.get();
         self.retry_at
             .set(Some(Instant::now() + Duration::from_millis(delay_ms)));
@@ -123,6 +126,7 @@ impl Shared {
     }
 
     fn connected(&self) {
+        self.counters.connected();
         self.retry_at.set(None);
         self.backoff_ms.set(self.config.reconnect_backoff_min_ms);
     }
@@ -148,11 +152,17 @@ pub struct PeerLink {
 
 impl PeerLink {
     /// A link to `target` at `addr` (`host:port`); connects on the first call.
-    pub fn new(config: Rc<LinkConfig>, target: u64, addr: String) -> PeerLink {
+    pub(crate) fn new(
+        config: Rc<LinkConfig>,
+        counters: Rc<LinkCounters>,
+        target: u64,
+        addr: String,
+    ) -> PeerLink {
         let (outbox, queued) = flume::bounded(OUTBOX_MESSAGES_MAX);
         let shared = Rc::new(Shared {
             backoff_ms: Cell::new(config.reconnect_backoff_min_ms),
             config,
+            counters,
             target,
             addr,
             pending: RefCell::default(),
@@ -317,6 +327,7 @@ async fn pump(shared: Rc<Shared>, queued: flume::Receiver<Outgoing>) {
             LINK_BODY_BYTES_MAX,
             |b| encode_batch(b, shared.config.node_id, shared.target, &envelopes),
         );
+        shared.counters.frame(batch.len());
         let stall = Duration::from_millis(shared.config.write_stall_timeout_ms);
         if let Err(e) = write_within(&mut c.writer, &out, stall).await {
             tracing::debug!(target = shared.target, error = %e, "node link write failed");
