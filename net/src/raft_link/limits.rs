@@ -40,12 +40,19 @@ pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 /// Requests a sender may have queued for one peer (not yet written). A full outbox makes the
 /// caller wait, within its RPC timeout.
 pub const OUTBOX_MESSAGES_MAX: usize = 1024;
+/// Bytes of requests a sender may have queued for one peer and not yet written (a message
+/// larger than this takes the whole budget alone).
+pub const OUTBOX_BYTES_MAX: u64 = 64 << 20;
 /// Requests a sender may have written to one peer and not yet seen answered. Beyond it an
 /// RPC fails at once as unreachable (the peer is not keeping up; openraft backs off).
 pub const PENDING_REPLIES_MAX: usize = 4096;
 /// Requests a receiving connection handles at once; beyond it the connection stops reading
 /// (TCP pushes back on the sender).
 pub const MESSAGES_IN_FLIGHT_PER_CONNECTION_MAX: u64 = 1024;
+/// Bytes of requests a receiving connection holds decoded and unanswered (a message larger
+/// than this takes the whole budget alone). With `MESSAGES_IN_FLIGHT_PER_CONNECTION_MAX`, what
+/// one peer can make this node hold is bounded by count and by size.
+pub const MESSAGE_BYTES_IN_FLIGHT_PER_CONNECTION_MAX: u64 = 64 << 20;
 /// Replies a receiving connection may have queued for its writer.
 pub const REPLY_QUEUE_MAX: usize = 1024;
 /// Snapshots one receiving connection may be receiving at once (one per partition).

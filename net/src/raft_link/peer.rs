@@ -18,8 +18,8 @@
 //! - **Failures.** A connection that breaks fails everything pending at once as unreachable
 //!   (openraft retries). A failed connect starts a backoff (`reconnect_backoff_*_ms`, doubling);
 //!   until it ends, calls fail at once instead of queueing behind a dead peer.
-//! - **Bounds.** `OUTBOX_MESSAGES_MAX` queued (a caller waits for room within its timeout),
-//!   `PENDING_REPLIES_MAX` awaited (beyond: unreachable at once).
+//! - **Bounds.** `OUTBOX_MESSAGES_MAX` and `OUTBOX_BYTES_MAX` queued (a caller waits for room
+//!   within its timeout), `PENDING_REPLIES_MAX` awaited (beyond: unreachable at once).
 
 use super::batch::{encode_batch, Envelope};
 use super::config::LinkConfig;
@@ -27,7 +27,7 @@ use super::handshake;
 use super::io::{read_frame, write_within, LinkIoError};
 use super::limits::{
     BATCH_BODY_BYTES_TARGET, BATCH_HEADER_BYTES, ENVELOPE_BYTES, LINK_BODY_BYTES_MAX,
-    MESSAGES_PER_FRAME_MAX, OUTBOX_MESSAGES_MAX, PENDING_REPLIES_MAX,
+    MESSAGES_PER_FRAME_MAX, OUTBOX_BYTES_MAX, OUTBOX_MESSAGES_MAX, PENDING_REPLIES_MAX,
 };
 use super::message::{Failure, LinkReply};
 use super::stats::LinkCounters;
@@ -66,6 +66,8 @@ struct Outgoing {
     partition: u32,
     kind: u8,
     body: Vec<u8>,
+    /// Its share of `OUTBOX_BYTES_MAX`, returned once it is written (or dropped).
+    _bytes: glommio::sync::StaticPermit,
 }
 
 type ReplySender = oneshot::Sender<Result<LinkReply, CallError>>;
@@ -85,6 +87,8 @@ struct Shared {
     target: u64,
     addr: String,
     pending: RefCell<HashMap<u64, Pending>>,
+    /// Bytes of requests queued and not yet written (`OUTBOX_BYTES_MAX`).
+    outbox_bytes: Rc<glommio::sync::Semaphore>,
     next_msg_id: Cell<u64>,
     next_connection_id: Cell<u64>,
     /// No connect attempt before this instant (after a failure).
@@ -166,6 +170,7 @@ impl PeerLink {
             target,
             addr,
             pending: RefCell::default(),
+            outbox_bytes: Rc::new(glommio::sync::Semaphore::new(OUTBOX_BYTES_MAX)),
             next_msg_id: Cell::new(1),
             next_connection_id: Cell::new(1),
             retry_at: Cell::new(None),
@@ -217,11 +222,18 @@ impl PeerLink {
             .insert(msg_id, Pending { tx, connection: 0 });
         let _guard = PendingGuard { shared, msg_id };
         let exchange = async move {
+            let units = (body.len() as u64).clamp(1, OUTBOX_BYTES_MAX);
+            let bytes = shared
+                .outbox_bytes
+                .acquire_static_permit(units)
+                .await
+                .map_err(|_| CallError::Unreachable("the link is shut down".into()))?;
             let message = Outgoing {
                 msg_id,
                 partition,
                 kind,
                 body,
+                _bytes: bytes,
             };
             self.outbox
                 .send_async(message)

@@ -7,8 +7,9 @@
 //! 2. **Read loop**: each `RaftBatch` frame (at most `LINK_BODY_BYTES_MAX`) is split into its
 //!    messages; every message is decoded *before* any is dispatched (one bad message closes
 //!    the connection: the stream is not trusted any more), then each becomes a task that
-//!    answers it (`receive::answer`). At most `MESSAGES_IN_FLIGHT_PER_CONNECTION_MAX` run at
-//!    once; beyond that the loop stops reading and TCP pushes back on the peer.
+//!    answers it (`receive::answer`). At most `MESSAGES_IN_FLIGHT_PER_CONNECTION_MAX` messages
+//!    and `MESSAGE_BYTES_IN_FLIGHT_PER_CONNECTION_MAX` bytes of them are in hand at once;
+//!    beyond that the loop stops reading and TCP pushes back on the peer.
 //! 3. **Writer task**: replies queue (bounded, `REPLY_QUEUE_MAX`) as they complete, in any
 //!    order; the writer takes all that are queued into one reply frame per turn.
 //!
@@ -19,7 +20,8 @@ use super::handshake::{self, HANDSHAKE_BODY_BYTES_MAX};
 use super::io::{read_frame, write_within, LinkIoError};
 use super::limits::{
     BATCH_BODY_BYTES_TARGET, ENVELOPE_BYTES, LINK_BODY_BYTES_MAX,
-    MESSAGES_IN_FLIGHT_PER_CONNECTION_MAX, MESSAGES_PER_FRAME_MAX, REPLY_QUEUE_MAX,
+    MESSAGES_IN_FLIGHT_PER_CONNECTION_MAX, MESSAGES_PER_FRAME_MAX,
+    MESSAGE_BYTES_IN_FLIGHT_PER_CONNECTION_MAX, REPLY_QUEUE_MAX,
 };
 use super::message::{LinkReply, LinkRequest};
 use super::receive::{answer, Transfers};
@@ -121,6 +123,9 @@ async fn serve(stream: TcpStream, link: &Rc<LinkShared>) -> Result<(), LinkIoErr
     let in_flight = Rc::new(glommio::sync::Semaphore::new(
         MESSAGES_IN_FLIGHT_PER_CONNECTION_MAX,
     ));
+    let bytes_in_flight = Rc::new(glommio::sync::Semaphore::new(
+        MESSAGE_BYTES_IN_FLIGHT_PER_CONNECTION_MAX,
+    ));
     let transfers = Rc::new(Transfers::default());
     let result = loop {
         let read = pin!(read_frame(&mut reader, LINK_BODY_BYTES_MAX));
@@ -155,14 +160,21 @@ async fn serve(stream: TcpStream, link: &Rc<LinkShared>) -> Result<(), LinkIoErr
         let decoded: Result<Vec<_>, _> = batch
             .messages
             .iter()
-            .map(|m| LinkRequest::decode(m.kind, m.body).map(|r| (m.partition, m.msg_id, r)))
+            .map(|m| {
+                LinkRequest::decode(m.kind, m.body)
+                    .map(|r| (m.partition, m.msg_id, m.body.len(), r))
+            })
             .collect();
         let requests = match decoded {
             Ok(requests) => requests,
             Err(e) => break Err(e.into()),
         };
-        for (partition, msg_id, request) in requests {
-            let Ok(permit) = in_flight.acquire_static_permit(1).await else {
+        for (partition, msg_id, len, request) in requests {
+            let units = (len as u64).clamp(1, MESSAGE_BYTES_IN_FLIGHT_PER_CONNECTION_MAX);
+            let (Ok(permit), Ok(bytes)) = (
+                in_flight.acquire_static_permit(1).await,
+                bytes_in_flight.acquire_static_permit(units).await,
+            ) else {
                 break;
             };
             let (registry, transfers, replies) =
@@ -176,7 +188,7 @@ async fn serve(stream: TcpStream, link: &Rc<LinkShared>) -> Result<(), LinkIoErr
                         reply,
                     })
                     .await;
-                drop(permit);
+                drop((permit, bytes));
             })
             .detach();
         }
