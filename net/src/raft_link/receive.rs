@@ -13,7 +13,8 @@
 //! replaces anything). A transfer that breaks off leaves its file behind until the next
 //! transfer of that partition on the connection replaces it, or the connection ends (the
 //! files of unfinished transfers are deleted then). Writes are blocking `write`s on the
-//! executor (page cache; ~1 ms per MiB chunk), the sync is one `fsync` at the end.
+//! executor (page cache; ~1 ms per MiB chunk); the one `fsync` at the end runs on a helper
+//! thread, so a large snapshot does not stall the executor's other partitions.
 
 use super::limits::SNAPSHOTS_RECEIVING_PER_CONNECTION_MAX;
 use super::message::{
@@ -56,6 +57,20 @@ impl Drop for Transfers {
             r.discard();
         }
     }
+}
+
+/// `fsync`s and closes `file` on a thread of its own: syncing a snapshot of many MiB can take
+/// long, and the executor keeps the heartbeats of every partition going meanwhile.
+async fn sync_off_executor(file: std::fs::File) -> std::io::Result<()> {
+    let (done, result) = futures::channel::oneshot::channel();
+    std::thread::Builder::new()
+        .name("raft-link-sync".into())
+        .spawn(move || {
+            let _ = done.send(file.sync_all());
+        })?;
+    result
+        .await
+        .map_err(|_| std::io::Error::other("the sync thread panicked"))?
 }
 
 fn failure(code: FailureCode, message: impl Into<String>) -> LinkReply {
@@ -197,13 +212,12 @@ async fn install_snapshot(
         r.discard();
         return failure(FailureCode::SnapshotTransfer, message);
     }
-    if let Err(e) = r.file.sync_all() {
-        let message = format!("cannot sync {}: {e}", r.path.display());
-        r.discard();
+    let Receiving { path, file, .. } = r;
+    if let Err(e) = sync_off_executor(file).await {
+        let _ = std::fs::remove_file(&path);
+        let message = format!("cannot sync {}: {e}", path.display());
         return failure(FailureCode::SnapshotTransfer, message);
     }
-    let Receiving { path, file, .. } = r;
-    drop(file);
     let snapshot = Snapshot {
         meta: install.meta,
         snapshot: Box::new(SnapshotHandle { path }),
