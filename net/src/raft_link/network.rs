@@ -14,7 +14,7 @@
 //! | no reply within `RPCOption::hard_ttl()`        | `Timeout`                        |
 //! | the peer's Raft failed (panic, storage)        | `RemoteError(Fatal)`             |
 //! | a reply that does not decode or fit            | `Network` (retried at once)      |
-//! | an AppendEntries over `MESSAGE_BYTES_MAX`      | `PayloadTooLarge` (openraft sends fewer entries) |
+//! | an AppendEntries over `MESSAGE_BYTES_MAX` bytes or `ENTRIES_PER_APPEND_MAX` entries | `PayloadTooLarge` (openraft sends fewer) |
 //!
 //! **Snapshots** (`full_snapshot`, feature `generic-snapshot-data`): the snapshot is a file
 //! (`SnapshotHandle::path`); it is streamed in chunks of `snapshot_chunk_bytes`, each
@@ -25,7 +25,7 @@
 //! with blocking `pread`s on the executor: about a millisecond per MiB chunk from the page
 //! cache; moving it to glommio's DMA reads is left for the wiring step.
 
-use super::limits::{MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
+use super::limits::{ENTRIES_PER_APPEND_MAX, MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
 use super::message::{FailureCode, LinkReply, LinkRequest, SnapshotChunk, SnapshotInstall};
 use super::peer::{CallError, PeerLink};
 use super::LinkShared;
@@ -180,6 +180,12 @@ impl RaftNetwork<WalletRaft> for LinkNetwork {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcError> {
         let entries = rpc.entries.len() as u64;
+        if rpc.entries.len() > ENTRIES_PER_APPEND_MAX {
+            // Only with `max_payload_entries` set above the link's limit.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(ENTRIES_PER_APPEND_MAX as u64),
+            ));
+        }
         let request = LinkRequest::AppendEntries(rpc);
         let mut body = Vec::new();
         request.encode(&mut body);
