@@ -10,7 +10,10 @@
 //! 3. a follower cut off while the leader snapshots and purges its log catches up by snapshot
 //!    streaming;
 //! 4. the codec: every message round-trips (proptest); hostile bytes are errors, never panics;
-//! 5. the handshake: a wrong peer token, and a client's handshake, are refused.
+//! 5. the handshake: a wrong peer token, and a client's handshake, are refused (and the
+//!    client port refuses a peer's); requests of many partitions share frames;
+//! 6. reconnecting to a peer that comes back;
+//! 7. the same cluster with each node on an executor thread of its own.
 //!
 //! Timing: heartbeats every 50 ms; each node has its own election window (node n: 250n..
 //! 250n+100 ms) so that two candidates never time out on the same tick (RAFT_PLAN §8.7).
@@ -1138,5 +1141,265 @@ mod codec {
         let at = 17 + 8 + 2 + 3;
         chunk[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(LinkRequest::decode(kind::SNAPSHOT_CHUNK, &chunk).is_err());
+    }
+}
+
+/// The same link with each node on an executor thread of its own (as a deployment has it:
+/// separate reactors, real parallelism), driven from the test thread; the `LinkFilter` is
+/// shared across the threads. Replication, a failover and the convergence after healing.
+mod separate_executors {
+    use super::{on_glommio, raft_config, within, writer_options, Workload, NODES, TOKEN, WAIT};
+    use engine::command::NewTransfer;
+    use engine::digest::state_digest;
+    use engine::raft::{NodeAddr, RaftLogStore, RaftPartition};
+    use net::raft_link::{LinkConfig, LinkFilter, RaftLink, RaftRegistry};
+    use openraft::{Raft, ServerState};
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    /// What the test thread asks a node.
+    enum Command {
+        /// Write `batches` transfer batches if leader (accounts first when `accounts`); the
+        /// transfers acknowledged, or `None` when not leader.
+        Write {
+            workload: Box<Workload>,
+            accounts: bool,
+            batches: usize,
+            reply: flume::Sender<(Box<Workload>, Option<Vec<NewTransfer>>)>,
+        },
+        Status(flume::Sender<Status>),
+        Stop(flume::Sender<()>),
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct Status {
+        leader: bool,
+        current_leader: Option<u64>,
+        applied: Option<u64>,
+        digest: u128,
+    }
+
+    fn spawn_node(
+        id: u64,
+        dir: PathBuf,
+        filter: LinkFilter,
+        addr_tx: std::sync::mpsc::Sender<(u64, String)>,
+        members_rx: flume::Receiver<BTreeMap<u64, NodeAddr>>,
+        commands: flume::Receiver<Command>,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            on_glommio(move || async move {
+                let mut config =
+                    LinkConfig::new(id, "127.0.0.1:0".parse().unwrap(), TOKEN.to_vec());
+                config.filter = filter;
+                let registry = RaftRegistry::new();
+                let link = RaftLink::start(config, registry.clone()).unwrap();
+                addr_tx.send((id, link.local_addr().to_string())).unwrap();
+                let base = dir.join(format!("node{id}"));
+                let store = RaftLogStore::open(&base.join("log"), writer_options())
+                    .await
+                    .unwrap();
+                let sm = RaftPartition::open(&base.join("snapshots"), 0, 1).unwrap();
+                let state = sm.state();
+                let raft = Raft::new(id, raft_config(id, false), link.network(0), store, sm)
+                    .await
+                    .unwrap();
+                registry.register(0, raft.clone());
+                let members = members_rx.recv_async().await.unwrap();
+                if id == 1 {
+                    raft.initialize(members).await.unwrap();
+                }
+                while let Ok(command) = commands.recv_async().await {
+                    match command {
+                        Command::Write {
+                            mut workload,
+                            accounts,
+                            batches,
+                            reply,
+                        } => {
+                            let m = raft.metrics().borrow().clone();
+                            if m.state != ServerState::Leader || m.current_leader != Some(id) {
+                                reply.send((workload, None)).unwrap();
+                                continue;
+                            }
+                            let mut done = Vec::new();
+                            if accounts {
+                                let batch = workload.accounts();
+                                super::write(&raft, &mut workload, batch).await;
+                            }
+                            for _ in 0..batches {
+                                let batch = workload.transfers();
+                                done.extend(super::write(&raft, &mut workload, batch).await);
+                            }
+                            reply.send((workload, Some(done))).unwrap();
+                        }
+                        Command::Status(reply) => {
+                            let m = raft.metrics().borrow().clone();
+                            let status = Status {
+                                leader: m.state == ServerState::Leader,
+                                current_leader: m.current_leader,
+                                applied: m.last_applied.map(|l| l.index),
+                                digest: state_digest(&state.borrow()),
+                            };
+                            reply.send(status).unwrap();
+                        }
+                        Command::Stop(reply) => {
+                            within(WAIT, raft.shutdown()).await.unwrap().unwrap();
+                            link.shutdown();
+                            reply.send(()).unwrap();
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+    }
+
+    struct Cluster {
+        commands: BTreeMap<u64, flume::Sender<Command>>,
+        threads: Vec<std::thread::JoinHandle<()>>,
+    }
+
+    impl Cluster {
+        fn status(&self, id: u64) -> Status {
+            let (tx, rx) = flume::bounded(1);
+            self.commands[&id].send(Command::Status(tx)).unwrap();
+            rx.recv_timeout(WAIT).unwrap()
+        }
+
+        /// The node all of `among` agree leads.
+        fn leader(&self, among: &[u64]) -> u64 {
+            let start = Instant::now();
+            loop {
+                let statuses: Vec<(u64, Status)> =
+                    among.iter().map(|id| (*id, self.status(*id))).collect();
+                let leaders: Vec<u64> = statuses
+                    .iter()
+                    .filter(|(_, s)| s.leader)
+                    .map(|(id, _)| *id)
+                    .collect();
+                if let [l] = leaders[..] {
+                    if statuses.iter().all(|(_, s)| s.current_leader == Some(l)) {
+                        return l;
+                    }
+                }
+                assert!(start.elapsed() < WAIT, "no agreed leader: {statuses:?}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        fn write(
+            &self,
+            id: u64,
+            workload: Box<Workload>,
+            accounts: bool,
+            batches: usize,
+        ) -> (Box<Workload>, Vec<NewTransfer>) {
+            let (tx, rx) = flume::bounded(1);
+            let command = Command::Write {
+                workload,
+                accounts,
+                batches,
+                reply: tx,
+            };
+            self.commands[&id].send(command).unwrap();
+            let (workload, done) = rx.recv_timeout(WAIT * 2).unwrap();
+            (
+                workload,
+                done.expect("the node was not the leader any more"),
+            )
+        }
+
+        /// Waits until `ids` applied the same last entry (at least `at_least`); their digests.
+        fn converge(&self, ids: &[u64], at_least: u64) -> Vec<u128> {
+            let start = Instant::now();
+            loop {
+                let statuses: Vec<Status> = ids.iter().map(|id| self.status(*id)).collect();
+                let first = statuses[0].applied;
+                if first >= Some(at_least) && statuses.iter().all(|s| s.applied == first) {
+                    return statuses.iter().map(|s| s.digest).collect();
+                }
+                assert!(start.elapsed() < WAIT, "{statuses:?}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        fn stop(self) {
+            for commands in self.commands.values() {
+                let (tx, rx) = flume::bounded(1);
+                commands.send(Command::Stop(tx)).unwrap();
+                rx.recv_timeout(WAIT).unwrap();
+            }
+            for thread in self.threads {
+                thread.join().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn nodes_on_their_own_executors_replicate_fail_over_and_converge() {
+        let dir = tempfile::tempdir().unwrap();
+        let filter = LinkFilter::new();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let mut commands = BTreeMap::new();
+        let mut member_txs = Vec::new();
+        let mut threads = Vec::new();
+        for id in NODES {
+            let (members_tx, members_rx) = flume::bounded(1);
+            let (command_tx, command_rx) = flume::bounded(16);
+            threads.push(spawn_node(
+                id,
+                dir.path().to_path_buf(),
+                filter.clone(),
+                addr_tx.clone(),
+                members_rx,
+                command_rx,
+            ));
+            commands.insert(id, command_tx);
+            member_txs.push(members_tx);
+        }
+        let members: BTreeMap<u64, NodeAddr> = (0..NODES.len())
+            .map(|_| {
+                let (id, raft_addr) = addr_rx.recv_timeout(WAIT).unwrap();
+                let addr = NodeAddr {
+                    raft_addr,
+                    client_addr: String::new(),
+                };
+                (id, addr)
+            })
+            .collect();
+        for tx in member_txs {
+            tx.send(members.clone()).unwrap();
+        }
+        let cluster = Cluster { commands, threads };
+
+        let old = cluster.leader(&NODES);
+        let workload = Box::new(Workload::new(0, 1, 1));
+        let (workload, mut acknowledged) = cluster.write(old, workload, true, 5);
+        let before = cluster.converge(&NODES, 7);
+        assert!(before.iter().all(|d| *d == before[0]));
+
+        filter.isolate(old);
+        let rest: Vec<u64> = NODES.iter().copied().filter(|id| *id != old).collect();
+        let new = cluster.leader(&rest);
+        let (workload, done) = cluster.write(new, workload, false, 5);
+        acknowledged.extend(done);
+        let majority = cluster.converge(&rest, 12);
+        assert_eq!(majority[0], majority[1]);
+        assert_eq!(
+            cluster.status(old).applied,
+            Some(7),
+            "the isolated node applied"
+        );
+
+        filter.heal_all();
+        let healed = cluster.leader(&NODES);
+        let (_, done) = cluster.write(healed, workload, false, 1);
+        acknowledged.extend(done);
+        let all = cluster.converge(&NODES, 13);
+        assert!(all.iter().all(|d| *d == all[0]), "digests differ: {all:x?}");
+        assert!(acknowledged.len() > 100);
+        cluster.stop();
     }
 }
