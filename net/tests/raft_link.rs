@@ -11,7 +11,8 @@
 //!    streaming;
 //! 4. the codec: every message round-trips (proptest); hostile bytes are errors, never panics;
 //! 5. the handshake: a wrong peer token, and a client's handshake, are refused (and the
-//!    client port refuses a peer's); requests of many partitions share frames;
+//!    client port refuses a peer's); requests of many partitions share frames; an
+//!    authenticated peer that sends garbage loses its connection, and nothing else changes;
 //! 6. reconnecting to a peer that comes back;
 //! 7. the same cluster with each node on an executor thread of its own.
 //!
@@ -580,7 +581,9 @@ mod handshake {
     use net::codec::{self, role, Handshake};
     use net::frame::{self, flags, FrameHeader, HEADER_BYTES};
     use net::operation::{Operation, ProtocolError};
-    use net::raft_link::{LinkConfig, RaftLink, RaftRegistry};
+    use net::raft_link::limits::LINK_BODY_BYTES_MAX;
+    use net::raft_link::message::{kind, LinkRequest};
+    use net::raft_link::{encode_batch, Envelope, LinkConfig, RaftLink, RaftRegistry};
     use openraft::error::RPCError;
     use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
     use openraft::raft::VoteRequest;
@@ -661,6 +664,108 @@ mod handshake {
         let n = stream.read_to_end(&mut rest).await.unwrap_or(0);
         assert_eq!(n, 0);
         codec::decode_error(&body).0
+    }
+
+    /// A connection that completed a peer handshake with the right token.
+    async fn handshaken(to: &RaftLink) -> glommio::net::TcpStream {
+        let mut stream = glommio::net::TcpStream::connect(to.local_addr())
+            .await
+            .unwrap();
+        let mut out = bytes::BytesMut::new();
+        frame::encode_frame_with(&mut out, Operation::Handshake as u8, 0, 1, |b| {
+            codec::encode_handshake(
+                b,
+                &Handshake {
+                    role: role::PEER,
+                    cluster_id: 0,
+                    token: TOKEN.to_vec(),
+                },
+            )
+        });
+        stream.write_all(&out).await.unwrap();
+        let mut header = [0u8; HEADER_BYTES];
+        stream.read_exact(&mut header).await.unwrap();
+        let header = FrameHeader::decode(&header).unwrap();
+        let mut body = vec![0u8; header.body_len as usize];
+        stream.read_exact(&mut body).await.unwrap();
+        assert_eq!(header.flags & flags::ERROR, 0);
+        stream
+    }
+
+    /// A RaftBatch frame (REPLY when `reply`) around `body`.
+    fn batch_frame(body: &[u8], reply: bool) -> Vec<u8> {
+        let mut out = bytes::BytesMut::new();
+        let flags = if reply { flags::REPLY } else { 0 };
+        frame::encode_frame_with(&mut out, Operation::RaftBatch as u8, flags, 1, |b| {
+            b.extend_from_slice(body)
+        });
+        out.to_vec()
+    }
+
+    /// A batch body from node 1 to `to` with one message of `kind` and `body`.
+    fn batch_body(to: u64, kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = bytes::BytesMut::new();
+        let envelope = Envelope {
+            partition: 0,
+            kind,
+            msg_id: 1,
+            body,
+        };
+        encode_batch(&mut out, 1, to, &[envelope]);
+        out.to_vec()
+    }
+
+    #[test]
+    fn an_authenticated_peer_that_sends_garbage_is_cut_off_and_the_link_goes_on() {
+        on_glommio(|| async {
+            let target = link(2, TOKEN);
+            let mut vote = Vec::new();
+            LinkRequest::Vote(VoteRequest::new(Vote::new(1, 1), None)).encode(&mut vote);
+            // A header announcing one byte more than the link's limit (checksums valid).
+            let mut oversized = batch_frame(b"", false);
+            oversized[16..20].copy_from_slice(&(LINK_BODY_BYTES_MAX as u32 + 1).to_le_bytes());
+            let checksum = crc32c::crc32c(&oversized[..28]);
+            oversized[28..32].copy_from_slice(&checksum.to_le_bytes());
+            let cases: Vec<(&str, Vec<u8>)> = vec![
+                (
+                    "a body that is no batch",
+                    batch_frame(b"garbage, not a batch", false),
+                ),
+                (
+                    "a batch for node 9",
+                    batch_frame(&batch_body(9, kind::VOTE, &vote), false),
+                ),
+                (
+                    "a message that does not decode",
+                    batch_frame(&batch_body(2, kind::VOTE, &vote[..5]), false),
+                ),
+                (
+                    "an unknown kind",
+                    batch_frame(&batch_body(2, 77, &vote), false),
+                ),
+                (
+                    "a reply frame",
+                    batch_frame(&batch_body(2, kind::VOTE, &vote), true),
+                ),
+                ("a frame over the limit", oversized),
+            ];
+            for (what, bytes) in cases {
+                let mut stream = handshaken(&target).await;
+                stream.write_all(&bytes).await.unwrap();
+                let mut rest = Vec::new();
+                let closed =
+                    super::within(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+                assert!(
+                    matches!(closed, Some(Ok(0)) | Some(Err(_))),
+                    "{what}: {closed:?}, {} bytes",
+                    rest.len()
+                );
+            }
+            // The listener still serves a well-behaved peer.
+            let friend = link(1, TOKEN);
+            let why = vote_from(&friend, &target).await;
+            assert!(why.contains("no Raft of partition 0 "), "{why}");
+        });
     }
 
     #[test]
