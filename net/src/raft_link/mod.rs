@@ -31,7 +31,13 @@
 //! serves the Rafts registered on that executor: with several cores it would be one link
 //! (and one listener port) per core, i.e. one connection per (node pair, core) and per
 //! direction (each node dials the peers it sends requests to; replies come back on the same
-//! connection). The per-core hop is the part left for the wiring step.
+//! connection). The per-core hop is the part left for the wiring step. Its shape: the
+//! messages are `Send` (`LinkRequest`, `LinkReply`: plain data and `Bytes`), so a partition
+//! on another core gets a `LinkNetwork` whose calls go through a bounded flume queue to the
+//! link's core (which calls `PeerLink::call` and sends the reply back on a oneshot), and the
+//! registry's entry for such a partition becomes that core's raft inbox (a bounded flume
+//! queue served by a task there that runs `receive::answer` against the local Raft, snapshot
+//! transfers keyed by connection and partition on that core).
 
 mod batch;
 mod config;
