@@ -422,3 +422,16 @@ fn cut(s: &str, max: usize) -> &str {
     }
     &s[..end]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-core hop (see `mod.rs`) moves messages between executor threads.
+    #[test]
+    fn messages_can_cross_threads() {
+        fn send<T: Send + 'static>() {}
+        send::<LinkRequest>();
+        send::<LinkReply>();
+    }
+}
