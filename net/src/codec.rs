@@ -234,6 +234,8 @@ pub fn decode_transfer_replies(body: &[u8]) -> Result<Vec<Option<TransferLookup>
 /// Roles a connection can take at handshake.
 pub mod role {
     pub const CLIENT: u8 = 1;
+    /// Another node, on the node link's listener (`raft_link`); the client port refuses it.
+    pub const PEER: u8 = 2;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -47,15 +47,26 @@ pub enum FrameError {
     BadVersion(u8),
     #[error("header checksum mismatch")]
     HeaderChecksum,
-    #[error("body length {0} exceeds the limit of {BODY_BYTES_MAX} bytes")]
+    /// Above the limit of the port it arrived on (`BODY_BYTES_MAX` for clients, the node
+    /// link's own for peers).
+    #[error("body length {0} exceeds the limit")]
     TooLarge(u32),
     #[error("body checksum mismatch")]
     BodyChecksum,
 }
 
 impl FrameHeader {
-    /// Decodes and validates a header (not the body).
+    /// Decodes and validates a header (not the body) of the client protocol.
     pub fn decode(bytes: &[u8; HEADER_BYTES]) -> Result<FrameHeader, FrameError> {
+        FrameHeader::decode_limited(bytes, BODY_BYTES_MAX)
+    }
+
+    /// Decodes and validates a header whose body may hold up to `body_bytes_max` bytes: the
+    /// node link (`raft_link`) shares the header but not the client port's limit.
+    pub fn decode_limited(
+        bytes: &[u8; HEADER_BYTES],
+        body_bytes_max: usize,
+    ) -> Result<FrameHeader, FrameError> {
         let magic = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         if magic != MAGIC {
             return Err(FrameError::BadMagic(magic));
@@ -68,7 +79,7 @@ impl FrameHeader {
             return Err(FrameError::BadVersion(bytes[4]));
         }
         let body_len = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
-        if body_len as usize > BODY_BYTES_MAX {
+        if body_len as usize > body_bytes_max {
             return Err(FrameError::TooLarge(body_len));
         }
         let mut id = [0u8; 8];
@@ -121,11 +132,24 @@ pub fn encode_frame_with(
     request_id: u64,
     build: impl FnOnce(&mut BytesMut),
 ) {
+    encode_frame_limited(out, operation, flags, request_id, BODY_BYTES_MAX, build)
+}
+
+/// `encode_frame_with` for a port whose bodies may hold up to `body_bytes_max` bytes (the
+/// node link). A longer body is a bug of the caller, which must split its messages.
+pub fn encode_frame_limited(
+    out: &mut BytesMut,
+    operation: u8,
+    flags: u16,
+    request_id: u64,
+    body_bytes_max: usize,
+    build: impl FnOnce(&mut BytesMut),
+) {
     let start = out.len();
     out.put_bytes(0, HEADER_BYTES);
     build(out);
     let body_len = out.len() - start - HEADER_BYTES;
-    assert!(body_len <= BODY_BYTES_MAX, "frame body of {body_len} bytes");
+    assert!(body_len <= body_bytes_max, "frame body of {body_len} bytes");
     let body_checksum = crc32c::crc32c(&out[start + HEADER_BYTES..]);
     let h = &mut out[start..start + HEADER_BYTES];
     h[0..4].copy_from_slice(&MAGIC.to_le_bytes());

@@ -24,6 +24,9 @@ pub enum Operation {
     /// Which node leads each partition and where clients reach every node
     /// (`partition_map.rs`).
     PartitionMap = 25,
+    /// Node link only (`raft_link`, its own listener): a batch of Raft messages of any
+    /// partitions; its reply (REPLY flag, "RaftBatchReply") batches answers the same way.
+    RaftBatch = 32,
 }
 
 impl Operation {
@@ -42,6 +45,7 @@ impl Operation {
             23 => Operation::Subscribe,
             24 => Operation::StateDigest,
             25 => Operation::PartitionMap,
+            32 => Operation::RaftBatch,
             _ => return None,
         })
     }

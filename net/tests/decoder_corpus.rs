@@ -41,6 +41,17 @@ fn decode_stream(mut bytes: &[u8]) -> (usize, bool) {
             Some(Operation::PartitionMap) => {
                 net::partition_map::decode_partition_map(body).map(|_| 1)
             }
+            Some(Operation::RaftBatch) => net::raft_link::decode_batch(body)
+                .map(|batch| {
+                    batch
+                        .messages
+                        .iter()
+                        .filter(|m| {
+                            net::raft_link::message::LinkRequest::decode(m.kind, m.body).is_ok()
+                        })
+                        .count()
+                })
+                .map_err(|_| net::ProtocolError::MalformedBody),
             Some(Operation::Ping)
             | Some(Operation::Status)
             | Some(Operation::ReadModelStatus)

@@ -45,6 +45,12 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
             return Err((ProtocolError::MalformedBody, "already handshaken".into()))
         }
         Operation::Ping => {}
+        Operation::RaftBatch => {
+            return Err((
+                ProtocolError::UnknownOperation,
+                "a node-link operation; this is the client port".into(),
+            ))
+        }
         Operation::Status => {
             let node = &ctx.node;
             let mut parts = Vec::with_capacity(node.partition_count() as usize);

@@ -8,7 +8,7 @@
 //! A connection must finish its handshake (TLS, when configured, then the protocol's) within
 //! `handshake_timeout_ms`.
 
-mod connection;
+pub(crate) mod connection;
 mod handler;
 mod subscription;
 

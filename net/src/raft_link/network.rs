@@ -1,0 +1,332 @@
+//! openraft's `RaftNetworkFactory`/`RaftNetwork` (RAFT_PLAN §2.5) over the node link.
+//!
+//! openraft asks the factory of a partition's Raft for one `RaftNetwork` per target node
+//! (two, in fact: replication and snapshots each get their own). Ours are thin: a partition
+//! id and a shared `PeerLink` to the target, the same one for every partition of this
+//! executor, so all partitions' messages to a node travel on one connection.
+//!
+//! Errors, as openraft reacts to them:
+//!
+//! | what happened                                  | returned                         |
+//! | ---------------------------------------------- | -------------------------------- |
+//! | not connected / connection lost / filtered     | `Unreachable` (openraft backs off, `backoff()`) |
+//! | the peer has no Raft for the partition, or it stopped | `Unreachable` (same)      |
+//! | no reply within `RPCOption::hard_ttl()`        | `Timeout`                        |
+//! | the peer's Raft failed (panic, storage)        | `RemoteError(Fatal)`             |
+//! | a reply that does not decode or fit            | `Network` (retried at once)      |
+//! | an AppendEntries over `MESSAGE_BYTES_MAX` bytes or `ENTRIES_PER_APPEND_MAX` entries | `PayloadTooLarge` (openraft sends fewer) |
+//!
+//! **Snapshots** (`full_snapshot`, feature `generic-snapshot-data`): the snapshot is a file
+//! (`SnapshotHandle::path`); it is streamed in chunks of `snapshot_chunk_bytes`, each
+//! acknowledged before the next is sent (so one chunk per transfer is in flight, and a slow
+//! receiver slows the sender instead of filling its queues), `cancel` is checked around every
+//! chunk, and a final `SnapshotInstall` carries openraft's meta; the receiver installs the
+//! file through `Raft::install_full_snapshot` and answers with its vote. The file is read
+//! with blocking `pread`s on the executor: about a millisecond per MiB chunk from the page
+//! cache; moving it to glommio's DMA reads is left for the wiring step.
+
+use super::limits::{ENTRIES_PER_APPEND_MAX, MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
+use super::message::{FailureCode, LinkReply, LinkRequest, SnapshotChunk, SnapshotInstall};
+use super::peer::{CallError, PeerLink};
+use super::LinkShared;
+use bytes::Bytes;
+use engine::raft::{NodeAddr, WalletRaft};
+use openraft::error::InstallSnapshotError;
+use openraft::error::{
+    Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Timeout, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::storage::Snapshot;
+use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError, Vote};
+use std::future::Future;
+use std::os::unix::fs::FileExt;
+use std::pin::pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+type RpcError = RPCError<u64, NodeAddr, RaftError<u64>>;
+
+/// The network factory of one partition's Raft (`RaftLink::network`).
+pub struct LinkNetworkFactory {
+    pub(super) link: Rc<LinkShared>,
+    pub(super) partition: u32,
+}
+
+impl RaftNetworkFactory<WalletRaft> for LinkNetworkFactory {
+    type Network = LinkNetwork;
+
+    /// Never connects: the shared link connects on its first message.
+    async fn new_client(&mut self, target: u64, node: &NodeAddr) -> LinkNetwork {
+        LinkNetwork {
+            peer: self.link.peer(target, &node.raft_addr),
+            node_id: self.link.config.node_id,
+            target,
+            partition: self.partition,
+            config_backoff_ms: (
+                self.link.config.reconnect_backoff_min_ms,
+                self.link.config.reconnect_backoff_max_ms,
+            ),
+            install_timeout: Duration::from_millis(self.link.config.snapshot_install_timeout_ms),
+            chunk_bytes: self
+                .link
+                .config
+                .snapshot_chunk_bytes
+                .clamp(1, SNAPSHOT_CHUNK_BYTES_MAX),
+        }
+    }
+}
+
+/// One partition's Raft talking to one target node.
+pub struct LinkNetwork {
+    peer: Rc<PeerLink>,
+    node_id: u64,
+    target: u64,
+    partition: u32,
+    config_backoff_ms: (u64, u64),
+    install_timeout: Duration,
+    chunk_bytes: usize,
+}
+
+/// What a failed call means to openraft, before it is put in the error type of the method.
+enum Failed {
+    Unreachable(Unreachable),
+    Timeout,
+    Network(NetworkError),
+    Fatal(Fatal<u64>),
+}
+
+fn classify(error: CallError) -> Failed {
+    let other = |message: String| std::io::Error::other(message);
+    match error {
+        CallError::Unreachable(m) => Failed::Unreachable(Unreachable::new(&other(m))),
+        CallError::Timeout => Failed::Timeout,
+        CallError::BadReply(m) => Failed::Network(NetworkError::new(&other(m))),
+        CallError::Remote(f) => match f.code {
+            FailureCode::NoSuchPartition | FailureCode::RaftStopped => {
+                Failed::Unreachable(Unreachable::new(&other(f.message)))
+            }
+            FailureCode::RaftPanicked => Failed::Fatal(Fatal::Panicked),
+            FailureCode::Storage => Failed::Fatal(Fatal::StorageError(
+                StorageIOError::new(
+                    ErrorSubject::Store,
+                    ErrorVerb::Write,
+                    AnyError::error(f.message),
+                )
+                .into(),
+            )),
+            FailureCode::SnapshotTransfer => Failed::Network(NetworkError::new(&other(f.message))),
+        },
+    }
+}
+
+fn unexpected(reply: LinkReply) -> CallError {
+    CallError::BadReply(format!("a reply of kind {} to another kind", reply.kind()))
+}
+
+impl LinkNetwork {
+    fn rpc_error(&self, action: RPCTypes, timeout: Duration, error: CallError) -> RpcError {
+        match classify(error) {
+            Failed::Unreachable(u) => RPCError::Unreachable(u),
+            Failed::Timeout => RPCError::Timeout(self.timeout(action, timeout)),
+            Failed::Network(n) => RPCError::Network(n),
+            Failed::Fatal(f) => {
+                RPCError::RemoteError(RemoteError::new(self.target, RaftError::Fatal(f)))
+            }
+        }
+    }
+
+    fn streaming_error(
+        &self,
+        timeout: Duration,
+        error: CallError,
+    ) -> StreamingError<WalletRaft, Fatal<u64>> {
+        match classify(error) {
+            Failed::Unreachable(u) => StreamingError::Unreachable(u),
+            Failed::Timeout => {
+                StreamingError::Timeout(self.timeout(RPCTypes::InstallSnapshot, timeout))
+            }
+            Failed::Network(n) => StreamingError::Network(n),
+            Failed::Fatal(f) => StreamingError::RemoteError(RemoteError::new(self.target, f)),
+        }
+    }
+
+    fn timeout(&self, action: RPCTypes, timeout: Duration) -> Timeout<u64> {
+        Timeout {
+            action,
+            id: self.node_id,
+            target: self.target,
+            timeout,
+        }
+    }
+
+    async fn call(&self, request: &LinkRequest, timeout: Duration) -> Result<LinkReply, CallError> {
+        let mut body = Vec::new();
+        request.encode(&mut body);
+        self.peer
+            .call(self.partition, request.kind(), body, timeout)
+            .await
+    }
+}
+
+impl RaftNetwork<WalletRaft> for LinkNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<WalletRaft>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RpcError> {
+        let entries = rpc.entries.len() as u64;
+        if rpc.entries.len() > ENTRIES_PER_APPEND_MAX {
+            // Only with `max_payload_entries` set above the link's limit.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(ENTRIES_PER_APPEND_MAX as u64),
+            ));
+        }
+        let request = LinkRequest::AppendEntries(rpc);
+        let mut body = Vec::new();
+        request.encode(&mut body);
+        if body.len() > MESSAGE_BYTES_MAX {
+            // Our log's bodies are at most 16 MiB, so one entry always fits.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint((entries / 2).max(1)),
+            ));
+        }
+        let timeout = option.hard_ttl();
+        let reply = self
+            .peer
+            .call(self.partition, request.kind(), body, timeout)
+            .await;
+        match reply {
+            Ok(LinkReply::AppendEntries(r)) => Ok(r),
+            Ok(LinkReply::Failure(f)) => {
+                Err(self.rpc_error(RPCTypes::AppendEntries, timeout, CallError::Remote(f)))
+            }
+            Ok(other) => Err(self.rpc_error(RPCTypes::AppendEntries, timeout, unexpected(other))),
+            Err(e) => Err(self.rpc_error(RPCTypes::AppendEntries, timeout, e)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RpcError> {
+        let timeout = option.hard_ttl();
+        match self.call(&LinkRequest::Vote(rpc), timeout).await {
+            Ok(LinkReply::Vote(r)) => Ok(r),
+            Ok(LinkReply::Failure(f)) => {
+                Err(self.rpc_error(RPCTypes::Vote, timeout, CallError::Remote(f)))
+            }
+            Ok(other) => Err(self.rpc_error(RPCTypes::Vote, timeout, unexpected(other))),
+            Err(e) => Err(self.rpc_error(RPCTypes::Vote, timeout, e)),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<u64>,
+        snapshot: Snapshot<WalletRaft>,
+        cancel: impl Future<Output = ReplicationClosed> + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<u64>, StreamingError<WalletRaft, Fatal<u64>>> {
+        let meta = snapshot.meta;
+        let unreadable = |e: std::io::Error| -> StreamingError<WalletRaft, Fatal<u64>> {
+            StreamingError::StorageError(
+                StorageIOError::read_snapshot(Some(meta.signature()), &e).into(),
+            )
+        };
+        let file = std::fs::File::open(&snapshot.snapshot.path).map_err(unreadable)?;
+        let total_bytes = file.metadata().map_err(unreadable)?.len();
+        let chunk_timeout = option.hard_ttl();
+        let mut cancel = pin!(cancel);
+        let mut offset = 0u64;
+        loop {
+            let len = (total_bytes - offset).min(self.chunk_bytes as u64) as usize;
+            let mut data = vec![0u8; len];
+            file.read_exact_at(&mut data, offset).map_err(unreadable)?;
+            let request = LinkRequest::SnapshotChunk(SnapshotChunk {
+                vote,
+                snapshot_id: meta.snapshot_id.clone(),
+                offset,
+                data: Bytes::from(data),
+            });
+            let sent = pin!(self.call(&request, chunk_timeout));
+            let reply = match futures::future::select(sent, cancel.as_mut()).await {
+                futures::future::Either::Left((reply, _)) => reply,
+                futures::future::Either::Right((closed, _)) => {
+                    return Err(StreamingError::Closed(closed))
+                }
+            };
+            offset += len as u64;
+            match reply {
+                Ok(LinkReply::ChunkAck { received_bytes }) if received_bytes == offset => {}
+                Ok(LinkReply::ChunkAck { received_bytes }) => {
+                    let e = CallError::BadReply(format!(
+                        "the receiver has {received_bytes} bytes, {offset} were sent"
+                    ));
+                    return Err(self.streaming_error(chunk_timeout, e));
+                }
+                Ok(LinkReply::Failure(f)) => {
+                    return Err(self.streaming_error(chunk_timeout, CallError::Remote(f)))
+                }
+                Ok(other) => return Err(self.streaming_error(chunk_timeout, unexpected(other))),
+                Err(e) => return Err(self.streaming_error(chunk_timeout, e)),
+            }
+            if offset >= total_bytes {
+                break;
+            }
+        }
+        let request = LinkRequest::SnapshotInstall(SnapshotInstall {
+            vote,
+            total_bytes,
+            meta,
+        });
+        let sent = pin!(self.call(&request, self.install_timeout));
+        let reply = match futures::future::select(sent, cancel.as_mut()).await {
+            futures::future::Either::Left((reply, _)) => reply,
+            futures::future::Either::Right((closed, _)) => {
+                return Err(StreamingError::Closed(closed))
+            }
+        };
+        match reply {
+            Ok(LinkReply::Snapshot(r)) => Ok(r),
+            Ok(LinkReply::Failure(f)) => {
+                Err(self.streaming_error(self.install_timeout, CallError::Remote(f)))
+            }
+            Ok(other) => Err(self.streaming_error(self.install_timeout, unexpected(other))),
+            Err(e) => Err(self.streaming_error(self.install_timeout, e)),
+        }
+    }
+
+    /// Chunked snapshots are openraft's other transfer; with `generic-snapshot-data` it never
+    /// calls this, and walletd sends every snapshot through `full_snapshot`.
+    #[allow(deprecated)]
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<WalletRaft>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, NodeAddr, RaftError<u64, InstallSnapshotError>>,
+    > {
+        Err(RPCError::Network(NetworkError::new(&std::io::Error::other(
+            "the node link sends snapshots whole (full_snapshot), not in install_snapshot chunks",
+        ))))
+    }
+
+    /// Exponential from the link's reconnect backoff (openraft's default is a constant
+    /// 500 ms, long next to our election timeouts once a peer comes back).
+    fn backoff(&self) -> Backoff {
+        let (min_ms, max_ms) = self.config_backoff_ms;
+        let mut next_ms = min_ms.max(1);
+        Backoff::new(std::iter::from_fn(move || {
+            let now = next_ms;
+            next_ms = (next_ms * 2).min(max_ms.max(min_ms));
+            Some(Duration::from_millis(now))
+        }))
+    }
+}

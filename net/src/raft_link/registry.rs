@@ -1,0 +1,39 @@
+//! `RaftRegistry`: partition id -> the `Raft` of that partition on this executor. The receiving
+//! side of the link looks each message's partition up here and calls that Raft.
+//!
+//! A `Raft<WalletRaft>` is `!Send` (feature `singlethreaded`): it lives on the executor that
+//! created it, and every call must be made there. So a registry is per executor, shared by
+//! `Rc`, and the link that dispatches to it runs on the same executor (see `mod.rs` for the
+//! one-executor-per-link deviation from RAFT_PLAN §5).
+
+use engine::raft::WalletRaft;
+use openraft::Raft;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+#[derive(Clone, Default)]
+pub struct RaftRegistry {
+    rafts: Rc<RefCell<HashMap<u32, Raft<WalletRaft>>>>,
+}
+
+impl RaftRegistry {
+    pub fn new() -> RaftRegistry {
+        RaftRegistry::default()
+    }
+
+    /// Routes messages for `partition` to `raft` (replacing an earlier one).
+    pub fn register(&self, partition: u32, raft: Raft<WalletRaft>) {
+        self.rafts.borrow_mut().insert(partition, raft);
+    }
+
+    /// Stops routing to `partition`; its messages are answered `NoSuchPartition`.
+    pub fn unregister(&self, partition: u32) -> Option<Raft<WalletRaft>> {
+        self.rafts.borrow_mut().remove(&partition)
+    }
+
+    /// The Raft of `partition` (a cheap clone of the handle: no borrow outlives the call).
+    pub fn get(&self, partition: u32) -> Option<Raft<WalletRaft>> {
+        self.rafts.borrow().get(&partition).cloned()
+    }
+}
