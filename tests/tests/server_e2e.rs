@@ -724,7 +724,10 @@ fn cluster_client_routes_by_the_partition_map() {
         assert!(part["replicas"][0]["durable_index"].as_u64().unwrap() > 0);
     }
     let (ok, out, _) = wallet(&server.addr, &["cluster", "status"]);
-    assert!(ok && out.contains("partition 1: leader node 1, term 0"), "{out}");
+    assert!(
+        ok && out.contains("partition 1: leader node 1, term 0"),
+        "{out}"
+    );
 
     // --advertise-addr is what the map tells clients.
     let dir2 = tempfile::tempdir().unwrap();

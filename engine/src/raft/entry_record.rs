@@ -21,7 +21,7 @@
 //! Blank and membership entries carry timestamp 0: they have no log time of their own.
 
 use crate::command::entry_kind;
-use crate::log::{EntryId, RecordRef};
+use crate::log::{EntryId, RecordHeader, RecordRef};
 use crate::raft::membership::{decode_membership, encode_membership};
 use crate::raft::types::{Entry, EntryData, LogId};
 use bytes::Bytes;
@@ -85,6 +85,22 @@ pub fn record_fields<'a>(entry: &'a Entry, scratch: &'a mut Vec<u8>) -> (u16, u6
     }
 }
 
+/// The record of `entry` as the segment log writes it and the node link sends it: its header
+/// (the body checksum left for `log::record::encode_record` to fill) and its body (a
+/// membership body encoded into `scratch`).
+pub fn record_of<'a>(entry: &'a Entry, scratch: &'a mut Vec<u8>) -> (RecordHeader, &'a [u8]) {
+    let (kind, timestamp, body) = record_fields(entry, scratch);
+    let header = RecordHeader {
+        body_checksum: 0,
+        body_len: body.len() as u32,
+        index: log_index(entry.log_id.index),
+        term: entry.log_id.leader_id.term,
+        timestamp,
+        kind,
+    };
+    (header, body)
+}
+
 /// The Raft entry a record holds. A blank record with a body, or a membership body that does
 /// not decode, is an error naming the entry: the bytes passed their checksum, so they were
 /// written that way by something else.
@@ -124,17 +140,10 @@ mod tests {
 
     fn round_trip(entry: &Entry) -> Result<Entry, StorageError<u64>> {
         let mut scratch = Vec::new();
-        let (kind, timestamp, body) = record_fields(entry, &mut scratch);
+        let (header, body) = record_of(entry, &mut scratch);
         let record = RecordRef {
             offset: 0,
-            header: RecordHeader {
-                body_checksum: 0,
-                body_len: body.len() as u32,
-                index: log_index(entry.log_id.index),
-                term: entry.log_id.leader_id.term,
-                timestamp,
-                kind,
-            },
+            header,
             body,
         };
         entry_of_record(&record)

@@ -53,10 +53,10 @@ use super::wire::{
     LOG_ID_BYTES, VOTE_BYTES,
 };
 use bytes::Bytes;
-use engine::log::record::{decode_record, encode_record, record_bytes, RecordHeader};
+use engine::log::record::{decode_record, encode_record, record_bytes};
 use engine::log::record::{HEADER_BYTES as RECORD_HEADER_BYTES, RECORD_ALIGN};
 use engine::log::RecordRef;
-use engine::raft::entry_record::{entry_of_record, log_index, record_fields};
+use engine::raft::entry_record::{entry_of_record, record_of};
 use engine::raft::snapshot_meta::{decode_meta, encode_meta, RaftSnapshotMeta};
 use engine::raft::types::Entry;
 use engine::raft::WalletRaft;
@@ -252,15 +252,7 @@ fn encode_append(out: &mut Vec<u8>, rpc: &AppendEntriesRequest<WalletRaft>) {
     let mut record = Vec::new();
     let mut scratch = Vec::new();
     for entry in &rpc.entries {
-        let (kind, timestamp, body) = record_fields(entry, &mut scratch);
-        let header = RecordHeader {
-            body_checksum: 0,
-            body_len: body.len() as u32,
-            index: log_index(entry.log_id.index),
-            term: entry.log_id.leader_id.term,
-            timestamp,
-            kind,
-        };
+        let (header, body) = record_of(entry, &mut scratch);
         record.clear();
         encode_record(&mut record, &header, body);
         out.extend_from_slice(&record);
