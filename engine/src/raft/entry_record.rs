@@ -134,7 +134,6 @@ fn unreadable(log_id: &LogId, what: String) -> StorageError<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::RecordHeader;
     use crate::raft::types::{Membership, NodeAddr};
     use std::collections::BTreeMap;
 
