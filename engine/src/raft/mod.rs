@@ -26,6 +26,7 @@ pub mod entry_record;
 pub mod log_reader;
 pub mod log_store;
 pub mod membership;
+pub mod no_peers;
 pub mod runtime;
 pub mod snapshot_files;
 pub mod snapshot_meta;
@@ -33,5 +34,6 @@ pub mod state_machine;
 pub mod types;
 
 pub use log_store::RaftLogStore;
+pub use no_peers::NoPeers;
 pub use state_machine::RaftPartition;
 pub use types::{EntryData, GroupResult, NodeAddr, SnapshotHandle, WalletRaft};

@@ -41,7 +41,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError, StoredMembership,
 };
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -53,6 +53,9 @@ pub struct RaftPartition {
     membership: StoredMembership<u64, NodeAddr>,
     snapshot_dir: PathBuf,
     retention: SnapshotRetention,
+    /// Snapshots this state machine built, shared with its builders and
+    /// with whoever asked for `snapshots_written` (the partition's counters).
+    snapshots_written: Rc<Cell<u64>>,
     /// Reused across entries. Events are counted, not kept: nothing consumes them on the Raft
     /// path yet (the read model will, with the partition task driving Raft, RAFT_PLAN step 4).
     out: ApplyOutput,
@@ -82,6 +85,7 @@ impl RaftPartition {
             membership,
             snapshot_dir: snapshot_dir.to_path_buf(),
             retention: SnapshotRetention::default(),
+            snapshots_written: Rc::default(),
             out: ApplyOutput::counting_events(),
         };
         sm.check_applied();
@@ -97,6 +101,12 @@ impl RaftPartition {
     /// The live state, shared: readers must not hold a borrow across an `.await`.
     pub fn state(&self) -> Rc<RefCell<PartitionState>> {
         self.state.clone()
+    }
+
+    /// How many snapshots it wrote so far (a live counter, readable after the state machine
+    /// moved into openraft).
+    pub fn snapshots_written(&self) -> Rc<Cell<u64>> {
+        self.snapshots_written.clone()
     }
 
     fn check_applied(&self) {
@@ -187,6 +197,7 @@ pub struct SnapshotBuilder {
     meta: RaftSnapshotMeta,
     dir: PathBuf,
     retention: SnapshotRetention,
+    written: Rc<Cell<u64>>,
 }
 
 impl RaftSnapshotBuilder<WalletRaft> for SnapshotBuilder {
@@ -206,6 +217,7 @@ impl RaftSnapshotBuilder<WalletRaft> for SnapshotBuilder {
         .await
         .map_err(|e| failed(&e))?
         .map_err(|e| failed(&e))?;
+        self.written.set(self.written.get() + 1);
         Ok(Snapshot {
             meta: self.meta.clone(),
             snapshot: Box::new(handle),
@@ -244,6 +256,7 @@ impl RaftStateMachine<WalletRaft> for RaftPartition {
             meta: self.snapshot_meta(),
             dir: self.snapshot_dir.clone(),
             retention: self.retention,
+            written: self.snapshots_written.clone(),
         }
     }
 
