@@ -463,9 +463,14 @@ mod single_node {
         let mut want = vec![(1, entry_kind::MEMBERSHIP), (2, entry_kind::BLANK)];
         want.extend((3..=7).map(|i| (i, entry_kind::CREATE_TRANSFERS)));
         assert_eq!(kinds, want);
-        // openraft saved the commit point (raft index 6 = log index 7) through the store.
+        // openraft saved a commit point through the store: the first one at once, later ones
+        // at most every 100 ms, so a lower bound of the last (raft index 6 = log index 7).
         let meta = engine::log::load_raft_meta(dir.path()).unwrap().unwrap();
-        assert_eq!(meta.committed.map(|c| c.index), Some(7));
+        let committed = meta.committed.map(|c| c.index);
+        assert!(
+            matches!(committed, Some(1..=7)),
+            "committed {committed:?}"
+        );
 
         let path = dir.path().to_path_buf();
         on_glommio_with_tokio_timer(move || async move {

@@ -9,7 +9,7 @@
 //! | `purge`             | `LogWriter::purge_through` (logical: `raft_meta.last_purged`)    |
 //! | `get_log_state`     | the writer's last index/term and `raft_meta.last_purged`          |
 //! | `save/read_vote`    | `log/vote.rs`                                                     |
-//! | `save/read_committed` | `raft_meta.committed`                                          |
+//! | `save/read_committed` | `raft_meta.committed`, saved at most every 100 ms (below)       |
 //! | `try_get_log_entries`, readers | `log_reader` (mapped segments, no tail cache yet)     |
 //!
 //! Raft index `i` is log index `i + 1` (`entry_record`). Records and `raft_meta` stay in log
@@ -22,6 +22,13 @@
 //! The vote and `raft_meta` saves are blocking std::fs (temp file, fsync, rename, fsync) on the
 //! executor thread: fine for rare votes and commits, a stall in an election storm over many
 //! partitions (RAFT_PLAN §2.3 wants them asynchronous later).
+//!
+//! **Committed** is only a lower bound to openraft (at start it re-applies up to it; the
+//! leader commits the rest again), and openraft tells it after every commit. Saving each one
+//! cost two more fsyncs per entry on the executor thread, which stalled the partition (the
+//! single-node Raft bench ran at a quarter of the local group commit). So the store keeps the
+//! newest value in memory and saves it when `COMMITTED_SAVE_INTERVAL` has passed since the
+//! last save, and at `close` (RAFT_PLAN §2.3).
 //!
 //! All writes come through `&mut self`, one at a time, as openraft requires (vote and log I/O
 //! serialized). Readers share only the `LogView`, which the store shrinks before a destructive
@@ -39,6 +46,10 @@ use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// The most time between two saves of the committed id (see the module doc).
+pub const COMMITTED_SAVE_INTERVAL: Duration = Duration::from_millis(100);
 
 pub struct RaftLogStore {
     writer: LogWriter,
@@ -49,6 +60,12 @@ pub struct RaftLogStore {
     /// end in memory is then past its end on disk, so every later write is refused (openraft
     /// stops this Raft on the first error anyway; a restart reopens the log from disk).
     failed: Option<String>,
+    /// The newest committed id openraft told (saved or not).
+    committed: Option<LogId>,
+    /// When `committed` was last saved (`None`: not yet by this store), and whether it
+    /// changed since.
+    committed_saved_at: Option<Instant>,
+    committed_unsaved: bool,
 }
 
 impl RaftLogStore {
@@ -69,18 +86,33 @@ impl RaftLogStore {
             "a Raft log store starts from a flushed writer"
         );
         let store = RaftLogStore {
+            committed: writer.read_committed().map(to_log_id),
             writer,
             view: Rc::default(),
             scratch: Vec::new(),
             failed: None,
+            committed_saved_at: None,
+            committed_unsaved: false,
         };
         store.grow_view();
         store
     }
 
-    /// Closes the log (everything appended is already durable).
-    pub async fn close(self) -> Result<(), LogError> {
+    /// Closes the log (everything appended is already durable), saving the committed id
+    /// first when a newer one is only in memory.
+    pub async fn close(mut self) -> Result<(), LogError> {
+        if self.committed_unsaved && self.failed.is_none() {
+            self.save_committed_now()?;
+        }
         self.writer.close().await
+    }
+
+    fn save_committed_now(&mut self) -> Result<(), LogError> {
+        self.writer
+            .save_committed(self.committed.as_ref().map(to_entry_id))?;
+        self.committed_saved_at = Some(Instant::now());
+        self.committed_unsaved = false;
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -101,11 +133,18 @@ impl RaftLogStore {
     where
         I: IntoIterator<Item = Entry>,
     {
-        let result = self.append_durably(entries).await;
+        let mut appended = Vec::new();
+        let result = self.append_durably(entries, &mut appended).await;
         if let Err(e) = &result {
             if self.writer.durable_index() != self.writer.last_index() {
                 self.failed = Some(e.to_string());
             }
+        }
+        match &result {
+            // Durable now: readers get them from memory (a clone shares the body).
+            Ok(()) => self.view.borrow_mut().tail.push(appended),
+            // Some may be durable, some not: readers go to the disk for all of them.
+            Err(_) => self.view.borrow_mut().tail.clear(),
         }
         self.grow_view();
         done(match &result {
@@ -115,12 +154,17 @@ impl RaftLogStore {
         result
     }
 
-    async fn append_durably<I>(&mut self, entries: I) -> Result<(), StorageError>
+    async fn append_durably<I>(
+        &mut self,
+        entries: I,
+        appended: &mut Vec<Entry>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry>,
     {
         self.refuse_if_failed()?;
         for entry in entries {
+            appended.push(entry.clone());
             self.check_continues(&entry.log_id)?;
             let (kind, timestamp, body) = record_fields(&entry, &mut self.scratch);
             if !self.writer.has_room(body.len()) {
@@ -177,6 +221,8 @@ impl RaftLogStore {
         let mut view = self.view.borrow_mut();
         view.first = self.writer.first_live_index();
         view.last = self.writer.durable_index();
+        let (first, last) = (view.first, view.last);
+        view.tail.keep(first, last);
         if view.segments != self.writer.segments() {
             view.segments = self.writer.segments().to_vec();
         }
@@ -238,15 +284,23 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
         }))
     }
 
+    /// Keeps `committed` and saves it unless the last save is less than
+    /// `COMMITTED_SAVE_INTERVAL` old (see the module doc).
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.refuse_if_failed()?;
-        self.writer
-            .save_committed(committed.as_ref().map(to_entry_id))
-            .map_err(write_error)
+        self.committed = committed;
+        self.committed_unsaved = true;
+        if self
+            .committed_saved_at
+            .is_none_or(|at| at.elapsed() >= COMMITTED_SAVE_INTERVAL)
+        {
+            self.save_committed_now().map_err(write_error)?;
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.writer.read_committed().map(to_log_id))
+        Ok(self.committed)
     }
 
     async fn append<I>(
@@ -269,6 +323,8 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
         {
             let mut view = self.view.borrow_mut();
             view.last = view.last.min(from - 1);
+            let (first, last) = (view.first, view.last);
+            view.tail.keep(first, last);
         }
         let result = self.writer.truncate_from(from).await;
         self.grow_view();
@@ -283,6 +339,8 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
         {
             let mut view = self.view.borrow_mut();
             view.first = view.first.max(through.index + 1);
+            let (first, last) = (view.first, view.last);
+            view.tail.keep(first, last);
         }
         let result = self.writer.purge_through(through).await;
         self.grow_view();
