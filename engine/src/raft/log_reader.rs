@@ -8,15 +8,19 @@
 //! `.await`), so it always sees one consistent view, and never asks for a record that is being
 //! cut, deleted or not yet durable.
 //!
-//! Records are read through the mapped segments (`log::read_range`), not from an in-memory
-//! tail cache: the plan's cache of recent entries (RAFT_PLAN §2.3) is not built yet. Every
-//! read maps the segments it touches and copies the bodies it returns.
+//! The newest entries are served from memory (`Tail`, RAFT_PLAN §2.3): the store keeps a
+//! clone of each entry it appended (a clone shares the body, `Bytes`) up to `TAIL_BYTES_MAX`
+//! of bodies. Older records are read through the mapped segments (`log::read_range`), which
+//! maps the segments it touches and copies the bodies it returns. Without the tail, every
+//! apply of a one-voter cluster read its entry back from disk (the writer bypasses the page
+//! cache) and mapped and unmapped a whole segment to do so.
 
 use crate::log::{read_range, LogError, SegmentInfo};
-use crate::raft::entry_record::entry_of_record;
+use crate::raft::entry_record::{entry_of_record, log_index};
 use crate::raft::types::{Entry, StorageError, WalletRaft};
-use openraft::{OptionalSend, RaftLogReader, StorageIOError};
+use openraft::{EntryPayload, OptionalSend, RaftLogReader, StorageIOError};
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::rc::Rc;
@@ -28,6 +32,91 @@ pub struct LogView {
     pub(crate) first: u64,
     pub(crate) last: u64,
     pub(crate) segments: Vec<SegmentInfo>,
+    /// The newest readable entries, in memory.
+    pub(crate) tail: Tail,
+}
+
+/// Most body bytes the tail keeps (per partition); the oldest entries leave first.
+pub const TAIL_BYTES_MAX: usize = 64 << 20;
+/// Most entries the tail keeps.
+pub const TAIL_ENTRIES_MAX: usize = 16 * 1024;
+
+/// The newest entries appended, contiguous, ending at the view's `last` (or empty).
+#[derive(Clone, Debug, Default)]
+pub struct Tail {
+    entries: VecDeque<Entry>,
+    body_bytes: usize,
+}
+
+/// Two tails are equal when they hold the same index range (the bodies at an index are the
+/// log's, in both).
+impl PartialEq for Tail {
+    fn eq(&self, other: &Tail) -> bool {
+        self.first() == other.first() && self.entries.len() == other.entries.len()
+    }
+}
+impl Eq for Tail {}
+
+fn body_bytes(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(data) => data.body().len(),
+        _ => 0,
+    }
+}
+
+impl Tail {
+    /// The log index of its first entry (`None` when empty).
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|e| log_index(e.log_id.index))
+    }
+
+    /// Adds entries that were just made durable right after the newest one.
+    pub(crate) fn push(&mut self, appended: Vec<Entry>) {
+        for entry in appended {
+            if let Some(last) = self.entries.back() {
+                assert_eq!(
+                    entry.log_id.index,
+                    last.log_id.index + 1,
+                    "the tail is contiguous"
+                );
+            }
+            self.body_bytes += body_bytes(&entry);
+            self.entries.push_back(entry);
+        }
+        while self.entries.len() > TAIL_ENTRIES_MAX
+            || (self.body_bytes > TAIL_BYTES_MAX && self.entries.len() > 1)
+        {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(entry) = self.entries.pop_front() {
+            self.body_bytes -= body_bytes(&entry);
+        }
+    }
+
+    /// Keeps only the entries with log indexes in `first..=last`.
+    pub(crate) fn keep(&mut self, first: u64, last: u64) {
+        while self
+            .entries
+            .back()
+            .is_some_and(|e| log_index(e.log_id.index) > last)
+        {
+            if let Some(entry) = self.entries.pop_back() {
+                self.body_bytes -= body_bytes(&entry);
+            }
+        }
+        while self.first().is_some_and(|i| i < first) {
+            self.pop_front();
+        }
+    }
+
+    /// Forgets every entry (the log was reopened or cut in a way the tail cannot follow).
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+        self.body_bytes = 0;
+    }
 }
 
 /// A `RaftLogReader` over the store's log: one per replication task, all sharing the store's
@@ -62,6 +151,33 @@ pub(crate) fn read_entries(
     let from = from.max(view.first);
     let until = until.min(view.last.saturating_add(1));
     let mut entries = Vec::with_capacity(until.saturating_sub(from).min(1024) as usize);
+    if from >= until {
+        return Ok(entries);
+    }
+    // From disk below the tail, from memory within it.
+    let tail_first = view.tail.first().unwrap_or(u64::MAX).max(from);
+    if from < tail_first {
+        read_from_segments(view, from, until.min(tail_first), &mut entries)?;
+    }
+    if tail_first < until {
+        let skip = (tail_first - view.tail.first().unwrap_or(tail_first)) as usize;
+        let take = (until - tail_first) as usize;
+        entries.extend(view.tail.entries.iter().skip(skip).take(take).cloned());
+    }
+    assert_eq!(
+        entries.len() as u64,
+        until - from,
+        "every readable entry is on disk or in the tail"
+    );
+    Ok(entries)
+}
+
+fn read_from_segments(
+    view: &LogView,
+    from: u64,
+    until: u64,
+    entries: &mut Vec<Entry>,
+) -> Result<(), StorageError> {
     read_range::<ReadError>(&view.segments, from, until, |record| {
         entries.push(entry_of_record(&record).map_err(ReadError::Entry)?);
         Ok(())
@@ -69,8 +185,7 @@ pub(crate) fn read_entries(
     .map_err(|e| match e {
         ReadError::Log(e) => StorageIOError::read_logs(&e).into(),
         ReadError::Entry(e) => e,
-    })?;
-    Ok(entries)
+    })
 }
 
 /// A range of Raft indexes as the half-open range of log indexes `[from, until)`
