@@ -467,10 +467,7 @@ mod single_node {
         // at most every 100 ms, so a lower bound of the last (raft index 6 = log index 7).
         let meta = engine::log::load_raft_meta(dir.path()).unwrap().unwrap();
         let committed = meta.committed.map(|c| c.index);
-        assert!(
-            matches!(committed, Some(1..=7)),
-            "committed {committed:?}"
-        );
+        assert!(matches!(committed, Some(1..=7)), "committed {committed:?}");
 
         let path = dir.path().to_path_buf();
         on_glommio_with_tokio_timer(move || async move {

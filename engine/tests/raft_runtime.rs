@@ -65,7 +65,12 @@ fn balances(node: &Node, ids: &[u128]) -> Vec<i64> {
 
 fn wait_tcc_settled(node: &Node) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while node.all_stats().unwrap().iter().any(|s| s.tcc_in_flight > 0) {
+    while node
+        .all_stats()
+        .unwrap()
+        .iter()
+        .any(|s| s.tcc_in_flight > 0)
+    {
         assert!(Instant::now() < deadline, "TC/C did not finish");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -131,11 +136,15 @@ fn raft_mode_moves_money_once_refuses_overdrafts_settles_tcc_and_restarts_identi
     assert!(lookup[2].is_none());
 
     // A reply's index and timestamp are the entry's (log index, item timestamps).
-    let reply = block_on(node.submit(0, CommandBatch::CreateTransfers(vec![t(8, a, b, 1)]))).unwrap();
+    let reply =
+        block_on(node.submit(0, CommandBatch::CreateTransfers(vec![t(8, a, b, 1)]))).unwrap();
     assert_eq!(reply.results, vec![Ok]);
     assert!(reply.index > 0 && reply.timestamp > 0);
     let snapshot = block_on(node.snapshot(0)).unwrap().unwrap();
-    assert!(snapshot >= reply.index, "the snapshot covers the last write");
+    assert!(
+        snapshot >= reply.index,
+        "the snapshot covers the last write"
+    );
 
     let stats = node.all_stats().unwrap();
     assert!(stats.iter().all(|s| !s.storage_failed && s.fsyncs > 0));
@@ -150,7 +159,8 @@ fn raft_mode_moves_money_once_refuses_overdrafts_settles_tcc_and_restarts_identi
     assert_eq!(balances(&node, &ids), before);
     let again = block_on(node.create_transfers(&batch[..2])).unwrap();
     assert_eq!(again, vec![Exists, Exists]);
-    let later = block_on(node.submit(0, CommandBatch::CreateTransfers(vec![t(9, a, b, 1)]))).unwrap();
+    let later =
+        block_on(node.submit(0, CommandBatch::CreateTransfers(vec![t(9, a, b, 1)]))).unwrap();
     assert_eq!(later.results, vec![Ok]);
     assert!(later.index > reply.index && later.timestamp > reply.timestamp);
     node.shutdown().unwrap();
@@ -158,7 +168,9 @@ fn raft_mode_moves_money_once_refuses_overdrafts_settles_tcc_and_restarts_identi
     // The mode is fixed for the data dir's life.
     let mut local = config(dir.path());
     local.replication = Replication::Local;
-    let refused = Node::start(local).err().expect("a raft data dir refuses local mode");
+    let refused = Node::start(local)
+        .err()
+        .expect("a raft data dir refuses local mode");
     assert!(refused.to_string().contains("replication"), "{refused}");
 }
 
@@ -298,7 +310,11 @@ fn randomized_workload_conserves_money_across_a_restart() {
     all.extend(&wallets);
     let check = |node: &Node| {
         let balances = balances(node, &all);
-        assert_eq!(balances.iter().sum::<i64>(), 0, "seed {seed}: money is conserved");
+        assert_eq!(
+            balances.iter().sum::<i64>(),
+            0,
+            "seed {seed}: money is conserved"
+        );
         assert!(
             balances[2..].iter().all(|b| *b >= 0),
             "seed {seed}: no wallet below zero"

@@ -240,9 +240,15 @@ impl RaftTask {
         }
         let snapshots_written = sm.snapshots_written();
         let raft_config = raft_config(config).map_err(fail)?;
-        let raft = Raft::new(NODE_ID, std::sync::Arc::new(raft_config), NoPeers, store, sm)
-            .await
-            .map_err(|e| fail(format!("starting Raft: {e}")))?;
+        let raft = Raft::new(
+            NODE_ID,
+            std::sync::Arc::new(raft_config),
+            NoPeers,
+            store,
+            sm,
+        )
+        .await
+        .map_err(|e| fail(format!("starting Raft: {e}")))?;
         let initialized = raft
             .is_initialized()
             .await
@@ -660,9 +666,7 @@ async fn next_event(
 /// the log index it covers.
 async fn snapshot_now(raft: &Raft<WalletRaft>) -> Result<u64, String> {
     let applied = raft.metrics().borrow().last_applied;
-    let covers = |snapshot: &Option<LogId>| {
-        snapshot.map(|s| s.index) >= applied.map(|a| a.index)
-    };
+    let covers = |snapshot: &Option<LogId>| snapshot.map(|s| s.index) >= applied.map(|a| a.index);
     if covers(&raft.metrics().borrow().snapshot) {
         return Ok(applied_log_index(applied.as_ref()));
     }
@@ -702,13 +706,15 @@ async fn serve_reads(
                 Request::LookupAccounts { ids, reply } => {
                     if linearizable.is_ok() {
                         let state = state.borrow();
-                        let _ = reply.send(ids.iter().map(|id| state.account(*id).copied()).collect());
+                        let _ =
+                            reply.send(ids.iter().map(|id| state.account(*id).copied()).collect());
                     }
                 }
                 Request::LookupTransfers { ids, reply } => {
                     if linearizable.is_ok() {
                         let state = state.borrow();
-                        let _ = reply.send(ids.iter().map(|id| state.lookup_transfer(*id)).collect());
+                        let _ =
+                            reply.send(ids.iter().map(|id| state.lookup_transfer(*id)).collect());
                     }
                 }
                 Request::History { reply, .. } => {
@@ -721,7 +727,13 @@ async fn serve_reads(
                     let _ = reply.send(Err(QueryError::Disabled));
                 }
                 Request::Stats { digest, reply } => {
-                    let _ = reply.send(stats(&raft, &state.borrow(), &counters, &snapshots_written, digest));
+                    let _ = reply.send(stats(
+                        &raft,
+                        &state.borrow(),
+                        &counters,
+                        &snapshots_written,
+                        digest,
+                    ));
                 }
                 Request::Snapshot { reply } => {
                     let answer = match &linearizable {
@@ -769,5 +781,21 @@ fn stats(
         storage_failed: metrics.running_state.is_err(),
         timing: counters.timing.get(),
         digest: if digest { state_digest(state) } else { 0 },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_hold_up_to_4_mib_of_items_and_never_less_than_a_client_batch() {
+        let big = entry_items_max(32 << 20, 64 * 1024);
+        assert!(big > BATCH_ITEMS_MAX && big < 64 * 1024, "{big}");
+        assert!(big * std::mem::size_of::<ArchivedNewTransfer>() <= ENTRY_BYTES_MAX);
+        // A small writer (4 MiB segments: 1 MiB flush groups) still takes a client batch.
+        assert_eq!(entry_items_max(1 << 20, 64 * 1024), BATCH_ITEMS_MAX);
+        // Never more than a group.
+        assert_eq!(entry_items_max(32 << 20, 10_000), 10_000);
     }
 }
