@@ -59,6 +59,8 @@ pub struct RaftPartition {
     /// Snapshots this state machine built, shared with its builders and
     /// with whoever asked for `snapshots_written` (the partition's counters).
     snapshots_written: Rc<Cell<u64>>,
+    /// Sleep `SUBMIT_TURN` before applying command entries (`with_submit_turn`).
+    submit_turn: bool,
     /// Reused across entries. Events are counted, not kept: nothing consumes them on the Raft
     /// path yet (the read model will, with the partition task driving Raft, RAFT_PLAN step 4).
     out: ApplyOutput,
@@ -89,6 +91,7 @@ impl RaftPartition {
             snapshot_dir: snapshot_dir.to_path_buf(),
             retention: SnapshotRetention::default(),
             snapshots_written: Rc::default(),
+            submit_turn: false,
             out: ApplyOutput::counting_events(),
         };
         sm.check_applied();
@@ -98,6 +101,13 @@ impl RaftPartition {
     /// Which snapshots survive a new one (default: `SnapshotRetention::default()`).
     pub fn with_retention(mut self, retention: SnapshotRetention) -> RaftPartition {
         self.retention = retention;
+        self
+    }
+
+    /// Lets the executor run once before each apply of command entries (see `apply`). Only on
+    /// a glommio executor (a timer needs one); off by default.
+    pub fn with_submit_turn(mut self) -> RaftPartition {
+        self.submit_turn = true;
         self
     }
 
@@ -245,9 +255,10 @@ impl RaftStateMachine<WalletRaft> for RaftPartition {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        if entries
-            .iter()
-            .any(|e| matches!(e.payload, EntryPayload::Normal(_)))
+        if self.submit_turn
+            && entries
+                .iter()
+                .any(|e| matches!(e.payload, EntryPayload::Normal(_)))
         {
             // Give the executor one turn before the CPU is busy applying: glommio hands
             // queued I/O to the kernel only between task runs, and RaftCore has usually just

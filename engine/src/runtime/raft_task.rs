@@ -230,7 +230,8 @@ impl RaftTask {
             .with_retention(SnapshotRetention {
                 daily_days: 0,
                 ..Default::default()
-            });
+            })
+            .with_submit_turn();
         let state = sm.state();
         let snapshot_index = state.borrow().last_index();
         if config.transfers_capacity_per_partition > 0 {
