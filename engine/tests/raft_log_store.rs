@@ -464,7 +464,7 @@ mod single_node {
         want.extend((3..=7).map(|i| (i, entry_kind::CREATE_TRANSFERS)));
         assert_eq!(kinds, want);
         // openraft saved a commit point through the store: the first one at once, later ones
-        // at most every 100 ms, so a lower bound of the last (raft index 6 = log index 7).
+        // at most once a second, so a lower bound of the last (raft index 6 = log index 7).
         let meta = engine::log::load_raft_meta(dir.path()).unwrap().unwrap();
         let committed = meta.committed.map(|c| c.index);
         assert!(matches!(committed, Some(1..=7)), "committed {committed:?}");

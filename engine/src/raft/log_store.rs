@@ -9,7 +9,7 @@
 //! | `purge`             | `LogWriter::purge_through` (logical: `raft_meta.last_purged`)    |
 //! | `get_log_state`     | the writer's last index/term and `raft_meta.last_purged`          |
 //! | `save/read_vote`    | `log/vote.rs`                                                     |
-//! | `save/read_committed` | `raft_meta.committed`, saved at most every 100 ms (below)       |
+//! | `save/read_committed` | `raft_meta.committed`, saved at most once a second (below)     |
 //! | `try_get_log_entries`, readers | `log_reader` (mapped segments, no tail cache yet)     |
 //!
 //! Raft index `i` is log index `i + 1` (`entry_record`). Records and `raft_meta` stay in log
@@ -26,7 +26,8 @@
 //! **Committed** is only a lower bound to openraft (at start it re-applies up to it; the
 //! leader commits the rest again), and openraft tells it after every commit. Saving each one
 //! cost two more fsyncs per entry on the executor thread, which stalled the partition (the
-//! single-node Raft bench ran at a quarter of the local group commit). So the store keeps the
+//! single-node Raft bench ran at a quarter of the local group commit; and each save is a
+//! blocking temp file + fsync + rename + dir fsync, ~2-3 ms). So the store keeps the
 //! newest value in memory and saves it when `COMMITTED_SAVE_INTERVAL` has passed since the
 //! last save, and at `close` (RAFT_PLAN §2.3).
 //!
@@ -49,7 +50,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// The most time between two saves of the committed id (see the module doc).
-pub const COMMITTED_SAVE_INTERVAL: Duration = Duration::from_millis(100);
+pub const COMMITTED_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct RaftLogStore {
     writer: LogWriter,
