@@ -14,9 +14,11 @@
 //!   with `snapshot_files` (a snapshot = the engine's snapshot file + `snapshot_meta`, openraft's
 //!   meta for it, in a file beside it).
 //!
-//! Next (plan §10): the log's tail cache and offset index, the node-to-node transport, then
-//! the partition task driving `client_write` with one Raft entry per group commit. Until then
-//! walletd is a single node and nothing here is on its request path.
+//! - `no_peers`: `NoPeers`, the network of a one-voter cluster.
+//!
+//! In Raft mode (`runtime::Replication::Raft`, plan step 4) every partition is a one-voter
+//! cluster over these, driven by `runtime/raft_task.rs`. Next (plan §10): the node-to-node
+//! transport, then clusters of several nodes.
 
 // openraft's storage traits return its `StorageError` (~200 bytes) by value; the helpers
 // behind them return the same type, since boxing it there would only be undone at the trait.

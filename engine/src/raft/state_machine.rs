@@ -62,7 +62,7 @@ pub struct RaftPartition {
     /// Sleep `SUBMIT_TURN` before applying command entries (`with_submit_turn`).
     submit_turn: bool,
     /// Reused across entries. Events are counted, not kept: nothing consumes them on the Raft
-    /// path yet (the read model will, with the partition task driving Raft, RAFT_PLAN step 4).
+    /// path yet (Raft mode has no read model so far: RAFT_PLAN §10, step 4).
     out: ApplyOutput,
 }
 
