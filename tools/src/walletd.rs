@@ -2,7 +2,7 @@
 //! (single node on 127.0.0.1:7400, data in ./walletd-data, core 0, one partition).
 
 use clap::Parser;
-use engine::runtime::{EngineConfig, Node};
+use engine::runtime::{EngineConfig, Node, Replication};
 use net::{Server, ServerConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +59,11 @@ struct Args {
     /// moved money, reserved at its first change (32 entries x 1M accounts = 2 GiB).
     #[arg(long)]
     read_model_history_per_account: Option<usize>,
+    /// How partitions commit their log: `local` (default) or `raft` (each partition a
+    /// one-voter Raft cluster; no read model or daily snapshots yet, see docs/RAFT_PLAN.md).
+    /// Fixed when the data dir is created. TOML: replication.
+    #[arg(long)]
+    replication: Option<engine::runtime::Replication>,
 }
 
 #[derive(serde::Deserialize, Default, Debug)]
@@ -89,6 +94,8 @@ struct FileConfig {
     read_model_history_per_account: Option<usize>,
     /// Log entries replayed into the read model at start (its history survives a restart).
     read_model_rebuild_entries: Option<u64>,
+    /// "local" or "raft" (see --replication).
+    replication: Option<String>,
 }
 
 /// History entries per account the read model keeps unless configured.
@@ -175,14 +182,26 @@ fn run(args: Args) -> Result<(), String> {
         return Err("handshake_timeout_ms must be at least 1".into());
     }
 
+    let replication = match (args.replication, &file.replication) {
+        (Some(mode), _) => mode,
+        (None, Some(name)) => name.parse()?,
+        (None, None) => Replication::Local,
+    };
     let mut engine = EngineConfig::new(&data_dir);
     engine.cores = cores.clone();
     engine.partitions = partitions;
     engine.repair = args.repair;
+    engine.replication = replication;
+    // Raft mode has no read model and no daily snapshots yet: off unless asked for (and then
+    // refused by the engine's config check, with the reason).
+    let raft = replication == Replication::Raft;
     engine.read_model_history_per_account = args
         .read_model_history_per_account
         .or(file.read_model_history_per_account)
-        .unwrap_or(READ_MODEL_HISTORY_DEFAULT);
+        .unwrap_or(if raft { 0 } else { READ_MODEL_HISTORY_DEFAULT });
+    if raft {
+        engine.snapshot_daily_days = 0;
+    }
     if let Some(v) = file.segment_bytes {
         engine.segment_bytes = v;
     }
@@ -240,7 +259,7 @@ fn run(args: Args) -> Result<(), String> {
         tracing::info!(%addr, "metrics at /metrics");
     }
     let server = Server::start(node.clone(), server_config)?;
-    tracing::info!(%listen, tls = tls_enabled, data_dir = %data_dir.display(), ?cores, partitions, "walletd listening");
+    tracing::info!(%listen, tls = tls_enabled, data_dir = %data_dir.display(), ?cores, partitions, replication = replication.name(), "walletd listening");
 
     let signal = signals.forever().next();
     tracing::info!(

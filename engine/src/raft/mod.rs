@@ -16,9 +16,11 @@
 //!   with `snapshot_files` (a snapshot = the engine's snapshot file + `snapshot_meta`, openraft's
 //!   meta for it, in a file beside it).
 //!
-//! Next (plan §10): an offset index for reads behind the cache, the node-to-node transport, then
-//! the partition task driving `client_write` with one Raft entry per group commit. Until then
-//! walletd is a single node and nothing here is on its request path.
+//! - `no_peers`: `NoPeers`, the network of a one-voter cluster.
+//!
+//! In Raft mode (`runtime::Replication::Raft`, plan step 4) every partition is a one-voter
+//! cluster over these, driven by `runtime/raft_task.rs`. The node-to-node transport is
+//! `net::raft_link` (step 5); wiring it into walletd for clusters of several nodes is next.
 
 // openraft's storage traits return its `StorageError` (~200 bytes) by value; the helpers
 // behind them return the same type, since boxing it there would only be undone at the trait.
@@ -28,6 +30,7 @@ pub mod entry_record;
 pub mod log_reader;
 pub mod log_store;
 pub mod membership;
+pub mod no_peers;
 pub mod runtime;
 pub mod snapshot_files;
 pub mod snapshot_meta;
@@ -36,5 +39,6 @@ pub mod tail_cache;
 pub mod types;
 
 pub use log_store::RaftLogStore;
+pub use no_peers::NoPeers;
 pub use state_machine::RaftPartition;
 pub use types::{EntryData, GroupResult, NodeAddr, SnapshotHandle, WalletRaft};

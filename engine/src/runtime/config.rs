@@ -44,9 +44,50 @@ pub struct EngineConfig {
     /// starts from an older snapshot), so the history survives a clean restart. 0: start from
     /// the newest snapshot (fastest start, history begins there).
     pub read_model_rebuild_entries: u64,
+    /// How a partition's log is written and committed: `Local` (default: the partition task's
+    /// own group commit) or `Raft` (a one-voter openraft cluster per partition, RAFT_PLAN
+    /// step 4). Fixed when the data dir is created (`Node::start` refuses to switch).
+    pub replication: Replication,
     /// **Test-only** fault injection into every partition's log writer (failed fsyncs, a full
     /// disk, slow writes). `None` in production, and then it costs nothing measurable.
     pub faults: Option<Arc<FaultPlan>>,
+}
+
+/// How partitions make their log durable (see `EngineConfig::replication`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Replication {
+    /// The partition task appends and fsyncs its own log (group commit).
+    #[default]
+    Local,
+    /// Every partition is a Raft group (openraft) of which this node is the only voter: one
+    /// Raft entry per merged run of command batches, acknowledged once committed and applied.
+    Raft,
+}
+
+impl Replication {
+    /// The name used in configs, flags and the data dir's `replication` file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Replication::Local => "local",
+            Replication::Raft => "raft",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Replication> {
+        match name {
+            "local" => Some(Replication::Local),
+            "raft" => Some(Replication::Raft),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Replication {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Replication, String> {
+        Replication::from_name(s)
+            .ok_or_else(|| format!("replication must be \"local\" or \"raft\", not {s:?}"))
+    }
 }
 
 /// A source of wall-clock time in nanoseconds since the Unix epoch.
@@ -106,6 +147,7 @@ impl EngineConfig {
             clock: Clock::system(),
             read_model_history_per_account: 0,
             read_model_rebuild_entries: 1024,
+            replication: Replication::Local,
             faults: None,
         }
     }
@@ -136,6 +178,32 @@ impl EngineConfig {
                 "read_model_history_per_account must be at most {}",
                 crate::read_model::HISTORY_PER_ACCOUNT_MAX
             ));
+        }
+        if self.replication == Replication::Raft {
+            self.validate_raft()?;
+        }
+        Ok(())
+    }
+
+    /// What Raft mode does not do yet (RAFT_PLAN §10, step 4) is refused here rather than
+    /// silently done differently.
+    fn validate_raft(&self) -> Result<(), String> {
+        let refuse = |what: &str| {
+            Err(format!(
+                "replication = \"raft\" does not support {what} yet (docs/RAFT_PLAN.md §10)"
+            ))
+        };
+        if self.read_model_history_per_account > 0 {
+            return refuse("the read model (history, balance as of, subscriptions): set read_model_history_per_account = 0");
+        }
+        if self.snapshot_daily_days > 0 {
+            return refuse("daily snapshots: set snapshot_daily_days = 0");
+        }
+        if self.repair {
+            return refuse("--repair");
+        }
+        if self.faults.is_some() {
+            return refuse("fault injection");
         }
         Ok(())
     }

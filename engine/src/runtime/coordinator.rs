@@ -7,10 +7,11 @@ use super::request::{BatchReply, Request};
 use crate::model::TransferId;
 use crate::partition::PartitionId;
 use crate::result_code::ResultCode;
-use crate::tcc::TccMessage;
+use crate::state_machine::PartitionState;
+use crate::tcc::{self, TccMessage};
 use futures::channel::oneshot;
 use hashbrown::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A client batch whose reply waits for TC/C outcomes.
 pub(super) struct HeldReply {
@@ -151,6 +152,35 @@ impl Coordinator {
             self.timeline.push_back((now, timer));
         }
         due
+    }
+
+    /// Turns Tries that waited longer than `try_timeout` into ABORT commands for the next entry
+    /// of this partition (`local`: logged, so the decision is deterministic on replay), and
+    /// sends a CONFIRM again whose ack is overdue.
+    pub(super) fn abort_overdue(&mut self, state: &PartitionState, try_timeout: Duration) {
+        let now = Instant::now();
+        let Some(cutoff) = now.checked_sub(try_timeout) else {
+            return;
+        };
+        for id in self.overdue(cutoff, now) {
+            if let Some(record) = state.tcc_record(id) {
+                if record.phase == tcc::phase::TRYING {
+                    self.local.push(TccMessage::about(
+                        tcc::kind::ABORT,
+                        state.partition(),
+                        &record.transfer,
+                    ));
+                } else if record.phase == tcc::phase::CONFIRMING {
+                    // The confirm or its ack got lost: send it again (idempotent).
+                    self.queue(&[(
+                        record.destination,
+                        TccMessage::about(tcc::kind::CONFIRM, state.partition(), &record.transfer),
+                    )]);
+                }
+            } else {
+                self.running.remove(&id);
+            }
+        }
     }
 
     pub(super) fn resolve(&mut self, id: TransferId, code: ResultCode) {

@@ -11,12 +11,13 @@ mod config;
 mod coordinator;
 mod node;
 mod partition_task;
+mod raft_task;
 mod request;
 pub mod result_counts;
 mod router;
 pub mod timing;
 mod watchers;
 
-pub use config::{Clock, EngineConfig};
+pub use config::{Clock, EngineConfig, Replication};
 pub use node::{Node, StartError, SubmitError};
 pub use request::{BatchReply, PartitionStats, Request};

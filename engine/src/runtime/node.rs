@@ -1,7 +1,8 @@
 //! Starting, using and stopping a node's shards.
 
-use super::config::EngineConfig;
+use super::config::{EngineConfig, Replication};
 use super::partition_task::PartitionTask;
+use super::raft_task::RaftTask;
 use super::request::{BatchReply, PartitionStats, Request};
 use crate::command::CommandBatch;
 use crate::log::{LogWriter, WriterOptions};
@@ -66,12 +67,16 @@ pub struct Node {
 }
 
 const PARTITION_COUNT_FILE: &str = "partitions";
+/// Holds the data dir's replication mode (`Replication::name`); a data dir without it was
+/// created before Raft mode existed, and is local.
+const REPLICATION_FILE: &str = "replication";
 
 impl Node {
     /// Recovers every partition (in parallel, each on its own core) and starts serving.
     pub fn start(config: EngineConfig) -> Result<Node, StartError> {
         config.validate().map_err(StartError::Config)?;
-        check_partition_count(&config)?;
+        let fresh = check_partition_count(&config)?;
+        check_replication(&config, fresh)?;
         let mut queues = Vec::with_capacity(config.partitions as usize);
         let mut receivers: Vec<Option<flume::Receiver<Request>>> = Vec::new();
         for _ in 0..config.partitions {
@@ -369,8 +374,50 @@ impl Drop for Node {
     }
 }
 
-/// Refuses to open a data dir with a different partition count (accounts would move).
-fn check_partition_count(config: &EngineConfig) -> Result<(), StartError> {
+/// Refuses to open a data dir in another replication mode than it was created with: the two
+/// read their logs and snapshots differently (a Raft log starts with openraft's membership and
+/// blank entries, and only its committed part may be applied).
+fn check_replication(config: &EngineConfig, fresh: bool) -> Result<(), StartError> {
+    let path = config.data_dir.join(REPLICATION_FILE);
+    let io = |source| StartError::Io {
+        path: path.clone(),
+        source,
+    };
+    let found = match std::fs::read_to_string(&path) {
+        Ok(text) => Replication::from_name(text.trim()).ok_or_else(|| {
+            StartError::Config(format!(
+                "{}: unknown replication mode {:?}",
+                path.display(),
+                text.trim()
+            ))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mode = if fresh {
+                config.replication
+            } else {
+                Replication::Local
+            };
+            std::fs::write(&path, format!("{}\n", mode.name())).map_err(io)?;
+            crate::log::scan::sync_dir(&config.data_dir)
+                .map_err(|e| StartError::Config(e.to_string()))?;
+            mode
+        }
+        Err(e) => return Err(io(e)),
+    };
+    if found != config.replication {
+        return Err(StartError::Config(format!(
+            "{} was created with replication = {:?}, not {:?}; the replication mode is fixed for the life of a data dir",
+            config.data_dir.display(),
+            found.name(),
+            config.replication.name()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses to open a data dir with a different partition count (accounts would move). True
+/// when the data dir is new (it had no partition count yet).
+fn check_partition_count(config: &EngineConfig) -> Result<bool, StartError> {
     let io = |source| StartError::Io {
         path: config.data_dir.clone(),
         source,
@@ -390,12 +437,13 @@ fn check_partition_count(config: &EngineConfig) -> Result<(), StartError> {
                     config.partitions
                 )));
             }
-            Ok(())
+            Ok(false)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::write(&path, format!("{}\n", config.partitions)).map_err(io)?;
             crate::log::scan::sync_dir(&config.data_dir)
-                .map_err(|e| StartError::Config(e.to_string()))
+                .map_err(|e| StartError::Config(e.to_string()))?;
+            Ok(true)
         }
         Err(e) => Err(io(e)),
     }
@@ -411,6 +459,19 @@ async fn run_shard(
     let mut tasks = Vec::new();
     for (partition, queue) in owned {
         let dir = partition_dir(&config.data_dir, partition);
+        if config.replication == Replication::Raft {
+            match RaftTask::open(&config, partition, &dir, peers.clone()).await {
+                Ok(task) => {
+                    tasks.push(glommio::spawn_local(task.run(queue)));
+                    let _ = ready.send(Ok(partition));
+                    continue;
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            }
+        }
         if config.repair {
             match crate::log::repair_log(&log_dir(&dir)) {
                 Ok(Some((path, offset))) => tracing::error!(

@@ -10,7 +10,7 @@
 
 use super::config::Clock;
 use super::coordinator::Coordinator;
-use super::request::{BatchReply, PartitionStats, Request};
+use super::request::{group_items, BatchReply, PartitionStats, Request};
 use super::timing::GroupTiming;
 use crate::command::CommandBatch;
 use crate::digest::state_digest;
@@ -21,7 +21,7 @@ use crate::read_model::{QueryError, ReadModel};
 use crate::result_code::ResultCode;
 use crate::snapshot::{write_snapshot, SnapshotCapture, SnapshotRetention, DAY_NS};
 use crate::state_machine::{ApplyOutput, PartitionState};
-use crate::tcc::{self, TccMessage};
+use crate::tcc::TccMessage;
 use futures::channel::oneshot;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -174,7 +174,7 @@ impl PartitionTask {
                     Err(_) => break,
                 }
             }
-            self.abort_overdue(&mut coordinator);
+            coordinator.abort_overdue(&self.state, self.tcc_try_timeout);
             if full && failed.is_none() {
                 // Retry what waits in the writer (throttled by the writer while still full).
                 match self.writer.flush().await {
@@ -462,38 +462,6 @@ impl PartitionTask {
         Ok((index, timestamp))
     }
 
-    /// Turns Tries that waited longer than the timeout into ABORT commands (logged, so the
-    /// decision is deterministic on replay).
-    fn abort_overdue(&mut self, coordinator: &mut Coordinator) {
-        let now = Instant::now();
-        let Some(cutoff) = now.checked_sub(self.tcc_try_timeout) else {
-            return;
-        };
-        for id in coordinator.overdue(cutoff, now) {
-            if let Some(record) = self.state.tcc_record(id) {
-                if record.phase == tcc::phase::TRYING {
-                    coordinator.local.push(TccMessage::about(
-                        tcc::kind::ABORT,
-                        self.state.partition(),
-                        &record.transfer,
-                    ));
-                } else if record.phase == tcc::phase::CONFIRMING {
-                    // The confirm or its ack got lost: send it again (idempotent).
-                    coordinator.queue(&[(
-                        record.destination,
-                        TccMessage::about(
-                            tcc::kind::CONFIRM,
-                            self.state.partition(),
-                            &record.transfer,
-                        ),
-                    )]);
-                }
-            } else {
-                coordinator.running.remove(&id);
-            }
-        }
-    }
-
     async fn answer_read(
         &mut self,
         read: Request,
@@ -654,15 +622,4 @@ impl PartitionTask {
             }
         }
     }
-}
-
-fn group_items(group: &[Request]) -> usize {
-    group
-        .iter()
-        .map(|r| match r {
-            Request::Commands { batch, .. } => batch.len().max(1),
-            Request::Tcc { messages } => messages.len().max(1),
-            _ => 1,
-        })
-        .sum()
 }

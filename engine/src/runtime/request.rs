@@ -110,3 +110,16 @@ pub enum Request {
     /// Finish what is queued, flush, snapshot, close the log, stop.
     Shutdown,
 }
+
+/// The items a group of requests counts against `group_items_max`: a command batch's or TC/C
+/// message list's length (at least 1), 1 for anything else.
+pub(super) fn group_items(group: &[Request]) -> usize {
+    group
+        .iter()
+        .map(|r| match r {
+            Request::Commands { batch, .. } => batch.len().max(1),
+            Request::Tcc { messages } => messages.len().max(1),
+            _ => 1,
+        })
+        .sum()
+}

@@ -12,15 +12,10 @@ use engine::model::Currency;
 use engine::raft::entry_record::log_id;
 use engine::raft::types::{Entry, LogId, Membership, StorageError};
 use engine::raft::{EntryData, GroupResult, NodeAddr, RaftLogStore, SnapshotHandle, WalletRaft};
-use openraft::error::{Fatal, RPCError, RaftError, StreamingError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
-};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Config, EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
-    StoredMembership, Vote,
+    StoredMembership,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -206,44 +201,7 @@ pub fn raft_config() -> Arc<Config> {
 }
 
 /// A network with no peers: a one-voter cluster never sends anything.
-pub struct NoPeers;
-
-fn unreachable() -> Unreachable {
-    Unreachable::new(&std::io::Error::other("a single-node test has no peers"))
-}
-
-impl RaftNetworkFactory<WalletRaft> for NoPeers {
-    type Network = NoPeers;
-    async fn new_client(&mut self, _target: u64, _node: &NodeAddr) -> NoPeers {
-        NoPeers
-    }
-}
-
-impl RaftNetwork<WalletRaft> for NoPeers {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<WalletRaft>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
-        Err(RPCError::Unreachable(unreachable()))
-    }
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<u64>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
-        Err(RPCError::Unreachable(unreachable()))
-    }
-    async fn full_snapshot(
-        &mut self,
-        _vote: Vote<u64>,
-        _snapshot: Snapshot<WalletRaft>,
-        _cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed> + 'static,
-        _option: RPCOption,
-    ) -> Result<SnapshotResponse<u64>, StreamingError<WalletRaft, Fatal<u64>>> {
-        Err(StreamingError::Unreachable(unreachable()))
-    }
-}
+pub use engine::raft::NoPeers;
 
 /// The accounts of `ledger_batches`: id 1 is an issuer (may go 10^12 below zero), 2..=20 are
 /// wallets; all EUR.

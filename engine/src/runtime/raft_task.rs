@@ -1,0 +1,804 @@
+//! The task that owns one partition on its core in Raft mode (`Replication::Raft`, RAFT_PLAN
+//! step 4): the partition is an openraft cluster of which this node is the only voter. It
+//! reads the same `Request` queue as `PartitionTask`, so the router, the server and the client
+//! see no difference, except that a write is acknowledged once **committed and applied**.
+//!
+//! ```text
+//!   queue[p] ──▶ RaftTask: group ─▶ merge ─▶ client_write_ff ─▶ in-flight FIFO ─▶ replies
+//!                                              │                        ▲
+//!                                              ▼                        │ GroupResult
+//!                                  openraft: RaftCore (append+fsync) ─▶ SM worker (apply)
+//! ```
+//!
+//! **Entries.** openraft 0.9 appends and fsyncs one `client_write` at a time (RAFT_PLAN §6),
+//! so client batches are not proposed one by one: a group (what is queued, up to
+//! `group_items_max`) is cut into runs of consecutive batches of the same kind, and each run
+//! becomes **one** Raft entry, one concatenated command batch of at most `entry_items_max`
+//! items. Its items apply exactly as the batches would one after the other: item `i` of the
+//! entry has timestamp `T + i`, and a client batch that owns items `a..b` gets results
+//! `a..b` and timestamp `T + a`.
+//!
+//! `entry_items_max` is not `BATCH_ITEMS_MAX` (a client frame's limit, which Raft entries never
+//! travel in): an entry holds up to `ENTRY_BYTES_MAX` of archived items (and at most half a
+//! flush group of the log writer, at least one full client batch). With entries of one client
+//! batch of 8190 transfers, the one-voter cluster ran at about 30% of the local group commit on
+//! the reference VM: each entry costs one O_DSYNC write of nearly fixed latency (~10 ms there),
+//! and openraft 0.9 writes one entry at a time. The local path puts up to `group_items_max`
+//! items in one write. Entries are proposed with `client_write_ff`, not awaited; the
+//! in-flight FIFO keeps each entry's receiver and which client owns which item range, and a
+//! client is answered when its entry's `GroupResult` arrives (RaftCore sends it after commit
+//! and apply, in log order).
+//!
+//! **Pipeline.** A new group is formed only while fewer than `PIPELINE_ENTRIES` entries are in
+//! flight. RaftCore writes one entry at a time anyway; letting requests wait in the queue
+//! meanwhile is what makes the next entry big (the same dynamics as the local group commit).
+//! `IN_FLIGHT_ENTRIES_MAX` is the hard bound of the FIFO.
+//!
+//! **Timestamps** (RAFT_PLAN §4.8): the task keeps the end of the last proposed entry
+//! (`next_timestamp`: its `T` + its item count) and never reads the applied state for it,
+//! since apply lags the log. At start it begins at the applied state's floor, read after
+//! `ensure_linearizable`, when everything in the log is applied (a one-voter cluster holds no
+//! entry of another leader). `apply_entry` clamps anyway, so a reply's timestamp is always the
+//! one applied (`GroupResult::timestamp`).
+//!
+//! **TC/C**: the same `Coordinator` as `PartitionTask`: held replies, resolutions and outbox
+//! messages come from each entry's `GroupResult`, which only the leader receives (its
+//! responder), so only the leader ships messages. Incoming messages and Try timeouts' ABORTs
+//! become TC/C entries. Unfinished records are re-driven at start, after everything logged is
+//! applied.
+//!
+//! **Reads** (lookups, stats, snapshot requests) go to a reader task that calls
+//! `ensure_linearizable` once for all reads queued (a leadership check and a wait until the
+//! state has applied everything committed when it was called), then reads the shared state. A
+//! read thus sees every write acknowledged before it was sent. The reader runs beside this
+//! task, so the write pipeline never waits for reads.
+//!
+//! **Not in Raft mode yet** (refused by `EngineConfig::validate`, or answered clearly): the
+//! read model (history, balance as of, subscriptions answer `QueryError::Disabled`), daily
+//! snapshots, the full-disk pause (a failed append stops the partition's Raft: writes answer
+//! `storage_error` until a restart) and some counters (see `PartitionStats` in `stats`).
+
+use super::config::{Clock, EngineConfig};
+use super::coordinator::Coordinator;
+use super::node::StartError;
+use super::request::{group_items, BatchReply, PartitionStats, Request};
+use super::timing::GroupTiming;
+use super::watchers::Watchers;
+use crate::command::{ArchivedNewAccount, ArchivedNewTransfer, CommandBatch, BATCH_ITEMS_MAX};
+use crate::digest::state_digest;
+use crate::log::WriterOptions;
+use crate::model::TransferId;
+use crate::partition::PartitionId;
+use crate::raft::entry_record::{applied_log_index, log_index};
+use crate::raft::types::LogId;
+use crate::raft::{EntryData, NoPeers, NodeAddr, RaftLogStore, RaftPartition, WalletRaft};
+use crate::read_model::QueryError;
+use crate::recovery::{log_dir, snapshot_dir};
+use crate::result_code::ResultCode;
+use crate::snapshot::SnapshotRetention;
+use crate::state_machine::PartitionState;
+use crate::tcc::{ArchivedTccMessage, TccMessage};
+use futures::channel::oneshot;
+use openraft::error::{ClientWriteError, Fatal};
+use openraft::raft::ClientWriteResult;
+use openraft::{Raft, ServerState, SnapshotPolicy};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::ops::Range;
+use std::path::Path;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+/// This node's id in every partition's (one-voter) membership.
+pub const NODE_ID: u64 = 1;
+
+/// A new group is formed only while fewer entries than this are in flight: one being applied,
+/// one being written, one waiting in RaftCore so its disk never waits for a proposal. What
+/// arrives meanwhile waits in the queue and makes the next entry bigger. (Measured against 2,
+/// which merges more but lets the disk idle: 3 was as fast or faster with big batches and
+/// clearly faster with many small ones, RAFT_PLAN §10.)
+const PIPELINE_ENTRIES: usize = 3;
+
+/// Most archived item bytes in one entry (4 MiB: below the node link's frame limit planned in
+/// RAFT_PLAN §5, and a few ms of apply).
+const ENTRY_BYTES_MAX: usize = 4 << 20;
+
+/// Most entries proposed and not yet answered (the FIFO's hard bound; a group of many small
+/// batches of alternating kinds waits here for room).
+const IN_FLIGHT_ENTRIES_MAX: usize = 64;
+
+/// Most groups of reads waiting for the reader task.
+const READ_GROUPS_MAX: usize = 64;
+
+/// How often the loop wakes to retry shipping messages and check Try timeouts while TC/C
+/// work is outstanding (as `PartitionTask`).
+const TCC_TICK: Duration = Duration::from_millis(2);
+
+/// How long a start waits for this node to lead its own one-voter cluster.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a snapshot request (or the one at shutdown) waits for openraft to write it.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(300);
+
+/// Counters shared with the reader task (for `Request::Stats`).
+#[derive(Default)]
+struct Counters {
+    /// Raft entries this task proposed that were committed and applied. In openraft 0.9 each
+    /// cost one log append + fdatasync on this node.
+    entries_committed: Cell<u64>,
+    /// Entries openraft re-applied at start (after the newest snapshot).
+    replayed_entries: Cell<u64>,
+    timing: Cell<GroupTiming>,
+}
+
+pub struct RaftTask {
+    raft: Raft<WalletRaft>,
+    state: Rc<RefCell<PartitionState>>,
+    snapshots_written: Rc<Cell<u64>>,
+    counters: Rc<Counters>,
+    group_items_max: usize,
+    /// Most items merged into one entry (see the module doc).
+    entry_items_max: usize,
+    /// Every partition's queue, by partition id (TC/C messages go through them).
+    peers: Vec<flume::Sender<Request>>,
+    tcc_try_timeout: Duration,
+    clock: Clock,
+    /// The smallest timestamp the next proposed entry may use: past every item of the entries
+    /// proposed before it.
+    next_timestamp: u64,
+    /// Reused encoding buffer.
+    body: rkyv::util::AlignedVec<16>,
+}
+
+/// A client batch's share of an entry: its reply slot and the entry's items it owns.
+struct Owner {
+    reply: oneshot::Sender<BatchReply>,
+    items: Range<usize>,
+}
+
+/// An entry being formed from consecutive client batches of one kind.
+struct Forming {
+    batch: CommandBatch,
+    owners: Vec<Owner>,
+}
+
+/// A proposed entry waiting for its `GroupResult`.
+struct InFlight {
+    answer: oneshot::Receiver<ClientWriteResult<WalletRaft>>,
+    owners: Vec<Owner>,
+    /// The ids of the entry's transfers (empty for other kinds): pending TC/C items are held
+    /// by id.
+    transfer_ids: Vec<TransferId>,
+    items: usize,
+    proposed: Instant,
+}
+
+enum Event {
+    Request(Result<Request, flume::RecvError>),
+    Applied(
+        InFlight,
+        Result<ClientWriteResult<WalletRaft>, oneshot::Canceled>,
+    ),
+    Tick,
+}
+
+/// openraft's settings for a partition of a one-voter cluster.
+fn raft_config(config: &EngineConfig) -> Result<openraft::Config, String> {
+    let interval = config.snapshot_interval_entries;
+    let raft = openraft::Config {
+        cluster_name: "walletd".into(),
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        snapshot_policy: if interval == 0 {
+            SnapshotPolicy::Never
+        } else {
+            SnapshotPolicy::LogsSinceLast(interval)
+        },
+        // Keep the log back to about the previous snapshot (for followers, later).
+        max_in_snapshot_log_to_keep: interval.min(1024),
+        ..Default::default()
+    };
+    raft.validate().map_err(|e| e.to_string())
+}
+
+impl RaftTask {
+    /// Opens partition `partition` in `dir` as a one-voter Raft cluster on this core: the log
+    /// store over its log dir, the state machine from its newest snapshot, then openraft
+    /// (which re-applies the committed log after the snapshot). A fresh partition is
+    /// initialized with this node as the only voter. Returns once this node leads and has
+    /// applied everything in its log.
+    pub async fn open(
+        config: &EngineConfig,
+        partition: PartitionId,
+        dir: &Path,
+        peers: Vec<flume::Sender<Request>>,
+    ) -> Result<RaftTask, StartError> {
+        let fail = |reason: String| StartError::Recovery { partition, reason };
+        let options = WriterOptions {
+            segment_bytes: config.segment_bytes,
+            pending_bytes_max: (config.segment_bytes / 4).min(32 << 20) as usize,
+            faults: config.faults.clone(),
+        };
+        let entry_items_max = entry_items_max(options.pending_bytes_max, config.group_items_max);
+        let store = RaftLogStore::open(&log_dir(dir), options)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let sm = RaftPartition::open(&snapshot_dir(dir), partition, config.partitions)
+            .map_err(|e| fail(e.to_string()))?
+            .with_retention(SnapshotRetention {
+                daily_days: 0,
+                ..Default::default()
+            })
+            .with_submit_turn();
+        let state = sm.state();
+        let snapshot_index = state.borrow().last_index();
+        if config.transfers_capacity_per_partition > 0 {
+            state
+                .borrow_mut()
+                .reserve_transfers(config.transfers_capacity_per_partition);
+        }
+        let snapshots_written = sm.snapshots_written();
+        let raft_config = raft_config(config).map_err(fail)?;
+        let raft = Raft::new(
+            NODE_ID,
+            std::sync::Arc::new(raft_config),
+            NoPeers,
+            store,
+            sm,
+        )
+        .await
+        .map_err(|e| fail(format!("starting Raft: {e}")))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if !initialized {
+            raft.initialize(BTreeMap::from([(NODE_ID, NodeAddr::default())]))
+                .await
+                .map_err(|e| fail(format!("initializing the one-voter cluster: {e}")))?;
+        }
+        // A one-voter cluster that led before is restored as leader at once; a fresh one
+        // elects itself right after `initialize`.
+        raft.wait(Some(LEADER_WAIT))
+            .state(ServerState::Leader, "this node leads its own partition")
+            .await
+            .map_err(|e| fail(format!("no leadership after {LEADER_WAIT:?}: {e}")))?;
+        raft.ensure_linearizable()
+            .await
+            .map_err(|e| fail(format!("applying the committed log: {e}")))?;
+        let counters = Rc::new(Counters::default());
+        let next_timestamp = {
+            let state = state.borrow();
+            counters
+                .replayed_entries
+                .set(state.last_index() - snapshot_index);
+            tracing::info!(
+                partition,
+                last_index = state.last_index(),
+                snapshot_index,
+                initialized,
+                "partition recovered (raft, one voter)"
+            );
+            state.next_timestamp_floor()
+        };
+        Ok(RaftTask {
+            raft,
+            state,
+            snapshots_written,
+            counters,
+            group_items_max: config.group_items_max,
+            entry_items_max,
+            peers,
+            tcc_try_timeout: Duration::from_millis(config.tcc_try_timeout_ms),
+            clock: config.clock.clone(),
+            next_timestamp,
+            body: rkyv::util::AlignedVec::new(),
+        })
+    }
+
+    pub async fn run(mut self, requests: flume::Receiver<Request>) {
+        let mut coordinator = Coordinator::default();
+        let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(IN_FLIGHT_ENTRIES_MAX);
+        let mut watchers = Watchers::default();
+        let mut group: Vec<Request> = Vec::with_capacity(64);
+        let mut stopping = false;
+        let (reads_tx, reads_rx) = flume::bounded::<Vec<Request>>(READ_GROUPS_MAX);
+        let reader = glommio::spawn_local(serve_reads(
+            self.raft.clone(),
+            self.state.clone(),
+            self.counters.clone(),
+            self.snapshots_written.clone(),
+            reads_rx,
+        ));
+
+        // Everything logged is applied (`open`): move every unfinished TC/C forward again.
+        let redrive = self.state.borrow().tcc_redrive();
+        coordinator.redrive(redrive.iter().map(|(_, m)| m.id));
+        coordinator.queue(&redrive);
+        coordinator.ship(&self.peers);
+
+        while !stopping {
+            let accept = in_flight.len() < PIPELINE_ENTRIES;
+            match next_event(&requests, accept, &mut in_flight, coordinator.has_work()).await {
+                Event::Request(Ok(first)) => group.push(first),
+                Event::Request(Err(_)) => break, // every sender is gone
+                Event::Applied(entry, answer) => self.finish(entry, answer, &mut coordinator),
+                Event::Tick => {}
+            }
+            self.finish_ready(&mut in_flight, &mut coordinator);
+            if !group.is_empty() {
+                let mut items = group_items(&group);
+                while items < self.group_items_max {
+                    match requests.try_recv() {
+                        Ok(next) => {
+                            items += group_items(std::slice::from_ref(&next));
+                            group.push(next);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            coordinator.abort_overdue(&self.state.borrow(), self.tcc_try_timeout);
+
+            // Cut the group into entries: runs of consecutive command batches of one kind,
+            // then one entry (or more, of at most BATCH_ITEMS_MAX) of TC/C messages.
+            let group_started = Instant::now();
+            let mut formed: Vec<Forming> = Vec::new();
+            let mut tcc_in: Vec<TccMessage> = std::mem::take(&mut coordinator.local);
+            let mut reads = Vec::new();
+            for request in group.drain(..) {
+                match request {
+                    Request::Commands {
+                        batch,
+                        reply,
+                        enqueued,
+                    } => {
+                        let mut timing = self.counters.timing.get();
+                        timing
+                            .queue
+                            .record(group_started.saturating_duration_since(enqueued));
+                        self.counters.timing.set(timing);
+                        merge(&mut formed, batch, reply, self.entry_items_max);
+                    }
+                    Request::Tcc { messages } => tcc_in.extend(messages),
+                    Request::Shutdown => stopping = true,
+                    Request::Watch { wake } => watchers.add(wake),
+                    other => reads.push(other),
+                }
+            }
+            for forming in formed {
+                self.propose(forming, &mut in_flight, &mut coordinator)
+                    .await;
+            }
+            while !tcc_in.is_empty() {
+                let rest = tcc_in.split_off(tcc_in.len().min(self.entry_items_max));
+                let messages = std::mem::replace(&mut tcc_in, rest);
+                let forming = Forming {
+                    batch: CommandBatch::Tcc(messages),
+                    owners: Vec::new(),
+                };
+                self.propose(forming, &mut in_flight, &mut coordinator)
+                    .await;
+            }
+            if !reads.is_empty() && reads_tx.send_async(reads).await.is_err() {
+                tracing::error!("the reader task of a partition ended early");
+            }
+            coordinator.ship(&self.peers);
+            watchers.notify(self.state.borrow().last_index());
+        }
+
+        // Shutdown: answer everything in flight, then leave a snapshot of it (the next start
+        // re-applies nothing) and stop openraft. Clients still waiting on a TC/C see their
+        // reply channel close; the records are durable and re-driven at the next start.
+        while let Some(mut entry) = in_flight.pop_front() {
+            let answer = (&mut entry.answer).await;
+            self.finish(entry, answer, &mut coordinator);
+        }
+        drop(coordinator);
+        drop(reads_tx);
+        reader.await;
+        if let Err(e) = snapshot_now(&self.raft).await {
+            tracing::error!(error = %e, "the shutdown snapshot failed");
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::error!(error = %e, "stopping the partition's Raft failed");
+        }
+        self.peers.clear();
+    }
+
+    /// Encodes `forming` as one entry at the next timestamp and hands it to openraft without
+    /// waiting for it; its clients are answered from the FIFO. Waits for the oldest entry first
+    /// while the FIFO is full.
+    async fn propose(
+        &mut self,
+        forming: Forming,
+        in_flight: &mut VecDeque<InFlight>,
+        coordinator: &mut Coordinator,
+    ) {
+        while in_flight.len() >= IN_FLIGHT_ENTRIES_MAX {
+            let Some(mut oldest) = in_flight.pop_front() else {
+                break;
+            };
+            let answer = (&mut oldest.answer).await;
+            self.finish(oldest, answer, coordinator);
+        }
+        let Forming { batch, owners } = forming;
+        let items = batch.len();
+        if let Some(last) = owners.last() {
+            assert_eq!(last.items.end, items, "the owners cover the entry's items");
+        }
+        batch.encode_into(&mut self.body);
+        let timestamp = self.clock.now_ns().max(self.next_timestamp);
+        // As `PartitionState::advance` will: an empty entry still uses one timestamp.
+        self.next_timestamp = timestamp + items.max(1) as u64;
+        let data = EntryData::new(
+            batch.kind(),
+            timestamp,
+            bytes::Bytes::copy_from_slice(&self.body),
+        );
+        let transfer_ids = match &batch {
+            CommandBatch::CreateTransfers(transfers) => transfers.iter().map(|t| t.id).collect(),
+            _ => Vec::new(),
+        };
+        drop(batch);
+        match self.raft.client_write_ff(data).await {
+            Ok(answer) => in_flight.push_back(InFlight {
+                answer,
+                owners,
+                transfer_ids,
+                items,
+                proposed: Instant::now(),
+            }),
+            Err(fatal) => {
+                // TC/C messages of a refused entry are not lost for good: their sources
+                // re-drive them after the next start.
+                let code = fatal_code(&fatal);
+                tracing::error!(error = %fatal, "the partition's Raft refused an entry");
+                refuse(owners, code);
+            }
+        }
+    }
+
+    /// Answers the entries at the front of the FIFO that are already applied, in order,
+    /// without waiting.
+    fn finish_ready(&mut self, in_flight: &mut VecDeque<InFlight>, coordinator: &mut Coordinator) {
+        while let Some(front) = in_flight.front_mut() {
+            let answer = match front.answer.try_recv() {
+                Ok(Some(answer)) => Ok(answer),
+                Ok(None) => return,
+                Err(canceled) => Err(canceled),
+            };
+            let entry = in_flight.pop_front().expect("the front entry exists");
+            self.finish(entry, answer, coordinator);
+        }
+    }
+
+    /// Answers the clients of one entry from its `GroupResult`, and feeds the TC/C
+    /// coordinator (held replies first, then resolutions, then outgoing messages, as
+    /// `PartitionTask` does).
+    fn finish(
+        &mut self,
+        entry: InFlight,
+        answer: Result<ClientWriteResult<WalletRaft>, oneshot::Canceled>,
+        coordinator: &mut Coordinator,
+    ) {
+        let response = match answer {
+            Ok(Ok(response)) => response,
+            Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
+                tracing::warn!(leader = ?forward.leader_id, "an entry was not committed: this node is not the leader");
+                refuse(entry.owners, ResultCode::NotLeader);
+                return;
+            }
+            Ok(Err(ClientWriteError::ChangeMembershipError(e))) => {
+                tracing::error!(error = %e, "a command entry answered with a membership error");
+                refuse(entry.owners, ResultCode::StorageError);
+                return;
+            }
+            Err(oneshot::Canceled) => {
+                // openraft dropped the responder: it stopped (shutdown or a fatal error).
+                refuse(entry.owners, self.stopped_code());
+                return;
+            }
+        };
+        let mut timing = self.counters.timing.get();
+        timing.fsync.record(entry.proposed.elapsed());
+        self.counters.timing.set(timing);
+        self.counters
+            .entries_committed
+            .set(self.counters.entries_committed.get() + 1);
+        let index = log_index(response.log_id.index);
+        let result = response.data;
+        // Client batches get one result per item; TC/C message entries (no owners) none.
+        assert!(
+            entry.owners.is_empty() || result.results.len() == entry.items,
+            "entry {index} has {} results for {} items",
+            result.results.len(),
+            entry.items
+        );
+        for Owner { reply, items } in entry.owners {
+            let results = result.results[items.clone()].to_vec();
+            let pending: Vec<(usize, TransferId)> = results
+                .iter()
+                .enumerate()
+                .filter(|(_, code)| **code == ResultCode::Pending)
+                .map(|(i, _)| (i, entry.transfer_ids[items.start + i]))
+                .collect();
+            let answer = BatchReply {
+                results,
+                index,
+                timestamp: result.timestamp + items.start as u64,
+            };
+            if pending.is_empty() {
+                let _ = reply.send(answer);
+            } else {
+                coordinator.hold(reply, answer, pending);
+            }
+        }
+        for (id, code) in result.resolved {
+            coordinator.resolve(id, code);
+        }
+        coordinator.queue(&result.outbox);
+    }
+
+    /// The code for writes openraft dropped unanswered: `storage_error` when it stopped on a
+    /// storage failure, `shutting_down` otherwise.
+    fn stopped_code(&self) -> ResultCode {
+        match &self.raft.metrics().borrow().running_state {
+            Err(fatal) => fatal_code(fatal),
+            Ok(()) => ResultCode::ShuttingDown,
+        }
+    }
+}
+
+/// Most items of one entry: `ENTRY_BYTES_MAX` (and half a flush group of the log writer, which
+/// must hold a whole entry) of the largest archived item, but at least a full client batch
+/// (which the local path appends to the same writer as it is) and at most `group_items_max`.
+fn entry_items_max(pending_bytes_max: usize, group_items_max: usize) -> usize {
+    let item_bytes_max = std::mem::size_of::<ArchivedNewAccount>()
+        .max(std::mem::size_of::<ArchivedNewTransfer>())
+        .max(std::mem::size_of::<ArchivedTccMessage>());
+    let bytes = ENTRY_BYTES_MAX.min(pending_bytes_max / 2);
+    (bytes / item_bytes_max)
+        .min(group_items_max)
+        .max(BATCH_ITEMS_MAX)
+}
+
+/// Adds a client batch to the entries being formed: to the last one when it has the same kind
+/// and room (at most `items_max` items), else as a new entry.
+fn merge(
+    formed: &mut Vec<Forming>,
+    batch: CommandBatch,
+    reply: oneshot::Sender<BatchReply>,
+    items_max: usize,
+) {
+    let items = batch.len();
+    if let Some(last) = formed.last_mut() {
+        let start = last.batch.len();
+        if start + items <= items_max {
+            let merged = match (&mut last.batch, batch) {
+                (CommandBatch::CreateAccounts(into), CommandBatch::CreateAccounts(from)) => {
+                    into.extend(from);
+                    None
+                }
+                (CommandBatch::CreateTransfers(into), CommandBatch::CreateTransfers(from)) => {
+                    into.extend(from);
+                    None
+                }
+                (CommandBatch::Tcc(into), CommandBatch::Tcc(from)) => {
+                    into.extend(from);
+                    None
+                }
+                (_, other) => Some(other),
+            };
+            match merged {
+                None => {
+                    last.owners.push(Owner {
+                        reply,
+                        items: start..start + items,
+                    });
+                    return;
+                }
+                Some(batch) => return start_entry(formed, batch, reply),
+            }
+        }
+    }
+    start_entry(formed, batch, reply)
+}
+
+fn start_entry(formed: &mut Vec<Forming>, batch: CommandBatch, reply: oneshot::Sender<BatchReply>) {
+    let items = batch.len();
+    formed.push(Forming {
+        batch,
+        owners: vec![Owner {
+            reply,
+            items: 0..items,
+        }],
+    });
+}
+
+fn refuse(owners: Vec<Owner>, code: ResultCode) {
+    for Owner { reply, items } in owners {
+        let _ = reply.send(BatchReply::refused(items.len(), code));
+    }
+}
+
+fn fatal_code(fatal: &Fatal<u64>) -> ResultCode {
+    match fatal {
+        Fatal::Stopped => ResultCode::ShuttingDown,
+        Fatal::StorageError(_) | Fatal::Panicked => ResultCode::StorageError,
+    }
+}
+
+/// Waits for the next thing to do: an applied entry at the front of the FIFO, a request (only
+/// when `accept`), or the TC/C tick (only when `tick`).
+async fn next_event(
+    requests: &flume::Receiver<Request>,
+    accept: bool,
+    in_flight: &mut VecDeque<InFlight>,
+    tick: bool,
+) -> Event {
+    let mut recv = accept.then(|| Box::pin(requests.recv_async()));
+    let mut timer = tick.then(|| Box::pin(glommio::timer::sleep(TCC_TICK)));
+    futures::future::poll_fn(|cx| {
+        if let Some(front) = in_flight.front_mut() {
+            if let Poll::Ready(answer) = Pin::new(&mut front.answer).poll(cx) {
+                let entry = in_flight.pop_front().expect("the front entry exists");
+                return Poll::Ready(Event::Applied(entry, answer));
+            }
+        }
+        if let Some(recv) = recv.as_mut() {
+            if let Poll::Ready(request) = recv.as_mut().poll(cx) {
+                return Poll::Ready(Event::Request(request));
+            }
+        }
+        if let Some(timer) = timer.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Tick);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Asks openraft for a snapshot of everything applied and waits until it is written; returns
+/// the log index it covers.
+async fn snapshot_now(raft: &Raft<WalletRaft>) -> Result<u64, String> {
+    let applied = raft.metrics().borrow().last_applied;
+    let covers = |snapshot: &Option<LogId>| snapshot.map(|s| s.index) >= applied.map(|a| a.index);
+    if covers(&raft.metrics().borrow().snapshot) {
+        return Ok(applied_log_index(applied.as_ref()));
+    }
+    raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
+    let metrics = raft
+        .wait(Some(SNAPSHOT_WAIT))
+        .metrics(|m| covers(&m.snapshot), "a snapshot of everything applied")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(applied_log_index(metrics.snapshot.as_ref()))
+}
+
+/// The reader task: answers groups of reads after one `ensure_linearizable` for all of them.
+/// When it fails (the Raft stopped), lookups are dropped (the caller sees `ShuttingDown`),
+/// stats are answered from the local state and snapshot requests with the error.
+async fn serve_reads(
+    raft: Raft<WalletRaft>,
+    state: Rc<RefCell<PartitionState>>,
+    counters: Rc<Counters>,
+    snapshots_written: Rc<Cell<u64>>,
+    groups: flume::Receiver<Vec<Request>>,
+) {
+    while let Ok(mut reads) = groups.recv_async().await {
+        while let Ok(more) = groups.try_recv() {
+            reads.extend(more);
+        }
+        let linearizable = raft.ensure_linearizable().await;
+        if let Err(e) = &linearizable {
+            tracing::warn!(error = %e, "reads of a partition whose Raft cannot confirm its state");
+        }
+        for read in reads {
+            match read {
+                Request::Commands { .. }
+                | Request::Tcc { .. }
+                | Request::Shutdown
+                | Request::Watch { .. } => unreachable!("not reads"),
+                Request::LookupAccounts { ids, reply } => {
+                    if linearizable.is_ok() {
+                        let state = state.borrow();
+                        let _ =
+                            reply.send(ids.iter().map(|id| state.account(*id).copied()).collect());
+                    }
+                }
+                Request::LookupTransfers { ids, reply } => {
+                    if linearizable.is_ok() {
+                        let state = state.borrow();
+                        let _ =
+                            reply.send(ids.iter().map(|id| state.lookup_transfer(*id)).collect());
+                    }
+                }
+                Request::History { reply, .. } => {
+                    let _ = reply.send(Err(QueryError::Disabled));
+                }
+                Request::BalanceAt { reply, .. } => {
+                    let _ = reply.send(Err(QueryError::Disabled));
+                }
+                Request::Events { reply, .. } => {
+                    let _ = reply.send(Err(QueryError::Disabled));
+                }
+                Request::Stats { digest, reply } => {
+                    let _ = reply.send(stats(
+                        &raft,
+                        &state.borrow(),
+                        &counters,
+                        &snapshots_written,
+                        digest,
+                    ));
+                }
+                Request::Snapshot { reply } => {
+                    let answer = match &linearizable {
+                        Ok(_) => snapshot_now(&raft).await,
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+    }
+}
+
+/// A partition's counters in Raft mode. Differences from `PartitionTask`'s: `durable_index` is
+/// the last log index openraft appended (durable once appended, in 0.9); `fsyncs` counts this
+/// task's committed entries (one leader append + fdatasync each; openraft's own blank and
+/// membership entries and its `raft_meta` saves are not counted); `replayed_entries` are the
+/// entries openraft re-applied at start; `timing.fsync` holds each entry's time from proposal
+/// to committed and applied, `timing.apply` stays empty (the apply runs inside openraft);
+/// `storage_full` is never set (a full disk stops the Raft: `storage_failed`); the read model
+/// fields are off.
+fn stats(
+    raft: &Raft<WalletRaft>,
+    state: &PartitionState,
+    counters: &Counters,
+    snapshots_written: &Cell<u64>,
+    digest: bool,
+) -> PartitionStats {
+    let metrics = raft.metrics().borrow().clone();
+    PartitionStats {
+        partition: state.partition(),
+        accounts: state.account_count() as u64,
+        transfers: state.transfer_count() as u64,
+        last_index: state.last_index(),
+        durable_index: metrics.last_log_index.map_or(0, log_index),
+        replayed_entries: counters.replayed_entries.get(),
+        snapshots_written: snapshots_written.get(),
+        fsyncs: counters.entries_committed.get(),
+        tcc_in_flight: state.tcc_in_flight() as u64,
+        read_model: false,
+        read_model_position: 0,
+        read_model_lag_entries: 0,
+        read_model_lag_ms: 0,
+        storage_full: false,
+        storage_failed: metrics.running_state.is_err(),
+        timing: counters.timing.get(),
+        digest: if digest { state_digest(state) } else { 0 },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_hold_up_to_4_mib_of_items_and_never_less_than_a_client_batch() {
+        let big = entry_items_max(32 << 20, 64 * 1024);
+        assert!(big > BATCH_ITEMS_MAX && big < 64 * 1024, "{big}");
+        assert!(big * std::mem::size_of::<ArchivedNewTransfer>() <= ENTRY_BYTES_MAX);
+        // A small writer (4 MiB segments: 1 MiB flush groups) still takes a client batch.
+        assert_eq!(entry_items_max(1 << 20, 64 * 1024), BATCH_ITEMS_MAX);
+        // Never more than a group.
+        assert_eq!(entry_items_max(32 << 20, 10_000), 10_000);
+    }
+}
