@@ -10,7 +10,7 @@
 
 use super::config::Clock;
 use super::coordinator::Coordinator;
-use super::request::{group_items, BatchReply, PartitionStats, Request};
+use super::request::{fill_group, BatchReply, PartitionStats, Request};
 use super::timing::GroupTiming;
 use crate::command::CommandBatch;
 use crate::digest::state_digest;
@@ -164,16 +164,7 @@ impl PartitionTask {
                 Some(Err(_)) => break, // every sender is gone
                 None => {}
             }
-            let mut items = group_items(&group);
-            while items < self.group_items_max {
-                match requests.try_recv() {
-                    Ok(next) => {
-                        items += group_items(std::slice::from_ref(&next));
-                        group.push(next);
-                    }
-                    Err(_) => break,
-                }
-            }
+            fill_group(&requests, &mut group, self.group_items_max);
             coordinator.abort_overdue(&self.state, self.tcc_try_timeout);
             if full && failed.is_none() {
                 // Retry what waits in the writer (throttled by the writer while still full).

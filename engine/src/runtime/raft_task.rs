@@ -61,7 +61,7 @@
 use super::config::{Clock, EngineConfig};
 use super::coordinator::Coordinator;
 use super::node::StartError;
-use super::request::{group_items, BatchReply, PartitionStats, Request};
+use super::request::{fill_group, BatchReply, PartitionStats, Request};
 use super::timing::GroupTiming;
 use super::watchers::Watchers;
 use crate::command::{ArchivedNewAccount, ArchivedNewTransfer, CommandBatch, BATCH_ITEMS_MAX};
@@ -331,16 +331,7 @@ impl RaftTask {
             }
             self.finish_ready(&mut in_flight, &mut coordinator);
             if !group.is_empty() {
-                let mut items = group_items(&group);
-                while items < self.group_items_max {
-                    match requests.try_recv() {
-                        Ok(next) => {
-                            items += group_items(std::slice::from_ref(&next));
-                            group.push(next);
-                        }
-                        Err(_) => break,
-                    }
-                }
+                fill_group(&requests, &mut group, self.group_items_max);
             }
             coordinator.abort_overdue(&self.state.borrow(), self.tcc_try_timeout);
 

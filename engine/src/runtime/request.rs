@@ -123,3 +123,22 @@ pub(super) fn group_items(group: &[Request]) -> usize {
         })
         .sum()
 }
+
+/// Adds to `group` what is already queued in `requests`, without waiting, until the group holds
+/// `items_max` items (counted as `group_items` does) or the queue is empty.
+pub(super) fn fill_group(
+    requests: &flume::Receiver<Request>,
+    group: &mut Vec<Request>,
+    items_max: usize,
+) {
+    let mut items = group_items(group);
+    while items < items_max {
+        match requests.try_recv() {
+            Ok(next) => {
+                items += group_items(std::slice::from_ref(&next));
+                group.push(next);
+            }
+            Err(_) => break,
+        }
+    }
+}
