@@ -19,6 +19,7 @@ fn all_ok(codes: &[ResultCode]) -> bool {
 fn walletd_in_raft_mode_keeps_every_acknowledged_transfer_across_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let partitions = PARTITIONS.to_string();
+    let metrics = format!("127.0.0.1:{}", walletd_tests::server_process::free_port());
     let args = [
         "--replication",
         "raft",
@@ -26,6 +27,8 @@ fn walletd_in_raft_mode_keeps_every_acknowledged_transfer_across_a_crash() {
         &partitions,
         "--cores",
         "0,1",
+        "--metrics-listen",
+        &metrics,
     ];
     let mut server = ServerProcess::start(std::path::Path::new(WALLETD), dir.path(), &args);
     let client = Client::connect(ClientConfig::new(server.addr.clone())).unwrap();
@@ -60,6 +63,37 @@ fn walletd_in_raft_mode_keeps_every_acknowledged_transfer_across_a_crash() {
     server.restart();
     let client = Client::connect(ClientConfig::new(server.addr.clone())).unwrap();
     assert_eq!(client.state_digest().unwrap().digest, digest);
+    // The partition map comes from each partition's Raft: this node leads every group, in
+    // the term it was elected in (a lone voter resumes its term after a restart: its vote
+    // is saved, committed).
+    let map = client.partition_map().unwrap();
+    assert_eq!(map.partitions.len(), PARTITIONS as usize);
+    for p in &map.partitions {
+        assert_eq!(p.leader, Some(1));
+        assert!(
+            p.term >= 1,
+            "term {}: a Raft term, not the local path's 0",
+            p.term
+        );
+    }
+    // And so do the metrics: leader, term, and a log applied through its end.
+    let (status, body) = walletd_tests::http_get(&metrics, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    let value = |name: &str, p: u32| -> u64 {
+        let prefix = format!("{name}{{partition=\"{p}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} in the metrics"))
+            .parse()
+            .unwrap()
+    };
+    for p in 0..PARTITIONS {
+        assert_eq!(value("walletd_raft_is_leader", p), 1);
+        assert!(value("walletd_raft_term", p) >= 1);
+        let last = value("walletd_raft_last_log_index", p);
+        assert!(last > 1 && value("walletd_raft_applied_index", p) == last);
+        assert_eq!(value("walletd_raft_follower_lag_max_entries", p), 0);
+    }
     drop(client);
     assert_eq!(server.stop(), Some(0));
 

@@ -6,8 +6,8 @@ use engine::model::Currency;
 use engine::{NewAccount, NewTransfer, ResultCode};
 use net::{Client, ClientConfig};
 use std::time::Instant;
-use walletd_tests::eur_account;
 use walletd_tests::server_process::ServerProcess;
+use walletd_tests::{eur_account, http_get};
 
 const WALLETD: &str = env!("CARGO_BIN_EXE_test-walletd");
 const WALLET: &str = env!("CARGO_BIN_EXE_test-wallet");
@@ -536,17 +536,6 @@ fn single_transfers_from_many_threads_are_batched_and_auth_is_enforced() {
     let entries: u64 = status.partitions.iter().map(|p| p.last_index).sum();
     assert!(entries < 2_000, "{entries} log entries for 2,000 transfers");
     assert_eq!(server.stop(), Some(0));
-}
-
-/// A plain HTTP/1.1 GET; returns (status line, body).
-fn http_get(addr: &str, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
 }
 
 #[test]

@@ -165,6 +165,39 @@ pub fn render(node: &Node) -> Result<String, String> {
         "1 after a log write or fsync error: writes are refused with storage_error until a restart.",
         &|s| s.storage_failed as u64,
     );
+    if stats.iter().any(|s| s.raft.is_some()) {
+        let raft = |s: &engine::runtime::PartitionStats| s.raft.unwrap_or_default();
+        family(
+            "walletd_raft_term",
+            "gauge",
+            "The partition's Raft term as this node knows it.",
+            &|s| raft(s).term,
+        );
+        family(
+            "walletd_raft_is_leader",
+            "gauge",
+            "1 while this node leads the partition's Raft group.",
+            &|s| raft(s).is_leader as u64,
+        );
+        family(
+            "walletd_raft_last_log_index",
+            "gauge",
+            "The last entry in this node's Raft log of the partition (log index).",
+            &|s| raft(s).last_log_index,
+        );
+        family(
+            "walletd_raft_applied_index",
+            "gauge",
+            "The last Raft entry applied to the partition's state (log index).",
+            &|s| raft(s).applied_index,
+        );
+        family(
+            "walletd_raft_follower_lag_max_entries",
+            "gauge",
+            "On a leader: the most entries any follower is behind its log (0 without followers).",
+            &|s| raft(s).follower_lag_max,
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP walletd_queue_depth Requests waiting in the partition's queue (bounded by queue_depth_max; full means clients get busy)."

@@ -20,4 +20,4 @@ mod watchers;
 
 pub use config::{Clock, EngineConfig, Replication};
 pub use node::{Node, StartError, SubmitError};
-pub use request::{BatchReply, PartitionStats, Request};
+pub use request::{BatchReply, PartitionStats, RaftStatus, Request};

@@ -532,6 +532,7 @@ impl PartitionTask {
                     storage_failed: failed.is_some(),
                     timing: self.timing,
                     digest: if digest { state_digest(&self.state) } else { 0 },
+                    raft: None,
                 });
             }
             Request::Snapshot { reply } => {

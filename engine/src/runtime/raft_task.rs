@@ -61,7 +61,7 @@
 use super::config::{Clock, EngineConfig};
 use super::coordinator::Coordinator;
 use super::node::StartError;
-use super::request::{fill_group, BatchReply, PartitionStats, Request};
+use super::request::{fill_group, BatchReply, PartitionStats, RaftStatus, Request};
 use super::timing::GroupTiming;
 use super::watchers::Watchers;
 use crate::command::{ArchivedNewAccount, ArchivedNewTransfer, CommandBatch, BATCH_ITEMS_MAX};
@@ -775,6 +775,28 @@ fn stats(
         storage_failed: metrics.running_state.is_err(),
         timing: counters.timing.get(),
         digest: if digest { state_digest(state) } else { 0 },
+        raft: Some(raft_status(&metrics)),
+    }
+}
+
+fn raft_status(metrics: &openraft::RaftMetrics<u64, NodeAddr>) -> RaftStatus {
+    let last_log_index = metrics.last_log_index.map_or(0, log_index);
+    let follower_lag_max = metrics.replication.as_ref().map_or(0, |followers| {
+        followers
+            .iter()
+            .filter(|(id, _)| **id != metrics.id)
+            .map(|(_, matched)| {
+                last_log_index.saturating_sub(matched.map_or(0, |m| log_index(m.index)))
+            })
+            .max()
+            .unwrap_or(0)
+    });
+    RaftStatus {
+        term: metrics.current_term,
+        is_leader: metrics.state == openraft::ServerState::Leader,
+        last_log_index,
+        applied_index: metrics.last_applied.map_or(0, |id| log_index(id.index)),
+        follower_lag_max,
     }
 }
 

@@ -57,6 +57,22 @@ pub struct PartitionStats {
     /// Time spent per group commit: apply (CPU) and write + fdatasync (disk).
     pub timing: super::timing::GroupTiming,
     pub digest: u128,
+    /// The partition's Raft as this node sees it (`None` without replication).
+    pub raft: Option<RaftStatus>,
+}
+
+/// A partition's Raft group from this node's side (openraft's metrics), in log indexes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub term: u64,
+    /// This node leads the group now.
+    pub is_leader: bool,
+    /// The last entry in this node's log (durable).
+    pub last_log_index: u64,
+    /// The last entry applied to the state.
+    pub applied_index: u64,
+    /// On a leader: the most entries any follower is behind its log (0 with no followers).
+    pub follower_lag_max: u64,
 }
 
 pub enum Request {

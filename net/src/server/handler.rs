@@ -68,13 +68,28 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
             codec::encode_status(&mut out, node.config().cores.len() as u32, &parts);
         }
         Operation::PartitionMap => {
-            // Without replication this node leads every partition it has.
-            let map = crate::partition_map::PartitionMap::single_node(
+            // This node is the only one it knows of (walletd starts no multi-node cluster
+            // yet): it leads every partition, except one whose Raft is not leader now
+            // (electing, or stopped after a storage failure).
+            let node = &ctx.node;
+            let mut map = crate::partition_map::PartitionMap::single_node(
                 ctx.config.cluster_id,
                 ctx.config.node_id,
                 ctx.config.advertised_addr(),
-                ctx.node.partition_count(),
+                node.partition_count(),
             );
+            for (p, leader) in map.partitions.iter_mut().enumerate() {
+                match node.counters(p as u32).await {
+                    Ok(stats) => {
+                        if let Some(raft) = stats.raft {
+                            leader.term = raft.term;
+                            leader.leader = raft.is_leader.then_some(ctx.config.node_id);
+                        }
+                    }
+                    // The partition does not answer (stopped): nobody leads it.
+                    Err(_) => leader.leader = None,
+                }
+            }
             crate::partition_map::encode_partition_map(&mut out, &map);
         }
         Operation::StateDigest => {
