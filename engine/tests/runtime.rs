@@ -179,7 +179,7 @@ fn replay_without_snapshot_equals_replay_with_snapshot() {
     files.sort();
     std::fs::remove_file(files.last().unwrap()).unwrap();
     let node = Node::start(config(dir.path())).unwrap();
-    let stats = node.all_stats().unwrap()[0];
+    let stats = node.all_stats().unwrap()[0].clone();
     assert!(
         stats.replayed_entries > 0,
         "the tail after the snapshot was replayed"
@@ -190,7 +190,7 @@ fn replay_without_snapshot_equals_replay_with_snapshot() {
     // No snapshot at all: replay from genesis.
     std::fs::remove_dir_all(&snaps).unwrap();
     let node = Node::start(config(dir.path())).unwrap();
-    let stats = node.all_stats().unwrap()[0];
+    let stats = node.all_stats().unwrap()[0].clone();
     assert_eq!(stats.replayed_entries, stats.last_index);
     assert_eq!(stats.digest, live);
 }
@@ -265,7 +265,7 @@ fn mid_log_corruption_stops_the_start_and_repair_is_explicit() {
     );
     c.repair = true;
     let node = Node::start(c).unwrap();
-    let stats = node.all_stats().unwrap()[0];
+    let stats = node.all_stats().unwrap()[0].clone();
     assert_eq!(
         stats.last_index, 2,
         "the log was cut before the damaged entry"

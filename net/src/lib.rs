@@ -7,6 +7,7 @@
 //! own).
 
 pub mod client;
+pub mod cluster_admin;
 pub mod codec;
 pub mod frame;
 pub mod operation;
@@ -17,5 +18,5 @@ pub mod tls;
 
 pub use client::{Client, ClientConfig, ClientError, ClusterClient};
 pub use operation::{Operation, ProtocolError};
-pub use server::{Server, ServerConfig};
+pub use server::{ClusterNode, ClusterSetup, Server, ServerConfig};
 pub use tls::ClientTls;

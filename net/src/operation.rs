@@ -24,6 +24,9 @@ pub enum Operation {
     /// Which node leads each partition and where clients reach every node
     /// (`partition_map.rs`).
     PartitionMap = 25,
+    /// Cluster administration: init, add or remove a node, link fault injection
+    /// (`cluster_admin.rs`).
+    ClusterChange = 26,
     /// Node link only (`raft_link`, its own listener): a batch of Raft messages of any
     /// partitions; its reply (REPLY flag, "RaftBatchReply") batches answers the same way.
     RaftBatch = 32,
@@ -45,6 +48,7 @@ impl Operation {
             23 => Operation::Subscribe,
             24 => Operation::StateDigest,
             25 => Operation::PartitionMap,
+            26 => Operation::ClusterChange,
             32 => Operation::RaftBatch,
             _ => return None,
         })
@@ -80,6 +84,10 @@ pub enum ProtocolError {
     ShuttingDown = 11,
     #[error("cluster_mismatch")]
     ClusterMismatch = 12,
+    /// A read that needs the leader (a lookup) reached a node that does not lead one of the
+    /// partitions asked: ask the leader (the partition map says which node it is).
+    #[error("not_leader")]
+    NotLeader = 13,
 }
 
 impl ProtocolError {
@@ -98,6 +106,7 @@ impl ProtocolError {
             10 => TooManyItems,
             11 => ShuttingDown,
             12 => ClusterMismatch,
+            13 => NotLeader,
             _ => return None,
         })
     }

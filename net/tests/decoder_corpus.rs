@@ -41,6 +41,10 @@ fn decode_stream(mut bytes: &[u8]) -> (usize, bool) {
             Some(Operation::PartitionMap) => {
                 net::partition_map::decode_partition_map(body).map(|_| 1)
             }
+            // The request, and the reply a client decodes.
+            Some(Operation::ClusterChange) => net::cluster_admin::decode_change(body)
+                .map(|_| 1)
+                .or_else(|_| net::cluster_admin::decode_outcomes(body).map(|o| o.len())),
             Some(Operation::RaftBatch) => net::raft_link::decode_batch(body)
                 .map(|batch| {
                     batch

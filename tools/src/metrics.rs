@@ -166,7 +166,7 @@ pub fn render(node: &Node) -> Result<String, String> {
         &|s| s.storage_failed as u64,
     );
     if stats.iter().any(|s| s.raft.is_some()) {
-        let raft = |s: &engine::runtime::PartitionStats| s.raft.unwrap_or_default();
+        let raft = |s: &engine::runtime::PartitionStats| s.raft.clone().unwrap_or_default();
         family(
             "walletd_raft_term",
             "gauge",

@@ -138,6 +138,36 @@ enum ClusterCommand {
     /// Per partition: leader and term from the partition map, and every node's durable log
     /// index with its lag behind the leader.
     Status,
+    /// Make every partition of a fresh cluster a Raft group of the nodes in the `--addr`
+    /// node's config (its [[peers]] and itself). Run once, on one node, after every node
+    /// has started.
+    Init,
+    /// Add a node to every partition's group: it catches up as a learner, then votes.
+    /// Sent to each partition's leader; the node must be running (with the cluster's
+    /// peer token and core count, and an empty data dir).
+    AddNode {
+        #[arg(long)]
+        node_id: u64,
+        /// Its node-link address (its peer_listen).
+        #[arg(long)]
+        peer_addr: String,
+        /// Where its clients connect.
+        #[arg(long)]
+        client_addr: String,
+    },
+    /// Remove a node from every partition's group (it can be stopped afterwards).
+    RemoveNode {
+        #[arg(long)]
+        node_id: u64,
+    },
+    /// Fault injection (nodes started with fault_injection = true only): the `--addr`
+    /// node's link stops talking to NODE_ID.
+    Isolate {
+        #[arg(long)]
+        node_id: u64,
+    },
+    /// Fault injection: undo every `isolate` on the `--addr` node.
+    Heal,
 }
 
 #[derive(Subcommand)]
@@ -255,8 +285,46 @@ fn run(cli: Cli) -> Result<(), String> {
     {
         return crate::wallet_read::watch(&config, account, from_position, count, cli.json);
     }
-    if let Command::Cluster(ClusterCommand::Status) = cli.command {
-        return crate::wallet_cluster::status(&config, cli.json);
+    if let Command::Cluster(command) = cli.command {
+        use net::cluster_admin::{Action, ClusterChange};
+        let change = |action, node_id, peer_addr: String, client_addr: String| ClusterChange {
+            action,
+            node_id,
+            peer_addr,
+            client_addr,
+        };
+        return match command {
+            ClusterCommand::Status => crate::wallet_cluster::status(&config, cli.json),
+            ClusterCommand::Init => crate::wallet_cluster::change_here(
+                &config,
+                change(Action::Init, 0, String::new(), String::new()),
+                cli.json,
+            ),
+            ClusterCommand::AddNode {
+                node_id,
+                peer_addr,
+                client_addr,
+            } => crate::wallet_cluster::change_everywhere(
+                &config,
+                change(Action::AddNode, node_id, peer_addr, client_addr),
+                cli.json,
+            ),
+            ClusterCommand::RemoveNode { node_id } => crate::wallet_cluster::change_everywhere(
+                &config,
+                change(Action::RemoveNode, node_id, String::new(), String::new()),
+                cli.json,
+            ),
+            ClusterCommand::Isolate { node_id } => crate::wallet_cluster::change_here(
+                &config,
+                change(Action::Isolate, node_id, String::new(), String::new()),
+                cli.json,
+            ),
+            ClusterCommand::Heal => crate::wallet_cluster::change_here(
+                &config,
+                change(Action::HealAll, 0, String::new(), String::new()),
+                cli.json,
+            ),
+        };
     }
     let client = Client::connect(config).map_err(|e| e.to_string())?;
     match cli.command {

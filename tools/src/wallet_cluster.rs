@@ -6,9 +6,12 @@
 //! status. A node that does not answer is shown as such; the command fails only if the first
 //! node does not answer.
 
+use net::cluster_admin::{ClusterChange, Outcome, PartitionOutcome};
 use net::partition_map::PartitionMap;
 use net::{Client, ClientConfig};
 use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 /// One node's answer: its status, or why there is none.
 struct NodeView {
@@ -41,6 +44,108 @@ pub fn status(config: &ClientConfig, as_json: bool) -> Result<(), String> {
         println!("{}", to_json(&map, &views));
     } else {
         print_human(&map, &views);
+    }
+    Ok(())
+}
+
+/// How long `add-node` / `remove-node` keep trying to reach every partition's leader (a new
+/// learner first copies the whole log or a snapshot).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Sends `change` to the `--addr` node only (init, fault injection).
+pub fn change_here(
+    config: &ClientConfig,
+    change: ClusterChange,
+    as_json: bool,
+) -> Result<(), String> {
+    let client = Client::connect(config.clone()).map_err(|e| e.to_string())?;
+    let outcomes = client.cluster_change(&change).map_err(|e| e.to_string())?;
+    let done: BTreeMap<u32, PartitionOutcome> =
+        outcomes.into_iter().map(|o| (o.partition, o)).collect();
+    report(&change, &done, as_json)
+}
+
+/// Sends `change` to every node of the partition map, again to the nodes that now lead a
+/// partition not yet changed, until each partition has been changed by its leader (a
+/// membership change is made by the leader).
+pub fn change_everywhere(
+    config: &ClientConfig,
+    change: ClusterChange,
+    as_json: bool,
+) -> Result<(), String> {
+    let first = Client::connect(config.clone()).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + CHANGE_TIMEOUT;
+    let mut done: BTreeMap<u32, PartitionOutcome> = BTreeMap::new();
+    loop {
+        let map = first.partition_map().map_err(|e| e.to_string())?;
+        let partitions = map.partition_count();
+        for node in &map.nodes {
+            let led = (0..partitions).any(|p| {
+                !done.contains_key(&p) && map.leader_of(p).map(|l| l.node_id) == Some(node.node_id)
+            });
+            if !led {
+                continue;
+            }
+            let client = match Client::connect(ClientConfig {
+                addr: node.client_addr.clone(),
+                timeout_ms: CHANGE_TIMEOUT.as_millis() as u64,
+                retries: 0,
+                ..config.clone()
+            }) {
+                Ok(client) => client,
+                Err(_) => continue,
+            };
+            if let Ok(outcomes) = client.cluster_change(&change) {
+                for o in outcomes {
+                    if o.outcome != Outcome::NotLeader && !done.contains_key(&o.partition) {
+                        done.insert(o.partition, o);
+                    }
+                }
+            }
+        }
+        if done.len() as u32 >= partitions || Instant::now() >= deadline {
+            for p in 0..partitions {
+                done.entry(p).or_insert(PartitionOutcome {
+                    partition: p,
+                    outcome: Outcome::NotLeader,
+                    message: "no leader took the change in time".into(),
+                });
+            }
+            return report(&change, &done, as_json);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Prints the outcome per partition; an error if any partition failed.
+fn report(
+    change: &ClusterChange,
+    done: &BTreeMap<u32, PartitionOutcome>,
+    as_json: bool,
+) -> Result<(), String> {
+    let failed = done.values().filter(|o| o.outcome != Outcome::Ok).count();
+    if as_json {
+        let parts: Vec<_> = done
+            .values()
+            .map(|o| json!({"partition": o.partition, "ok": o.outcome == Outcome::Ok, "message": o.message}))
+            .collect();
+        println!(
+            "{}",
+            json!({"action": format!("{:?}", change.action), "node_id": change.node_id, "partitions": parts, "failed": failed})
+        );
+    } else {
+        for o in done.values() {
+            match o.outcome {
+                Outcome::Ok => println!("partition {}: ok", o.partition),
+                _ => println!("partition {}: FAILED {}", o.partition, o.message),
+            }
+        }
+        if done.is_empty() {
+            println!("{:?}: done", change.action);
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} partition(s) not changed"));
     }
     Ok(())
 }

@@ -64,6 +64,28 @@ struct Args {
     /// Fixed when the data dir is created. TOML: replication.
     #[arg(long)]
     replication: Option<engine::runtime::Replication>,
+    /// The node-to-node (Raft) address of core slot 0; slot `s` listens on port + `s`. Needed
+    /// with [[peers]]. TOML: peer_listen.
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
+    /// The cluster's shared node-link secret (every node the same). Needed with [[peers]].
+    /// TOML: peer_token_file.
+    #[arg(long)]
+    peer_token_file: Option<PathBuf>,
+    /// This node's id in its cluster (1 and up, unique). TOML: node_id.
+    #[arg(long)]
+    node_id: Option<u64>,
+}
+
+/// Another node of the cluster (`[[peers]]` in the TOML file).
+#[derive(serde::Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct PeerEntry {
+    node_id: u64,
+    /// Its `peer_listen`.
+    peer_addr: SocketAddr,
+    /// Where its clients connect (its advertise_addr or listen).
+    client_addr: String,
 }
 
 #[derive(serde::Deserialize, Default, Debug)]
@@ -96,6 +118,27 @@ struct FileConfig {
     read_model_rebuild_entries: Option<u64>,
     /// "local" or "raft" (see --replication).
     replication: Option<String>,
+    peer_listen: Option<SocketAddr>,
+    peer_token_file: Option<PathBuf>,
+    /// The other nodes of the cluster; with any, replication is Raft across them.
+    peers: Option<Vec<PeerEntry>>,
+    /// Raft election timeout of a cluster of several nodes (ms; heartbeats 5x as often).
+    election_timeout_ms: Option<u64>,
+    /// Lets `wallet cluster isolate/heal` cut this node's link (tests and chaos runs only).
+    fault_injection: Option<bool>,
+}
+
+/// Reads a secret token file: trimmed, 1..=256 bytes.
+fn read_token(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let token = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let token = token.trim().as_bytes().to_vec();
+    if token.is_empty() || token.len() > net::codec::TOKEN_BYTES_MAX {
+        return Err(format!(
+            "{}: the token must be 1..=256 bytes",
+            path.display()
+        ));
+    }
+    Ok(token)
 }
 
 /// History entries per account the read model keeps unless configured.
@@ -149,18 +192,7 @@ fn run(args: Args) -> Result<(), String> {
         .unwrap_or(cores.len() as u32);
     let token_file = args.auth_token_file.or(file.auth_token_file);
     let auth_token = match &token_file {
-        Some(path) => {
-            let token =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let token = token.trim().as_bytes().to_vec();
-            if token.is_empty() || token.len() > net::codec::TOKEN_BYTES_MAX {
-                return Err(format!(
-                    "{}: the token must be 1..=256 bytes",
-                    path.display()
-                ));
-            }
-            Some(token)
-        }
+        Some(path) => Some(read_token(path)?),
         None => None,
     };
     // Read before anything starts, so a bad file is reported before the data dir is touched.
@@ -182,16 +214,43 @@ fn run(args: Args) -> Result<(), String> {
         return Err("handshake_timeout_ms must be at least 1".into());
     }
 
+    let peers = file.peers.clone().unwrap_or_default();
+    let node_id = args.node_id.or(file.node_id).unwrap_or(1);
     let replication = match (args.replication, &file.replication) {
         (Some(mode), _) => mode,
         (None, Some(name)) => name.parse()?,
+        // Peers mean replication.
+        (None, None) if !peers.is_empty() => Replication::Raft,
         (None, None) => Replication::Local,
+    };
+    let cluster = if peers.is_empty() {
+        None
+    } else {
+        Some(cluster_setup(
+            &args.peer_listen.or(file.peer_listen),
+            &args.peer_token_file.or(file.peer_token_file.clone()),
+            node_id,
+            &peers,
+            replication,
+            file.cluster_id.unwrap_or(0),
+            file.fault_injection.unwrap_or(false),
+            &args
+                .advertise_addr
+                .clone()
+                .or(file.advertise_addr.clone())
+                .unwrap_or_else(|| listen.to_string()),
+        )?)
     };
     let mut engine = EngineConfig::new(&data_dir);
     engine.cores = cores.clone();
     engine.partitions = partitions;
     engine.repair = args.repair;
     engine.replication = replication;
+    engine.node_id = node_id;
+    engine.multi_node = cluster.is_some();
+    if let Some(v) = file.election_timeout_ms {
+        engine.election_timeout_ms = v;
+    }
     // Raft mode has no read model and no daily snapshots yet: off unless asked for (and then
     // refused by the engine's config check, with the reason).
     let raft = replication == Replication::Raft;
@@ -227,7 +286,11 @@ fn run(args: Args) -> Result<(), String> {
     // go, which stalls the partition for a noticeable time. Address space only until used.
     engine.transfers_capacity_per_partition =
         file.transfers_capacity_per_partition.unwrap_or(16 << 20);
-    let node = Arc::new(Node::start(engine).map_err(|e| e.to_string())?);
+    let node = match &cluster {
+        Some((link, _)) => Node::start_with(engine, net::raft_link::LinkCluster::new(link.clone())),
+        None => Node::start(engine),
+    };
+    let node = Arc::new(node.map_err(|e| e.to_string())?);
 
     let mut server_config = ServerConfig::new(listen);
     server_config.cores = cores.clone();
@@ -242,8 +305,9 @@ fn run(args: Args) -> Result<(), String> {
         server_config.requests_in_flight_per_connection_max = v;
     }
     server_config.cluster_id = file.cluster_id.unwrap_or(0);
-    server_config.node_id = file.node_id.unwrap_or(1);
+    server_config.node_id = node_id;
     server_config.advertise_addr = args.advertise_addr.or(file.advertise_addr);
+    server_config.cluster = cluster.map(|(_, setup)| setup);
     // Before the port opens: clients are served as soon as `start` returns, and a SIGTERM sent
     // after that must stop the server cleanly, not kill it with the default disposition (a
     // race the tests hit on a loaded machine). Signals that come early wait in the iterator.
@@ -271,4 +335,61 @@ fn run(args: Args) -> Result<(), String> {
     node.shutdown_shared()?;
     tracing::info!("stopped cleanly (logs flushed, snapshots written)");
     Ok(())
+}
+
+/// The node link's settings and what the client port needs to know of the cluster, from the
+/// config's cluster keys; every mistake an operator can make here is refused with its reason.
+#[allow(clippy::too_many_arguments)]
+fn cluster_setup(
+    peer_listen: &Option<SocketAddr>,
+    peer_token_file: &Option<PathBuf>,
+    node_id: u64,
+    peers: &[PeerEntry],
+    replication: Replication,
+    cluster_id: u64,
+    fault_injection: bool,
+    client_addr: &str,
+) -> Result<(net::raft_link::LinkConfig, net::ClusterSetup), String> {
+    if replication != Replication::Raft {
+        return Err("[[peers]] need replication = \"raft\"".into());
+    }
+    let listen = peer_listen.ok_or("[[peers]] need peer_listen (--peer-listen)")?;
+    if listen.port() == 0 {
+        return Err("peer_listen needs a fixed port (peers are configured with it)".into());
+    }
+    let token_file = peer_token_file.as_ref().ok_or(
+        "[[peers]] need peer_token_file (--peer-token-file): nodes authenticate each other",
+    )?;
+    let token = read_token(token_file)?;
+    if node_id == 0 {
+        return Err("node_id must be at least 1".into());
+    }
+    let mut nodes = vec![net::ClusterNode {
+        node_id,
+        peer_addr: listen,
+        client_addr: client_addr.to_string(),
+    }];
+    for peer in peers {
+        if nodes.iter().any(|n| n.node_id == peer.node_id) {
+            return Err(format!(
+                "node id {} is listed twice (this node is {node_id})",
+                peer.node_id
+            ));
+        }
+        if peer.node_id == 0 {
+            return Err("a peer's node_id must be at least 1".into());
+        }
+        nodes.push(net::ClusterNode {
+            node_id: peer.node_id,
+            peer_addr: peer.peer_addr,
+            client_addr: peer.client_addr.clone(),
+        });
+    }
+    let mut link = net::raft_link::LinkConfig::new(node_id, listen, token);
+    link.cluster_id = cluster_id;
+    let setup = net::ClusterSetup {
+        nodes,
+        link_filter: fault_injection.then(|| link.filter.clone()),
+    };
+    Ok((link, setup))
 }

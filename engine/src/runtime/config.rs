@@ -48,6 +48,16 @@ pub struct EngineConfig {
     /// own group commit) or `Raft` (a one-voter openraft cluster per partition, RAFT_PLAN
     /// step 4). Fixed when the data dir is created (`Node::start` refuses to switch).
     pub replication: Replication,
+    /// This node's id in every partition's Raft group (Raft mode).
+    pub node_id: u64,
+    /// Raft mode with peers (a cluster of several nodes): a fresh partition waits for
+    /// `cluster init` (`Node::cluster_init`) instead of making itself a one-voter cluster, and
+    /// elections use `election_timeout_ms`.
+    pub multi_node: bool,
+    /// With `multi_node`: a follower that hears no leader for a random time between this and
+    /// twice this starts an election; leaders send heartbeats 5 times as often. Long enough
+    /// that a loaded machine's scheduling delays do not depose a healthy leader.
+    pub election_timeout_ms: u64,
     /// **Test-only** fault injection into every partition's log writer (failed fsyncs, a full
     /// disk, slow writes). `None` in production, and then it costs nothing measurable.
     pub faults: Option<Arc<FaultPlan>>,
@@ -148,6 +158,9 @@ impl EngineConfig {
             read_model_history_per_account: 0,
             read_model_rebuild_entries: 1024,
             replication: Replication::Local,
+            node_id: 1,
+            multi_node: false,
+            election_timeout_ms: 1_000,
             faults: None,
         }
     }
@@ -204,6 +217,12 @@ impl EngineConfig {
         }
         if self.faults.is_some() {
             return refuse("fault injection");
+        }
+        if self.node_id == 0 {
+            return Err("node_id must be at least 1".into());
+        }
+        if self.multi_node && self.election_timeout_ms < 50 {
+            return Err("election_timeout_ms must be at least 50".into());
         }
         Ok(())
     }

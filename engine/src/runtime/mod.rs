@@ -7,6 +7,7 @@
 //!                                                    apply → append → fsync → reply
 //! ```
 
+pub mod cluster;
 mod config;
 mod coordinator;
 mod node;
@@ -18,6 +19,7 @@ mod router;
 pub mod timing;
 mod watchers;
 
+pub use cluster::{ClusterHook, CoreCluster, SingleNode};
 pub use config::{Clock, EngineConfig, Replication};
 pub use node::{Node, StartError, SubmitError};
-pub use request::{BatchReply, PartitionStats, RaftStatus, Request};
+pub use request::{BatchReply, MembershipChange, PartitionStats, RaftMember, RaftStatus, Request};

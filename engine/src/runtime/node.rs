@@ -1,5 +1,6 @@
 //! Starting, using and stopping a node's shards.
 
+use super::cluster::{ClusterHook, CoreCluster, SingleNode};
 use super::config::{EngineConfig, Replication};
 use super::partition_task::PartitionTask;
 use super::raft_task::RaftTask;
@@ -13,6 +14,7 @@ use crate::recovery::{log_dir, partition_dir, recover_partition_with, snapshot_d
 use crate::result_code::ResultCode;
 use futures::channel::oneshot;
 use glommio::{LocalExecutorBuilder, Placement};
+use std::rc::Rc;
 use std::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,13 @@ const REPLICATION_FILE: &str = "replication";
 impl Node {
     /// Recovers every partition (in parallel, each on its own core) and starts serving.
     pub fn start(config: EngineConfig) -> Result<Node, StartError> {
+        Node::start_with(config, SingleNode)
+    }
+
+    /// `start` for a node of a cluster: `hook` starts each executor's end of the node link
+    /// (`cluster.rs`). Only Raft mode uses it.
+    pub fn start_with<H: ClusterHook>(config: EngineConfig, hook: H) -> Result<Node, StartError> {
+        let hook = std::sync::Arc::new(hook);
         config.validate().map_err(StartError::Config)?;
         let fresh = check_partition_count(&config)?;
         check_replication(&config, fresh)?;
@@ -101,10 +110,11 @@ impl Node {
             let config = config.clone();
             let ready = ready_tx.clone();
             let peers = queues.clone();
+            let hook = hook.clone();
             let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
                 .name(&format!("shard-{core}"))
                 .io_memory(config.io_memory_bytes)
-                .spawn(move || run_shard(config, owned, peers, ready))
+                .spawn(move || run_shard(config, slot, hook, owned, peers, ready))
                 .map_err(|e| StartError::Executor {
                     core,
                     reason: e.to_string(),
@@ -321,6 +331,17 @@ impl Node {
             .collect()
     }
 
+    /// Changes the Raft membership of `partition` on this node (see `MembershipChange`); the
+    /// inner error says why the change failed (for example: this node does not lead it).
+    pub async fn change_membership(
+        &self,
+        partition: PartitionId,
+        change: super::request::MembershipChange,
+    ) -> Result<Result<(), String>, SubmitError> {
+        self.ask(partition, |reply| Request::Membership { change, reply })
+            .await
+    }
+
     /// Writes a snapshot of `partition` now; returns the index it covers.
     pub async fn snapshot(
         &self,
@@ -450,17 +471,29 @@ fn check_partition_count(config: &EngineConfig) -> Result<bool, StartError> {
 }
 
 /// The body of one shard executor: recover its partitions, then run their tasks.
-async fn run_shard(
+async fn run_shard<H: ClusterHook>(
     config: EngineConfig,
+    slot: usize,
+    hook: std::sync::Arc<H>,
     owned: Vec<(PartitionId, flume::Receiver<Request>)>,
     peers: Vec<flume::Sender<Request>>,
     ready: mpsc::Sender<Result<PartitionId, StartError>>,
 ) {
     let mut tasks = Vec::new();
+    let core = match config.replication {
+        Replication::Raft => match hook.start_core(slot) {
+            Ok(core) => Some(Rc::new(core)),
+            Err(reason) => {
+                let _ = ready.send(Err(StartError::Config(reason)));
+                return;
+            }
+        },
+        Replication::Local => None,
+    };
     for (partition, queue) in owned {
         let dir = partition_dir(&config.data_dir, partition);
-        if config.replication == Replication::Raft {
-            match RaftTask::open(&config, partition, &dir, peers.clone()).await {
+        if let Some(core) = &core {
+            match RaftTask::open(&config, partition, &dir, peers.clone(), core.clone()).await {
                 Ok(task) => {
                     tasks.push(glommio::spawn_local(task.run(queue)));
                     let _ = ready.send(Ok(partition));
@@ -560,5 +593,8 @@ async fn run_shard(
     }
     for task in tasks {
         task.await;
+    }
+    if let Some(core) = core {
+        core.shutdown();
     }
 }

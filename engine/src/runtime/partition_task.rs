@@ -535,6 +535,11 @@ impl PartitionTask {
                     raft: None,
                 });
             }
+            Request::Membership { reply, .. } => {
+                let _ = reply.send(Err(
+                    "this node runs replication = \"local\": it has no cluster membership".into(),
+                ));
+            }
             Request::Snapshot { reply } => {
                 if let Some(reason) = failed {
                     let _ = reply.send(Err(reason.clone()));

@@ -58,10 +58,13 @@
 //! snapshots, the full-disk pause (a failed append stops the partition's Raft: writes answer
 //! `storage_error` until a restart) and some counters (see `PartitionStats` in `stats`).
 
+use super::cluster::CoreCluster;
 use super::config::{Clock, EngineConfig};
 use super::coordinator::Coordinator;
 use super::node::StartError;
-use super::request::{fill_group, BatchReply, PartitionStats, RaftStatus, Request};
+use super::request::{
+    fill_group, BatchReply, MembershipChange, PartitionStats, RaftMember, RaftStatus, Request,
+};
 use super::timing::GroupTiming;
 use super::watchers::Watchers;
 use crate::command::{ArchivedNewAccount, ArchivedNewTransfer, CommandBatch, BATCH_ITEMS_MAX};
@@ -71,7 +74,7 @@ use crate::model::TransferId;
 use crate::partition::PartitionId;
 use crate::raft::entry_record::{applied_log_index, log_index};
 use crate::raft::types::LogId;
-use crate::raft::{EntryData, NoPeers, NodeAddr, RaftLogStore, RaftPartition, WalletRaft};
+use crate::raft::{EntryData, NodeAddr, RaftLogStore, RaftPartition, WalletRaft};
 use crate::read_model::QueryError;
 use crate::recovery::{log_dir, snapshot_dir};
 use crate::result_code::ResultCode;
@@ -81,9 +84,9 @@ use crate::tcc::{ArchivedTccMessage, TccMessage};
 use futures::channel::oneshot;
 use openraft::error::{ClientWriteError, Fatal};
 use openraft::raft::ClientWriteResult;
-use openraft::{Raft, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::ops::Range;
 use std::path::Path;
@@ -91,9 +94,6 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
-
-/// This node's id in every partition's (one-voter) membership.
-pub const NODE_ID: u64 = 1;
 
 /// A new group is formed only while fewer entries than this are in flight: one being applied,
 /// one being written, one waiting in RaftCore so its disk never waits for a proposal. What
@@ -117,6 +117,16 @@ const READ_GROUPS_MAX: usize = 64;
 /// work is outstanding (as `PartitionTask`).
 const TCC_TICK: Duration = Duration::from_millis(2);
 
+/// How often a leader of a cluster of several nodes sends every unfinished TC/C message of its
+/// partition again. Messages to a partition led by another node can be lost (a leader change,
+/// a node down, a forward that failed); all of them are idempotent, so sending them again is
+/// always safe.
+const TCC_RESEND: Duration = Duration::from_millis(1_000);
+
+/// How often an idle partition of a cluster of several nodes wakes to notice that it became
+/// leader (and re-drive its TC/C work) or that TC/C work is due again.
+const CLUSTER_TICK: Duration = Duration::from_millis(100);
+
 /// How long a start waits for this node to lead its own one-voter cluster.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 
@@ -134,8 +144,16 @@ struct Counters {
     timing: Cell<GroupTiming>,
 }
 
+/// Hands TC/C messages to another node's leader (`CoreCluster::forward_tcc`).
+type ForwardTcc = Box<dyn Fn(PartitionId, u64, &NodeAddr, Vec<TccMessage>)>;
+
 pub struct RaftTask {
     raft: Raft<WalletRaft>,
+    node_id: u64,
+    partition: PartitionId,
+    /// Part of a cluster of several nodes (`EngineConfig::multi_node`).
+    multi_node: bool,
+    forward_tcc: ForwardTcc,
     state: Rc<RefCell<PartitionState>>,
     snapshots_written: Rc<Cell<u64>>,
     counters: Rc<Counters>,
@@ -185,14 +203,23 @@ enum Event {
     Tick,
 }
 
-/// openraft's settings for a partition of a one-voter cluster.
+/// openraft's settings for a partition. A one-voter cluster never holds an election after its
+/// first, so its timeouts hardly matter; a cluster of several nodes uses the configured one.
 fn raft_config(config: &EngineConfig) -> Result<openraft::Config, String> {
     let interval = config.snapshot_interval_entries;
+    let (heartbeat_ms, election_ms) = if config.multi_node {
+        (
+            (config.election_timeout_ms / 5).max(10),
+            config.election_timeout_ms,
+        )
+    } else {
+        (50, 150)
+    };
     let raft = openraft::Config {
         cluster_name: "walletd".into(),
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
+        heartbeat_interval: heartbeat_ms,
+        election_timeout_min: election_ms,
+        election_timeout_max: election_ms * 2,
         snapshot_policy: if interval == 0 {
             SnapshotPolicy::Never
         } else {
@@ -206,16 +233,20 @@ fn raft_config(config: &EngineConfig) -> Result<openraft::Config, String> {
 }
 
 impl RaftTask {
-    /// Opens partition `partition` in `dir` as a one-voter Raft cluster on this core: the log
+    /// Opens partition `partition` in `dir` as a Raft group member on this core: the log
     /// store over its log dir, the state machine from its newest snapshot, then openraft
-    /// (which re-applies the committed log after the snapshot). A fresh partition is
-    /// initialized with this node as the only voter. Returns once this node leads and has
-    /// applied everything in its log.
-    pub async fn open(
+    /// (which re-applies the committed log after the snapshot).
+    ///
+    /// Alone (`!multi_node`), a fresh partition is initialized with this node as the only
+    /// voter, and `open` returns once this node leads and has applied everything in its log.
+    /// In a cluster of several nodes it returns at once: a fresh partition waits for `cluster
+    /// init`, and leadership comes from an election.
+    pub async fn open<C: CoreCluster>(
         config: &EngineConfig,
         partition: PartitionId,
         dir: &Path,
         peers: Vec<flume::Sender<Request>>,
+        cluster: Rc<C>,
     ) -> Result<RaftTask, StartError> {
         let fail = |reason: String| StartError::Recovery { partition, reason };
         let options = WriterOptions {
@@ -243,33 +274,37 @@ impl RaftTask {
         }
         let snapshots_written = sm.snapshots_written();
         let raft_config = raft_config(config).map_err(fail)?;
+        let node_id = config.node_id;
         let raft = Raft::new(
-            NODE_ID,
+            node_id,
             std::sync::Arc::new(raft_config),
-            NoPeers,
+            cluster.network(partition),
             store,
             sm,
         )
         .await
         .map_err(|e| fail(format!("starting Raft: {e}")))?;
+        cluster.register(partition, raft.clone(), peers[partition as usize].clone());
         let initialized = raft
             .is_initialized()
             .await
             .map_err(|e| fail(e.to_string()))?;
-        if !initialized {
-            raft.initialize(BTreeMap::from([(NODE_ID, NodeAddr::default())]))
+        if !config.multi_node {
+            if !initialized {
+                raft.initialize(BTreeMap::from([(node_id, NodeAddr::default())]))
+                    .await
+                    .map_err(|e| fail(format!("initializing the one-voter cluster: {e}")))?;
+            }
+            // A one-voter cluster that led before is restored as leader at once; a fresh one
+            // elects itself right after `initialize`.
+            raft.wait(Some(LEADER_WAIT))
+                .state(ServerState::Leader, "this node leads its own partition")
                 .await
-                .map_err(|e| fail(format!("initializing the one-voter cluster: {e}")))?;
+                .map_err(|e| fail(format!("no leadership after {LEADER_WAIT:?}: {e}")))?;
+            raft.ensure_linearizable()
+                .await
+                .map_err(|e| fail(format!("applying the committed log: {e}")))?;
         }
-        // A one-voter cluster that led before is restored as leader at once; a fresh one
-        // elects itself right after `initialize`.
-        raft.wait(Some(LEADER_WAIT))
-            .state(ServerState::Leader, "this node leads its own partition")
-            .await
-            .map_err(|e| fail(format!("no leadership after {LEADER_WAIT:?}: {e}")))?;
-        raft.ensure_linearizable()
-            .await
-            .map_err(|e| fail(format!("applying the committed log: {e}")))?;
         let counters = Rc::new(Counters::default());
         let next_timestamp = {
             let state = state.borrow();
@@ -281,12 +316,23 @@ impl RaftTask {
                 last_index = state.last_index(),
                 snapshot_index,
                 initialized,
-                "partition recovered (raft, one voter)"
+                multi_node = config.multi_node,
+                "partition recovered (raft)"
             );
             state.next_timestamp_floor()
         };
+        let forward_tcc: ForwardTcc = {
+            let cluster = cluster.clone();
+            Box::new(move |partition, leader, addr, messages| {
+                cluster.forward_tcc(partition, leader, addr, messages)
+            })
+        };
         Ok(RaftTask {
             raft,
+            node_id,
+            partition,
+            multi_node: config.multi_node,
+            forward_tcc,
             state,
             snapshots_written,
             counters,
@@ -315,21 +361,27 @@ impl RaftTask {
             reads_rx,
         ));
 
-        // Everything logged is applied (`open`): move every unfinished TC/C forward again.
-        let redrive = self.state.borrow().tcc_redrive();
-        coordinator.redrive(redrive.iter().map(|(_, m)| m.id));
-        coordinator.queue(&redrive);
-        coordinator.ship(&self.peers);
+        // Alone, everything logged is applied (`open`) and this node leads: move every
+        // unfinished TC/C forward again. In a cluster, the leader does it when it is elected.
+        let mut leading = false;
+        let mut last_resend = Instant::now();
+        self.lead_changes(&mut leading, &mut last_resend, &mut coordinator);
 
         while !stopping {
             let accept = in_flight.len() < PIPELINE_ENTRIES;
-            match next_event(&requests, accept, &mut in_flight, coordinator.has_work()).await {
+            let tick = if coordinator.has_work() {
+                Some(TCC_TICK)
+            } else {
+                self.multi_node.then_some(CLUSTER_TICK)
+            };
+            match next_event(&requests, accept, &mut in_flight, tick).await {
                 Event::Request(Ok(first)) => group.push(first),
                 Event::Request(Err(_)) => break, // every sender is gone
                 Event::Applied(entry, answer) => self.finish(entry, answer, &mut coordinator),
                 Event::Tick => {}
             }
             self.finish_ready(&mut in_flight, &mut coordinator);
+            self.lead_changes(&mut leading, &mut last_resend, &mut coordinator);
             if !group.is_empty() {
                 fill_group(&requests, &mut group, self.group_items_max);
             }
@@ -358,8 +410,15 @@ impl RaftTask {
                     Request::Tcc { messages } => tcc_in.extend(messages),
                     Request::Shutdown => stopping = true,
                     Request::Watch { wake } => watchers.add(wake),
+                    Request::Membership { change, reply } => {
+                        glommio::spawn_local(change_membership(self.raft.clone(), change, reply))
+                            .detach();
+                    }
                     other => reads.push(other),
                 }
+            }
+            if !leading && self.multi_node && !tcc_in.is_empty() {
+                self.forward_to_leader(std::mem::take(&mut tcc_in));
             }
             for forming in formed {
                 self.propose(forming, &mut in_flight, &mut coordinator)
@@ -399,6 +458,69 @@ impl RaftTask {
             tracing::error!(error = %e, "stopping the partition's Raft failed");
         }
         self.peers.clear();
+    }
+
+    /// Leads the partition now (in a cluster, elected; alone, always after `open`).
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.node_id)
+    }
+
+    /// Follows this node's leadership of the partition. On election: start after the last
+    /// applied timestamp, and move every unfinished TC/C that started here forward again (the
+    /// old leader's messages may be lost). On deposition: the coordinator's bookkeeping is the
+    /// old term's; clients it held see their replies closed (their transfers are durable and
+    /// finish under the new leader; a retry with the same id answers from there). While
+    /// leading a cluster: send the unfinished messages again every `TCC_RESEND`.
+    fn lead_changes(
+        &mut self,
+        leading: &mut bool,
+        last_resend: &mut Instant,
+        coordinator: &mut Coordinator,
+    ) {
+        let now_leading = self.is_leader();
+        if now_leading && !*leading {
+            let redrive = {
+                let state = self.state.borrow();
+                self.next_timestamp = self.next_timestamp.max(state.next_timestamp_floor());
+                state.tcc_redrive()
+            };
+            tracing::info!(
+                partition = self.partition,
+                tcc_redriven = redrive.len(),
+                "leading the partition"
+            );
+            coordinator.redrive(redrive.iter().map(|(_, m)| m.id));
+            coordinator.queue(&redrive);
+            coordinator.ship(&self.peers);
+            *last_resend = Instant::now();
+        } else if !now_leading && *leading {
+            tracing::info!(
+                partition = self.partition,
+                "no longer leading the partition"
+            );
+            *coordinator = Coordinator::default();
+        } else if now_leading && self.multi_node && last_resend.elapsed() >= TCC_RESEND {
+            *last_resend = Instant::now();
+            let resend = self.state.borrow().tcc_redrive();
+            if !resend.is_empty() {
+                coordinator.queue(&resend);
+                coordinator.ship(&self.peers);
+            }
+        }
+        *leading = now_leading;
+    }
+
+    /// Hands TC/C messages that reached this follower to the partition's leader, if one is
+    /// known; otherwise drops them (their sources send them again, `TCC_RESEND`).
+    fn forward_to_leader(&self, messages: Vec<TccMessage>) {
+        let metrics = self.raft.metrics().borrow().clone();
+        let Some(leader) = metrics.current_leader.filter(|l| *l != self.node_id) else {
+            return;
+        };
+        let Some(addr) = metrics.membership_config.membership().get_node(&leader) else {
+            return;
+        };
+        (self.forward_tcc)(self.partition, leader, addr, messages);
     }
 
     /// Encodes `forming` as one entry at the next timestamp and hands it to openraft without
@@ -625,15 +747,15 @@ fn fatal_code(fatal: &Fatal<u64>) -> ResultCode {
 }
 
 /// Waits for the next thing to do: an applied entry at the front of the FIFO, a request (only
-/// when `accept`), or the TC/C tick (only when `tick`).
+/// when `accept`), or a tick (after `tick`, when given).
 async fn next_event(
     requests: &flume::Receiver<Request>,
     accept: bool,
     in_flight: &mut VecDeque<InFlight>,
-    tick: bool,
+    tick: Option<Duration>,
 ) -> Event {
     let mut recv = accept.then(|| Box::pin(requests.recv_async()));
-    let mut timer = tick.then(|| Box::pin(glommio::timer::sleep(TCC_TICK)));
+    let mut timer = tick.map(|after| Box::pin(glommio::timer::sleep(after)));
     futures::future::poll_fn(|cx| {
         if let Some(front) = in_flight.front_mut() {
             if let Poll::Ready(answer) = Pin::new(&mut front.answer).poll(cx) {
@@ -654,6 +776,34 @@ async fn next_event(
         Poll::Pending
     })
     .await
+}
+
+/// Carries out a membership change on this node's Raft of the partition and answers with
+/// the outcome (a change other than `Initialize` needs this node to lead the partition).
+async fn change_membership(
+    raft: Raft<WalletRaft>,
+    change: MembershipChange,
+    reply: oneshot::Sender<Result<(), String>>,
+) {
+    let outcome = match change {
+        MembershipChange::Initialize(members) => {
+            raft.initialize(members).await.map_err(|e| e.to_string())
+        }
+        MembershipChange::AddVoter(id, addr) => match raft.add_learner(id, addr, true).await {
+            Ok(_) => raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        MembershipChange::Remove(id) => raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    };
+    let _ = reply.send(outcome);
 }
 
 /// Asks openraft for a snapshot of everything applied and waits until it is written; returns
@@ -687,15 +837,28 @@ async fn serve_reads(
         while let Ok(more) = groups.try_recv() {
             reads.extend(more);
         }
-        let linearizable = raft.ensure_linearizable().await;
+        // Stats and snapshots do not need this node to lead (a follower answers them from
+        // its own state); lookups do.
+        let lookups = reads.iter().any(|r| {
+            matches!(
+                r,
+                Request::LookupAccounts { .. } | Request::LookupTransfers { .. }
+            )
+        });
+        let linearizable = if lookups {
+            raft.ensure_linearizable().await.map(|_| ())
+        } else {
+            Ok(())
+        };
         if let Err(e) = &linearizable {
-            tracing::warn!(error = %e, "reads of a partition whose Raft cannot confirm its state");
+            tracing::debug!(error = %e, "lookups on a partition this node cannot confirm it leads");
         }
         for read in reads {
             match read {
                 Request::Commands { .. }
                 | Request::Tcc { .. }
                 | Request::Shutdown
+                | Request::Membership { .. }
                 | Request::Watch { .. } => unreachable!("not reads"),
                 Request::LookupAccounts { ids, reply } => {
                     if linearizable.is_ok() {
@@ -730,11 +893,7 @@ async fn serve_reads(
                     ));
                 }
                 Request::Snapshot { reply } => {
-                    let answer = match &linearizable {
-                        Ok(_) => snapshot_now(&raft).await,
-                        Err(e) => Err(e.to_string()),
-                    };
-                    let _ = reply.send(answer);
+                    let _ = reply.send(snapshot_now(&raft).await);
                 }
             }
         }
@@ -791,12 +950,28 @@ fn raft_status(metrics: &openraft::RaftMetrics<u64, NodeAddr>) -> RaftStatus {
             .max()
             .unwrap_or(0)
     });
+    let membership = metrics.membership_config.membership();
+    let members = membership
+        .nodes()
+        .map(|(id, addr)| RaftMember {
+            node_id: *id,
+            client_addr: addr.client_addr.clone(),
+            voter: membership.voter_ids().any(|v| v == *id),
+            matched_index: metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id))
+                .map(|m| m.map_or(0, |m| log_index(m.index))),
+        })
+        .collect();
     RaftStatus {
         term: metrics.current_term,
         is_leader: metrics.state == openraft::ServerState::Leader,
+        leader: metrics.current_leader,
         last_log_index,
         applied_index: metrics.last_applied.map_or(0, |id| log_index(id.index)),
         follower_lag_max,
+        members,
     }
 }
 

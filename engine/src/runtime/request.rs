@@ -30,7 +30,7 @@ impl BatchReply {
 }
 
 /// Counters of one partition, for status and tests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartitionStats {
     pub partition: u32,
     pub accounts: u64,
@@ -62,7 +62,7 @@ pub struct PartitionStats {
 }
 
 /// A partition's Raft group from this node's side (openraft's metrics), in log indexes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RaftStatus {
     pub term: u64,
     /// This node leads the group now.
@@ -73,6 +73,34 @@ pub struct RaftStatus {
     pub applied_index: u64,
     /// On a leader: the most entries any follower is behind its log (0 with no followers).
     pub follower_lag_max: u64,
+    /// The node this node believes leads the group (itself when `is_leader`).
+    pub leader: Option<u64>,
+    /// The group's members as this node's log has them (a single node: itself).
+    pub members: Vec<RaftMember>,
+}
+
+/// One member of a partition's Raft group, as `RaftStatus` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftMember {
+    pub node_id: u64,
+    /// Where its clients connect (what the partition map hands out).
+    pub client_addr: String,
+    /// A voter (else a learner catching up).
+    pub voter: bool,
+    /// On the leader: the last log index known to be on that member (None elsewhere).
+    pub matched_index: Option<u64>,
+}
+
+/// What `Request::Membership` asks a partition's Raft to do.
+#[derive(Clone, Debug)]
+pub enum MembershipChange {
+    /// Make a fresh partition a cluster of these voters (`cluster init`; this node must be
+    /// one of them). Harmless on a partition that is already initialized with them.
+    Initialize(std::collections::BTreeMap<u64, crate::raft::NodeAddr>),
+    /// Add a node: as a learner until it has caught up, then as a voter.
+    AddVoter(u64, crate::raft::NodeAddr),
+    /// Remove a voter (or learner).
+    Remove(u64),
 }
 
 pub enum Request {
@@ -123,6 +151,11 @@ pub enum Request {
     },
     /// TC/C messages from another partition (no reply: answers travel as messages too).
     Tcc { messages: Vec<TccMessage> },
+    /// A change of the partition's Raft membership (Raft mode with peers).
+    Membership {
+        change: MembershipChange,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Finish what is queued, flush, snapshot, close the log, stop.
     Shutdown,
 }

@@ -362,6 +362,17 @@ impl Client {
     pub fn partition_map(&self) -> Result<PartitionMap, ClientError> {
         futures::executor::block_on(self.partition_map_async())
     }
+    /// Sends a cluster change (`cluster_admin.rs`) and returns each partition's outcome.
+    pub fn cluster_change(
+        &self,
+        change: &crate::cluster_admin::ClusterChange,
+    ) -> Result<Vec<crate::cluster_admin::PartitionOutcome>, ClientError> {
+        let mut body = BytesMut::new();
+        crate::cluster_admin::encode_change(&mut body, change);
+        let reply = futures::executor::block_on(self.call(Operation::ClusterChange, &body))?;
+        crate::cluster_admin::decode_outcomes(&reply.body).map_err(|_| ClientError::BadReply)
+    }
+
     pub fn ping(&self) -> Result<(), ClientError> {
         futures::executor::block_on(self.ping_async())
     }

@@ -59,3 +59,9 @@ pub const REPLY_QUEUE_MAX: usize = 1024;
 pub const SNAPSHOTS_RECEIVING_PER_CONNECTION_MAX: usize = 64;
 /// Incoming node-link connections per listener (peers reconnecting leave a few behind).
 pub const CONNECTIONS_MAX: usize = 256;
+
+/// Most TC/C messages in one forward (a follower hands what reached it to the leader).
+pub const TCC_MESSAGES_PER_FORWARD_MAX: usize = 65_536;
+/// Most forwards of TC/C messages in flight per executor; more are dropped (their sources
+/// send them again).
+pub const TCC_FORWARDS_IN_FLIGHT_MAX: usize = 64;

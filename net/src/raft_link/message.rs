@@ -35,18 +35,22 @@
 //!  3 SnapshotChunk    Vote vote, u64 offset, u16 len + snapshot id, u32 len + data
 //!  4 SnapshotInstall  Vote vote, u64 total_bytes, u16 len + snapshot id,
 //!                     u32 len + meta (`raft::snapshot_meta` record)
+//!  5 TccForward       u32 count, count x TC/C message (`TCC_MESSAGE_BYTES` each: u8 kind,
+//!                     u8 code, u32 source, u128 id, u128 from, u128 to, u64 amount,
+//!                     u32 currency, u64 user_data)
 //! replies
 //!  1 Vote             Vote vote, u8 granted, LogId last_log_id
 //!  2 AppendEntries    u8 outcome: 0 Success | 1 PartialSuccess + LogId | 2 Conflict
 //!                                 | 3 HigherVote + Vote
 //!  3 ChunkAck         u64 received_bytes (the file's length so far)
 //!  4 Snapshot         Vote vote (the receiver's)
+//!  5 TccAccepted      (empty: the messages are in the partition's queue)
 //!  255 Failure        u8 code (`FailureCode`), u16 len + UTF-8 message
 //! ```
 
 use super::limits::{
     ENTRIES_PER_APPEND_MAX, ERROR_MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX,
-    SNAPSHOT_ID_BYTES_MAX, SNAPSHOT_META_BYTES_MAX,
+    SNAPSHOT_ID_BYTES_MAX, SNAPSHOT_META_BYTES_MAX, TCC_MESSAGES_PER_FORWARD_MAX,
 };
 use super::wire::{
     put_len32, put_log_id, put_str16, put_u64, put_u8, put_vote, DecodeError, WireReader,
@@ -60,6 +64,7 @@ use engine::raft::entry_record::{entry_of_record, record_of};
 use engine::raft::snapshot_meta::{decode_meta, encode_meta, RaftSnapshotMeta};
 use engine::raft::types::Entry;
 use engine::raft::WalletRaft;
+use engine::tcc::TccMessage;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
@@ -71,6 +76,7 @@ pub mod kind {
     pub const APPEND_ENTRIES: u8 = 2;
     pub const SNAPSHOT_CHUNK: u8 = 3;
     pub const SNAPSHOT_INSTALL: u8 = 4;
+    pub const TCC_FORWARD: u8 = 5;
     /// Replies only.
     pub const FAILURE: u8 = 255;
 }
@@ -99,6 +105,46 @@ pub enum LinkRequest {
     AppendEntries(AppendEntriesRequest<WalletRaft>),
     SnapshotChunk(SnapshotChunk),
     SnapshotInstall(SnapshotInstall),
+    /// TC/C messages that reached a follower of the partition, for its leader (not a Raft
+    /// message: the cross-node hop of TC/C, `runtime::cluster`).
+    TccForward(Vec<TccMessage>),
+}
+
+/// Bytes of one TC/C message on the link.
+pub const TCC_MESSAGE_BYTES: usize = 1 + 1 + 4 + 16 * 3 + 8 + 4 + 8;
+
+fn put_tcc(out: &mut Vec<u8>, m: &TccMessage) {
+    out.push(m.kind);
+    out.push(m.code);
+    out.extend_from_slice(&m.source.to_le_bytes());
+    out.extend_from_slice(&m.id.to_le_bytes());
+    out.extend_from_slice(&m.from.to_le_bytes());
+    out.extend_from_slice(&m.to.to_le_bytes());
+    out.extend_from_slice(&m.amount.to_le_bytes());
+    out.extend_from_slice(&m.currency.0.to_le_bytes());
+    out.extend_from_slice(&m.user_data.to_le_bytes());
+}
+
+fn u128_of(bytes: &[u8]) -> u128 {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(bytes);
+    u128::from_le_bytes(b)
+}
+
+/// One TC/C message. The values are checked by the state machine that applies it (unknown
+/// kinds and accounts are refused there), as for messages between local partitions.
+fn read_tcc(r: &mut WireReader<'_>) -> Result<TccMessage, DecodeError> {
+    Ok(TccMessage {
+        kind: r.u8()?,
+        code: r.u8()?,
+        source: r.u32()?,
+        id: u128_of(r.take(16)?),
+        from: u128_of(r.take(16)?),
+        to: u128_of(r.take(16)?),
+        amount: r.u64()?,
+        currency: engine::model::Currency(r.u32()?),
+        user_data: r.u64()?,
+    })
 }
 
 /// Why the receiver could not answer a request with openraft's answer.
@@ -116,6 +162,8 @@ pub enum FailureCode {
     /// The request broke the snapshot transfer's rules (an unknown transfer, a gap in the
     /// offsets, a length mismatch) or its file could not be written.
     SnapshotTransfer = 5,
+    /// The partition's queue was full (a forwarded TC/C message was dropped).
+    Busy = 6,
 }
 
 impl FailureCode {
@@ -127,6 +175,7 @@ impl FailureCode {
             3 => RaftPanicked,
             4 => Storage,
             5 => SnapshotTransfer,
+            6 => Busy,
             _ => return None,
         })
     }
@@ -146,6 +195,7 @@ pub enum LinkReply {
     AppendEntries(AppendEntriesResponse<u64>),
     ChunkAck { received_bytes: u64 },
     Snapshot(SnapshotResponse<u64>),
+    TccAccepted,
     Failure(Failure),
 }
 
@@ -156,6 +206,7 @@ impl LinkRequest {
             LinkRequest::AppendEntries(_) => kind::APPEND_ENTRIES,
             LinkRequest::SnapshotChunk(_) => kind::SNAPSHOT_CHUNK,
             LinkRequest::SnapshotInstall(_) => kind::SNAPSHOT_INSTALL,
+            LinkRequest::TccForward(_) => kind::TCC_FORWARD,
         }
     }
 
@@ -184,6 +235,13 @@ impl LinkRequest {
                 assert!(meta.len() <= SNAPSHOT_META_BYTES_MAX);
                 put_len32(out, meta.len());
                 out.extend_from_slice(&meta);
+            }
+            LinkRequest::TccForward(messages) => {
+                assert!(messages.len() <= TCC_MESSAGES_PER_FORWARD_MAX);
+                put_len32(out, messages.len());
+                for m in messages {
+                    put_tcc(out, m);
+                }
             }
         }
     }
@@ -225,6 +283,20 @@ impl LinkRequest {
                     total_bytes,
                     meta,
                 })
+            }
+            kind::TCC_FORWARD => {
+                let count = r.count("tcc messages", TCC_MESSAGES_PER_FORWARD_MAX, 0)?;
+                if count.saturating_mul(TCC_MESSAGE_BYTES) != r.remaining() {
+                    return Err(DecodeError::Invalid(format!(
+                        "{count} tcc messages in {} bytes",
+                        r.remaining()
+                    )));
+                }
+                let mut messages = Vec::with_capacity(count);
+                for _ in 0..count {
+                    messages.push(read_tcc(&mut r)?);
+                }
+                LinkRequest::TccForward(messages)
             }
             other => {
                 return Err(DecodeError::Unknown {
@@ -320,6 +392,7 @@ impl LinkReply {
             LinkReply::AppendEntries(_) => kind::APPEND_ENTRIES,
             LinkReply::ChunkAck { .. } => kind::SNAPSHOT_CHUNK,
             LinkReply::Snapshot(_) => kind::SNAPSHOT_INSTALL,
+            LinkReply::TccAccepted => kind::TCC_FORWARD,
             LinkReply::Failure(_) => kind::FAILURE,
         }
     }
@@ -345,6 +418,7 @@ impl LinkReply {
             },
             LinkReply::ChunkAck { received_bytes } => put_u64(out, *received_bytes),
             LinkReply::Snapshot(s) => put_vote(out, &s.vote),
+            LinkReply::TccAccepted => {}
             LinkReply::Failure(f) => {
                 put_u8(out, f.code as u8);
                 put_str16(
@@ -380,6 +454,7 @@ impl LinkReply {
                 received_bytes: r.u64()?,
             },
             kind::SNAPSHOT_INSTALL => LinkReply::Snapshot(SnapshotResponse { vote: r.vote()? }),
+            kind::TCC_FORWARD => LinkReply::TccAccepted,
             kind::FAILURE => {
                 let code = r.u8()?;
                 let code = FailureCode::from_u8(code).ok_or(DecodeError::Unknown {
@@ -418,6 +493,31 @@ fn cut(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcc_forwards_round_trip_and_refuse_a_wrong_count() {
+        let m = TccMessage {
+            kind: 3,
+            code: 0,
+            source: 7,
+            id: u128::MAX - 1,
+            from: 1 << 100,
+            to: 42,
+            amount: 12_345,
+            currency: engine::model::Currency(0x445355),
+            user_data: 9,
+        };
+        let request = LinkRequest::TccForward(vec![m, m]);
+        let mut out = Vec::new();
+        request.encode(&mut out);
+        assert_eq!(out.len(), 4 + 2 * TCC_MESSAGE_BYTES);
+        match LinkRequest::decode(kind::TCC_FORWARD, &out).unwrap() {
+            LinkRequest::TccForward(back) => assert_eq!(back, vec![m, m]),
+            other => panic!("{other:?}"),
+        }
+        out[0] = 3; // claims three messages, carries two
+        assert!(LinkRequest::decode(kind::TCC_FORWARD, &out).is_err());
+    }
 
     /// The per-core hop (see `mod.rs`) moves messages between executor threads.
     #[test]

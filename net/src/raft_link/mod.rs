@@ -1,5 +1,5 @@
-//! The node-to-node transport of Raft messages (RAFT_PLAN §5, step 5): a library, not yet
-//! wired into `walletd`.
+//! The node-to-node transport of Raft messages (RAFT_PLAN §5, step 5), and of TC/C messages
+//! a follower forwards to its partition's leader. `walletd` starts it through `cluster.rs`.
 //!
 //! ```text
 //!  node A (one executor)                                   node B (one executor)
@@ -22,6 +22,7 @@
 //!   streaming included.
 //! - `server`, `receive`, `registry`: the listener, each message answered by the `Raft` of
 //!   its partition, snapshot chunks collected into a file and installed.
+//! - `cluster`: `LinkCluster`, the engine's `ClusterHook`: one link per shard executor.
 //! - `filter`: `LinkFilter`, fault injection (cut nodes off) for partition tests.
 //! - `stats`: `LinkStats`, counters of frames, messages per frame and connects.
 //!
@@ -40,6 +41,7 @@
 //! transfers keyed by connection and partition on that core).
 
 mod batch;
+mod cluster;
 mod config;
 mod filter;
 mod handshake;
@@ -55,6 +57,7 @@ mod stats;
 pub mod wire;
 
 pub use batch::{decode_batch, encode_batch, Batch, Envelope};
+pub use cluster::{raft_addr_for, CoreLink, LinkCluster};
 pub use config::LinkConfig;
 pub use filter::LinkFilter;
 pub use handshake::HANDSHAKE_BODY_BYTES_MAX;

@@ -107,7 +107,7 @@ fn classify(error: CallError) -> Failed {
         CallError::Timeout => Failed::Timeout,
         CallError::BadReply(m) => Failed::Network(NetworkError::new(&other(m))),
         CallError::Remote(f) => match f.code {
-            FailureCode::NoSuchPartition | FailureCode::RaftStopped => {
+            FailureCode::NoSuchPartition | FailureCode::RaftStopped | FailureCode::Busy => {
                 Failed::Unreachable(Unreachable::new(&other(f.message)))
             }
             FailureCode::RaftPanicked => Failed::Fatal(Fatal::Panicked),

@@ -124,6 +124,17 @@ pub async fn answer(
         LinkRequest::SnapshotInstall(install) => {
             install_snapshot(&raft, transfers, partition, install).await
         }
+        LinkRequest::TccForward(messages) => match registry.queue(partition) {
+            // Never waits: a full queue drops them (their sources send them again).
+            Some(queue) => match queue.try_send(engine::runtime::Request::Tcc { messages }) {
+                Ok(()) => LinkReply::TccAccepted,
+                Err(_) => failure(FailureCode::Busy, "the partition's queue is full"),
+            },
+            None => failure(
+                FailureCode::NoSuchPartition,
+                format!("no queue of partition {partition} here"),
+            ),
+        },
     }
 }
 

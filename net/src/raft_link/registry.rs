@@ -7,6 +7,7 @@
 //! one-executor-per-link deviation from RAFT_PLAN §5).
 
 use engine::raft::WalletRaft;
+use engine::runtime::Request;
 use openraft::Raft;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -15,6 +16,8 @@ use std::rc::Rc;
 #[derive(Clone, Default)]
 pub struct RaftRegistry {
     rafts: Rc<RefCell<HashMap<u32, Raft<WalletRaft>>>>,
+    /// The partitions' request queues (forwarded TC/C messages go there).
+    queues: Rc<RefCell<HashMap<u32, flume::Sender<Request>>>>,
 }
 
 impl RaftRegistry {
@@ -30,6 +33,15 @@ impl RaftRegistry {
     /// Stops routing to `partition`; its messages are answered `NoSuchPartition`.
     pub fn unregister(&self, partition: u32) -> Option<Raft<WalletRaft>> {
         self.rafts.borrow_mut().remove(&partition)
+    }
+
+    /// Forwarded TC/C messages for `partition` go to `queue`.
+    pub fn register_queue(&self, partition: u32, queue: flume::Sender<Request>) {
+        self.queues.borrow_mut().insert(partition, queue);
+    }
+
+    pub fn queue(&self, partition: u32) -> Option<flume::Sender<Request>> {
+        self.queues.borrow().get(&partition).cloned()
     }
 
     /// The Raft of `partition` (a cheap clone of the handle: no borrow outlives the call).

@@ -25,6 +25,25 @@ fn reply_frame(op: u8, id: u64, body: BytesMut) -> BytesMut {
 
 type Answer = Result<BytesMut, (ProtocolError, String)>;
 
+/// Why a lookup got no answer: a partition whose Raft on this node is not the leader drops
+/// lookups (it cannot confirm its state is current), which is `not_leader`, not a shutdown.
+async fn lookup_failed(ctx: &CoreContext, e: SubmitError) -> (ProtocolError, String) {
+    for p in 0..ctx.node.partition_count() {
+        if let Ok(stats) = ctx.node.counters(p).await {
+            if let Some(raft) = stats.raft.filter(|r| !r.is_leader) {
+                let leader = raft
+                    .leader
+                    .map_or("none known".to_string(), |l| format!("node {l}"));
+                return (
+                    ProtocolError::NotLeader,
+                    format!("this node does not lead partition {p} (leader: {leader}); see the partition map"),
+                );
+            }
+        }
+    }
+    shutting_down(e)
+}
+
 fn shutting_down(_: SubmitError) -> (ProtocolError, String) {
     (
         ProtocolError::ShuttingDown,
@@ -68,29 +87,16 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
             codec::encode_status(&mut out, node.config().cores.len() as u32, &parts);
         }
         Operation::PartitionMap => {
-            // This node is the only one it knows of (walletd starts no multi-node cluster
-            // yet): it leads every partition, except one whose Raft is not leader now
-            // (electing, or stopped after a storage failure).
-            let node = &ctx.node;
-            let mut map = crate::partition_map::PartitionMap::single_node(
-                ctx.config.cluster_id,
-                ctx.config.node_id,
-                ctx.config.advertised_addr(),
-                node.partition_count(),
-            );
-            for (p, leader) in map.partitions.iter_mut().enumerate() {
-                match node.counters(p as u32).await {
-                    Ok(stats) => {
-                        if let Some(raft) = stats.raft {
-                            leader.term = raft.term;
-                            leader.leader = raft.is_leader.then_some(ctx.config.node_id);
-                        }
-                    }
-                    // The partition does not answer (stopped): nobody leads it.
-                    Err(_) => leader.leader = None,
-                }
-            }
+            let map = partition_map(ctx).await;
             crate::partition_map::encode_partition_map(&mut out, &map);
+        }
+        Operation::ClusterChange => {
+            let change = crate::cluster_admin::decode_change(body)
+                .map_err(|e| (e, "a malformed cluster change".into()))?;
+            let outcomes = super::cluster_change::apply(ctx, change)
+                .await
+                .map_err(|m| (ProtocolError::MalformedBody, m))?;
+            crate::cluster_admin::encode_outcomes(&mut out, &outcomes);
         }
         Operation::StateDigest => {
             let node = &ctx.node;
@@ -127,20 +133,18 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
         }
         Operation::LookupAccounts => {
             let ids: Vec<u128> = decode_all(body, codec::ID_BYTES, codec::decode_id)?;
-            let found = ctx
-                .node
-                .lookup_accounts_routed(&ids)
-                .await
-                .map_err(shutting_down)?;
+            let found = match ctx.node.lookup_accounts_routed(&ids).await {
+                Ok(found) => found,
+                Err(e) => return Err(lookup_failed(ctx, e).await),
+            };
             codec::encode_account_replies(&mut out, &found);
         }
         Operation::LookupTransfers => {
             let ids: Vec<u128> = decode_all(body, codec::ID_BYTES, codec::decode_id)?;
-            let found = ctx
-                .node
-                .lookup_transfers_any(&ids)
-                .await
-                .map_err(shutting_down)?;
+            let found = match ctx.node.lookup_transfers_any(&ids).await {
+                Ok(found) => found,
+                Err(e) => return Err(lookup_failed(ctx, e).await),
+            };
             codec::encode_transfer_replies(&mut out, &found);
         }
         Operation::GetAccountHistory => {
@@ -203,4 +207,51 @@ fn decode_all<T>(
         )
     })?;
     Ok(records.map(decode).collect())
+}
+
+/// The partition map as this node knows it. Without replication (or a cluster of one) this
+/// node leads every partition, except one whose Raft is not leader now (electing, or
+/// stopped after a storage failure). In a cluster: each partition's leader as its Raft on
+/// this node knows it, and every node of its membership.
+async fn partition_map(ctx: &CoreContext) -> crate::partition_map::PartitionMap {
+    let node = &ctx.node;
+    let mut map = crate::partition_map::PartitionMap::single_node(
+        ctx.config.cluster_id,
+        ctx.config.node_id,
+        ctx.config.advertised_addr(),
+        node.partition_count(),
+    );
+    for p in 0..node.partition_count() {
+        let leader = &mut map.partitions[p as usize];
+        match node.counters(p).await {
+            Ok(stats) => {
+                if let Some(raft) = stats.raft {
+                    leader.term = raft.term;
+                    leader.leader = raft.leader;
+                    for member in raft.members {
+                        let known = map.nodes.iter().any(|n| n.node_id == member.node_id);
+                        if !known && !member.client_addr.is_empty() {
+                            map.nodes.push(crate::partition_map::MapNode {
+                                node_id: member.node_id,
+                                client_addr: member.client_addr,
+                            });
+                        }
+                    }
+                }
+            }
+            // The partition does not answer (stopped): nobody leads it.
+            Err(_) => map.partitions[p as usize].leader = None,
+        }
+    }
+    // A leader this node knows no address of (it learns of a node from a membership entry
+    // before it applies it) is no help to a client: no leader then.
+    for i in 0..map.partitions.len() {
+        if let Some(id) = map.partitions[i].leader {
+            if !map.nodes.iter().any(|n| n.node_id == id) {
+                map.partitions[i].leader = None;
+            }
+        }
+    }
+    map.nodes.truncate(crate::partition_map::MAP_NODES_MAX);
+    map
 }

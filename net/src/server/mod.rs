@@ -8,6 +8,7 @@
 //! A connection must finish its handshake (TLS, when configured, then the protocol's) within
 //! `handshake_timeout_ms`.
 
+mod cluster_change;
 pub(crate) mod connection;
 mod handler;
 mod subscription;
@@ -48,6 +49,26 @@ pub struct ServerConfig {
     /// The `host:port` clients should use for this node, as the partition map tells them
     /// (`None`: the listen address, which is wrong when listening on 0.0.0.0).
     pub advertise_addr: Option<String>,
+    /// The cluster this node belongs to, when it has peers (`None`: a single node).
+    pub cluster: Option<ClusterSetup>,
+}
+
+/// What the client port needs to know of a cluster of several nodes (`ClusterChange`).
+#[derive(Clone, Debug)]
+pub struct ClusterSetup {
+    /// Every node of the cluster as configured, this one included.
+    pub nodes: Vec<ClusterNode>,
+    /// The node link's fault-injection switch, when the operator allowed fault injection
+    /// (`fault_injection = true`: tests and chaos runs, never production).
+    pub link_filter: Option<crate::raft_link::LinkFilter>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterNode {
+    pub node_id: u64,
+    /// The node link's base address (core slot 0; slot `s` listens on port + `s`).
+    pub peer_addr: SocketAddr,
+    pub client_addr: String,
 }
 
 impl ServerConfig {
@@ -74,6 +95,7 @@ impl ServerConfig {
             tls: None,
             io_memory_bytes: 1 << 20,
             advertise_addr: None,
+            cluster: None,
         }
     }
 }

@@ -1,0 +1,223 @@
+//! Cluster administration over the client port (operation `ClusterChange`, docs/PROTOCOL.md):
+//! `wallet cluster init`, `add-node`, `remove-node`, and the fault-injection switches of the
+//! node link that partition tests use (refused unless the node allows fault injection).
+//!
+//! A membership change is made per partition by that partition's leader, so the node that
+//! receives `AddNode` or `RemoveNode` changes the partitions it leads and answers
+//! `NotLeader` for the others; `wallet` sends the change to every node until each partition
+//! has answered `Ok` once. `Init` is made on the node it is sent to, for every partition,
+//! with the node's configured `[[peers]]` and itself.
+//!
+//! Wire format (little-endian):
+//!
+//! ```text
+//! request  action u8 | reserved u8 × 7 | node_id u64 | u16 len + peer_addr | u16 len + client_addr
+//! reply    count u32 | count × (partition u32 | outcome u8 | u16 len + message)
+//! ```
+
+use crate::operation::ProtocolError;
+use bytes::{Buf, BufMut, BytesMut};
+
+/// Longest address or message, in bytes.
+pub const TEXT_BYTES_MAX: usize = 1024;
+/// Most partitions in a reply (as a partition map).
+pub const OUTCOMES_MAX: usize = crate::partition_map::MAP_PARTITIONS_MAX;
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Make every partition of a fresh cluster a Raft group of the configured nodes.
+    Init = 1,
+    /// Add `node_id` (at `peer_addr` for the node link, `client_addr` for clients).
+    AddNode = 2,
+    /// Remove `node_id` from every group.
+    RemoveNode = 3,
+    /// Fault injection: this node's link stops talking to `node_id` (both ways, as seen
+    /// from here).
+    Isolate = 4,
+    /// Fault injection: undo every `Isolate`.
+    HealAll = 5,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterChange {
+    pub action: Action,
+    pub node_id: u64,
+    /// `host:port` of the node's link (core slot 0); `AddNode` only.
+    pub peer_addr: String,
+    /// `host:port` of the node's client listener; `AddNode` only.
+    pub client_addr: String,
+}
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok = 0,
+    /// This node does not lead the partition: send the change to its leader.
+    NotLeader = 1,
+    /// The change failed (the message says why).
+    Failed = 2,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionOutcome {
+    pub partition: u32,
+    pub outcome: Outcome,
+    pub message: String,
+}
+
+fn put_text(out: &mut BytesMut, s: &str) {
+    let bytes = &s.as_bytes()[..s.len().min(TEXT_BYTES_MAX)];
+    out.put_u16_le(bytes.len() as u16);
+    out.put_slice(bytes);
+}
+
+fn get_text(body: &mut &[u8]) -> Result<String, ProtocolError> {
+    if body.remaining() < 2 {
+        return Err(ProtocolError::MalformedBody);
+    }
+    let len = body.get_u16_le() as usize;
+    if len > TEXT_BYTES_MAX || body.remaining() < len {
+        return Err(ProtocolError::MalformedBody);
+    }
+    let text = std::str::from_utf8(&body[..len]).map_err(|_| ProtocolError::MalformedBody)?;
+    let text = text.to_string();
+    body.advance(len);
+    Ok(text)
+}
+
+pub fn encode_change(out: &mut BytesMut, change: &ClusterChange) {
+    out.put_u8(change.action as u8);
+    out.put_slice(&[0; 7]);
+    out.put_u64_le(change.node_id);
+    put_text(out, &change.peer_addr);
+    put_text(out, &change.client_addr);
+}
+
+pub fn decode_change(mut body: &[u8]) -> Result<ClusterChange, ProtocolError> {
+    if body.remaining() < 16 {
+        return Err(ProtocolError::MalformedBody);
+    }
+    let action = match body.get_u8() {
+        1 => Action::Init,
+        2 => Action::AddNode,
+        3 => Action::RemoveNode,
+        4 => Action::Isolate,
+        5 => Action::HealAll,
+        _ => return Err(ProtocolError::MalformedBody),
+    };
+    if body[..7] != [0; 7] {
+        return Err(ProtocolError::MalformedBody);
+    }
+    body.advance(7);
+    let node_id = body.get_u64_le();
+    let peer_addr = get_text(&mut body)?;
+    let client_addr = get_text(&mut body)?;
+    if body.has_remaining() {
+        return Err(ProtocolError::MalformedBody);
+    }
+    Ok(ClusterChange {
+        action,
+        node_id,
+        peer_addr,
+        client_addr,
+    })
+}
+
+pub fn encode_outcomes(out: &mut BytesMut, outcomes: &[PartitionOutcome]) {
+    assert!(outcomes.len() <= OUTCOMES_MAX);
+    out.put_u32_le(outcomes.len() as u32);
+    for o in outcomes {
+        out.put_u32_le(o.partition);
+        out.put_u8(o.outcome as u8);
+        put_text(out, &o.message);
+    }
+}
+
+pub fn decode_outcomes(mut body: &[u8]) -> Result<Vec<PartitionOutcome>, ProtocolError> {
+    if body.remaining() < 4 {
+        return Err(ProtocolError::MalformedBody);
+    }
+    let count = body.get_u32_le() as usize;
+    // Each outcome takes at least 7 bytes: check before allocating.
+    if count > OUTCOMES_MAX || count.saturating_mul(7) > body.remaining() {
+        return Err(ProtocolError::MalformedBody);
+    }
+    let mut outcomes = Vec::with_capacity(count);
+    for _ in 0..count {
+        if body.remaining() < 5 {
+            return Err(ProtocolError::MalformedBody);
+        }
+        let partition = body.get_u32_le();
+        let outcome = match body.get_u8() {
+            0 => Outcome::Ok,
+            1 => Outcome::NotLeader,
+            2 => Outcome::Failed,
+            _ => return Err(ProtocolError::MalformedBody),
+        };
+        let message = get_text(&mut body)?;
+        outcomes.push(PartitionOutcome {
+            partition,
+            outcome,
+            message,
+        });
+    }
+    if body.has_remaining() {
+        return Err(ProtocolError::MalformedBody);
+    }
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_and_outcomes_round_trip() {
+        let change = ClusterChange {
+            action: Action::AddNode,
+            node_id: 4,
+            peer_addr: "127.0.0.1:7501".into(),
+            client_addr: "127.0.0.1:7401".into(),
+        };
+        let mut out = BytesMut::new();
+        encode_change(&mut out, &change);
+        assert_eq!(decode_change(&out).unwrap(), change);
+        let outcomes = vec![
+            PartitionOutcome {
+                partition: 0,
+                outcome: Outcome::Ok,
+                message: String::new(),
+            },
+            PartitionOutcome {
+                partition: 1,
+                outcome: Outcome::NotLeader,
+                message: "led by node 2".into(),
+            },
+        ];
+        let mut out = BytesMut::new();
+        encode_outcomes(&mut out, &outcomes);
+        assert_eq!(decode_outcomes(&out).unwrap(), outcomes);
+    }
+
+    #[test]
+    fn hostile_bodies_are_refused() {
+        let change = ClusterChange {
+            action: Action::Init,
+            node_id: 0,
+            peer_addr: String::new(),
+            client_addr: String::new(),
+        };
+        let mut out = BytesMut::new();
+        encode_change(&mut out, &change);
+        let mut bad = out.to_vec();
+        bad[0] = 9;
+        assert!(decode_change(&bad).is_err(), "unknown action");
+        let mut bad = out.to_vec();
+        bad.push(0);
+        assert!(decode_change(&bad).is_err(), "trailing bytes");
+        assert!(decode_change(&out[..10]).is_err(), "truncated");
+        // A reply that claims more outcomes than it carries.
+        assert!(decode_outcomes(&[255, 255, 255, 255, 0]).is_err());
+    }
+}

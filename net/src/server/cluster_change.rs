@@ -1,0 +1,117 @@
+//! Carries out a `ClusterChange` request (`cluster_admin.rs`) on this node's partitions.
+
+use super::{ClusterSetup, CoreContext};
+use crate::cluster_admin::{Action, ClusterChange, Outcome, PartitionOutcome};
+use crate::raft_link::raft_addr_for;
+use engine::raft::NodeAddr;
+use engine::runtime::MembershipChange;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// The address of partition `partition` of a node: its link on the core slot that owns the
+/// partition (the same slot on every node: a cluster's nodes run the same number of cores).
+fn node_addr(
+    peer_addr: &SocketAddr,
+    client_addr: &str,
+    partition: u32,
+    cores: usize,
+) -> Result<NodeAddr, String> {
+    let slot = partition as usize % cores.max(1);
+    Ok(NodeAddr {
+        raft_addr: raft_addr_for(peer_addr, slot)?.to_string(),
+        client_addr: client_addr.to_string(),
+    })
+}
+
+fn setup(ctx: &CoreContext) -> Result<&ClusterSetup, String> {
+    ctx.config.cluster.as_ref().ok_or_else(|| {
+        "this node has no peers configured ([[peers]]): it is a cluster of one".to_string()
+    })
+}
+
+/// Applies `change` and answers per partition (none for the fault-injection actions).
+pub(crate) async fn apply(
+    ctx: &CoreContext,
+    change: ClusterChange,
+) -> Result<Vec<PartitionOutcome>, String> {
+    let setup = setup(ctx)?;
+    let node = &ctx.node;
+    let cores = node.config().cores.len();
+    match change.action {
+        Action::Isolate | Action::HealAll => {
+            let filter = setup.link_filter.as_ref().ok_or_else(|| {
+                "fault injection is off on this node (fault_injection = true turns it on)"
+                    .to_string()
+            })?;
+            if change.action == Action::Isolate {
+                filter.isolate(change.node_id);
+            } else {
+                filter.heal_all();
+            }
+            tracing::warn!(action = ?change.action, node = change.node_id, "link fault injection");
+            return Ok(Vec::new());
+        }
+        Action::Init | Action::AddNode | Action::RemoveNode => {}
+    }
+    let added = match change.action {
+        Action::AddNode => Some(
+            change
+                .peer_addr
+                .parse::<SocketAddr>()
+                .map_err(|e| format!("peer address {:?}: {e}", change.peer_addr))?,
+        ),
+        _ => None,
+    };
+    let mut outcomes = Vec::with_capacity(node.partition_count() as usize);
+    for p in 0..node.partition_count() {
+        let membership = match change.action {
+            Action::Init => {
+                let mut members = BTreeMap::new();
+                for n in &setup.nodes {
+                    members.insert(
+                        n.node_id,
+                        node_addr(&n.peer_addr, &n.client_addr, p, cores)?,
+                    );
+                }
+                MembershipChange::Initialize(members)
+            }
+            Action::AddNode => {
+                let peer = added.as_ref().expect("parsed above");
+                MembershipChange::AddVoter(
+                    change.node_id,
+                    node_addr(peer, &change.client_addr, p, cores)?,
+                )
+            }
+            _ => MembershipChange::Remove(change.node_id),
+        };
+        // Only a leader changes the membership; `Init` is for a fresh cluster, led by nobody.
+        if change.action != Action::Init {
+            let leads = node
+                .counters(p)
+                .await
+                .ok()
+                .and_then(|s| s.raft)
+                .is_some_and(|r| r.is_leader);
+            if !leads {
+                outcomes.push(PartitionOutcome {
+                    partition: p,
+                    outcome: Outcome::NotLeader,
+                    message: String::new(),
+                });
+                continue;
+            }
+        }
+        let (outcome, message) = match node.change_membership(p, membership).await {
+            Ok(Ok(())) => (Outcome::Ok, String::new()),
+            Ok(Err(e)) => (Outcome::Failed, e),
+            Err(e) => (Outcome::Failed, e.to_string()),
+        };
+        tracing::info!(partition = p, action = ?change.action, node = change.node_id, ?outcome, %message, "cluster change");
+        outcomes.push(PartitionOutcome {
+            partition: p,
+            outcome,
+            message,
+        });
+    }
+    Ok(outcomes)
+}
