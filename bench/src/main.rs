@@ -12,6 +12,7 @@ mod progress;
 mod report;
 mod run_mode;
 mod spawn;
+mod spawn_cluster;
 mod summary;
 mod workload;
 mod zipf;

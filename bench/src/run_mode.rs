@@ -40,7 +40,9 @@ pub struct RunArgs {
     /// Start a local walletd on a free loopback port with a temporary data dir, stop it after.
     #[arg(long)]
     spawn: bool,
-    /// walletd processes to spawn (only 1 until replication exists).
+    /// walletd processes to spawn: 1, or a Raft cluster of 3 or 5 nodes on loopback
+    /// (replication = raft, initialized with `cluster init`; the load goes to the node that
+    /// leads every partition, as after a fresh init).
     #[arg(long, default_value_t = 1, conflicts_with = "addr")]
     nodes: u32,
     /// Wallet accounts to create (plus one issuer per partition).
@@ -166,11 +168,8 @@ pub struct OpenLoopStats {
 }
 
 pub fn run(mut args: RunArgs) -> Result<(), String> {
-    if args.nodes != 1 {
-        return Err(format!(
-            "--nodes {}: replication is not built yet; only --nodes 1 works",
-            args.nodes
-        ));
+    if ![1, 3, 5].contains(&args.nodes) {
+        return Err(format!("--nodes {}: 1, 3 or 5", args.nodes));
     }
     if args.batch == 0 || args.batch > BATCH_ITEMS_MAX {
         return Err(format!("--batch must be 1..={BATCH_ITEMS_MAX}"));
@@ -210,6 +209,7 @@ pub fn run(mut args: RunArgs) -> Result<(), String> {
     .map_err(|e| format!("cannot handle SIGINT: {e}"))?;
 
     let mut server: Option<Walletd> = None;
+    let mut cluster: Option<crate::spawn_cluster::SpawnedCluster> = None;
     let addr = if args.spawn {
         let cores = args.cores.get_or_insert_with(|| vec![0, 1]).clone();
         let partitions = *args.partitions.get_or_insert(2);
@@ -224,10 +224,33 @@ pub fn run(mut args: RunArgs) -> Result<(), String> {
             cores,
             partitions
         );
-        let started = Walletd::start(&binary, &cores, partitions, &args.walletd_arg)?;
-        let addr = started.addr.clone();
-        server = Some(started);
-        addr
+        if args.nodes > 1 {
+            eprintln!(
+                "  as a cluster of {} nodes (replication = raft)",
+                args.nodes
+            );
+            let started = crate::spawn_cluster::SpawnedCluster::start(
+                &binary,
+                u64::from(args.nodes),
+                &cores,
+                partitions,
+                &args.walletd_arg,
+            )?;
+            let map = started.wait_for_leaders()?;
+            // The workers speak to one node: the one that leads every partition (after a
+            // fresh init the initializing node usually wins every election).
+            let leader = map.sole_leader().ok_or(
+                "the partitions' leaders are on different nodes; the bench's workers send to one node (run it again)",
+            )?;
+            let addr = leader.client_addr.clone();
+            cluster = Some(started);
+            addr
+        } else {
+            let started = Walletd::start(&binary, &cores, partitions, &args.walletd_arg)?;
+            let addr = started.addr.clone();
+            server = Some(started);
+            addr
+        }
     } else {
         args.addr.clone().expect("clap requires --addr or --spawn")
     };
@@ -341,6 +364,7 @@ pub fn run(mut args: RunArgs) -> Result<(), String> {
     );
     let check = check(&client, &accounts, outcome.ok_sample(), concurrency)?;
     drop(client);
+    drop(cluster.take());
     if let Some(mut server) = server.take() {
         server.stop();
     }

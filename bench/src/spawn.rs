@@ -36,6 +36,19 @@ impl Walletd {
         partitions: u32,
         extra_args: &[String],
     ) -> Result<Walletd, String> {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        Walletd::start_at(binary, addr, cores, partitions, extra_args)
+    }
+
+    /// `start`, listening for clients on `addr` (a cluster's nodes know each other's
+    /// addresses before they start).
+    pub fn start_at(
+        binary: &Path,
+        addr: String,
+        cores: &[usize],
+        partitions: u32,
+        extra_args: &[String],
+    ) -> Result<Walletd, String> {
         if !binary.is_file() {
             return Err(format!(
                 "{} not found: build it (cargo build --release -p walletd-tools) or pass --walletd PATH",
@@ -49,8 +62,7 @@ impl Walletd {
             addr: String::new(),
             dir,
         };
-        let port = free_port()?;
-        guard.addr = format!("127.0.0.1:{port}");
+        guard.addr = addr;
         let log_path = guard.dir.join("walletd.log");
         let log =
             std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
@@ -180,14 +192,14 @@ impl Drop for Walletd {
 }
 
 /// A port the kernel just gave out; there is a small window for someone else to take it.
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| format!("no free loopback port: {e}"))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     Ok(port)
 }
 
-fn temp_dir_here() -> Result<PathBuf, String> {
+pub fn temp_dir_here() -> Result<PathBuf, String> {
     let base = std::env::current_dir().map_err(|e| e.to_string())?;
     for n in 0..1000 {
         let dir = base.join(format!(".wallet-bench-run-{}-{n}", std::process::id()));

@@ -26,6 +26,9 @@ pub mod flags {
     pub const ERROR: u16 = 1 << 1;
     /// A frame the server sends on its own for an earlier request (subscription events).
     pub const PUSH: u16 = 1 << 2;
+    /// On a lookup request: answer from this node's state even if it is a follower (a
+    /// follower read: may lag the leader by its replication lag; see docs/PROTOCOL.md).
+    pub const FOLLOWER_READ: u16 = 1 << 3;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

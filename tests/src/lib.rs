@@ -2,6 +2,7 @@
 //! can check exactly what it expects to find, and a walletd child process on a free port.
 
 pub mod chaos;
+pub mod cluster;
 pub mod server_process;
 
 use engine::model::Currency;

@@ -60,6 +60,27 @@ impl ServerProcess {
         server
     }
 
+    /// Like `start`, on the client address `addr` (a cluster's nodes must know each other's
+    /// addresses before they start).
+    pub fn start_at(
+        binary: &Path,
+        addr: String,
+        data_dir: &Path,
+        extra_args: &[&str],
+    ) -> ServerProcess {
+        let mut server = ServerProcess {
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            binary: binary.to_path_buf(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            token: None,
+            tls: None,
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
     /// Like `start`, with clients required to present the token in `token_file`.
     pub fn start_with_token(binary: &Path, data_dir: &Path, token_file: &Path) -> ServerProcess {
         let token = std::fs::read_to_string(token_file)

@@ -22,4 +22,6 @@ mod watchers;
 pub use cluster::{ClusterHook, CoreCluster, SingleNode};
 pub use config::{Clock, EngineConfig, Replication};
 pub use node::{Node, StartError, SubmitError};
-pub use request::{BatchReply, MembershipChange, PartitionStats, RaftMember, RaftStatus, Request};
+pub use request::{
+    BatchReply, MembershipChange, PartitionStats, RaftMember, RaftStatus, ReadFrom, Request,
+};

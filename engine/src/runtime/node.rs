@@ -4,7 +4,7 @@ use super::cluster::{ClusterHook, CoreCluster, SingleNode};
 use super::config::{EngineConfig, Replication};
 use super::partition_task::PartitionTask;
 use super::raft_task::RaftTask;
-use super::request::{BatchReply, PartitionStats, Request};
+use super::request::{BatchReply, PartitionStats, ReadFrom, Request};
 use crate::command::CommandBatch;
 use crate::log::{LogWriter, WriterOptions};
 use crate::model::{Account, AccountId, TransferId, TransferLookup};
@@ -240,8 +240,23 @@ impl Node {
         partition: PartitionId,
         ids: Vec<AccountId>,
     ) -> Result<Vec<Option<Account>>, SubmitError> {
-        self.ask(partition, |reply| Request::LookupAccounts { ids, reply })
+        self.lookup_accounts_from(partition, ids, ReadFrom::Leader)
             .await
+    }
+
+    /// `lookup_accounts`, reading the state `read` says.
+    pub async fn lookup_accounts_from(
+        &self,
+        partition: PartitionId,
+        ids: Vec<AccountId>,
+        read: ReadFrom,
+    ) -> Result<Vec<Option<Account>>, SubmitError> {
+        self.ask(partition, |reply| Request::LookupAccounts {
+            ids,
+            read,
+            reply,
+        })
+        .await
     }
 
     pub async fn lookup_transfers(
@@ -249,8 +264,23 @@ impl Node {
         partition: PartitionId,
         ids: Vec<TransferId>,
     ) -> Result<Vec<Option<TransferLookup>>, SubmitError> {
-        self.ask(partition, |reply| Request::LookupTransfers { ids, reply })
+        self.lookup_transfers_from(partition, ids, ReadFrom::Leader)
             .await
+    }
+
+    /// `lookup_transfers`, reading the state `read` says.
+    pub async fn lookup_transfers_from(
+        &self,
+        partition: PartitionId,
+        ids: Vec<TransferId>,
+        read: ReadFrom,
+    ) -> Result<Vec<Option<TransferLookup>>, SubmitError> {
+        self.ask(partition, |reply| Request::LookupTransfers {
+            ids,
+            read,
+            reply,
+        })
+        .await
     }
 
     /// A page of `query.account`'s history from its partition's read model.

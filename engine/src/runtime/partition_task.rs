@@ -467,14 +467,14 @@ impl PartitionTask {
             | Request::Watch { .. } => {
                 unreachable!("not reads")
             }
-            Request::LookupAccounts { ids, reply } => {
+            Request::LookupAccounts { ids, reply, .. } => {
                 let _ = reply.send(
                     ids.iter()
                         .map(|id| self.state.account(*id).copied())
                         .collect(),
                 );
             }
-            Request::LookupTransfers { ids, reply } => {
+            Request::LookupTransfers { ids, reply, .. } => {
                 let _ = reply.send(
                     ids.iter()
                         .map(|id| self.state.lookup_transfer(*id))

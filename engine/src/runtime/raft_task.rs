@@ -63,7 +63,8 @@ use super::config::{Clock, EngineConfig};
 use super::coordinator::Coordinator;
 use super::node::StartError;
 use super::request::{
-    fill_group, BatchReply, MembershipChange, PartitionStats, RaftMember, RaftStatus, Request,
+    self, fill_group, BatchReply, MembershipChange, PartitionStats, RaftMember, RaftStatus,
+    ReadFrom, Request,
 };
 use super::timing::GroupTiming;
 use super::watchers::Watchers;
@@ -368,7 +369,11 @@ impl RaftTask {
         self.lead_changes(&mut leading, &mut last_resend, &mut coordinator);
 
         while !stopping {
-            let accept = in_flight.len() < PIPELINE_ENTRIES;
+            // Reads, stats and membership changes are always taken from the queue (a leader
+            // whose entries cannot commit, cut off from its followers, must still answer
+            // them); commands wait in `group` while the pipeline is full, up to a group's
+            // worth, and make the next entry bigger.
+            let accept = request::group_items(&group) < self.group_items_max;
             let tick = if coordinator.has_work() {
                 Some(TCC_TICK)
             } else {
@@ -391,10 +396,19 @@ impl RaftTask {
             // then one entry (or more, of at most BATCH_ITEMS_MAX) of TC/C messages.
             let group_started = Instant::now();
             let mut formed: Vec<Forming> = Vec::new();
-            let mut tcc_in: Vec<TccMessage> = std::mem::take(&mut coordinator.local);
+            let pipeline_full = in_flight.len() >= PIPELINE_ENTRIES;
+            let mut tcc_in: Vec<TccMessage> = if pipeline_full {
+                Vec::new()
+            } else {
+                std::mem::take(&mut coordinator.local)
+            };
             let mut reads = Vec::new();
+            let mut waiting = Vec::new();
             for request in group.drain(..) {
                 match request {
+                    Request::Commands { .. } | Request::Tcc { .. } if pipeline_full => {
+                        waiting.push(request)
+                    }
                     Request::Commands {
                         batch,
                         reply,
@@ -417,6 +431,7 @@ impl RaftTask {
                     other => reads.push(other),
                 }
             }
+            group = waiting;
             if !leading && self.multi_node && !tcc_in.is_empty() {
                 self.forward_to_leader(std::mem::take(&mut tcc_in));
             }
@@ -842,7 +857,13 @@ async fn serve_reads(
         let lookups = reads.iter().any(|r| {
             matches!(
                 r,
-                Request::LookupAccounts { .. } | Request::LookupTransfers { .. }
+                Request::LookupAccounts {
+                    read: ReadFrom::Leader,
+                    ..
+                } | Request::LookupTransfers {
+                    read: ReadFrom::Leader,
+                    ..
+                }
             )
         });
         let linearizable = if lookups {
@@ -860,15 +881,15 @@ async fn serve_reads(
                 | Request::Shutdown
                 | Request::Membership { .. }
                 | Request::Watch { .. } => unreachable!("not reads"),
-                Request::LookupAccounts { ids, reply } => {
-                    if linearizable.is_ok() {
+                Request::LookupAccounts { ids, read, reply } => {
+                    if read == ReadFrom::Local || linearizable.is_ok() {
                         let state = state.borrow();
                         let _ =
                             reply.send(ids.iter().map(|id| state.account(*id).copied()).collect());
                     }
                 }
-                Request::LookupTransfers { ids, reply } => {
-                    if linearizable.is_ok() {
+                Request::LookupTransfers { ids, read, reply } => {
+                    if read == ReadFrom::Local || linearizable.is_ok() {
                         let state = state.borrow();
                         let _ =
                             reply.send(ids.iter().map(|id| state.lookup_transfer(*id)).collect());

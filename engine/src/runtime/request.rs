@@ -91,6 +91,21 @@ pub struct RaftMember {
     pub matched_index: Option<u64>,
 }
 
+/// Whose state a lookup may read (Raft mode; without replication every read is the node's
+/// own, durable state).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The leader's, after it confirms it still leads (`ensure_linearizable`): a lookup sees
+    /// every write acknowledged before it was sent. A follower drops such a lookup (the
+    /// client library answers `not_leader`).
+    #[default]
+    Leader,
+    /// This node's state as applied so far, even on a follower: may miss the latest
+    /// acknowledged writes (by its replication lag), never shows anything unacknowledged-
+    /// and-lost. The explicit opt-in of "follower reads".
+    Local,
+}
+
 /// What `Request::Membership` asks a partition's Raft to do.
 #[derive(Clone, Debug)]
 pub enum MembershipChange {
@@ -112,10 +127,12 @@ pub enum Request {
     },
     LookupAccounts {
         ids: Vec<AccountId>,
+        read: ReadFrom,
         reply: oneshot::Sender<Vec<Option<Account>>>,
     },
     LookupTransfers {
         ids: Vec<TransferId>,
+        read: ReadFrom,
         reply: oneshot::Sender<Vec<Option<TransferLookup>>>,
     },
     /// A page of an account's history from the read model.

@@ -3,6 +3,7 @@
 //! partition; an account creation by the account's.
 
 use super::node::{Node, SubmitError};
+use super::request::ReadFrom;
 use crate::command::{CommandBatch, NewAccount, NewTransfer};
 use crate::model::{Account, AccountId, TransferId, TransferLookup};
 use crate::partition::PartitionId;
@@ -46,11 +47,25 @@ impl Node {
         &self,
         ids: &[AccountId],
     ) -> Result<Vec<Option<Account>>, SubmitError> {
+        self.lookup_accounts_routed_from(ids, ReadFrom::Leader)
+            .await
+    }
+
+    /// `lookup_accounts_routed`, reading the state `read` says.
+    pub async fn lookup_accounts_routed_from(
+        &self,
+        ids: &[AccountId],
+        read: ReadFrom,
+    ) -> Result<Vec<Option<Account>>, SubmitError> {
         let groups = self.split(ids, |id| *id);
         let mut pending = Vec::new();
         let mut positions = Vec::new();
         for (partition, at) in groups {
-            pending.push(self.lookup_accounts(partition, at.iter().map(|&i| ids[i]).collect()));
+            pending.push(self.lookup_accounts_from(
+                partition,
+                at.iter().map(|&i| ids[i]).collect(),
+                read,
+            ));
             positions.push(at);
         }
         let mut out = vec![None; ids.len()];
@@ -72,7 +87,17 @@ impl Node {
         &self,
         ids: &[TransferId],
     ) -> Result<Vec<Option<TransferLookup>>, SubmitError> {
-        let pending = (0..self.partition_count()).map(|p| self.lookup_transfers(p, ids.to_vec()));
+        self.lookup_transfers_any_from(ids, ReadFrom::Leader).await
+    }
+
+    /// `lookup_transfers_any`, reading the state `read` says.
+    pub async fn lookup_transfers_any_from(
+        &self,
+        ids: &[TransferId],
+        read: ReadFrom,
+    ) -> Result<Vec<Option<TransferLookup>>, SubmitError> {
+        let pending =
+            (0..self.partition_count()).map(|p| self.lookup_transfers_from(p, ids.to_vec(), read));
         let mut out = vec![None; ids.len()];
         for found in futures::future::join_all(pending).await {
             for (slot, transfer) in out.iter_mut().zip(found?) {

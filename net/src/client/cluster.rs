@@ -50,7 +50,7 @@ impl ClusterClient {
             reason: "no seed address given".into(),
         };
         for seed in seeds {
-            match fetch_map(&template, seed) {
+            match futures::executor::block_on(fetch_map(&template, seed)) {
                 Ok((client, map)) => {
                     let mut clients = HashMap::new();
                     if let Some(node) = map.nodes.iter().find(|n| n.client_addr == *seed) {
@@ -79,6 +79,12 @@ impl ClusterClient {
     /// Asks the map's nodes, then the seeds, for a fresh map and keeps the first one of the
     /// same cluster; keeps the old map if nobody answers.
     pub fn refresh(&self) -> Result<Arc<PartitionMap>, ClientError> {
+        futures::executor::block_on(self.refresh_async())
+    }
+
+    /// `refresh` for async callers (the routing loop runs inside `block_on` already, and
+    /// executors do not nest).
+    pub async fn refresh_async(&self) -> Result<Arc<PartitionMap>, ClientError> {
         let current = self.map();
         let mut candidates: Vec<String> = current
             .nodes
@@ -89,8 +95,8 @@ impl ClusterClient {
         let mut last = ClientError::Disconnected("no node answered with a map".into());
         for addr in candidates {
             let fetched = match self.cached_client_at(&current, &addr) {
-                Some(client) => client.partition_map().map(|map| (client, map)),
-                None => fetch_map(&self.template, &addr),
+                Some(client) => client.partition_map_async().await.map(|map| (client, map)),
+                None => fetch_map(&self.template, &addr).await,
             };
             match fetched {
                 Ok((_, map)) if map.cluster_id != current.cluster_id => {
@@ -200,7 +206,7 @@ impl<T: Copy + Routed> Nodes<T> for ClusterClient {
         // Blocking, like `Client`'s own retry pause: the client library runs on any executor
         // and has no timer of its own.
         std::thread::sleep(Duration::from_millis(pause_ms));
-        if let Err(e) = ClusterClient::refresh(self) {
+        if let Err(e) = ClusterClient::refresh_async(self).await {
             tracing::debug!(error = %e, round, "partition map refresh failed; routing by the old one");
         }
     }
@@ -228,7 +234,7 @@ impl Routed for NewAccount {
     }
 }
 
-fn fetch_map(
+async fn fetch_map(
     template: &ClientConfig,
     addr: &str,
 ) -> Result<(Arc<Client>, PartitionMap), ClientError> {
@@ -236,6 +242,6 @@ fn fetch_map(
         addr: addr.to_string(),
         ..template.clone()
     })?);
-    let map = client.partition_map()?;
+    let map = client.partition_map_async().await?;
     Ok((client, map))
 }

@@ -127,9 +127,11 @@ impl Connection {
     }
 
     /// Queues one request for the writer; the returned receiver completes with its reply.
-    pub async fn send(
+    /// (`flags`: request flags, `frame::flags::FOLLOWER_READ`; 0 for most.)
+    pub async fn send_flagged(
         &self,
         operation: Operation,
+        flags: u16,
         body: &[u8],
     ) -> Result<oneshot::Receiver<Result<Reply, ClientError>>, ClientError> {
         if !self.is_alive() {
@@ -143,7 +145,7 @@ impl Connection {
             .map_err(|_| ClientError::Disconnected("poisoned".into()))?
             .insert(id, (deadline, tx));
         let mut frame = BytesMut::with_capacity(HEADER_BYTES + body.len());
-        frame::encode_frame(&mut frame, operation as u8, 0, id, body);
+        frame::encode_frame(&mut frame, operation as u8, flags, id, body);
         if self.outgoing.send_async(frame).await.is_err() {
             self.alive.store(false, Ordering::Release);
             if let Ok(mut p) = self.pending.lock() {

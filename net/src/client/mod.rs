@@ -193,10 +193,20 @@ impl Client {
 
     /// Sends one request and waits for its reply body, retrying transient failures.
     async fn call(&self, operation: Operation, body: &[u8]) -> Result<Reply, ClientError> {
+        self.call_flagged(operation, 0, body).await
+    }
+
+    /// `call` with request `flags`.
+    async fn call_flagged(
+        &self,
+        operation: Operation,
+        flags: u16,
+        body: &[u8],
+    ) -> Result<Reply, ClientError> {
         let mut attempt = 0;
         loop {
             let result = match self.connection() {
-                Ok(conn) => match conn.send(operation, body).await {
+                Ok(conn) => match conn.send_flagged(operation, flags, body).await {
                     Ok(pending) => pending.await.unwrap_or_else(|_| {
                         Err(ClientError::Disconnected("reader stopped".into()))
                     }),
@@ -246,6 +256,42 @@ impl Client {
         codec::encode_ids(&mut body, ids);
         let reply = self.call(Operation::LookupAccounts, &body).await?;
         decode_counted(codec::decode_account_replies(&reply.body), ids.len())
+    }
+
+    /// A follower read (`frame::flags::FOLLOWER_READ`): accounts as this node has applied
+    /// them, even if it does not lead their partitions. It may lag the leader; the default
+    /// lookups read the leader's confirmed state.
+    pub fn lookup_accounts_follower(
+        &self,
+        ids: &[u128],
+    ) -> Result<Vec<Option<Account>>, ClientError> {
+        check_len(ids.len())?;
+        let mut body = BytesMut::new();
+        codec::encode_ids(&mut body, ids);
+        let flags = crate::frame::flags::FOLLOWER_READ;
+        let reply = futures::executor::block_on(self.call_flagged(
+            Operation::LookupAccounts,
+            flags,
+            &body,
+        ))?;
+        decode_counted(codec::decode_account_replies(&reply.body), ids.len())
+    }
+
+    /// A follower read of transfers (see `lookup_accounts_follower`).
+    pub fn lookup_transfers_follower(
+        &self,
+        ids: &[u128],
+    ) -> Result<Vec<Option<TransferLookup>>, ClientError> {
+        check_len(ids.len())?;
+        let mut body = BytesMut::new();
+        codec::encode_ids(&mut body, ids);
+        let flags = crate::frame::flags::FOLLOWER_READ;
+        let reply = futures::executor::block_on(self.call_flagged(
+            Operation::LookupTransfers,
+            flags,
+            &body,
+        ))?;
+        decode_counted(codec::decode_transfer_replies(&reply.body), ids.len())
     }
 
     pub async fn lookup_transfers_async(

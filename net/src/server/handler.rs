@@ -6,12 +6,17 @@ use crate::codec;
 use crate::frame::{self, FrameHeader};
 use crate::operation::{Operation, ProtocolError};
 use bytes::{Bytes, BytesMut};
-use engine::runtime::SubmitError;
+use engine::runtime::{ReadFrom, SubmitError};
 
 pub(crate) async fn handle(ctx: &CoreContext, header: FrameHeader, body: Bytes) -> BytesMut {
     let op = header.operation;
     let id = header.request_id;
-    match answer(ctx, op, &body).await {
+    let read = if header.flags & frame::flags::FOLLOWER_READ != 0 {
+        ReadFrom::Local
+    } else {
+        ReadFrom::Leader
+    };
+    match answer(ctx, op, &body, read).await {
         Ok(reply) => reply_frame(op, id, reply),
         Err((error, message)) => error_frame(op, id, error, &message),
     }
@@ -51,7 +56,7 @@ fn shutting_down(_: SubmitError) -> (ProtocolError, String) {
     )
 }
 
-async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
+async fn answer(ctx: &CoreContext, op: u8, body: &[u8], read: ReadFrom) -> Answer {
     let Some(operation) = Operation::from_u8(op) else {
         return Err((
             ProtocolError::UnknownOperation,
@@ -133,7 +138,7 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
         }
         Operation::LookupAccounts => {
             let ids: Vec<u128> = decode_all(body, codec::ID_BYTES, codec::decode_id)?;
-            let found = match ctx.node.lookup_accounts_routed(&ids).await {
+            let found = match ctx.node.lookup_accounts_routed_from(&ids, read).await {
                 Ok(found) => found,
                 Err(e) => return Err(lookup_failed(ctx, e).await),
             };
@@ -141,7 +146,7 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8]) -> Answer {
         }
         Operation::LookupTransfers => {
             let ids: Vec<u128> = decode_all(body, codec::ID_BYTES, codec::decode_id)?;
-            let found = match ctx.node.lookup_transfers_any(&ids).await {
+            let found = match ctx.node.lookup_transfers_any_from(&ids, read).await {
                 Ok(found) => found,
                 Err(e) => return Err(lookup_failed(ctx, e).await),
             };

@@ -1,0 +1,230 @@
+//! A cluster of `walletd` processes on loopback, for the multi-node tests: config files with
+//! free ports, `cluster init`, and the checks every test ends with (leaders known, state
+//! digests equal on every node).
+
+use crate::server_process::{free_port, ServerProcess};
+use net::cluster_admin::{Action, ClusterChange, Outcome};
+use net::partition_map::PartitionMap;
+use net::{Client, ClientConfig, ClusterClient};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Cores per node (every node the same: partition `p` is on slot `p % cores`).
+pub const CORES: &str = "0,1";
+const CORE_COUNT: u16 = 2;
+
+pub struct NodeSpec {
+    pub node_id: u64,
+    pub client_addr: String,
+    /// Base of its node-link ports (one per core).
+    pub peer_port: u16,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+pub struct TestCluster {
+    pub specs: Vec<NodeSpec>,
+    /// `None` while a node is down (killed and not restarted).
+    pub nodes: Vec<Option<ServerProcess>>,
+    binary: PathBuf,
+}
+
+/// `CORE_COUNT` consecutive free ports.
+fn free_port_run() -> u16 {
+    loop {
+        let base = free_port();
+        if (1..CORE_COUNT).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            // Skip the counter past the run so `free_port` does not hand it out again.
+            for _ in 1..CORE_COUNT {
+                let _ = free_port();
+            }
+            return base;
+        }
+    }
+}
+
+fn node_config(spec: &NodeSpec, all: &[NodeSpec], partitions: u32, root: &Path) -> String {
+    let mut text = format!(
+        "listen = \"{}\"\ndata_dir = \"{}\"\ncores = [{CORES}]\npartitions = {partitions}\n\
+         node_id = {}\ncluster_id = 7\npeer_listen = \"127.0.0.1:{}\"\n\
+         peer_token_file = \"{}\"\nfault_injection = true\n\
+         snapshot_interval_entries = 64\nelection_timeout_ms = 1000\n",
+        spec.client_addr,
+        spec.data_dir.display(),
+        spec.node_id,
+        spec.peer_port,
+        root.join("peer.token").display(),
+    );
+    for peer in all.iter().filter(|p| p.node_id != spec.node_id) {
+        text.push_str(&format!(
+            "\n[[peers]]\nnode_id = {}\npeer_addr = \"127.0.0.1:{}\"\nclient_addr = \"{}\"\n",
+            peer.node_id, peer.peer_port, peer.client_addr
+        ));
+    }
+    text
+}
+
+impl TestCluster {
+    /// Writes configs for `count` nodes under `root` and starts them (not initialized yet).
+    pub fn start(binary: &Path, root: &Path, count: u64, partitions: u32) -> TestCluster {
+        std::fs::write(root.join("peer.token"), "test-peer-token\n").expect("token file");
+        // One cluster's ports at a time: a run of consecutive peer ports must not interleave
+        // with another test thread's picks.
+        static PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let ports = PORTS.lock().unwrap_or_else(|p| p.into_inner());
+        let specs: Vec<NodeSpec> = (1..=count)
+            .map(|node_id| NodeSpec {
+                node_id,
+                client_addr: format!("127.0.0.1:{}", free_port()),
+                peer_port: free_port_run(),
+                config: root.join(format!("node{node_id}.toml")),
+                data_dir: root.join(format!("node{node_id}")),
+            })
+            .collect();
+        drop(ports);
+        for spec in &specs {
+            std::fs::write(&spec.config, node_config(spec, &specs, partitions, root))
+                .expect("config file");
+        }
+        let mut cluster = TestCluster {
+            nodes: Vec::new(),
+            specs,
+            binary: binary.to_path_buf(),
+        };
+        for i in 0..cluster.specs.len() {
+            let node = cluster.launch(i);
+            cluster.nodes.push(Some(node));
+        }
+        cluster
+    }
+
+    fn launch(&self, i: usize) -> ServerProcess {
+        let spec = &self.specs[i];
+        let config = spec.config.display().to_string();
+        ServerProcess::start_at(
+            &self.binary,
+            spec.client_addr.clone(),
+            &spec.data_dir,
+            &["--config", &config],
+        )
+    }
+
+    /// `wallet cluster init` on node 1, then waits until every partition has a leader.
+    pub fn init(&self) -> PartitionMap {
+        let client = self.client_of(0);
+        let outcomes = client
+            .cluster_change(&ClusterChange {
+                action: Action::Init,
+                node_id: 0,
+                peer_addr: String::new(),
+                client_addr: String::new(),
+            })
+            .expect("cluster init");
+        assert!(
+            outcomes.iter().all(|o| o.outcome == Outcome::Ok),
+            "init: {outcomes:?}"
+        );
+        self.wait_for_leaders(Duration::from_secs(30))
+    }
+
+    pub fn client_of(&self, i: usize) -> Client {
+        let mut config = ClientConfig::new(self.specs[i].client_addr.clone());
+        config.timeout_ms = 5_000;
+        Client::connect(config).expect("connect to a node")
+    }
+
+    /// A routing client seeded with every node.
+    pub fn cluster_client(&self) -> ClusterClient {
+        let mut template = ClientConfig::new(self.specs[0].client_addr.clone());
+        template.timeout_ms = 3_000;
+        template.retries = 1;
+        let seeds: Vec<String> = self.specs.iter().map(|s| s.client_addr.clone()).collect();
+        ClusterClient::connect(template, &seeds).expect("cluster client")
+    }
+
+    /// The index of the running node whose map says every partition has a leader, and the
+    /// map; waits up to `timeout`.
+    pub fn wait_for_leaders(&self, timeout: Duration) -> PartitionMap {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for (i, node) in self.nodes.iter().enumerate() {
+                if node.is_none() {
+                    continue;
+                }
+                let Ok(map) = Client::connect({
+                    let mut c = ClientConfig::new(self.specs[i].client_addr.clone());
+                    c.retries = 0;
+                    c.timeout_ms = 2_000;
+                    c
+                })
+                .and_then(|c| c.partition_map()) else {
+                    continue;
+                };
+                let running = |id: u64| self.nodes[(id - 1) as usize].is_some();
+                if map.partitions.iter().all(|p| p.leader.is_some_and(running)) {
+                    return map;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader for some partition after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL node `i` (0-based).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut node) = self.nodes[i].take() {
+            node.kill();
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "kill it first");
+        let node = self.launch(i);
+        self.nodes[i] = Some(node);
+    }
+
+    /// Waits until every running node reports the same `(last_index, digest)` for every
+    /// partition, twice in a row; returns the combined digest.
+    pub fn converged_digest(&self, timeout: Duration) -> u128 {
+        let deadline = Instant::now() + timeout;
+        let mut previous = None;
+        loop {
+            let views: Vec<_> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.is_some())
+                .map(|(i, _)| {
+                    self.client_of(i)
+                        .state_digest()
+                        .map(|d| {
+                            let parts: Vec<(u64, u128)> = d
+                                .partitions
+                                .iter()
+                                .map(|p| (p.last_index, p.digest))
+                                .collect();
+                            (d.digest, parts)
+                        })
+                        .ok()
+                })
+                .collect();
+            let first = views[0].clone();
+            if first.is_some() && views.iter().all(|v| *v == first) {
+                if previous == first {
+                    return first.expect("checked").0;
+                }
+                previous = first;
+            } else {
+                previous = None;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the nodes' states did not converge within {timeout:?}: {views:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! Clusters of three `walletd` processes on loopback (config files with [[peers]], `cluster
+//! init`), driven through the routing client (`ClusterClient`) with transfers inside and
+//! across partitions:
+//!
+//! - the leader of a partition is SIGKILLed under load: a new leader is elected, clients go
+//!   on, the old node restarts and catches up (its log was purged meanwhile: by snapshot);
+//! - a leader is cut off from the others by the node link's fault injection: it
+//!   acknowledges nothing, the majority elects a leader and goes on, and after healing
+//!   nothing acknowledged is lost.
+//!
+//! After each: every node has the same state digest, every acknowledged transfer is found,
+//! money is conserved and no balance is below its floor.
+
+use engine::model::Currency;
+use engine::partition::partition_of;
+use engine::{NewAccount, NewTransfer, ResultCode};
+use net::cluster_admin::{Action, ClusterChange};
+use net::ClusterClient;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use walletd_tests::cluster::TestCluster;
+
+const WALLETD: &str = env!("CARGO_BIN_EXE_test-walletd");
+const PARTITIONS: u32 = 2;
+const WALLETS_PER_PARTITION: usize = 20;
+const BATCH: usize = 200;
+
+fn eur() -> Currency {
+    Currency::parse("EUR").expect("valid code")
+}
+
+/// (issuer, wallets) per partition.
+fn accounts() -> Vec<(u128, Vec<u128>)> {
+    (0..PARTITIONS)
+        .map(|p| {
+            let mut ids = (1u128..).filter(|id| partition_of(*id, PARTITIONS) == p);
+            let issuer = ids.next().expect("plenty");
+            (issuer, ids.take(WALLETS_PER_PARTITION).collect())
+        })
+        .collect()
+}
+
+fn all_accounts() -> Vec<u128> {
+    accounts()
+        .into_iter()
+        .flat_map(|(issuer, wallets)| std::iter::once(issuer).chain(wallets))
+        .collect()
+}
+
+fn setup(client: &ClusterClient) {
+    let mut creations = Vec::new();
+    let mut funding = Vec::new();
+    for (issuer, wallets) in accounts() {
+        creations.push(NewAccount {
+            id: issuer,
+            currency: eur(),
+            flags: 0,
+            floor: -1_000_000_000_000,
+            user_data: 0,
+        });
+        for &w in &wallets {
+            creations.push(NewAccount {
+                id: w,
+                currency: eur(),
+                flags: 0,
+                floor: 0,
+                user_data: 0,
+            });
+            funding.push(NewTransfer {
+                id: (1 << 100) + w,
+                from: issuer,
+                to: w,
+                amount: 1_000_000,
+                currency: eur(),
+                user_data: 0,
+            });
+        }
+    }
+    let codes = client.create_accounts(&creations).expect("create accounts");
+    assert!(codes.iter().all(|c| *c == ResultCode::Ok), "{codes:?}");
+    let codes = client.create_transfers(&funding).expect("funding");
+    assert!(codes.iter().all(|c| *c == ResultCode::Ok), "{codes:?}");
+}
+
+/// Batch `n`: wallet-to-wallet transfers of 1, a quarter of them across partitions.
+fn batch(n: u64, seed: u64) -> Vec<NewTransfer> {
+    let accounts = accounts();
+    let mut rng = fastrand::Rng::with_seed(seed ^ n);
+    (0..BATCH)
+        .map(|i| {
+            let p = rng.usize(..PARTITIONS as usize);
+            let q = if rng.u8(..4) == 0 { 1 - p } else { p };
+            let a = rng.usize(..WALLETS_PER_PARTITION);
+            // Never the same account: another index when in the same partition.
+            let b = (a + 1 + rng.usize(..WALLETS_PER_PARTITION - 1)) % WALLETS_PER_PARTITION;
+            let from = accounts[p].1[a];
+            let to = accounts[q].1[if p == q {
+                b
+            } else {
+                rng.usize(..WALLETS_PER_PARTITION)
+            }];
+            NewTransfer {
+                id: (u128::from(n) << 32) + i as u128 + 1,
+                from,
+                to,
+                amount: 1,
+                currency: eur(),
+                user_data: 0,
+            }
+        })
+        .collect()
+}
+
+/// What the load thread saw.
+#[derive(Default)]
+struct Load {
+    /// Transfer ids acknowledged `ok`: each must be applied on every node.
+    acknowledged: BTreeSet<u128>,
+    /// Answered `exists` on a retry (an earlier attempt was logged; it may have applied or,
+    /// for a TC/C cut short by the failover, been cancelled): each must be present.
+    existing: BTreeSet<u128>,
+    /// Items that got a final refusal (a TC/C cancelled by its Try timeout while the
+    /// destination's leader was being replaced).
+    refused: u64,
+    batches: u64,
+    errors: u64,
+}
+
+/// Codes that mean "not decided yet, ask again with the same id".
+fn retry_later(code: ResultCode) -> bool {
+    matches!(
+        code,
+        ResultCode::NotLeader
+            | ResultCode::Busy
+            | ResultCode::ShuttingDown
+            | ResultCode::Pending
+            | ResultCode::StorageError
+    )
+}
+
+/// Sends batches until `stop`, each retried (same ids) until every item has a final answer.
+fn run_load(client: ClusterClient, stop: Arc<AtomicBool>, load: Arc<Mutex<Load>>, seed: u64) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let mut left = batch(n, seed);
+        for _attempt in 0..20 {
+            match client.create_transfers(&left) {
+                Ok(codes) => {
+                    let mut l = load.lock().unwrap();
+                    let mut again = Vec::new();
+                    for (t, c) in left.iter().zip(&codes) {
+                        match *c {
+                            ResultCode::Ok => {
+                                l.acknowledged.insert(t.id);
+                            }
+                            ResultCode::Exists => {
+                                l.existing.insert(t.id);
+                            }
+                            c if retry_later(c) => again.push(*t),
+                            ResultCode::TccTimeout => l.refused += 1,
+                            c => panic!("transfer {:#x}: unexpected {c:?}", t.id),
+                        }
+                    }
+                    left = again;
+                }
+                Err(_) => load.lock().unwrap().errors += 1,
+            }
+            if left.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        load.lock().unwrap().batches += 1;
+    }
+}
+
+/// On every running node (follower reads, after the states converged): every acknowledged
+/// transfer is present and applied, money is conserved once every TC/C has settled, and no
+/// balance is below its floor.
+fn check_invariants(
+    cluster: &TestCluster,
+    acknowledged: &BTreeSet<u128>,
+    existing: &BTreeSet<u128>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (i, _) in cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.is_some())
+    {
+        let client = cluster.client_of(i);
+        loop {
+            let accounts = client
+                .lookup_accounts_follower(&all_accounts())
+                .expect("follower read");
+            let accounts: Vec<_> = accounts
+                .into_iter()
+                .map(|a| a.expect("every account exists on every node"))
+                .collect();
+            for a in &accounts {
+                assert!(
+                    a.balance >= a.floor,
+                    "node {}: account {} below its floor: {a:?}",
+                    i + 1,
+                    a.id
+                );
+            }
+            let held: i64 = accounts.iter().map(|a| a.held).sum();
+            if held == 0 {
+                let total: i64 = accounts.iter().map(|a| a.balance).sum();
+                assert_eq!(total, 0, "node {}: money was created or lost", i + 1);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {}: TC/C holds did not settle",
+                i + 1
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let ids: Vec<u128> = acknowledged.iter().copied().collect();
+        for chunk in ids.chunks(4096) {
+            let found = client
+                .lookup_transfers_follower(chunk)
+                .expect("follower read");
+            for (id, found) in chunk.iter().zip(found) {
+                let found = found.unwrap_or_else(|| {
+                    panic!("node {}: acknowledged transfer {id:#x} is lost", i + 1)
+                });
+                assert_eq!(
+                    found.status,
+                    ResultCode::Ok,
+                    "node {}: transfer {id:#x}",
+                    i + 1
+                );
+            }
+        }
+        let ids: Vec<u128> = existing.iter().copied().collect();
+        for chunk in ids.chunks(4096) {
+            let found = client
+                .lookup_transfers_follower(chunk)
+                .expect("follower read");
+            for (id, found) in chunk.iter().zip(found) {
+                assert!(
+                    found.is_some(),
+                    "node {}: transfer {id:#x} answered exists is missing",
+                    i + 1
+                );
+            }
+        }
+    }
+}
+
+fn change(action: Action, node_id: u64) -> ClusterChange {
+    ClusterChange {
+        action,
+        node_id,
+        peer_addr: String::new(),
+        client_addr: String::new(),
+    }
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("WALLETD_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("seed {seed} (WALLETD_TEST_SEED={seed} repeats it)");
+    seed
+}
+
+#[test]
+fn a_leader_killed_under_load_is_replaced_and_catches_up_by_snapshot() {
+    let seed = seed();
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(WALLETD.as_ref(), root.path(), 3, PARTITIONS);
+    let map = cluster.init();
+    let client = cluster.cluster_client();
+    setup(&client);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = Arc::new(Mutex::new(Load::default()));
+    let worker = {
+        let (stop, load) = (stop.clone(), load.clone());
+        let client = cluster.cluster_client();
+        std::thread::spawn(move || run_load(client, stop, load, seed))
+    };
+    let wait_batches = |at_least: u64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while load.lock().unwrap().batches < at_least {
+            assert!(Instant::now() < deadline, "the load stalled");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_batches(20);
+
+    // SIGKILL the leader of partition 0 under load.
+    let victim = map.partitions[0].leader.expect("a leader") as usize - 1;
+    cluster.kill(victim);
+    let before = load.lock().unwrap().batches;
+    let map = cluster.wait_for_leaders(Duration::from_secs(30));
+    assert_ne!(map.partitions[0].leader, Some(victim as u64 + 1));
+    // Clients go on; meanwhile more than a snapshot interval of entries is written, so the
+    // leaders purge what the dead node misses.
+    wait_batches(before + 100);
+    cluster.restart(victim);
+    let restarted_at = load.lock().unwrap().batches;
+    wait_batches(restarted_at + 20);
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap();
+
+    let load = load.lock().unwrap();
+    eprintln!(
+        "batches {} acknowledged {} exists {} refused {} client errors {}",
+        load.batches,
+        load.acknowledged.len(),
+        load.existing.len(),
+        load.refused,
+        load.errors
+    );
+    assert!(load.acknowledged.len() > 100 * BATCH);
+    let digest = cluster.converged_digest(Duration::from_secs(60));
+    check_invariants(&cluster, &load.acknowledged, &load.existing);
+    // The checks wrote nothing: the digest is still every node's.
+    assert_eq!(cluster.converged_digest(Duration::from_secs(30)), digest);
+}
+
+#[test]
+fn an_isolated_leader_acknowledges_nothing_and_loses_nothing() {
+    let seed = seed();
+    let root = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(WALLETD.as_ref(), root.path(), 3, PARTITIONS);
+    let map = cluster.init();
+    let client = cluster.cluster_client();
+    setup(&client);
+    let mut acknowledged = BTreeSet::new();
+    for n in 1..=10 {
+        let transfers = batch(n, seed);
+        let codes = client
+            .create_transfers(&transfers)
+            .expect("before the partition");
+        for (t, c) in transfers.iter().zip(codes) {
+            assert_eq!(c, ResultCode::Ok);
+            acknowledged.insert(t.id);
+        }
+    }
+
+    // Cut the leader of partition 0 off from both others, in both directions.
+    let leader = map.partitions[0].leader.expect("a leader");
+    let li = leader as usize - 1;
+    for i in 0..3 {
+        let c = cluster.client_of(i);
+        if i == li {
+            for other in (1..=3).filter(|o| *o != leader) {
+                c.cluster_change(&change(Action::Isolate, other))
+                    .expect("isolate");
+            }
+        } else {
+            c.cluster_change(&change(Action::Isolate, leader))
+                .expect("isolate");
+        }
+    }
+    // The minority side: a write sent straight to the isolated node is not acknowledged.
+    let isolated = {
+        let mut config = net::ClientConfig::new(cluster.specs[li].client_addr.clone());
+        config.timeout_ms = 3_000;
+        config.retries = 0;
+        net::Client::connect(config).expect("connect")
+    };
+    let minority: Vec<NewTransfer> = batch(1_000, seed)
+        .into_iter()
+        .filter(|t| partition_of(t.from, PARTITIONS) == 0)
+        .collect();
+    match isolated.create_transfers(&minority) {
+        Err(_) => {}
+        Ok(codes) => assert!(
+            codes
+                .iter()
+                .all(|c| *c != ResultCode::Ok && *c != ResultCode::Exists),
+            "the isolated node acknowledged: {codes:?}"
+        ),
+    }
+    // The majority side elects a leader of its own and goes on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let majority = (0..3).find(|i| *i != li).expect("a majority node");
+    loop {
+        let map = cluster.client_of(majority).partition_map().expect("map");
+        if map.partitions[0].leader.is_some_and(|l| l != leader) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the majority elected no leader");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let majority_client = {
+        let mut template = net::ClientConfig::new(cluster.specs[majority].client_addr.clone());
+        template.timeout_ms = 5_000;
+        let seeds: Vec<String> = (0..3)
+            .filter(|i| *i != li)
+            .map(|i| cluster.specs[i].client_addr.clone())
+            .collect();
+        ClusterClient::connect(template, &seeds).expect("majority client")
+    };
+    for n in 11..=30 {
+        let transfers = batch(n, seed);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let codes = majority_client.create_transfers(&transfers);
+            if let Ok(codes) = &codes {
+                if codes
+                    .iter()
+                    .all(|c| matches!(c, ResultCode::Ok | ResultCode::Exists))
+                {
+                    acknowledged.extend(transfers.iter().map(|t| t.id));
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the majority does not acknowledge: {codes:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    // Heal: the old leader rejoins as a follower, and the minority's unacknowledged writes
+    // are gone or (retried) harmless; nothing acknowledged is lost.
+    for i in 0..3 {
+        cluster
+            .client_of(i)
+            .cluster_change(&change(Action::HealAll, 0))
+            .expect("heal");
+    }
+    cluster.wait_for_leaders(Duration::from_secs(30));
+    cluster.converged_digest(Duration::from_secs(60));
+    check_invariants(&cluster, &acknowledged, &BTreeSet::new());
+}
