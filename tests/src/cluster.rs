@@ -211,14 +211,14 @@ impl TestCluster {
                         .ok()
                 })
                 .collect();
-            let first = views[0].clone();
-            if first.is_some() && views.iter().all(|v| *v == first) {
-                if previous == first {
-                    return first.expect("checked").0;
+            match views[0].clone() {
+                Some(first) if views.iter().all(|v| v.as_ref() == Some(&first)) => {
+                    if previous.as_ref() == Some(&first) {
+                        return first.0;
+                    }
+                    previous = Some(first);
                 }
-                previous = first;
-            } else {
-                previous = None;
+                _ => previous = None,
             }
             assert!(
                 Instant::now() < deadline,
