@@ -127,6 +127,74 @@ impl TestCluster {
         self.wait_for_leaders(Duration::from_secs(30))
     }
 
+    /// Starts one more node (id `len + 1`) whose config lists every node so far; it is no
+    /// member of any group until `change_everywhere(AddNode)` adds it.
+    pub fn add_node(&mut self, root: &Path, partitions: u32) -> usize {
+        let node_id = self.specs.len() as u64 + 1;
+        let spec = NodeSpec {
+            node_id,
+            client_addr: format!("127.0.0.1:{}", free_port()),
+            peer_port: free_port_run(),
+            config: root.join(format!("node{node_id}.toml")),
+            data_dir: root.join(format!("node{node_id}")),
+        };
+        self.specs.push(spec);
+        let spec = self.specs.last().expect("just pushed");
+        std::fs::write(
+            &spec.config,
+            node_config(spec, &self.specs, partitions, root),
+        )
+        .expect("config file");
+        let i = self.specs.len() - 1;
+        let node = self.launch(i);
+        self.nodes.push(Some(node));
+        i
+    }
+
+    /// Sends `change` to each partition's leader until every partition took it (as `wallet
+    /// cluster add-node/remove-node` does); panics after `timeout`.
+    pub fn change_everywhere(&self, change: &ClusterChange, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut done = std::collections::BTreeSet::new();
+        loop {
+            let map = self.wait_for_leaders(Duration::from_secs(30));
+            for (p, leader) in map.partitions.iter().enumerate() {
+                if done.contains(&p) {
+                    continue;
+                }
+                let Some(i) = leader.leader.map(|l| (l - 1) as usize) else {
+                    continue;
+                };
+                let mut config = ClientConfig::new(self.specs[i].client_addr.clone());
+                config.timeout_ms = timeout.as_millis() as u64;
+                config.retries = 0;
+                let Ok(outcomes) = Client::connect(config).and_then(|c| c.cluster_change(change))
+                else {
+                    continue;
+                };
+                for o in outcomes {
+                    match o.outcome {
+                        Outcome::Ok => {
+                            done.insert(o.partition as usize);
+                        }
+                        Outcome::NotLeader => {}
+                        Outcome::Failed => {
+                            panic!("{change:?}: partition {}: {}", o.partition, o.message)
+                        }
+                    }
+                }
+            }
+            if done.len() == map.partitions.len() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{change:?} not done within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn client_of(&self, i: usize) -> Client {
         let mut config = ClientConfig::new(self.specs[i].client_addr.clone());
         config.timeout_ms = 5_000;

@@ -8,6 +8,9 @@
 //!   acknowledges nothing, the majority elects a leader and goes on, and after healing
 //!   nothing acknowledged is lost.
 //!
+//! - the cluster grows from 3 to 5 nodes and shrinks back to 3 under load (each new node
+//!   catches up as a learner before it votes).
+//!
 //! After each: every node has the same state digest, every acknowledged transfer is found,
 //! money is conserved and no balance is below its floor.
 
@@ -437,4 +440,70 @@ fn an_isolated_leader_acknowledges_nothing_and_loses_nothing() {
     cluster.wait_for_leaders(Duration::from_secs(30));
     cluster.converged_digest(Duration::from_secs(60));
     check_invariants(&cluster, &acknowledged, &BTreeSet::new());
+}
+
+#[test]
+fn membership_goes_from_three_to_five_to_three_nodes_under_load() {
+    let seed = seed();
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(WALLETD.as_ref(), root.path(), 3, PARTITIONS);
+    cluster.init();
+    setup(&cluster.cluster_client());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = Arc::new(Mutex::new(Load::default()));
+    let worker = {
+        let (stop, load) = (stop.clone(), load.clone());
+        let client = cluster.cluster_client();
+        std::thread::spawn(move || run_load(client, stop, load, seed))
+    };
+    let batches = || load.lock().unwrap().batches;
+    let wait_batches = |at_least: u64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while batches() < at_least {
+            assert!(Instant::now() < deadline, "the load stalled");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_batches(10);
+    let grow = Duration::from_secs(90);
+    for _ in 0..2 {
+        let i = cluster.add_node(root.path(), PARTITIONS);
+        let spec = &cluster.specs[i];
+        let add = ClusterChange {
+            action: Action::AddNode,
+            node_id: spec.node_id,
+            peer_addr: format!("127.0.0.1:{}", spec.peer_port),
+            client_addr: spec.client_addr.clone(),
+        };
+        cluster.change_everywhere(&add, grow);
+        let now = batches();
+        wait_batches(now + 5);
+    }
+    // Five voters in every partition, as every node's map shows.
+    let map = cluster.client_of(0).partition_map().expect("map");
+    assert_eq!(map.nodes.len(), 5, "{map:?}");
+    // Back to three: remove the two newest nodes, then stop them.
+    for id in [5u64, 4] {
+        cluster.change_everywhere(&change(Action::RemoveNode, id), grow);
+        let now = batches();
+        wait_batches(now + 5);
+    }
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap();
+    cluster.kill(4);
+    cluster.kill(3);
+    let load = load.lock().unwrap();
+    eprintln!(
+        "batches {} acknowledged {} exists {} refused {} client errors {}",
+        load.batches,
+        load.acknowledged.len(),
+        load.existing.len(),
+        load.refused,
+        load.errors
+    );
+    let map = cluster.wait_for_leaders(Duration::from_secs(30));
+    assert_eq!(map.nodes.len(), 3, "{map:?}");
+    cluster.converged_digest(Duration::from_secs(60));
+    check_invariants(&cluster, &load.acknowledged, &load.existing);
 }

@@ -393,3 +393,96 @@ fn cluster_setup(
     };
     Ok((link, setup))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped example configs parse (unknown keys are refused, so a typo fails here).
+    #[test]
+    fn the_example_configs_parse() {
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        let mut files = vec![deploy.join("walletd.example.toml")];
+        for n in 1..=3 {
+            files.push(deploy.join(format!("cluster/node{n}.toml")));
+        }
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let config: FileConfig =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            if file.to_string_lossy().contains("cluster") {
+                let peers = config.peers.expect("peers");
+                assert_eq!(peers.len(), 2, "{}", file.display());
+                assert!(config.peer_listen.is_some() && config.peer_token_file.is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn a_cluster_config_without_its_pieces_is_refused() {
+        let peer = PeerEntry {
+            node_id: 2,
+            peer_addr: "127.0.0.1:7521".parse().unwrap(),
+            client_addr: "127.0.0.1:7402".into(),
+        };
+        let listen: Option<SocketAddr> = Some("127.0.0.1:7511".parse().unwrap());
+        let token = tempfile_token();
+        let setup = |listen: &Option<SocketAddr>,
+                     token: &Option<PathBuf>,
+                     id,
+                     peers: &[PeerEntry],
+                     mode| {
+            cluster_setup(listen, token, id, peers, mode, 7, false, "127.0.0.1:7401").map(|_| ())
+        };
+        assert!(setup(
+            &listen,
+            &token,
+            1,
+            std::slice::from_ref(&peer),
+            Replication::Raft
+        )
+        .is_ok());
+        assert!(setup(
+            &None,
+            &token,
+            1,
+            std::slice::from_ref(&peer),
+            Replication::Raft
+        )
+        .unwrap_err()
+        .contains("peer_listen"));
+        assert!(setup(
+            &listen,
+            &None,
+            1,
+            std::slice::from_ref(&peer),
+            Replication::Raft
+        )
+        .unwrap_err()
+        .contains("peer_token_file"));
+        assert!(setup(
+            &listen,
+            &token,
+            2,
+            std::slice::from_ref(&peer),
+            Replication::Raft
+        )
+        .unwrap_err()
+        .contains("twice"));
+        assert!(setup(
+            &listen,
+            &token,
+            1,
+            std::slice::from_ref(&peer),
+            Replication::Local
+        )
+        .unwrap_err()
+        .contains("raft"));
+    }
+
+    fn tempfile_token() -> Option<PathBuf> {
+        let path = std::env::temp_dir().join(format!("walletd-test-token-{}", std::process::id()));
+        std::fs::write(&path, "secret\n").unwrap();
+        Some(path)
+    }
+}
