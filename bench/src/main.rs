@@ -14,6 +14,7 @@ mod run_mode;
 mod spawn;
 mod spawn_cluster;
 mod summary;
+mod target;
 mod workload;
 mod zipf;
 

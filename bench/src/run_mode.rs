@@ -15,6 +15,7 @@ use crate::machine;
 use crate::progress::Progress;
 use crate::spawn::{self, Walletd};
 use crate::summary::{Check, Latency, Summary};
+use crate::target::Target;
 use crate::workload::{Accounts, MixedGenerator, Popularity};
 use crate::zipf::Zipf;
 use crate::{hgrm, report};
@@ -22,7 +23,7 @@ use engine::{NewTransfer, ResultCode, BATCH_ITEMS_MAX};
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
-use net::{Client, ClientConfig, ClientError};
+use net::{Client, ClientConfig, ClientError, ClusterClient};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -236,13 +237,8 @@ pub fn run(mut args: RunArgs) -> Result<(), String> {
                 partitions,
                 &args.walletd_arg,
             )?;
-            let map = started.wait_for_leaders()?;
-            // The workers speak to one node: the one that leads every partition (after a
-            // fresh init the initializing node usually wins every election).
-            let leader = map.sole_leader().ok_or(
-                "the partitions' leaders are on different nodes; the bench's workers send to one node (run it again)",
-            )?;
-            let addr = leader.client_addr.clone();
+            started.wait_for_leaders()?;
+            let addr = started.nodes[0].addr.clone();
             cluster = Some(started);
             addr
         } else {
@@ -271,7 +267,27 @@ pub fn run(mut args: RunArgs) -> Result<(), String> {
         tls,
         ..ClientConfig::new(addr.clone())
     };
-    let client = Client::connect(config.clone()).map_err(|e| e.to_string())?;
+    let first = Client::connect(config.clone()).map_err(|e| e.to_string())?;
+    // A node of a cluster lists the others in its partition map: then route every command
+    // to its partition's leader (`ClusterClient`) instead of sending everything to one node.
+    let nodes = first.partition_map().map(|m| m.nodes.len()).unwrap_or(1);
+    let connect = |connections: usize| -> Result<Target, String> {
+        let config = ClientConfig {
+            connections,
+            ..config.clone()
+        };
+        if nodes > 1 {
+            ClusterClient::connect(config, std::slice::from_ref(&addr)).map(Target::Cluster)
+        } else {
+            Client::connect(config).map(Target::Node)
+        }
+        .map_err(|e| e.to_string())
+    };
+    if nodes > 1 {
+        eprintln!("{addr} is a node of a cluster of {nodes}: sending each batch to its partitions' leaders");
+    }
+    drop(first);
+    let client = connect(args.connections)?;
     let partitions = client.partitions();
     if args.partitions.is_some_and(|p| p != partitions) {
         eprintln!(
@@ -301,14 +317,8 @@ pub fn run(mut args: RunArgs) -> Result<(), String> {
 
     // One client (one connection) per worker, so `--pipeline` is exactly per connection.
     let worker_clients = (0..args.connections)
-        .map(|_| {
-            Client::connect(ClientConfig {
-                connections: 1,
-                ..config.clone()
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+        .map(|_| connect(1))
+        .collect::<Result<Vec<_>, _>>()?;
     let popularity = Arc::new(if args.zipf > 0.0 {
         Popularity::Zipf(Zipf::new(args.accounts, args.zipf))
     } else {
@@ -467,7 +477,7 @@ fn write_json(summary: &RunSummary, path: &std::path::Path) -> Result<(), String
 
 /// Creates every account, then funds every wallet from its partition's issuer (transfer ids
 /// `1..=N`). `exists` is fine: a given server may hold an earlier run's accounts.
-fn setup(client: &Client, accounts: &Accounts, concurrency: usize) -> Result<(), String> {
+fn setup(client: &Target, accounts: &Accounts, concurrency: usize) -> Result<(), String> {
     let creations = accounts.creations();
     let replies: Vec<_> = futures::executor::block_on(
         futures::stream::iter(creations.chunks(BATCH_ITEMS_MAX))
@@ -542,7 +552,7 @@ impl Outcome {
 fn drive(
     args: &RunArgs,
     accounts: &Accounts,
-    clients: &[Client],
+    clients: &[Target],
     generators: Vec<MixedGenerator>,
     stop: &AtomicBool,
     interrupted: &AtomicBool,
@@ -619,7 +629,7 @@ fn drive(
 }
 
 struct Worker<'a> {
-    client: &'a Client,
+    client: &'a Target,
     accounts: &'a Accounts,
     generator: MixedGenerator,
     batch: usize,
@@ -862,7 +872,7 @@ fn is_fatal(e: &ClientError) -> bool {
 /// Through the protocol: every account (conservation, floors) and the sampled acknowledged
 /// transfers (present).
 fn check(
-    client: &Client,
+    client: &Target,
     accounts: &Accounts,
     ok_sample: &[u128],
     concurrency: usize,

@@ -87,21 +87,23 @@ impl SpawnedCluster {
                 &args,
             )?);
         }
-        let first = Client::connect(ClientConfig::new(cluster.nodes[0].addr.clone()))
-            .map_err(|e| e.to_string())?;
-        let outcomes = first
-            .cluster_change(&ClusterChange {
-                action: Action::Init,
-                node_id: 0,
-                peer_addr: String::new(),
-                client_addr: String::new(),
-            })
-            .map_err(|e| format!("cluster init: {e}"))?;
-        if let Some(o) = outcomes.iter().find(|o| o.outcome != Outcome::Ok) {
-            return Err(format!(
-                "cluster init: partition {}: {}",
-                o.partition, o.message
-            ));
+        // Each node initializes its share of the partitions, so leaders start spread.
+        let change = ClusterChange {
+            action: Action::Init,
+            node_id: net::cluster_admin::INIT_SHARE,
+            peer_addr: String::new(),
+            client_addr: String::new(),
+        };
+        for node in &cluster.nodes {
+            let outcomes = Client::connect(ClientConfig::new(node.addr.clone()))
+                .and_then(|c| c.cluster_change(&change))
+                .map_err(|e| format!("cluster init on {}: {e}", node.addr))?;
+            if let Some(o) = outcomes.iter().find(|o| o.outcome == Outcome::Failed) {
+                return Err(format!(
+                    "cluster init: partition {}: {}",
+                    o.partition, o.message
+                ));
+            }
         }
         Ok(cluster)
     }

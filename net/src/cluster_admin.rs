@@ -26,7 +26,13 @@ pub const OUTCOMES_MAX: usize = crate::partition_map::MAP_PARTITIONS_MAX;
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Make every partition of a fresh cluster a Raft group of the configured nodes.
+    /// Make the partitions of a fresh cluster Raft groups of the configured nodes. With
+    /// `node_id` = `INIT_ALL`, every partition, here (this node then wins every first
+    /// election); with `INIT_SHARE` (what `wallet cluster init` sends to every node), only
+    /// this node's share, partition `p` going to the `p % n`-th configured node in id order,
+    /// which then wins its first election: leaders start spread over the nodes. A partition
+    /// of another node's share answers `NotLeader` with that node's client address as the
+    /// message.
     Init = 1,
     /// Add `node_id` (at `peer_addr` for the node link, `client_addr` for clients).
     AddNode = 2,
@@ -38,6 +44,11 @@ pub enum Action {
     /// Fault injection: undo every `Isolate`.
     HealAll = 5,
 }
+
+/// `ClusterChange::node_id` of an `Init` of every partition on the receiving node.
+pub const INIT_ALL: u64 = 0;
+/// `ClusterChange::node_id` of an `Init` of the receiving node's share of the partitions.
+pub const INIT_SHARE: u64 = u64::MAX;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterChange {

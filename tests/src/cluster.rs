@@ -109,22 +109,37 @@ impl TestCluster {
         )
     }
 
-    /// `wallet cluster init` on node 1, then waits until every partition has a leader.
+    /// `wallet cluster init` as the CLI does it: every node initializes its share of the
+    /// partitions (so leaders start spread over the nodes); then waits until every partition
+    /// has a leader.
     pub fn init(&self) -> PartitionMap {
-        let client = self.client_of(0);
-        let outcomes = client
-            .cluster_change(&ClusterChange {
-                action: Action::Init,
-                node_id: 0,
-                peer_addr: String::new(),
-                client_addr: String::new(),
-            })
-            .expect("cluster init");
-        assert!(
-            outcomes.iter().all(|o| o.outcome == Outcome::Ok),
-            "init: {outcomes:?}"
+        let change = ClusterChange {
+            action: Action::Init,
+            node_id: net::cluster_admin::INIT_SHARE,
+            peer_addr: String::new(),
+            client_addr: String::new(),
+        };
+        let mut initialized = 0;
+        for i in 0..self.specs.len() {
+            let outcomes = self
+                .client_of(i)
+                .cluster_change(&change)
+                .expect("cluster init");
+            for o in outcomes {
+                match o.outcome {
+                    Outcome::Ok => initialized += 1,
+                    Outcome::NotLeader => {}
+                    Outcome::Failed => panic!("init: partition {}: {}", o.partition, o.message),
+                }
+            }
+        }
+        let map = self.wait_for_leaders(Duration::from_secs(30));
+        assert_eq!(
+            initialized,
+            map.partitions.len(),
+            "each partition initialized once"
         );
-        self.wait_for_leaders(Duration::from_secs(30))
+        map
     }
 
     /// Starts one more node (id `len + 1`) whose config lists every node so far; it is no

@@ -139,8 +139,9 @@ enum ClusterCommand {
     /// index with its lag behind the leader.
     Status,
     /// Make every partition of a fresh cluster a Raft group of the nodes in the `--addr`
-    /// node's config (its [[peers]] and itself). Run once, on one node, after every node
-    /// has started.
+    /// node's config (its [[peers]] and itself). Run once, after every node has started.
+    /// Each partition is initialized on the node that should lead it first (partition p on
+    /// the (p % nodes)-th node in id order), so leaders start spread over the nodes.
     Init,
     /// Add a node to every partition's group: it catches up as a learner, then votes.
     /// Sent to each partition's leader; the node must be running (with the cluster's
@@ -295,11 +296,7 @@ fn run(cli: Cli) -> Result<(), String> {
         };
         return match command {
             ClusterCommand::Status => crate::wallet_cluster::status(&config, cli.json),
-            ClusterCommand::Init => crate::wallet_cluster::change_here(
-                &config,
-                change(Action::Init, 0, String::new(), String::new()),
-                cli.json,
-            ),
+            ClusterCommand::Init => crate::wallet_cluster::init(&config, cli.json),
             ClusterCommand::AddNode {
                 node_id,
                 peer_addr,

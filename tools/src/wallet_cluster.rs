@@ -52,7 +52,44 @@ pub fn status(config: &ClientConfig, as_json: bool) -> Result<(), String> {
 /// learner first copies the whole log or a snapshot).
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Sends `change` to the `--addr` node only (init, fault injection).
+/// `cluster init`: the `--addr` node initializes its share of the partitions and names the
+/// node of every other partition; each of those then initializes its own share.
+pub fn init(config: &ClientConfig, as_json: bool) -> Result<(), String> {
+    let change = ClusterChange {
+        action: net::cluster_admin::Action::Init,
+        node_id: net::cluster_admin::INIT_SHARE,
+        peer_addr: String::new(),
+        client_addr: String::new(),
+    };
+    let first = Client::connect(config.clone()).map_err(|e| e.to_string())?;
+    let mut done: BTreeMap<u32, PartitionOutcome> = BTreeMap::new();
+    let mut others = std::collections::BTreeSet::new();
+    for o in first.cluster_change(&change).map_err(|e| e.to_string())? {
+        if o.outcome == Outcome::NotLeader {
+            others.insert(o.message.clone());
+        } else {
+            done.insert(o.partition, o);
+        }
+    }
+    for addr in others {
+        let client = Client::connect(ClientConfig {
+            addr: addr.clone(),
+            ..config.clone()
+        })
+        .map_err(|e| format!("{addr}: {e}"))?;
+        for o in client
+            .cluster_change(&change)
+            .map_err(|e| format!("{addr}: {e}"))?
+        {
+            if o.outcome != Outcome::NotLeader {
+                done.insert(o.partition, o);
+            }
+        }
+    }
+    report(&change, &done, as_json)
+}
+
+/// Sends `change` to the `--addr` node only (fault injection).
 pub fn change_here(
     config: &ClientConfig,
     change: ClusterChange,

@@ -154,6 +154,55 @@ impl ClusterClient {
         futures::executor::block_on(self.create_transfers_async(items))
     }
 
+    /// Accounts from the leaders of their partitions (linearizable reads), in order.
+    pub async fn lookup_accounts_async(
+        &self,
+        ids: &[u128],
+    ) -> Result<Vec<Option<engine::model::Account>>, ClientError> {
+        check_len(ids.len())?;
+        let map = self.map();
+        let mut out = vec![None; ids.len()];
+        for p in 0..map.partition_count() {
+            let at: Vec<usize> = (0..ids.len())
+                .filter(|&i| map.partition_of(ids[i]) == p)
+                .collect();
+            if at.is_empty() {
+                continue;
+            }
+            let part: Vec<u128> = at.iter().map(|&i| ids[i]).collect();
+            let found = self.leader_client(p)?.lookup_accounts_async(&part).await?;
+            for (i, account) in at.into_iter().zip(found) {
+                out[i] = account;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Transfers by id, from every node's applied state (follower reads): a transfer lives
+    /// in its source account's partition, which the id does not tell, and no node need lead
+    /// every partition. Each partition's leader has all of its committed transfers, and no
+    /// node shows an uncommitted one, so a transfer found on any node is committed.
+    pub async fn lookup_transfers_anywhere_async(
+        &self,
+        ids: &[u128],
+    ) -> Result<Vec<Option<engine::model::TransferLookup>>, ClientError> {
+        check_len(ids.len())?;
+        let map = self.map();
+        let mut out = vec![None; ids.len()];
+        for node in &map.nodes {
+            let found = self
+                .client(node.node_id)?
+                .lookup_transfers_follower_async(ids)
+                .await?;
+            for (slot, transfer) in out.iter_mut().zip(found) {
+                if slot.is_none() {
+                    *slot = transfer;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn routes(&self) -> MutexGuard<'_, Routes> {
         // A panic while holding the lock leaves plain data behind (a map and clients), which
         // stays valid: take it over.

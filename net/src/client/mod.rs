@@ -261,7 +261,7 @@ impl Client {
     /// A follower read (`frame::flags::FOLLOWER_READ`): accounts as this node has applied
     /// them, even if it does not lead their partitions. It may lag the leader; the default
     /// lookups read the leader's confirmed state.
-    pub fn lookup_accounts_follower(
+    pub async fn lookup_accounts_follower_async(
         &self,
         ids: &[u128],
     ) -> Result<Vec<Option<Account>>, ClientError> {
@@ -269,16 +269,14 @@ impl Client {
         let mut body = BytesMut::new();
         codec::encode_ids(&mut body, ids);
         let flags = crate::frame::flags::FOLLOWER_READ;
-        let reply = futures::executor::block_on(self.call_flagged(
-            Operation::LookupAccounts,
-            flags,
-            &body,
-        ))?;
+        let reply = self
+            .call_flagged(Operation::LookupAccounts, flags, &body)
+            .await?;
         decode_counted(codec::decode_account_replies(&reply.body), ids.len())
     }
 
-    /// A follower read of transfers (see `lookup_accounts_follower`).
-    pub fn lookup_transfers_follower(
+    /// A follower read of transfers (see `lookup_accounts_follower_async`).
+    pub async fn lookup_transfers_follower_async(
         &self,
         ids: &[u128],
     ) -> Result<Vec<Option<TransferLookup>>, ClientError> {
@@ -286,12 +284,24 @@ impl Client {
         let mut body = BytesMut::new();
         codec::encode_ids(&mut body, ids);
         let flags = crate::frame::flags::FOLLOWER_READ;
-        let reply = futures::executor::block_on(self.call_flagged(
-            Operation::LookupTransfers,
-            flags,
-            &body,
-        ))?;
+        let reply = self
+            .call_flagged(Operation::LookupTransfers, flags, &body)
+            .await?;
         decode_counted(codec::decode_transfer_replies(&reply.body), ids.len())
+    }
+
+    pub fn lookup_accounts_follower(
+        &self,
+        ids: &[u128],
+    ) -> Result<Vec<Option<Account>>, ClientError> {
+        futures::executor::block_on(self.lookup_accounts_follower_async(ids))
+    }
+
+    pub fn lookup_transfers_follower(
+        &self,
+        ids: &[u128],
+    ) -> Result<Vec<Option<TransferLookup>>, ClientError> {
+        futures::executor::block_on(self.lookup_transfers_follower_async(ids))
     }
 
     pub async fn lookup_transfers_async(

@@ -62,8 +62,22 @@ pub(crate) async fn apply(
         ),
         _ => None,
     };
+    let mut by_id: Vec<&crate::server::ClusterNode> = setup.nodes.iter().collect();
+    by_id.sort_unstable_by_key(|n| n.node_id);
     let mut outcomes = Vec::with_capacity(node.partition_count() as usize);
     for p in 0..node.partition_count() {
+        // Init of this node's share: partition p belongs to the (p % n)-th node by id.
+        if change.action == Action::Init && change.node_id == crate::cluster_admin::INIT_SHARE {
+            let owner = by_id[p as usize % by_id.len()];
+            if owner.node_id != ctx.config.node_id {
+                outcomes.push(PartitionOutcome {
+                    partition: p,
+                    outcome: Outcome::NotLeader,
+                    message: owner.client_addr.clone(),
+                });
+                continue;
+            }
+        }
         let membership = match change.action {
             Action::Init => {
                 let mut members = BTreeMap::new();
