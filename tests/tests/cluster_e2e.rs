@@ -131,6 +131,62 @@ struct Load {
     errors: u64,
 }
 
+impl std::fmt::Display for Load {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "batches {} acknowledged {} exists {} refused {} client errors {}",
+            self.batches,
+            self.acknowledged.len(),
+            self.existing.len(),
+            self.refused,
+            self.errors
+        )
+    }
+}
+
+/// A load thread and what it has seen so far.
+struct Running {
+    stop: Arc<AtomicBool>,
+    load: Arc<Mutex<Load>>,
+    worker: std::thread::JoinHandle<()>,
+}
+
+impl Running {
+    fn start(cluster: &TestCluster, seed: u64) -> Running {
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = Arc::new(Mutex::new(Load::default()));
+        let worker = {
+            let (stop, load) = (stop.clone(), load.clone());
+            let client = cluster.cluster_client();
+            std::thread::spawn(move || run_load(client, stop, load, seed))
+        };
+        Running { stop, load, worker }
+    }
+
+    fn batches(&self) -> u64 {
+        self.load.lock().unwrap().batches
+    }
+
+    /// Waits (at most a minute) until `more` further batches are done.
+    fn wait_batches(&self, more: u64) {
+        let target = self.batches() + more;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.batches() < target {
+            assert!(Instant::now() < deadline, "the load stalled");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn finish(self) -> Load {
+        self.stop.store(true, Ordering::Relaxed);
+        self.worker.join().unwrap();
+        let load = std::mem::take(&mut *self.load.lock().unwrap());
+        eprintln!("{load}");
+        load
+    }
+}
+
 /// Codes that mean "not decided yet, ask again with the same id".
 fn retry_later(code: ResultCode) -> bool {
     matches!(
@@ -285,46 +341,20 @@ fn a_leader_killed_under_load_is_replaced_and_catches_up_by_snapshot() {
     let client = cluster.cluster_client();
     setup(&client);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = Arc::new(Mutex::new(Load::default()));
-    let worker = {
-        let (stop, load) = (stop.clone(), load.clone());
-        let client = cluster.cluster_client();
-        std::thread::spawn(move || run_load(client, stop, load, seed))
-    };
-    let wait_batches = |at_least: u64| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while load.lock().unwrap().batches < at_least {
-            assert!(Instant::now() < deadline, "the load stalled");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    wait_batches(20);
+    let running = Running::start(&cluster, seed);
+    running.wait_batches(20);
 
     // SIGKILL the leader of partition 0 under load.
     let victim = map.partitions[0].leader.expect("a leader") as usize - 1;
     cluster.kill(victim);
-    let before = load.lock().unwrap().batches;
     let map = cluster.wait_for_leaders(Duration::from_secs(30));
     assert_ne!(map.partitions[0].leader, Some(victim as u64 + 1));
     // Clients go on; meanwhile more than a snapshot interval of entries is written, so the
     // leaders purge what the dead node misses.
-    wait_batches(before + 100);
+    running.wait_batches(100);
     cluster.restart(victim);
-    let restarted_at = load.lock().unwrap().batches;
-    wait_batches(restarted_at + 20);
-    stop.store(true, Ordering::Relaxed);
-    worker.join().unwrap();
-
-    let load = load.lock().unwrap();
-    eprintln!(
-        "batches {} acknowledged {} exists {} refused {} client errors {}",
-        load.batches,
-        load.acknowledged.len(),
-        load.existing.len(),
-        load.refused,
-        load.errors
-    );
+    running.wait_batches(20);
+    let load = running.finish();
     assert!(load.acknowledged.len() > 100 * BATCH);
     let digest = cluster.converged_digest(Duration::from_secs(60));
     check_invariants(&cluster, &load.acknowledged, &load.existing);
@@ -450,22 +480,8 @@ fn membership_goes_from_three_to_five_to_three_nodes_under_load() {
     cluster.init();
     setup(&cluster.cluster_client());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = Arc::new(Mutex::new(Load::default()));
-    let worker = {
-        let (stop, load) = (stop.clone(), load.clone());
-        let client = cluster.cluster_client();
-        std::thread::spawn(move || run_load(client, stop, load, seed))
-    };
-    let batches = || load.lock().unwrap().batches;
-    let wait_batches = |at_least: u64| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while batches() < at_least {
-            assert!(Instant::now() < deadline, "the load stalled");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    wait_batches(10);
+    let running = Running::start(&cluster, seed);
+    running.wait_batches(10);
     let grow = Duration::from_secs(90);
     for _ in 0..2 {
         let i = cluster.add_node(root.path(), PARTITIONS);
@@ -477,8 +493,7 @@ fn membership_goes_from_three_to_five_to_three_nodes_under_load() {
             client_addr: spec.client_addr.clone(),
         };
         cluster.change_everywhere(&add, grow);
-        let now = batches();
-        wait_batches(now + 5);
+        running.wait_batches(5);
     }
     // Five voters in every partition, as every node's map shows.
     let map = cluster.client_of(0).partition_map().expect("map");
@@ -486,22 +501,11 @@ fn membership_goes_from_three_to_five_to_three_nodes_under_load() {
     // Back to three: remove the two newest nodes, then stop them.
     for id in [5u64, 4] {
         cluster.change_everywhere(&change(Action::RemoveNode, id), grow);
-        let now = batches();
-        wait_batches(now + 5);
+        running.wait_batches(5);
     }
-    stop.store(true, Ordering::Relaxed);
-    worker.join().unwrap();
+    let load = running.finish();
     cluster.kill(4);
     cluster.kill(3);
-    let load = load.lock().unwrap();
-    eprintln!(
-        "batches {} acknowledged {} exists {} refused {} client errors {}",
-        load.batches,
-        load.acknowledged.len(),
-        load.existing.len(),
-        load.refused,
-        load.errors
-    );
     let map = cluster.wait_for_leaders(Duration::from_secs(30));
     assert_eq!(map.nodes.len(), 3, "{map:?}");
     cluster.converged_digest(Duration::from_secs(60));

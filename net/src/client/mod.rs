@@ -251,11 +251,14 @@ impl Client {
         &self,
         ids: &[u128],
     ) -> Result<Vec<Option<Account>>, ClientError> {
-        check_len(ids.len())?;
-        let mut body = BytesMut::new();
-        codec::encode_ids(&mut body, ids);
-        let reply = self.call(Operation::LookupAccounts, &body).await?;
-        decode_counted(codec::decode_account_replies(&reply.body), ids.len())
+        self.lookup_accounts_flagged(ids, 0).await
+    }
+
+    pub async fn lookup_transfers_async(
+        &self,
+        ids: &[u128],
+    ) -> Result<Vec<Option<TransferLookup>>, ClientError> {
+        self.lookup_transfers_flagged(ids, 0).await
     }
 
     /// A follower read (`frame::flags::FOLLOWER_READ`): accounts as this node has applied
@@ -265,14 +268,8 @@ impl Client {
         &self,
         ids: &[u128],
     ) -> Result<Vec<Option<Account>>, ClientError> {
-        check_len(ids.len())?;
-        let mut body = BytesMut::new();
-        codec::encode_ids(&mut body, ids);
-        let flags = crate::frame::flags::FOLLOWER_READ;
-        let reply = self
-            .call_flagged(Operation::LookupAccounts, flags, &body)
-            .await?;
-        decode_counted(codec::decode_account_replies(&reply.body), ids.len())
+        self.lookup_accounts_flagged(ids, crate::frame::flags::FOLLOWER_READ)
+            .await
     }
 
     /// A follower read of transfers (see `lookup_accounts_follower_async`).
@@ -280,10 +277,32 @@ impl Client {
         &self,
         ids: &[u128],
     ) -> Result<Vec<Option<TransferLookup>>, ClientError> {
+        self.lookup_transfers_flagged(ids, crate::frame::flags::FOLLOWER_READ)
+            .await
+    }
+
+    async fn lookup_accounts_flagged(
+        &self,
+        ids: &[u128],
+        flags: u16,
+    ) -> Result<Vec<Option<Account>>, ClientError> {
         check_len(ids.len())?;
         let mut body = BytesMut::new();
         codec::encode_ids(&mut body, ids);
-        let flags = crate::frame::flags::FOLLOWER_READ;
+        let reply = self
+            .call_flagged(Operation::LookupAccounts, flags, &body)
+            .await?;
+        decode_counted(codec::decode_account_replies(&reply.body), ids.len())
+    }
+
+    async fn lookup_transfers_flagged(
+        &self,
+        ids: &[u128],
+        flags: u16,
+    ) -> Result<Vec<Option<TransferLookup>>, ClientError> {
+        check_len(ids.len())?;
+        let mut body = BytesMut::new();
+        codec::encode_ids(&mut body, ids);
         let reply = self
             .call_flagged(Operation::LookupTransfers, flags, &body)
             .await?;
@@ -302,17 +321,6 @@ impl Client {
         ids: &[u128],
     ) -> Result<Vec<Option<TransferLookup>>, ClientError> {
         futures::executor::block_on(self.lookup_transfers_follower_async(ids))
-    }
-
-    pub async fn lookup_transfers_async(
-        &self,
-        ids: &[u128],
-    ) -> Result<Vec<Option<TransferLookup>>, ClientError> {
-        check_len(ids.len())?;
-        let mut body = BytesMut::new();
-        codec::encode_ids(&mut body, ids);
-        let reply = self.call(Operation::LookupTransfers, &body).await?;
-        decode_counted(codec::decode_transfer_replies(&reply.body), ids.len())
     }
 
     pub async fn status_async(&self) -> Result<Status, ClientError> {
