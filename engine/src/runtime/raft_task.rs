@@ -352,6 +352,10 @@ impl RaftTask {
         let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(IN_FLIGHT_ENTRIES_MAX);
         let mut watchers = Watchers::default();
         let mut group: Vec<Request> = Vec::with_capacity(64);
+        // Command batches and TC/C messages that arrived while the pipeline was full, in
+        // order, and the items they count (`request::group_items`).
+        let mut waiting: Vec<Request> = Vec::new();
+        let mut waiting_items = 0usize;
         let mut stopping = false;
         let (reads_tx, reads_rx) = flume::bounded::<Vec<Request>>(READ_GROUPS_MAX);
         let reader = glommio::spawn_local(serve_reads(
@@ -371,9 +375,10 @@ impl RaftTask {
         while !stopping {
             // Reads, stats and membership changes are always taken from the queue (a leader
             // whose entries cannot commit, cut off from its followers, must still answer
-            // them); commands wait in `group` while the pipeline is full, up to a group's
+            // them); commands wait in `waiting` while the pipeline is full, up to a group's
             // worth, and make the next entry bigger.
-            let accept = request::group_items(&group) < self.group_items_max;
+            let room = self.group_items_max.saturating_sub(waiting_items);
+            let accept = room > 0;
             let tick = if coordinator.has_work() {
                 Some(TCC_TICK)
             } else {
@@ -388,7 +393,7 @@ impl RaftTask {
             self.finish_ready(&mut in_flight, &mut coordinator);
             self.lead_changes(&mut leading, &mut last_resend, &mut coordinator);
             if !group.is_empty() {
-                fill_group(&requests, &mut group, self.group_items_max);
+                fill_group(&requests, &mut group, room);
             }
             coordinator.abort_overdue(&self.state.borrow(), self.tcc_try_timeout);
 
@@ -403,10 +408,17 @@ impl RaftTask {
                 std::mem::take(&mut coordinator.local)
             };
             let mut reads = Vec::new();
-            let mut waiting = Vec::new();
-            for request in group.drain(..) {
+            // Each request moves into `waiting` at most once, and out of it in order.
+            let arrived = if pipeline_full {
+                Vec::new()
+            } else {
+                waiting_items = 0;
+                std::mem::take(&mut waiting)
+            };
+            for request in arrived.into_iter().chain(group.drain(..)) {
                 match request {
                     Request::Commands { .. } | Request::Tcc { .. } if pipeline_full => {
+                        waiting_items += request::group_items(std::slice::from_ref(&request));
                         waiting.push(request)
                     }
                     Request::Commands {
@@ -431,7 +443,6 @@ impl RaftTask {
                     other => reads.push(other),
                 }
             }
-            group = waiting;
             if !leading && self.multi_node && !tcc_in.is_empty() {
                 self.forward_to_leader(std::mem::take(&mut tcc_in));
             }
