@@ -47,8 +47,12 @@ fn a_three_node_cluster_keeps_its_invariants_under_random_faults() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let summary = run(&config)
-        .unwrap_or_else(|e| panic!("the cluster chaos run failed (seed {seed}): {e}\n{}", logs()));
+    let summary = run(&config).unwrap_or_else(|e| {
+        panic!(
+            "the cluster chaos run failed (seed {seed}): {e}\n{}",
+            logs()
+        )
+    });
     println!("{summary}");
     println!("chaos-json: {}", json(&summary, config.duration));
     assert!(

@@ -113,8 +113,12 @@ pub struct Summary {
     pub existing_cancelled: u64,
     /// Cluster mode: the combined state digest every node reported at the end.
     pub digest: u128,
-    /// Cluster mode: every node's state digest and check fingerprint were equal.
+    /// Cluster mode: every node reported the same state digest, and answered the final
+    /// lookups the same (equal fingerprints).
     pub digests_equal: bool,
+    /// Cluster mode: the digest was the same again after the check's reads (nothing was still
+    /// moving once the states had converged).
+    pub digest_stable: bool,
     /// Every fault injected, in order (the first `FAULT_RECORDS_MAX`).
     pub fault_log: Vec<FaultRecord>,
     pub violations: Vec<String>,
@@ -176,11 +180,16 @@ impl fmt::Display for Summary {
             )?;
             writeln!(
                 f,
-                "  state         {} transfers stored; fingerprint {:016x}; digest {:032x} ({} on every node)",
+                "  state         {} transfers stored; fingerprint {:016x}; digest {:032x} ({} on every node; {})",
                 self.stored_transfers,
                 self.fingerprint,
                 self.digest,
-                if self.digests_equal { "equal" } else { "NOT equal" }
+                if self.digests_equal { "equal" } else { "NOT equal" },
+                if self.digest_stable {
+                    "stable after the check"
+                } else {
+                    "CHANGED during the check"
+                }
             )?;
         } else {
             writeln!(
