@@ -514,7 +514,7 @@ fn final_check(
         summary.lost = summary.lost.max(verdict.lost);
         summary.duplicated = summary.duplicated.max(verdict.duplicated);
         summary.unanswered_applied = summary.unanswered_applied.max(verdict.unanswered_applied);
-        summary.existing_cancelled = summary.existing_cancelled.max(verdict.cancelled);
+        summary.cancelled_stored = summary.cancelled_stored.max(verdict.cancelled);
         summary.stored_transfers = seen.stored;
         summary.fingerprint = seen.fingerprint;
         summary.violations.extend(
@@ -575,7 +575,7 @@ pub fn json(summary: &Summary, duration: Duration) -> String {
         out,
         "{{\"mode\":\"cluster\",\"nodes\":{},\"seed\":{},\"duration_s\":{},\"load_s\":{:.1},\"total_s\":{:.1},\
 \"faults\":{},\"faults_total\":{},\"disk_full\":\"not supported in Raft mode\",\
-\"transfers_sent\":{},\"acknowledged\":{},\"existing\":{},\"existing_cancelled\":{},\"exists_on_retry\":{},\
+\"transfers_sent\":{},\"acknowledged\":{},\"existing\":{},\"cancelled_stored\":{},\"exists_on_retry\":{},\
 \"refused_tcc_timeout\":{},\"rejected\":{},\"unanswered\":{},\"unanswered_applied\":{},\
 \"batches\":{},\"batches_retried\":{},\"attempts\":{},\"errors\":{},\"stored_transfers\":{},\
 \"lost\":{},\"duplicated\":{},\"digest\":\"{:032x}\",\"digests_equal\":{},\"digest_stable\":{},\"violations\":{},\"passed\":{}}}",
@@ -589,7 +589,7 @@ pub fn json(summary: &Summary, duration: Duration) -> String {
         summary.transfers_sent,
         summary.acknowledged,
         summary.existing,
-        summary.existing_cancelled,
+        summary.cancelled_stored,
         summary.exists_on_retry,
         summary.rejected.get("tcc_timeout").copied().unwrap_or(0),
         map(&summary.rejected),

@@ -109,8 +109,9 @@ pub struct Summary {
     pub nodes: usize,
     /// Cluster mode: answered `exists` (logged; applied, or a TC/C cancelled in a failover).
     pub existing: u64,
-    /// Cluster mode: of `existing`, found stored as a cancelled TC/C (not applied).
-    pub existing_cancelled: u64,
+    /// Cluster mode: ids stored as a cancelled TC/C (not applied): every `tcc_timeout`
+    /// refusal, plus `exists` answers whose TC/C a failover cancelled, plus unanswered ones.
+    pub cancelled_stored: u64,
     /// Cluster mode: the combined state digest every node reported at the end.
     pub digest: u128,
     /// Cluster mode: every node reported the same state digest, and answered the final
@@ -175,8 +176,8 @@ impl fmt::Display for Summary {
         if self.nodes > 1 {
             writeln!(
                 f,
-                "  cluster       {} nodes; answered exists: {} (of which cancelled TC/Cs: {}); disk_full not injected (unsupported in Raft mode)",
-                self.nodes, self.existing, self.existing_cancelled
+                "  cluster       {} nodes; answered exists: {}; cancelled TC/Cs stored: {}; disk_full not injected (unsupported in Raft mode)",
+                self.nodes, self.existing, self.cancelled_stored
             )?;
             writeln!(
                 f,
