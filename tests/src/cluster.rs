@@ -27,6 +27,17 @@ pub struct TestCluster {
     /// `None` while a node is down (killed and not restarted).
     pub nodes: Vec<Option<ServerProcess>>,
     binary: PathBuf,
+    options: ClusterOptions,
+}
+
+/// What `TestCluster::start_with` adds to the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    /// TOML lines appended to every node's config (keys the generated config does not set).
+    pub extra_config: String,
+    /// Each node's stderr goes to `DIR/node{id}.log` (appended across restarts) instead of
+    /// the test's own stderr.
+    pub log_dir: Option<PathBuf>,
 }
 
 /// `CORE_COUNT` consecutive free ports.
@@ -43,7 +54,13 @@ fn free_port_run() -> u16 {
     }
 }
 
-fn node_config(spec: &NodeSpec, all: &[NodeSpec], partitions: u32, root: &Path) -> String {
+fn node_config(
+    spec: &NodeSpec,
+    all: &[NodeSpec],
+    partitions: u32,
+    root: &Path,
+    extra: &str,
+) -> String {
     let mut text = format!(
         "listen = \"{}\"\ndata_dir = \"{}\"\ncores = [{CORES}]\npartitions = {partitions}\n\
          node_id = {}\ncluster_id = 7\npeer_listen = \"127.0.0.1:{}\"\n\
@@ -55,6 +72,10 @@ fn node_config(spec: &NodeSpec, all: &[NodeSpec], partitions: u32, root: &Path) 
         spec.peer_port,
         root.join("peer.token").display(),
     );
+    text.push_str(extra);
+    if !extra.is_empty() && !extra.ends_with('\n') {
+        text.push('\n');
+    }
     for peer in all.iter().filter(|p| p.node_id != spec.node_id) {
         text.push_str(&format!(
             "\n[[peers]]\nnode_id = {}\npeer_addr = \"127.0.0.1:{}\"\nclient_addr = \"{}\"\n",
@@ -67,6 +88,17 @@ fn node_config(spec: &NodeSpec, all: &[NodeSpec], partitions: u32, root: &Path) 
 impl TestCluster {
     /// Writes configs for `count` nodes under `root` and starts them (not initialized yet).
     pub fn start(binary: &Path, root: &Path, count: u64, partitions: u32) -> TestCluster {
+        TestCluster::start_with(binary, root, count, partitions, ClusterOptions::default())
+    }
+
+    /// `start` with `options` (extra config lines, log files).
+    pub fn start_with(
+        binary: &Path,
+        root: &Path,
+        count: u64,
+        partitions: u32,
+        options: ClusterOptions,
+    ) -> TestCluster {
         std::fs::write(root.join("peer.token"), "test-peer-token\n").expect("token file");
         // One cluster's ports at a time: a run of consecutive peer ports must not interleave
         // with another test thread's picks.
@@ -83,13 +115,17 @@ impl TestCluster {
             .collect();
         drop(ports);
         for spec in &specs {
-            std::fs::write(&spec.config, node_config(spec, &specs, partitions, root))
-                .expect("config file");
+            std::fs::write(
+                &spec.config,
+                node_config(spec, &specs, partitions, root, &options.extra_config),
+            )
+            .expect("config file");
         }
         let mut cluster = TestCluster {
             nodes: Vec::new(),
             specs,
             binary: binary.to_path_buf(),
+            options,
         };
         for i in 0..cluster.specs.len() {
             let node = cluster.launch(i);
@@ -101,12 +137,27 @@ impl TestCluster {
     fn launch(&self, i: usize) -> ServerProcess {
         let spec = &self.specs[i];
         let config = spec.config.display().to_string();
-        ServerProcess::start_at(
-            &self.binary,
-            spec.client_addr.clone(),
-            &spec.data_dir,
-            &["--config", &config],
-        )
+        match &self.options.log_dir {
+            Some(dir) => ServerProcess::start_at_logged(
+                &self.binary,
+                spec.client_addr.clone(),
+                &spec.data_dir,
+                &["--config", &config],
+                &dir.join(format!("node{}.log", spec.node_id)),
+            ),
+            None => ServerProcess::start_at(
+                &self.binary,
+                spec.client_addr.clone(),
+                &spec.data_dir,
+                &["--config", &config],
+            ),
+        }
+    }
+
+    /// The log file of node `i` (0-based), if the cluster keeps logs.
+    pub fn log_file(&self, i: usize) -> Option<PathBuf> {
+        let dir = self.options.log_dir.as_ref()?;
+        Some(dir.join(format!("node{}.log", self.specs[i].node_id)))
     }
 
     /// `wallet cluster init` as the CLI does it: every node initializes its share of the
@@ -157,7 +208,13 @@ impl TestCluster {
         let spec = self.specs.last().expect("just pushed");
         std::fs::write(
             &spec.config,
-            node_config(spec, &self.specs, partitions, root),
+            node_config(
+                spec,
+                &self.specs,
+                partitions,
+                root,
+                &self.options.extra_config,
+            ),
         )
         .expect("config file");
         let i = self.specs.len() - 1;
@@ -261,6 +318,21 @@ impl TestCluster {
         if let Some(mut node) = self.nodes[i].take() {
             node.kill();
         }
+    }
+
+    /// SIGSTOP node `i`: it freezes with its sockets open (a long pause, a VM steal).
+    /// False if it is not running.
+    pub fn pause(&self, i: usize) -> bool {
+        self.nodes[i]
+            .as_ref()
+            .is_some_and(|n| n.signal(libc::SIGSTOP))
+    }
+
+    /// SIGCONT node `i` after `pause`.
+    pub fn resume(&self, i: usize) -> bool {
+        self.nodes[i]
+            .as_ref()
+            .is_some_and(|n| n.signal(libc::SIGCONT))
     }
 
     pub fn restart(&mut self, i: usize) {

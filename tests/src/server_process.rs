@@ -13,6 +13,8 @@ pub struct ServerProcess {
     token: Option<Vec<u8>>,
     /// How to speak TLS to it, if it does (used by the readiness probe).
     tls: Option<net::ClientTls>,
+    /// Where its stderr goes (appended across restarts); inherited when `None`.
+    log_file: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -54,6 +56,7 @@ impl ServerProcess {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             token,
             tls,
+            log_file: None,
             child: None,
         };
         server.launch();
@@ -75,6 +78,30 @@ impl ServerProcess {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             token: None,
             tls: None,
+            log_file: None,
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    /// Like `start_at`, with the server's stderr appended to `log_file` (kept across
+    /// restarts), for long runs whose logs are read afterwards.
+    pub fn start_at_logged(
+        binary: &Path,
+        addr: String,
+        data_dir: &Path,
+        extra_args: &[&str],
+        log_file: &Path,
+    ) -> ServerProcess {
+        let mut server = ServerProcess {
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            binary: binary.to_path_buf(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            token: None,
+            tls: None,
+            log_file: Some(log_file.to_path_buf()),
             child: None,
         };
         server.launch();
@@ -95,6 +122,7 @@ impl ServerProcess {
             extra_args: vec!["--auth-token-file".into(), token_file.display().to_string()],
             token: Some(token),
             tls: None,
+            log_file: None,
             child: None,
         };
         server.launch();
@@ -102,6 +130,16 @@ impl ServerProcess {
     }
 
     fn launch(&mut self) {
+        let stderr = match &self.log_file {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+            ),
+            None => Stdio::inherit(),
+        };
         let child = Command::new(&self.binary)
             .arg("--listen")
             .arg(&self.addr)
@@ -113,6 +151,7 @@ impl ServerProcess {
                 std::env::var("WALLETD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start walletd");
         self.child = Some(child);
@@ -147,6 +186,15 @@ impl ServerProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// Sends `signal` (e.g. SIGSTOP, SIGCONT) to the running process; false if not running.
+    pub fn signal(&self, signal: libc::c_int) -> bool {
+        match &self.child {
+            // SAFETY: plain syscall; the pid is our own child, not yet reaped.
+            Some(child) => unsafe { libc::kill(child.id() as libc::pid_t, signal) == 0 },
+            None => false,
+        }
     }
 
     /// SIGTERM and wait: the clean shutdown path. Returns the exit status code.

@@ -1,22 +1,24 @@
 //! `wallet-chaos`: the soak/chaos harness on the command line (see `walletd_tests::chaos`).
 //!
 //! ```text
-//! wallet-chaos [--duration 60s] [--seed N] [--walletd PATH] [--data-dir DIR]
+//! wallet-chaos [--nodes 1|3] [--duration 60s] [--seed N] [--walletd PATH] [--data-dir DIR]
 //!              [--partitions 4] [--cores 0,1] [--threads 4] [--rate 5000] [--batch 200]
-//!              [--cross-partition-ratio 0.3] [--keep]
+//!              [--cross-partition-ratio 0.3] [--timeout-ms 1500] [--keep]
 //! ```
 //! Prints the seed first (a failing schedule can be replayed with `--seed`), each fault as it
-//! happens, then a summary; exits 1 on any violation, 2 on bad usage.
+//! happens, then a summary; exits 1 on any violation, 2 on bad usage. `--nodes 3` runs a
+//! cluster (SIGKILL, SIGSTOP and isolation of one node at a time; default rate 2000 and
+//! timeout 3000 ms) and ends with the summary as one JSON line (`chaos-json: {...}`).
 
 use std::path::PathBuf;
 use std::time::Duration;
-use walletd_tests::chaos::{run, ChaosConfig};
+use walletd_tests::chaos::{self, run, ChaosConfig};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: wallet-chaos [--duration 60s] [--seed N] [--walletd PATH] [--data-dir DIR] \
-[--partitions N] [--cores LIST] [--threads N] [--rate TPS] [--batch N] [--cross-partition-ratio R] [--keep]";
+const USAGE: &str = "usage: wallet-chaos [--nodes 1|3] [--duration 60s] [--seed N] [--walletd PATH] [--data-dir DIR] \
+[--partitions N] [--cores LIST] [--threads N] [--rate TPS] [--batch N] [--cross-partition-ratio R] [--timeout-ms MS] [--keep]";
 
 fn fail_usage(why: &str) -> ! {
     eprintln!("wallet-chaos: {why}\n{USAGE}");
@@ -95,8 +97,23 @@ fn main() {
         std::env::temp_dir().join(format!("walletd-chaos-{seed}-{}", std::process::id()))
     });
     let mut config = ChaosConfig::new(walletd, work_dir.clone(), seed, duration);
+    if let Some((flag, value)) = rest.iter().rev().find(|(f, _)| f == "--nodes") {
+        config.nodes = value.parse().unwrap_or_else(|_| bad_value(flag, value));
+        if config.nodes == 0 || config.nodes == 2 {
+            fail_usage("--nodes must be 1, or 3 or more (a majority must survive one faulty node)");
+        }
+        if config.nodes > 1 {
+            // Raft round trips and failovers: a longer client timeout, a modest rate.
+            config.rate = 2_000;
+            config.timeout_ms = 3_000;
+        }
+    }
     for (flag, value) in rest {
         match flag.as_str() {
+            "--nodes" => {}
+            "--timeout-ms" => {
+                config.timeout_ms = value.parse().unwrap_or_else(|_| bad_value(&flag, &value))
+            }
             "--partitions" => {
                 config.partitions = value.parse().unwrap_or_else(|_| bad_value(&flag, &value))
             }
@@ -115,7 +132,8 @@ fn main() {
         }
     }
     println!(
-        "wallet-chaos: {} s, walletd {}, work dir {}",
+        "wallet-chaos: {} node(s), {} s, walletd {}, work dir {}",
+        config.nodes,
         duration.as_secs_f64(),
         config.walletd.display(),
         work_dir.display()
@@ -123,6 +141,9 @@ fn main() {
     match run(&config) {
         Ok(summary) => {
             println!("{summary}");
+            if config.nodes > 1 {
+                println!("chaos-json: {}", chaos::cluster::json(&summary, duration));
+            }
             if summary.passed() {
                 if temporary && !keep {
                     let _ = std::fs::remove_dir_all(&work_dir);

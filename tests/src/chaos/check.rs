@@ -34,9 +34,32 @@ fn ids(book: &Book, loads: &[LoadReport]) -> Vec<u128> {
 }
 
 pub fn observe(client: &Client, book: &Book, loads: &[LoadReport]) -> Result<Observation, String> {
+    observe_as(client, book, loads, false)
+}
+
+/// `observe` with follower reads (`FOLLOWER_READ`): what this node has applied, whether or
+/// not it leads the partitions (cluster mode, once the nodes' states have converged).
+pub fn observe_follower(
+    client: &Client,
+    book: &Book,
+    loads: &[LoadReport],
+) -> Result<Observation, String> {
+    observe_as(client, book, loads, true)
+}
+
+fn observe_as(
+    client: &Client,
+    book: &Book,
+    loads: &[LoadReport],
+    follower: bool,
+) -> Result<Observation, String> {
     let account_ids: Vec<u128> = book.accounts.iter().map(|a| a.id).collect();
-    let accounts = client
-        .lookup_accounts(&account_ids)
+    let accounts = if follower {
+        client.lookup_accounts_follower(&account_ids)
+    } else {
+        client.lookup_accounts(&account_ids)
+    };
+    let accounts = accounts
         .map_err(|e| format!("lookup accounts: {e}"))?
         .into_iter()
         .zip(&account_ids)
@@ -44,9 +67,12 @@ pub fn observe(client: &Client, book: &Book, loads: &[LoadReport]) -> Result<Obs
         .collect::<Result<Vec<_>, _>>()?;
     let mut lookups = Vec::new();
     for chunk in ids(book, loads).chunks(BATCH_ITEMS_MAX) {
-        let found = client
-            .lookup_transfers(chunk)
-            .map_err(|e| format!("lookup transfers: {e}"))?;
+        let found = if follower {
+            client.lookup_transfers_follower(chunk)
+        } else {
+            client.lookup_transfers(chunk)
+        };
+        let found = found.map_err(|e| format!("lookup transfers: {e}"))?;
         if found.len() != chunk.len() {
             return Err(format!(
                 "{} lookups answered for {}",
@@ -84,11 +110,24 @@ pub fn observe(client: &Client, book: &Book, loads: &[LoadReport]) -> Result<Obs
 
 /// Waits (bounded) until no account holds money for a running TC/C.
 pub fn wait_for_holds(client: &Client, book: &Book) -> Result<Duration, String> {
+    wait_for_holds_as(client, book, false)
+}
+
+/// `wait_for_holds` by follower reads (cluster mode: on every node).
+pub fn wait_for_holds_follower(client: &Client, book: &Book) -> Result<Duration, String> {
+    wait_for_holds_as(client, book, true)
+}
+
+fn wait_for_holds_as(client: &Client, book: &Book, follower: bool) -> Result<Duration, String> {
     let ids: Vec<u128> = book.accounts.iter().map(|a| a.id).collect();
     let started = Instant::now();
     loop {
-        let held: i64 = client
-            .lookup_accounts(&ids)
+        let accounts = if follower {
+            client.lookup_accounts_follower(&ids)
+        } else {
+            client.lookup_accounts(&ids)
+        };
+        let held: i64 = accounts
             .map_err(|e| format!("lookup accounts: {e}"))?
             .iter()
             .map(|a| a.map_or(0, |a| a.held))
@@ -116,6 +155,8 @@ pub struct Verdict {
     /// Ids without a definite answer that turned out applied (allowed: applied once).
     pub unanswered_applied: u64,
     pub applied: u64,
+    /// Ids found stored but not applied (TC/Cs cancelled, e.g. `tcc_timeout`).
+    pub cancelled: u64,
     pub violations: Vec<String>,
 }
 
@@ -188,6 +229,9 @@ pub fn verify(book: &Book, loads: &[LoadReport], seen: &Observation) -> Verdict 
                 }
                 _ => false, // absent, or a cancelled TC/C
             };
+            if !applied && found.is_some() {
+                v.cancelled += 1;
+            }
             if applied {
                 v.applied += 1;
                 expected[index_of[&want.from]] -= want.amount as i128;
@@ -208,6 +252,14 @@ pub fn verify(book: &Book, loads: &[LoadReport], seen: &Observation) -> Verdict 
                         "applied_though_refused",
                         &mut counts,
                         format!("transfer {id} was refused ({code}) but is applied"),
+                    );
+                }
+                (Outcome::Existing, false) if found.is_none() => {
+                    v.lost += 1;
+                    v.finding(
+                        "lost",
+                        &mut counts,
+                        format!("transfer {id} answered `exists` is not stored at all"),
                     );
                 }
                 (Outcome::Unanswered, true) => v.unanswered_applied += 1,

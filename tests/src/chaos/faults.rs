@@ -49,7 +49,8 @@ impl FaultKind {
 pub struct FaultRecord {
     /// Since the start of the load.
     pub at: Duration,
-    pub kind: FaultKind,
+    /// `FaultKind::name` (or `cluster::ClusterFault::name`).
+    pub kind: &'static str,
     pub node: String,
     pub detail: String,
 }

@@ -6,7 +6,7 @@
 use engine::model::Currency;
 use engine::partition::partition_of;
 use engine::{NewAccount, NewTransfer, ResultCode};
-use net::{Client, ClientConfig, ClientError};
+use net::{Client, ClientConfig, ClientError, ClusterClient};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -168,6 +168,10 @@ pub enum Outcome {
     Acked,
     /// A definite refusal (`insufficient_funds`, a cancelled TC/C, ...): not applied.
     Rejected(ResultCode),
+    /// Cluster mode: `exists` (on a retry, or on a first call whose routing resent the item
+    /// after losing a node): an earlier attempt was logged; it applied, or (a TC/C cut short
+    /// by a failover) was cancelled. It must be present; `ok` is not promised.
+    Existing,
 }
 
 /// A transfer the load sent, compactly (12 bytes: runs of millions stay small). Its id is
@@ -182,6 +186,10 @@ pub struct Sent {
 
 pub struct LoadConfig {
     pub addr: String,
+    /// Cluster mode: the client addresses of every node. The load then goes through a
+    /// `ClusterClient` (routed to each partition's leader), `pending` is retried like
+    /// `not_leader`, and `exists` is recorded as `Outcome::Existing` even on a first call.
+    pub cluster_seeds: Option<Vec<String>>,
     pub seed: u64,
     /// Transfers per second of this thread (paced; no catch-up burst after a stall).
     pub rate: f64,
@@ -237,6 +245,28 @@ fn is_transient(code: ResultCode) -> bool {
     )
 }
 
+/// What the load sends through: one node, or a cluster by its partition map.
+enum Target {
+    Node(Client),
+    Cluster(ClusterClient),
+}
+
+impl Target {
+    fn connect(config: &ClientConfig, seeds: Option<&Vec<String>>) -> Result<Target, ClientError> {
+        match seeds {
+            None => Client::connect(config.clone()).map(Target::Node),
+            Some(seeds) => ClusterClient::connect(config.clone(), seeds).map(Target::Cluster),
+        }
+    }
+
+    fn create_transfers(&self, items: &[NewTransfer]) -> Result<Vec<ResultCode>, ClientError> {
+        match self {
+            Target::Node(c) => c.create_transfers(items),
+            Target::Cluster(c) => c.create_transfers(items),
+        }
+    }
+}
+
 /// Runs one load thread until `stop`; then finishes its last batch (bounded by
 /// `DRAIN_TIMEOUT`) and returns what it did.
 pub fn run_load(
@@ -255,7 +285,8 @@ pub fn run_load(
     let mut client_config = ClientConfig::new(config.addr.clone());
     client_config.retries = 0; // the harness retries, with the same ids, and counts it
     client_config.timeout_ms = config.timeout_ms;
-    let mut client: Option<Client> = None;
+    let cluster = config.cluster_seeds.is_some();
+    let mut client: Option<Target> = None;
     let mut next_at = Instant::now();
     while !stop.load(Ordering::Relaxed) && report.sent.len() < config.max_transfers {
         let now = Instant::now();
@@ -285,7 +316,7 @@ pub fn run_load(
                 .collect();
             if client.is_none() {
                 // The first connection (the pool reconnects by itself after that).
-                match Client::connect(client_config.clone()) {
+                match Target::connect(&client_config, config.cluster_seeds.as_ref()) {
                     Ok(c) => client = Some(c),
                     Err(e) => *report.errors.entry(e.kind()).or_default() += 1,
                 }
@@ -305,6 +336,13 @@ pub fn run_load(
                         let id = LoadReport::id_of(thread, n);
                         match code {
                             ResultCode::Ok => report.sent[n].outcome = Outcome::Acked,
+                            ResultCode::Exists if cluster => {
+                                if attempt > 1 {
+                                    report.exists_on_retry += 1;
+                                }
+                                report.sent[n].outcome = Outcome::Existing;
+                            }
+                            ResultCode::Pending if cluster => still.push(n),
                             ResultCode::Exists if attempt > 1 => {
                                 report.exists_on_retry += 1;
                                 report.sent[n].outcome = Outcome::Acked;

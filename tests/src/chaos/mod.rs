@@ -12,6 +12,7 @@
 //! the command line, `tests/chaos.rs` the CI-sized run.
 
 pub mod check;
+pub mod cluster;
 pub mod faults;
 pub mod load;
 pub mod node;
@@ -104,6 +105,21 @@ pub struct Summary {
     pub stored_transfers: u64,
     pub fingerprint: u64,
     pub replay_digest: u128,
+    /// Cluster mode: how many nodes.
+    pub nodes: usize,
+    /// Cluster mode: answered `exists` (logged; applied, or a TC/C cancelled in a failover).
+    pub existing: u64,
+    /// Cluster mode: ids stored as a cancelled TC/C (not applied): every `tcc_timeout`
+    /// refusal, plus `exists` answers whose TC/C a failover cancelled, plus unanswered ones.
+    pub cancelled_stored: u64,
+    /// Cluster mode: the combined state digest every node reported at the end.
+    pub digest: u128,
+    /// Cluster mode: every node reported the same state digest, and answered the final
+    /// lookups the same (equal fingerprints).
+    pub digests_equal: bool,
+    /// Cluster mode: the digest was the same again after the check's reads (nothing was still
+    /// moving once the states had converged).
+    pub digest_stable: bool,
     /// Every fault injected, in order (the first `FAULT_RECORDS_MAX`).
     pub fault_log: Vec<FaultRecord>,
     pub violations: Vec<String>,
@@ -157,11 +173,32 @@ impl fmt::Display for Summary {
         writeln!(f, "  rejections    {}", map(&self.rejected))?;
         writeln!(f, "  answers       {}", map(&self.codes))?;
         writeln!(f, "  no answer     {}", map(&self.errors))?;
-        writeln!(
-            f,
-            "  state         {} transfers stored; fingerprint {:016x} (live = after SIGKILL+restart = after clean restart); replay digest {:032x} (genesis = snapshot)",
-            self.stored_transfers, self.fingerprint, self.replay_digest
-        )?;
+        if self.nodes > 1 {
+            writeln!(
+                f,
+                "  cluster       {} nodes; answered exists: {}; cancelled TC/Cs stored: {}; disk_full not injected (unsupported in Raft mode)",
+                self.nodes, self.existing, self.cancelled_stored
+            )?;
+            writeln!(
+                f,
+                "  state         {} transfers stored; fingerprint {:016x}; digest {:032x} ({} on every node; {})",
+                self.stored_transfers,
+                self.fingerprint,
+                self.digest,
+                if self.digests_equal { "equal" } else { "NOT equal" },
+                if self.digest_stable {
+                    "stable after the check"
+                } else {
+                    "CHANGED during the check"
+                }
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  state         {} transfers stored; fingerprint {:016x} (live = after SIGKILL+restart = after clean restart); replay digest {:032x} (genesis = snapshot)",
+                self.stored_transfers, self.fingerprint, self.replay_digest
+            )?;
+        }
         writeln!(f, "  lost          {}", self.lost)?;
         writeln!(f, "  duplicated    {}", self.duplicated)?;
         if self.violations.is_empty() {
@@ -195,6 +232,9 @@ fn say_at(config: &ChaosConfig, at: Duration, what: &str) {
 /// node could not be brought back, the final check could not talk to it); `Ok` carries the
 /// summary, whose `violations` say whether the invariants held.
 pub fn run(config: &ChaosConfig) -> Result<Summary, String> {
+    if config.nodes > 1 {
+        return cluster::run(config);
+    }
     let started = Instant::now();
     let mut summary = Summary {
         seed: config.seed,
@@ -228,6 +268,7 @@ pub fn run(config: &ChaosConfig) -> Result<Summary, String> {
         .map(|thread| {
             let load = LoadConfig {
                 addr: addr.clone(),
+                cluster_seeds: None,
                 seed: config.seed,
                 rate: config.rate as f64 / config.threads.max(1) as f64,
                 batch_max: config.batch_max.clamp(1, engine::BATCH_ITEMS_MAX),
@@ -276,7 +317,7 @@ pub fn run(config: &ChaosConfig) -> Result<Summary, String> {
                 if records.len() < FAULT_RECORDS_MAX {
                     records.push(FaultRecord {
                         at,
-                        kind,
+                        kind: kind.name(),
                         node: node.name.clone(),
                         detail,
                     });
@@ -403,6 +444,7 @@ fn tally(summary: &mut Summary, loads: &[LoadReport]) {
                     *summary.rejected.entry(code.name()).or_default() += 1
                 }
                 load::Outcome::Unanswered => summary.unanswered += 1,
+                load::Outcome::Existing => summary.existing += 1,
             }
         }
         for (k, v) in &l.codes {
