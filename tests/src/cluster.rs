@@ -28,6 +28,9 @@ pub struct TestCluster {
     pub nodes: Vec<Option<ServerProcess>>,
     binary: PathBuf,
     options: ClusterOptions,
+    /// One cluster at a time per test process: three clusters of three two-core nodes on a
+    /// two-core machine time out instead of testing anything.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 /// What `TestCluster::start_with` adds to the defaults.
@@ -99,6 +102,9 @@ impl TestCluster {
         partitions: u32,
         options: ClusterOptions,
     ) -> TestCluster {
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        // A test that failed with its cluster poisons the lock; the next one may still run.
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         std::fs::write(root.join("peer.token"), "test-peer-token\n").expect("token file");
         // One cluster's ports at a time: a run of consecutive peer ports must not interleave
         // with another test thread's picks.
@@ -126,6 +132,7 @@ impl TestCluster {
             specs,
             binary: binary.to_path_buf(),
             options,
+            _serial: serial,
         };
         for i in 0..cluster.specs.len() {
             let node = cluster.launch(i);
@@ -269,14 +276,14 @@ impl TestCluster {
 
     pub fn client_of(&self, i: usize) -> Client {
         let mut config = ClientConfig::new(self.specs[i].client_addr.clone());
-        config.timeout_ms = 5_000;
+        config.timeout_ms = 10_000;
         Client::connect(config).expect("connect to a node")
     }
 
     /// A routing client seeded with every node.
     pub fn cluster_client(&self) -> ClusterClient {
         let mut template = ClientConfig::new(self.specs[0].client_addr.clone());
-        template.timeout_ms = 3_000;
+        template.timeout_ms = 10_000;
         template.retries = 1;
         let seeds: Vec<String> = self.specs.iter().map(|s| s.client_addr.clone()).collect();
         ClusterClient::connect(template, &seeds).expect("cluster client")

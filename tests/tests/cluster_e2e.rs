@@ -433,7 +433,7 @@ fn an_isolated_leader_acknowledges_nothing_and_loses_nothing() {
     }
     let majority_client = {
         let mut template = net::ClientConfig::new(cluster.specs[majority].client_addr.clone());
-        template.timeout_ms = 5_000;
+        template.timeout_ms = 10_000;
         let seeds: Vec<String> = (0..3)
             .filter(|i| *i != li)
             .map(|i| cluster.specs[i].client_addr.clone())
