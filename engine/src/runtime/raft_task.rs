@@ -370,7 +370,12 @@ impl RaftTask {
         // unfinished TC/C forward again. In a cluster, the leader does it when it is elected.
         let mut leading = false;
         let mut last_resend = Instant::now();
-        self.lead_changes(&mut leading, &mut last_resend, &mut coordinator);
+        self.lead_changes(
+            &mut leading,
+            &mut last_resend,
+            &mut coordinator,
+            &mut in_flight,
+        );
 
         while !stopping {
             // Reads, stats and membership changes are always taken from the queue (a leader
@@ -391,7 +396,12 @@ impl RaftTask {
                 Event::Tick => {}
             }
             self.finish_ready(&mut in_flight, &mut coordinator);
-            self.lead_changes(&mut leading, &mut last_resend, &mut coordinator);
+            self.lead_changes(
+                &mut leading,
+                &mut last_resend,
+                &mut coordinator,
+                &mut in_flight,
+            );
             if !group.is_empty() {
                 fill_group(&requests, &mut group, room);
             }
@@ -401,7 +411,8 @@ impl RaftTask {
             // then one entry (or more, of at most BATCH_ITEMS_MAX) of TC/C messages.
             let group_started = Instant::now();
             let mut formed: Vec<Forming> = Vec::new();
-            let pipeline_full = in_flight.len() >= PIPELINE_ENTRIES;
+            // Only a leader's pipeline fills up (a follower's proposals are answered at once).
+            let pipeline_full = leading && in_flight.len() >= PIPELINE_ENTRIES;
             let mut tcc_in: Vec<TccMessage> = if pipeline_full {
                 Vec::new()
             } else {
@@ -502,6 +513,7 @@ impl RaftTask {
         leading: &mut bool,
         last_resend: &mut Instant,
         coordinator: &mut Coordinator,
+        in_flight: &mut VecDeque<InFlight>,
     ) {
         let now_leading = self.is_leader();
         if now_leading && !*leading {
@@ -525,6 +537,15 @@ impl RaftTask {
                 "no longer leading the partition"
             );
             *coordinator = Coordinator::default();
+            // Entries proposed while leading may never be answered: ones that reached no
+            // other node stay in this log, neither committed nor truncated, until a new
+            // leader writes over them, which an idle partition never does. Waiting for them
+            // would keep this follower's pipeline full, and with it every TC/C message it
+            // should forward, for good. Their clients get `not_leader` and retry with the
+            // same ids (answered `exists` where the entry did commit).
+            for entry in in_flight.drain(..) {
+                refuse(entry.owners, ResultCode::NotLeader);
+            }
         } else if now_leading && self.multi_node && last_resend.elapsed() >= TCC_RESEND {
             *last_resend = Instant::now();
             let resend = self.state.borrow().tcc_redrive();
