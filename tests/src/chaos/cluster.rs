@@ -22,7 +22,7 @@
 //! observation is the same.
 
 use super::check;
-use super::load::{self, Book, LoadConfig, LoadReport};
+use super::load::{Book, LoadReport};
 use super::{say, say_at, tally, ChaosConfig, Summary, FAULT_RECORDS_MAX};
 use crate::chaos::faults::FaultRecord;
 use crate::cluster::{ClusterOptions, TestCluster};
@@ -336,26 +336,7 @@ pub fn run(config: &ChaosConfig) -> Result<Summary, String> {
 
     // Load.
     let stop = Arc::new(AtomicBool::new(false));
-    let per_thread_max = config.max_transfers / config.threads.max(1) as usize;
-    let loaders: Vec<_> = (0..config.threads.max(1))
-        .map(|thread| {
-            let load = LoadConfig {
-                addr: seeds[0].clone(),
-                cluster_seeds: Some(seeds.clone()),
-                seed: config.seed,
-                rate: config.rate as f64 / config.threads.max(1) as f64,
-                batch_max: config.batch_max.clamp(1, engine::BATCH_ITEMS_MAX),
-                cross_ratio: config.cross_ratio,
-                max_transfers: per_thread_max,
-                timeout_ms: config.timeout_ms,
-            };
-            let (book, stop) = (book.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name(format!("chaos-load-{thread}"))
-                .spawn(move || load::run_load(thread, book, load, stop))
-                .map_err(|e| format!("spawn a load thread: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
+    let loaders = super::spawn_loaders(config, &seeds[0], Some(seeds.clone()), &book, &stop)?;
 
     // Faults, one at a time, until the duration is up.
     let load_started = Instant::now();

@@ -263,26 +263,7 @@ pub fn run(config: &ChaosConfig) -> Result<Summary, String> {
 
     // Load.
     let stop = Arc::new(AtomicBool::new(false));
-    let per_thread_max = config.max_transfers / config.threads.max(1) as usize;
-    let loaders: Vec<_> = (0..config.threads.max(1))
-        .map(|thread| {
-            let load = LoadConfig {
-                addr: addr.clone(),
-                cluster_seeds: None,
-                seed: config.seed,
-                rate: config.rate as f64 / config.threads.max(1) as f64,
-                batch_max: config.batch_max.clamp(1, engine::BATCH_ITEMS_MAX),
-                cross_ratio: config.cross_ratio,
-                max_transfers: per_thread_max,
-                timeout_ms: config.timeout_ms,
-            };
-            let (book, stop) = (book.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name(format!("chaos-load-{thread}"))
-                .spawn(move || load::run_load(thread, book, load, stop))
-                .map_err(|e| format!("spawn a load thread: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
+    let loaders = spawn_loaders(config, &addr, None, &book, &stop)?;
 
     // Faults, until the duration is up.
     let load_started = Instant::now();
@@ -412,6 +393,38 @@ fn start_nodes(config: &ChaosConfig) -> Result<Vec<NodeHandle>, String> {
 }
 
 /// Creates the accounts and the opening deposits (before any fault).
+/// Starts `config.threads` load threads against `addr` (one node), or through a routing
+/// client seeded with `cluster_seeds` (a cluster); each stops when `stop` is set.
+pub(crate) fn spawn_loaders(
+    config: &ChaosConfig,
+    addr: &str,
+    cluster_seeds: Option<Vec<String>>,
+    book: &Arc<Book>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Vec<std::thread::JoinHandle<LoadReport>>, String> {
+    let threads = config.threads.max(1);
+    let per_thread_max = config.max_transfers / threads as usize;
+    (0..threads)
+        .map(|thread| {
+            let load = LoadConfig {
+                addr: addr.to_string(),
+                cluster_seeds: cluster_seeds.clone(),
+                seed: config.seed,
+                rate: config.rate as f64 / threads as f64,
+                batch_max: config.batch_max.clamp(1, engine::BATCH_ITEMS_MAX),
+                cross_ratio: config.cross_ratio,
+                max_transfers: per_thread_max,
+                timeout_ms: config.timeout_ms,
+            };
+            let (book, stop) = (book.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("chaos-load-{thread}"))
+                .spawn(move || load::run_load(thread, book, load, stop))
+                .map_err(|e| format!("spawn a load thread: {e}"))
+        })
+        .collect()
+}
+
 fn setup(addr: &str, book: &Book) -> Result<(), String> {
     let client = net::Client::connect(net::ClientConfig::new(addr.to_string()))
         .map_err(|e| format!("connect: {e}"))?;
