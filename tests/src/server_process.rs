@@ -71,18 +71,7 @@ impl ServerProcess {
         data_dir: &Path,
         extra_args: &[&str],
     ) -> ServerProcess {
-        let mut server = ServerProcess {
-            addr,
-            data_dir: data_dir.to_path_buf(),
-            binary: binary.to_path_buf(),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            token: None,
-            tls: None,
-            log_file: None,
-            child: None,
-        };
-        server.launch();
-        server
+        ServerProcess::start_at_maybe_logged(binary, addr, data_dir, extra_args, None)
     }
 
     /// Like `start_at`, with the server's stderr appended to `log_file` (kept across
@@ -94,6 +83,16 @@ impl ServerProcess {
         extra_args: &[&str],
         log_file: &Path,
     ) -> ServerProcess {
+        ServerProcess::start_at_maybe_logged(binary, addr, data_dir, extra_args, Some(log_file))
+    }
+
+    fn start_at_maybe_logged(
+        binary: &Path,
+        addr: String,
+        data_dir: &Path,
+        extra_args: &[&str],
+        log_file: Option<&Path>,
+    ) -> ServerProcess {
         let mut server = ServerProcess {
             addr,
             data_dir: data_dir.to_path_buf(),
@@ -101,7 +100,7 @@ impl ServerProcess {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             token: None,
             tls: None,
-            log_file: Some(log_file.to_path_buf()),
+            log_file: log_file.map(Path::to_path_buf),
             child: None,
         };
         server.launch();

@@ -23,7 +23,7 @@
 
 use super::check;
 use super::load::{Book, LoadReport};
-use super::{say, say_at, tally, ChaosConfig, Summary, FAULT_RECORDS_MAX};
+use super::{join_loaders, say, say_at, tally, ChaosConfig, Summary, FAULT_RECORDS_MAX};
 use crate::chaos::faults::FaultRecord;
 use crate::cluster::{ClusterOptions, TestCluster};
 use engine::ResultCode;
@@ -417,13 +417,7 @@ pub fn run(config: &ChaosConfig) -> Result<Summary, String> {
     }
     say(config, started, "faults over; stopping the load");
     stop.store(true, Ordering::Relaxed);
-    let mut loads: Vec<LoadReport> = Vec::new();
-    for loader in loaders {
-        match loader.join() {
-            Ok(report) => loads.push(report),
-            Err(_) => outcome = outcome.and(Err("a load thread panicked".to_string())),
-        }
-    }
+    let loads = join_loaders(loaders, &mut outcome);
     outcome?;
     summary.fault_log = records;
     tally(&mut summary, &loads);

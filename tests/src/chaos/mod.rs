@@ -324,13 +324,7 @@ pub fn run(config: &ChaosConfig) -> Result<Summary, String> {
     }
     say(config, started, "faults over; stopping the load");
     stop.store(true, Ordering::Relaxed);
-    let mut loads: Vec<LoadReport> = Vec::new();
-    for loader in loaders {
-        match loader.join() {
-            Ok(report) => loads.push(report),
-            Err(_) => outcome = outcome.and(Err("a load thread panicked".to_string())),
-        }
-    }
+    let loads = join_loaders(loaders, &mut outcome);
     outcome?;
     summary.fault_log = records;
     tally(&mut summary, &loads);
@@ -423,6 +417,24 @@ pub(crate) fn spawn_loaders(
                 .map_err(|e| format!("spawn a load thread: {e}"))
         })
         .collect()
+}
+
+/// Waits for every load thread; a thread that panicked makes `outcome` an error.
+pub(crate) fn join_loaders(
+    loaders: Vec<std::thread::JoinHandle<LoadReport>>,
+    outcome: &mut Result<(), String>,
+) -> Vec<LoadReport> {
+    let mut loads = Vec::new();
+    for loader in loaders {
+        match loader.join() {
+            Ok(report) => loads.push(report),
+            Err(_) => {
+                *outcome = std::mem::replace(outcome, Ok(()))
+                    .and(Err("a load thread panicked".to_string()))
+            }
+        }
+    }
+    loads
 }
 
 fn setup(addr: &str, book: &Book) -> Result<(), String> {
