@@ -25,6 +25,15 @@
 //! openraft saves `committed` on every commit; the writer keeps it in memory and writes it at
 //! most every `COMMITTED_SAVE_INTERVAL_MS` (`LogWriter::save_committed`).
 //!
+//! **A full disk** (out of space, or the file size limit) does not fail an append: openraft
+//! would take that as fatal and stop the partition's Raft for good. The entries stay buffered
+//! in the writer and the append retries every `FULL_RETRY_MS` until space returns, with
+//! `DiskSpace::full` set meanwhile, so that the `RaftTask` refuses new commands at once
+//! (`storage_full`) instead of queueing them behind the stuck write. The waiting entries are
+//! neither acknowledged nor refused: they may still become durable (and then be applied and
+//! answered) once space returns; a client that gives up on them retries with the same transfer
+//! ids. Only shutdown ends the wait early (`DiskSpace::give_up`), with a write error.
+//!
 //! All writes come through `&mut self`, one at a time, as openraft requires (vote and log I/O
 //! serialized). Readers share only the `LogView`, which the store shrinks before a destructive
 //! step and grows after a durable one (`log_reader`).
@@ -36,15 +45,44 @@ use crate::raft::log_reader::{read_entries, LogReader, LogView};
 use crate::raft::types::{Entry, LogId, StorageError, WalletRaft};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{LeaderId, OptionalSend, RaftLogReader, StorageIOError, Vote};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
 use std::rc::Rc;
+use std::time::Duration;
+
+/// How often a write waiting for disk space is tried again (the writer throttles its own
+/// retries to the same pace).
+const FULL_RETRY_MS: u64 = 100;
+
+/// Whether the log waits for disk space, shared between the store (inside openraft) and the
+/// partition's `RaftTask` (same core: plain cells).
+#[derive(Debug, Default)]
+pub struct DiskSpace {
+    /// An append waits for disk space now.
+    full: Cell<bool>,
+    /// Set at shutdown: a waiting append stops waiting and fails.
+    give_up: Cell<bool>,
+}
+
+impl DiskSpace {
+    /// True while an append waits for disk space.
+    pub fn is_full(&self) -> bool {
+        self.full.get()
+    }
+
+    /// Makes a waiting append (and every later one that finds the disk full) fail at once, so
+    /// that a shutdown does not wait for space that may never come.
+    pub fn give_up(&self) {
+        self.give_up.set(true);
+    }
+}
 
 pub struct RaftLogStore {
     writer: LogWriter,
     view: Rc<RefCell<LogView>>,
+    space: Rc<DiskSpace>,
     /// Reused buffer for membership bodies.
     scratch: Vec<u8>,
     /// Why an append failed with records buffered that never reached the disk. The log's
@@ -73,6 +111,7 @@ impl RaftLogStore {
         let store = RaftLogStore {
             writer,
             view: Rc::default(),
+            space: Rc::default(),
             scratch: Vec::new(),
             failed: None,
         };
@@ -89,12 +128,16 @@ impl RaftLogStore {
         self.writer.dir()
     }
 
+    /// The disk-space state this store reports to (and takes `give_up` from).
+    pub fn space(&self) -> Rc<DiskSpace> {
+        self.space.clone()
+    }
+
     /// openraft's `append` with the completion as a plain function: writes `entries` durably,
     /// then calls `done` (`Ok` only once every entry is on stable storage, `Err` if the write
     /// failed) and returns. The `RaftLogStorage::append` glue passes the `LogFlushed` callback
-    /// here. A write error is returned too: openraft treats it as fatal and stops this Raft
-    /// (also for a full disk, which the writer itself could retry; restarting the partition's
-    /// Raft once space is back is left to the layer above).
+    /// here. A write error is returned too: openraft treats it as fatal and stops this Raft.
+    /// A full disk is not an error: the append waits for space (module docs).
     pub async fn append_then<I>(
         &mut self,
         entries: I,
@@ -128,7 +171,7 @@ impl RaftLogStore {
             self.check_continues(&entry.log_id)?;
             let (kind, timestamp, body) = record_fields(&entry, &mut self.scratch);
             if !self.writer.has_room(body.len()) {
-                self.writer.flush().await.map_err(write_error)?;
+                flush_when_space(&mut self.writer, &self.space).await?;
                 if !self.writer.has_room(body.len()) {
                     return Err(defensive(format!(
                         "entry {} has a {}-byte body, more than a flush group holds",
@@ -148,7 +191,7 @@ impl RaftLogStore {
                 .map_err(write_error)?;
             appended.push(entry);
         }
-        self.writer.flush().await.map_err(write_error)?;
+        flush_when_space(&mut self.writer, &self.space).await?;
         let mut view = self.view.borrow_mut();
         for entry in appended {
             view.cache.push(log_index(entry.log_id.index), entry);
@@ -236,9 +279,21 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
             voted_for: vote.leader_id.voted_for,
             committed: vote.committed,
         };
-        save_vote_async(self.writer.dir(), &stored)
-            .await
-            .map_err(|e| StorageIOError::write_vote(&e).into())
+        // A vote must be durable before it is answered: on a full disk, wait for space as an
+        // append does.
+        loop {
+            match save_vote_async(self.writer.dir(), &stored).await {
+                Ok(()) => {
+                    self.space.full.set(false);
+                    return Ok(());
+                }
+                Err(e) if e.is_disk_full() && !self.space.give_up.get() => {
+                    self.space.full.set(true);
+                    glommio::timer::sleep(Duration::from_millis(FULL_RETRY_MS)).await;
+                }
+                Err(e) => return Err(StorageIOError::write_vote(&e).into()),
+            }
+        }
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
@@ -254,10 +309,19 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.refuse_if_failed()?;
-        self.writer
+        match self
+            .writer
             .save_committed(committed.as_ref().map(to_entry_id))
             .await
-            .map_err(write_error)
+        {
+            // The commit point on disk may lag (openraft re-applies from the last one saved,
+            // and learns the rest from the leader): a full disk only delays it.
+            Err(e) if e.is_disk_full() => {
+                tracing::warn!(error = %e, "the commit point was not saved: the disk is full");
+                Ok(())
+            }
+            other => other.map_err(write_error),
+        }
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -305,6 +369,24 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
         let result = self.writer.purge_through(through).await;
         self.grow_view();
         result.map_err(write_error)
+    }
+}
+
+/// Flushes `writer`, waiting (and trying again every `FULL_RETRY_MS`) while the disk is full;
+/// the buffered records stay in the writer meanwhile. Other errors fail at once.
+async fn flush_when_space(writer: &mut LogWriter, space: &DiskSpace) -> Result<(), StorageError> {
+    loop {
+        match writer.flush().await {
+            Ok(()) => {
+                space.full.set(false);
+                return Ok(());
+            }
+            Err(e) if e.is_disk_full() && !space.give_up.get() => {
+                space.full.set(true);
+                glommio::timer::sleep(Duration::from_millis(FULL_RETRY_MS)).await;
+            }
+            Err(e) => return Err(write_error(e)),
+        }
     }
 }
 

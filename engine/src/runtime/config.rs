@@ -215,9 +215,6 @@ impl EngineConfig {
         if self.repair {
             return refuse("--repair");
         }
-        if self.faults.is_some() {
-            return refuse("fault injection");
-        }
         if self.node_id == 0 {
             return Err("node_id must be at least 1".into());
         }

@@ -53,10 +53,15 @@
 //! read thus sees every write acknowledged before it was sent. The reader runs beside this
 //! task, so the write pipeline never waits for reads.
 //!
+//! **A full disk**: the log store waits for space inside openraft's append (`DiskSpace`,
+//! `raft/log_store.rs`); meanwhile a leader refuses new command batches at once with
+//! `storage_full` (the entries already proposed wait for space: they are neither acknowledged
+//! nor refused), and a one-voter partition serves lookups from its applied state, since no
+//! other node can commit anything. Stats report `storage_full` while it lasts.
+//!
 //! **Not in Raft mode yet** (refused by `EngineConfig::validate`, or answered clearly): the
 //! read model (history, balance as of, subscriptions answer `QueryError::Disabled`), daily
-//! snapshots, the full-disk pause (a failed append stops the partition's Raft: writes answer
-//! `storage_error` until a restart) and some counters (see `PartitionStats` in `stats`).
+//! snapshots and some counters (see `PartitionStats` in `stats`).
 
 use super::cluster::CoreCluster;
 use super::config::{Clock, EngineConfig};
@@ -74,6 +79,7 @@ use crate::log::WriterOptions;
 use crate::model::TransferId;
 use crate::partition::PartitionId;
 use crate::raft::entry_record::{applied_log_index, log_index};
+use crate::raft::log_store::DiskSpace;
 use crate::raft::types::LogId;
 use crate::raft::{EntryData, NodeAddr, RaftLogStore, RaftPartition, WalletRaft};
 use crate::read_model::QueryError;
@@ -154,6 +160,8 @@ pub struct RaftTask {
     partition: PartitionId,
     /// Part of a cluster of several nodes (`EngineConfig::multi_node`).
     multi_node: bool,
+    /// Whether the log waits for disk space (shared with the log store inside openraft).
+    space: Rc<DiskSpace>,
     forward_tcc: ForwardTcc,
     state: Rc<RefCell<PartitionState>>,
     snapshots_written: Rc<Cell<u64>>,
@@ -259,6 +267,7 @@ impl RaftTask {
         let store = RaftLogStore::open(&log_dir(dir), options)
             .await
             .map_err(|e| fail(e.to_string()))?;
+        let space = store.space();
         let sm = RaftPartition::open(&snapshot_dir(dir), partition, config.partitions)
             .map_err(|e| fail(e.to_string()))?
             .with_retention(SnapshotRetention {
@@ -333,6 +342,7 @@ impl RaftTask {
             node_id,
             partition,
             multi_node: config.multi_node,
+            space,
             forward_tcc,
             state,
             snapshots_written,
@@ -363,6 +373,7 @@ impl RaftTask {
             self.state.clone(),
             self.counters.clone(),
             self.snapshots_written.clone(),
+            self.space.clone(),
             reads_rx,
         ));
 
@@ -428,6 +439,11 @@ impl RaftTask {
             };
             for request in arrived.into_iter().chain(group.drain(..)) {
                 match request {
+                    // Refused at once, not queued behind entries that wait for disk space.
+                    Request::Commands { batch, reply, .. } if leading && self.space.is_full() => {
+                        let _ =
+                            reply.send(BatchReply::refused(batch.len(), ResultCode::StorageFull));
+                    }
                     Request::Commands { .. } | Request::Tcc { .. } if pipeline_full => {
                         waiting_items += request::group_items(std::slice::from_ref(&request));
                         waiting.push(request)
@@ -480,7 +496,9 @@ impl RaftTask {
 
         // Shutdown: answer everything in flight, then leave a snapshot of it (the next start
         // re-applies nothing) and stop openraft. Clients still waiting on a TC/C see their
-        // reply channel close; the records are durable and re-driven at the next start.
+        // reply channel close; the records are durable and re-driven at the next start. An
+        // append waiting for disk space fails now (its entries were never acknowledged).
+        self.space.give_up();
         while let Some(mut entry) = in_flight.pop_front() {
             let answer = (&mut entry.answer).await;
             self.finish(entry, answer, &mut coordinator);
@@ -878,6 +896,7 @@ async fn serve_reads(
     state: Rc<RefCell<PartitionState>>,
     counters: Rc<Counters>,
     snapshots_written: Rc<Cell<u64>>,
+    space: Rc<DiskSpace>,
     groups: flume::Receiver<Vec<Request>>,
 ) {
     while let Ok(mut reads) = groups.recv_async().await {
@@ -898,7 +917,11 @@ async fn serve_reads(
                 }
             )
         });
-        let linearizable = if lookups {
+        let linearizable = if lookups && space.is_full() && is_only_voter(&raft) {
+            // openraft waits inside the stuck append and would not answer; alone, this node
+            // is the only one that can commit, so its applied state is the latest.
+            Ok(())
+        } else if lookups {
             raft.ensure_linearizable().await.map(|_| ())
         } else {
             Ok(())
@@ -942,6 +965,7 @@ async fn serve_reads(
                         &state.borrow(),
                         &counters,
                         &snapshots_written,
+                        &space,
                         digest,
                     ));
                 }
@@ -959,13 +983,13 @@ async fn serve_reads(
 /// membership entries and its `raft_meta` saves are not counted); `replayed_entries` are the
 /// entries openraft re-applied at start; `timing.fsync` holds each entry's time from proposal
 /// to committed and applied, `timing.apply` stays empty (the apply runs inside openraft);
-/// `storage_full` is never set (a full disk stops the Raft: `storage_failed`); the read model
-/// fields are off.
+/// `storage_full` is set while the log waits for disk space; the read model fields are off.
 fn stats(
     raft: &Raft<WalletRaft>,
     state: &PartitionState,
     counters: &Counters,
     snapshots_written: &Cell<u64>,
+    space: &DiskSpace,
     digest: bool,
 ) -> PartitionStats {
     let metrics = raft.metrics().borrow().clone();
@@ -983,12 +1007,19 @@ fn stats(
         read_model_position: 0,
         read_model_lag_entries: 0,
         read_model_lag_ms: 0,
-        storage_full: false,
+        storage_full: space.is_full(),
         storage_failed: metrics.running_state.is_err(),
         timing: counters.timing.get(),
         digest: if digest { state_digest(state) } else { 0 },
         raft: Some(raft_status(&metrics)),
     }
+}
+
+/// True when this node is the partition's only voter (nobody else can commit).
+fn is_only_voter(raft: &Raft<WalletRaft>) -> bool {
+    let metrics = raft.metrics().borrow().clone();
+    let mut voters = metrics.membership_config.membership().voter_ids();
+    voters.next() == Some(metrics.id) && voters.next().is_none()
 }
 
 fn raft_status(metrics: &openraft::RaftMetrics<u64, NodeAddr>) -> RaftStatus {
