@@ -145,7 +145,7 @@ pub fn snapshot_path(dir: &Path, last_index: u64) -> PathBuf {
 /// does not keep. Blocking: run it off the shard's thread.
 pub fn write_snapshot(
     dir: &Path,
-    mut capture: SnapshotCapture,
+    capture: &mut SnapshotCapture,
     retention: SnapshotRetention,
 ) -> Result<PathBuf, LogError> {
     std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;

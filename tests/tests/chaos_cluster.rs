@@ -1,7 +1,8 @@
 //! The chaos harness on a 3-node cluster, CI-sized: 4 partitions (each a Raft group of the
 //! three nodes) under load through the routing client for `CHAOS_CLUSTER_SECS` (default 75)
-//! seconds while one node at a time is SIGKILLed and restarted, SIGSTOPped and resumed, or cut
-//! off from the others by the node link's fault injection; then every node is checked (see
+//! seconds while one node at a time is SIGKILLed and restarted, SIGSTOPped and resumed, cut
+//! off from the others by the node link's fault injection, or runs out of disk space for a
+//! few seconds (`RLIMIT_FSIZE`); then every node is checked (see
 //! `walletd_tests::chaos::cluster`). The seed is printed; `CHAOS_SEED` repeats a fault
 //! schedule. A separate test binary from `chaos.rs`, so the two runs do not share the cores.
 

@@ -144,17 +144,34 @@ fn read_token(path: &std::path::Path) -> Result<Vec<u8>, String> {
 /// History entries per account the read model keeps unless configured.
 const READ_MODEL_HISTORY_DEFAULT: usize = 32;
 
+/// Makes any panic, on any thread, end the process after the usual message. A panic is a bug;
+/// without this, one on a shard thread ends only that thread, and the node keeps answering on
+/// its client port while its partitions are gone (a zombie no supervisor restarts). Aborted,
+/// it restarts from its durable log like after any crash.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+}
+
 /// The whole program; `std::process::exit`s with 1 on failure.
 pub fn main() {
     // Before any thread starts, so every thread inherits it: a write past RLIMIT_FSIZE must
     // fail with EFBIG (handled like a full disk) rather than kill the server.
     engine::log::ignore_file_size_signal();
+    abort_on_panic();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WALLETD_LOG")
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr on a full disk, or past RLIMIT_FSIZE) is
+        // dropped. Reporting it would `eprintln!` to the same stderr, and that panics when the
+        // write fails: the panic killed every shard thread of a node whose disk ran full.
+        .log_internal_errors(false)
         .init();
     if let Err(reason) = run(Args::parse()) {
         eprintln!("walletd: {reason}");

@@ -50,6 +50,8 @@ use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How often a write waiting for disk space is tried again (the writer throttles its own
@@ -62,8 +64,9 @@ const FULL_RETRY_MS: u64 = 100;
 pub struct DiskSpace {
     /// An append waits for disk space now.
     full: Cell<bool>,
-    /// Set at shutdown: a waiting append stops waiting and fails.
-    give_up: Cell<bool>,
+    /// Set at shutdown: a waiting append (or snapshot, on its helper thread) stops waiting
+    /// and fails.
+    give_up: Arc<AtomicBool>,
 }
 
 impl DiskSpace {
@@ -75,7 +78,16 @@ impl DiskSpace {
     /// Makes a waiting append (and every later one that finds the disk full) fail at once, so
     /// that a shutdown does not wait for space that may never come.
     pub fn give_up(&self) {
-        self.give_up.set(true);
+        self.give_up.store(true, Ordering::Relaxed);
+    }
+
+    /// The flag `give_up` sets, for the snapshot builder (`RaftPartition::with_give_up`).
+    pub fn give_up_flag(&self) -> Arc<AtomicBool> {
+        self.give_up.clone()
+    }
+
+    fn giving_up(&self) -> bool {
+        self.give_up.load(Ordering::Relaxed)
     }
 }
 
@@ -287,7 +299,7 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
                     self.space.full.set(false);
                     return Ok(());
                 }
-                Err(e) if e.is_disk_full() && !self.space.give_up.get() => {
+                Err(e) if e.is_disk_full() && !self.space.giving_up() => {
                     self.space.full.set(true);
                     glommio::timer::sleep(Duration::from_millis(FULL_RETRY_MS)).await;
                 }
@@ -381,7 +393,7 @@ async fn flush_when_space(writer: &mut LogWriter, space: &DiskSpace) -> Result<(
                 space.full.set(false);
                 return Ok(());
             }
-            Err(e) if e.is_disk_full() && !space.give_up.get() => {
+            Err(e) if e.is_disk_full() && !space.giving_up() => {
                 space.full.set(true);
                 glommio::timer::sleep(Duration::from_millis(FULL_RETRY_MS)).await;
             }

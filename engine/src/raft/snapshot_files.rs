@@ -34,7 +34,7 @@ fn meta_path(dir: &Path, log_index: u64) -> PathBuf {
 /// prunes older snapshots by `retention`; then metas left without a snapshot are deleted).
 pub fn write_pair(
     dir: &Path,
-    capture: SnapshotCapture,
+    capture: &mut SnapshotCapture,
     meta: &RaftSnapshotMeta,
     retention: SnapshotRetention,
 ) -> Result<SnapshotHandle, LogError> {
@@ -191,9 +191,9 @@ pub fn install(
 ) -> Result<(LoadedSnapshot, SnapshotHandle), SnapshotError> {
     let loaded = load_checked(meta, &handle.path, partition, partition_count)?;
     std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
-    let capture = SnapshotCapture::take(&loaded.state, loaded.last_term);
+    let mut capture = SnapshotCapture::take(&loaded.state, loaded.last_term);
     save_atomically(&meta_path(dir, capture.meta.last_index), &encode_meta(meta))?;
-    let path = write_snapshot(dir, capture, retention)?;
+    let path = write_snapshot(dir, &mut capture, retention)?;
     if handle.path.parent() == Some(dir) && handle.path != path {
         std::fs::remove_file(&handle.path).map_err(|e| LogError::io(&handle.path, e))?;
     }

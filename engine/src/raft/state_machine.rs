@@ -46,9 +46,15 @@ use openraft::{
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// How long `apply` lets the executor run before it applies command entries (see there).
-const SUBMIT_TURN: std::time::Duration = std::time::Duration::from_micros(20);
+const SUBMIT_TURN: Duration = Duration::from_micros(20);
+
+/// How often a snapshot that found the disk full is written again.
+const SNAPSHOT_FULL_RETRY_MS: u64 = 500;
 
 pub struct RaftPartition {
     state: Rc<RefCell<PartitionState>>,
@@ -63,6 +69,8 @@ pub struct RaftPartition {
     snapshots_written: Rc<Cell<u64>>,
     /// Sleep `SUBMIT_TURN` before applying command entries (`with_submit_turn`).
     submit_turn: bool,
+    /// Set at shutdown: a snapshot waiting for disk space stops waiting (`with_give_up`).
+    give_up: Arc<AtomicBool>,
     /// Reused across entries. Events are counted, not kept: nothing consumes them on the Raft
     /// path yet (Raft mode has no read model so far: RAFT_PLAN §10, step 4).
     out: ApplyOutput,
@@ -98,6 +106,7 @@ impl RaftPartition {
             retention: SnapshotRetention::default(),
             snapshots_written: Rc::default(),
             submit_turn: false,
+            give_up: Arc::default(),
             out: ApplyOutput::counting_events(),
         };
         sm.check_applied();
@@ -114,6 +123,12 @@ impl RaftPartition {
     /// a glommio executor (a timer needs one); off by default.
     pub fn with_submit_turn(mut self) -> RaftPartition {
         self.submit_turn = true;
+        self
+    }
+
+    /// Shares the flag that ends a snapshot's wait for disk space (`DiskSpace::give_up`).
+    pub fn with_give_up(mut self, give_up: Arc<AtomicBool>) -> RaftPartition {
+        self.give_up = give_up;
         self
     }
 
@@ -217,6 +232,7 @@ pub struct SnapshotBuilder {
     dir: PathBuf,
     retention: SnapshotRetention,
     written: Rc<Cell<u64>>,
+    give_up: Arc<AtomicBool>,
 }
 
 impl RaftSnapshotBuilder<WalletRaft> for SnapshotBuilder {
@@ -230,8 +246,19 @@ impl RaftSnapshotBuilder<WalletRaft> for SnapshotBuilder {
             .take()
             .ok_or_else(|| failed(&std::io::Error::other("this builder already built")))?;
         let (dir, meta, retention) = (self.dir.clone(), self.meta.clone(), self.retention);
+        let give_up = self.give_up.clone();
+        // A full disk is waited out (openraft stops the partition's Raft on a failed build),
+        // on the helper thread, beside everything else; a shutdown ends the wait.
         let handle = on_helper_thread("raft-snapshot", move || {
-            write_pair(&dir, capture, &meta, retention)
+            let mut capture = capture;
+            loop {
+                match write_pair(&dir, &mut capture, &meta, retention) {
+                    Err(e) if e.is_disk_full() && !give_up.load(Ordering::Relaxed) => {
+                        std::thread::sleep(Duration::from_millis(SNAPSHOT_FULL_RETRY_MS));
+                    }
+                    written => return written,
+                }
+            }
         })
         .await
         .map_err(|e| failed(&e))?
@@ -288,6 +315,7 @@ impl RaftStateMachine<WalletRaft> for RaftPartition {
             dir: self.snapshot_dir.clone(),
             retention: self.retention,
             written: self.snapshots_written.clone(),
+            give_up: self.give_up.clone(),
         }
     }
 

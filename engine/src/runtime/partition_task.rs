@@ -595,7 +595,9 @@ impl PartitionTask {
         let spawned = std::thread::Builder::new()
             .name(format!("snapshot-p{}", self.state.partition()))
             .spawn(move || {
-                let result = write_snapshot(&dir, capture, retention).map_err(|e| e.to_string());
+                let mut capture = capture;
+                let result =
+                    write_snapshot(&dir, &mut capture, retention).map_err(|e| e.to_string());
                 let _ = done_tx.send(result);
             });
         if let Err(e) = spawned {

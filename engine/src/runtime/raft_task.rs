@@ -274,7 +274,8 @@ impl RaftTask {
                 daily_days: 0,
                 ..Default::default()
             })
-            .with_submit_turn();
+            .with_submit_turn()
+            .with_give_up(space.give_up_flag());
         let state = sm.state();
         let snapshot_index = state.borrow().last_index();
         if config.transfers_capacity_per_partition > 0 {

@@ -9,8 +9,9 @@
 //!   `Isolate` on it for each other node and on each other node for it) for 1-5 s, then
 //!   `HealAll` on every node.
 //!
-//! A full disk is not injected here: Raft mode refuses the engine's fault injection, and the
-//! Raft log's handling of a failed write is not yet specified (see `DISK_FULL_NOTE`).
+//! - `disk_full`: the node's disk runs "full" for 2-4 s (`RLIMIT_FSIZE` lowered on the live
+//!   process, as in single-node mode): its log appends wait for space, a leader refuses new
+//!   commands with `storage_full`, then space returns.
 //!
 //! At the end every fault is undone (SIGCONT, `HealAll`, dead nodes restarted), the load
 //! drains, every partition has a leader, the TC/C holds settle on every node, the nodes' state
@@ -35,9 +36,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Why the cluster mode injects no full disk (printed at the start and in the summary).
-pub const DISK_FULL_NOTE: &str = "disk_full is not injected in cluster mode: Raft mode refuses \
-the engine's fault injection (RaftConfig validation), so a full disk under Raft is not supported yet";
+/// The file size limit while a node's disk is "full" (as `faults::FULL_DISK_FILE_SIZE_BYTES`):
+/// log writes past a segment's first block fail with EFBIG, small vote and meta files still fit.
+const FULL_DISK_FILE_SIZE_BYTES: u64 = 4096;
 
 /// How long the end waits for leaders, for the holds and for the digests to converge.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -51,13 +52,16 @@ pub enum ClusterFault {
     Pause,
     /// Cut off from every other node (both ways), then healed everywhere.
     Isolate,
+    /// The disk runs full for a while (`RLIMIT_FSIZE`), then space returns.
+    DiskFull,
 }
 
 impl ClusterFault {
-    pub const ALL: [ClusterFault; 3] = [
+    pub const ALL: [ClusterFault; 4] = [
         ClusterFault::Kill,
         ClusterFault::Pause,
         ClusterFault::Isolate,
+        ClusterFault::DiskFull,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +69,7 @@ impl ClusterFault {
             ClusterFault::Kill => "sigkill",
             ClusterFault::Pause => "sigstop",
             ClusterFault::Isolate => "isolate",
+            ClusterFault::DiskFull => "disk_full",
         }
     }
 }
@@ -214,6 +219,18 @@ fn inject(
                 pause.as_secs_f64()
             ))
         }
+        ClusterFault::DiskFull => {
+            let full = Duration::from_millis(rng.u64(2_000..=4_000));
+            crate::set_file_size_limit(pid, Some(FULL_DISK_FILE_SIZE_BYTES))
+                .map_err(|e| format!("node {}: prlimit: {e}", i + 1))?;
+            std::thread::sleep(full);
+            crate::set_file_size_limit(pid, None)
+                .map_err(|e| format!("node {}: prlimit (space back): {e}", i + 1))?;
+            Ok(format!(
+                "pid {pid}: file size limit {FULL_DISK_FILE_SIZE_BYTES} bytes for {:.2} s",
+                full.as_secs_f64()
+            ))
+        }
         ClusterFault::Isolate => {
             let cut = Duration::from_millis(rng.u64(1_000..=5_000));
             let id = cluster.specs[i].node_id;
@@ -291,7 +308,6 @@ pub fn run(config: &ChaosConfig) -> Result<Summary, String> {
         ));
     }
     std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
-    say(config, started, DISK_FULL_NOTE);
     let options = ClusterOptions {
         // Small segments (rotations under load), a modest index pre-size (3 nodes on one
         // machine).
@@ -549,7 +565,7 @@ pub fn json(summary: &Summary, duration: Duration) -> String {
     let _ = write!(
         out,
         "{{\"mode\":\"cluster\",\"nodes\":{},\"seed\":{},\"duration_s\":{},\"load_s\":{:.1},\"total_s\":{:.1},\
-\"faults\":{},\"faults_total\":{},\"disk_full\":\"not supported in Raft mode\",\
+\"faults\":{},\"faults_total\":{},\
 \"transfers_sent\":{},\"acknowledged\":{},\"existing\":{},\"cancelled_stored\":{},\"exists_on_retry\":{},\
 \"refused_tcc_timeout\":{},\"rejected\":{},\"unanswered\":{},\"unanswered_applied\":{},\
 \"batches\":{},\"batches_retried\":{},\"attempts\":{},\"errors\":{},\"stored_transfers\":{},\

@@ -176,7 +176,7 @@ impl fmt::Display for Summary {
         if self.nodes > 1 {
             writeln!(
                 f,
-                "  cluster       {} nodes; answered exists: {}; cancelled TC/Cs stored: {}; disk_full not injected (unsupported in Raft mode)",
+                "  cluster       {} nodes; answered exists: {}; cancelled TC/Cs stored: {}",
                 self.nodes, self.existing, self.cancelled_stored
             )?;
             writeln!(
