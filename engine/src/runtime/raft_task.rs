@@ -239,14 +239,20 @@ fn raft_config(config: &EngineConfig) -> Result<openraft::Config, String> {
         } else {
             SnapshotPolicy::LogsSinceLast(interval)
         },
-        // Keep the log back to about the previous snapshot (for followers, later). With a
-        // read model, surely back to it (snapshots lie at most about `interval` apart; twice
-        // that covers the slack of a trigger), so that a restart can start from it and
-        // rebuild the history after it (`raft::read_side`).
-        max_in_snapshot_log_to_keep: if config.read_model_history_per_account > 0 {
-            interval
-                .max(config.read_model_rebuild_entries)
-                .saturating_mul(2)
+        // Keep the log back to about the previous snapshot (for followers, later). When a
+        // restart rebuilds the read model's history, surely back to it (snapshots lie about
+        // `interval` apart, a little more when a trigger lands late: twice covers it; with
+        // only shutdown snapshots, twice the entries to rebuild), so that the restart can
+        // start from it and re-apply what follows (`raft::read_side`).
+        max_in_snapshot_log_to_keep: if config.read_model_history_per_account > 0
+            && config.read_model_rebuild_entries > 0
+        {
+            let apart = if interval > 0 {
+                interval
+            } else {
+                config.read_model_rebuild_entries
+            };
+            apart.saturating_mul(2)
         } else {
             interval.min(1024)
         },
