@@ -305,6 +305,79 @@ fn a_snapshot_installed_into_a_fresh_state_machine_carries_the_state_and_members
     assert_eq!(applied(&mut restarted), snapshot.meta.last_log_id);
 }
 
+/// The read model of a follower that installs a snapshot (`engine::raft::read_side`): it
+/// starts over from the snapshot's balances; the history of the entries the snapshot covers
+/// is refused, naming the snapshot's point, never answered wrongly; from there on it follows
+/// the committed entries exactly as the leader's does, with the same positions.
+#[test]
+fn a_follower_read_model_restarts_at_an_installed_snapshot_and_then_follows_the_leader() {
+    use engine::read_model::position::end_of_entry;
+    use engine::read_model::{At, HistoryQuery, QueryError};
+    let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let entries = ledger_entries(20);
+    let (first, rest) = entries.split_at(15);
+    let open = |dir: &Path| RaftPartition::open_with_read_model(dir, 0, 1, 1024, None).unwrap();
+    let mut leader = open(leader_dir.path());
+    block_on(leader.apply(first.to_vec())).unwrap();
+    let snapshot = block_on(block_on(leader.get_snapshot_builder()).build_snapshot()).unwrap();
+    let at = end_of_entry(first.last().unwrap().log_id.index + 1);
+
+    // The follower saw the first entries only, then gets the snapshot.
+    let mut follower = open(follower_dir.path());
+    block_on(follower.apply(first[..3].to_vec())).unwrap();
+    let receiving = block_on(follower.begin_receiving_snapshot()).unwrap();
+    std::fs::copy(&snapshot.snapshot.path, &receiving.path).unwrap();
+    block_on(follower.install_snapshot(&snapshot.meta, receiving)).unwrap();
+    block_on(follower.apply(rest.to_vec())).unwrap();
+    block_on(leader.apply(rest.to_vec())).unwrap();
+
+    let (leader_side, follower_side) = (leader.read_side(), follower.read_side());
+    let (leader_side, follower_side) = (leader_side.borrow(), follower_side.borrow());
+    let (lead, follow) = (leader_side.model().unwrap(), follower_side.model().unwrap());
+    assert_eq!(follow.read_position(), lead.read_position());
+    assert_eq!(follow.totals(), lead.totals());
+    let mut moved = 0;
+    for account in leader.state().borrow().accounts_sorted() {
+        let id = account.id;
+        assert_eq!(follow.balance(id), lead.balance(id), "account {id}");
+        let query = HistoryQuery {
+            account: id,
+            ..Default::default()
+        };
+        let (led, followed) = (
+            lead.history(&query).unwrap(),
+            follow.history(&query).unwrap(),
+        );
+        let after: Vec<_> = led.entries.iter().filter(|e| e.position > at).collect();
+        assert_eq!(followed.entries.iter().collect::<Vec<_>>(), after);
+        assert_eq!(followed.truncated_at.map(|(p, _)| p), Some(at));
+        if led.entries.iter().any(|e| e.position <= at) {
+            moved += 1;
+            let before = follow.balance_at(id, At::Position(at - 1));
+            assert!(
+                matches!(before, Err(QueryError::BeforeRetained { oldest_position, .. }) if oldest_position == at),
+                "{before:?}"
+            );
+        }
+        // The same money at the snapshot's point (the answers name different points: the
+        // leader its last change before it, the follower the snapshot it started from).
+        let money = |b: engine::read_model::BalanceAsOf| (b.balance, b.held);
+        assert_eq!(
+            follow.balance_at(id, At::Position(at)).map(money),
+            lead.balance_at(id, At::Position(at)).map(money)
+        );
+    }
+    assert!(moved > 0, "accounts moved money before the snapshot");
+    assert!(matches!(
+        follow.events_since(0, u64::MAX, None, 10),
+        Err(QueryError::BeforeRetained { oldest_position, .. }) if oldest_position == at + 1
+    ));
+    assert_eq!(
+        follow.events_since(at + 1, u64::MAX, None, 4096),
+        lead.events_since(at + 1, u64::MAX, None, 4096)
+    );
+}
+
 #[test]
 fn a_snapshot_that_does_not_match_its_meta_or_partition_is_refused() {
     let (leader_dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -14,7 +14,8 @@
 //!
 //! - `state_machine`: `RaftPartition`, openraft's `RaftStateMachine` over `PartitionState`,
 //!   with `snapshot_files` (a snapshot = the engine's snapshot file + `snapshot_meta`, openraft's
-//!   meta for it, in a file beside it).
+//!   meta for it, in a file beside it), and `read_side` (the read model it feeds on every
+//!   replica, shared with the partition's task).
 //!
 //! - `no_peers`: `NoPeers`, the network of a one-voter cluster.
 //!
@@ -31,6 +32,7 @@ pub mod log_reader;
 pub mod log_store;
 pub mod membership;
 pub mod no_peers;
+pub mod read_side;
 pub mod runtime;
 pub mod snapshot_files;
 pub mod snapshot_meta;

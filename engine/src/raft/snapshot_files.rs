@@ -111,6 +111,57 @@ pub fn load_newest(
     Ok(None)
 }
 
+/// Where a restart with a read model would like its state machine to start (all log indexes;
+/// see `load_for_rebuild`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebuildWindow {
+    /// The last purged log entry (0: none): a snapshot below it is not followed by the log.
+    pub purged: u64,
+    /// The last committed entry openraft will re-apply at start.
+    pub committed: u64,
+    /// The newest snapshot at or below this one leaves `read_model_rebuild_entries` to
+    /// re-apply (`committed` minus them).
+    pub wanted: u64,
+}
+
+/// The snapshot a restart with a read model starts from, so that openraft re-applies (and
+/// the read model rebuilds the history of) the committed entries after it: the newest one at
+/// or below `window.wanted`, else the oldest one newer than that, always one the retained log
+/// continues (`purged` or later) and at most `committed`. `None` (start from the newest, as
+/// without a read model) when no snapshot qualifies, and when the newest snapshot lies past
+/// `committed`: starting below it would leave openraft's applied index behind its newest
+/// snapshot.
+pub fn load_for_rebuild(
+    dir: &Path,
+    partition: PartitionId,
+    partition_count: u32,
+    window: RebuildWindow,
+) -> Result<Option<(RaftSnapshotMeta, LoadedSnapshot)>, LogError> {
+    let all = pairs(dir)?;
+    let index = |s: &Snapshot<WalletRaft>| applied_log_index(s.meta.last_log_id.as_ref());
+    if all.first().is_some_and(|s| index(s) > window.committed) {
+        return Ok(None);
+    }
+    let usable = |s: &&Snapshot<WalletRaft>| index(s) >= window.purged;
+    // Newest first at or below `wanted`, then the newer ones oldest first.
+    let (at_or_below, newer): (Vec<_>, Vec<_>) = all
+        .iter()
+        .filter(usable)
+        .partition(|s| index(s) <= window.wanted);
+    for snapshot in at_or_below.into_iter().chain(newer.into_iter().rev()) {
+        match load_checked(
+            &snapshot.meta,
+            &snapshot.snapshot.path,
+            partition,
+            partition_count,
+        ) {
+            Ok(loaded) => return Ok(Some((snapshot.meta.clone(), loaded))),
+            Err(e) => tracing::warn!(error = %e, "snapshot unusable; trying another"),
+        }
+    }
+    Ok(None)
+}
+
 /// Loads the snapshot file at `path` and checks that it is what `meta` describes, for this
 /// partition.
 fn load_checked(

@@ -26,13 +26,17 @@
 //!
 //! **Sharing.** The state is an `Rc<RefCell<_>>`: the partition task reads it (queries, TC/C)
 //! while openraft's state-machine task applies to it, both on the partition's core. No borrow
-//! is held across an `.await`.
+//! is held across an `.await`. So is the read side (`read_side`): the read model, fed here with
+//! the events of every applied entry on every replica, and the subscribers woken after each
+//! applied batch.
 
 use crate::command::entry_kind;
 use crate::partition::PartitionId;
 use crate::raft::entry_record::{applied_log_index, log_index};
+use crate::raft::read_side::{ReadSide, SharedReadSide};
 use crate::raft::snapshot_files::{
-    install, load_newest, newest, receiving_path, remove_unfinished_receptions, write_pair,
+    install, load_for_rebuild, load_newest, newest, receiving_path, remove_unfinished_receptions,
+    write_pair, RebuildWindow,
 };
 use crate::raft::snapshot_meta::RaftSnapshotMeta;
 use crate::raft::types::{Entry, GroupResult, LogId, NodeAddr, SnapshotHandle, StorageError};
@@ -71,9 +75,10 @@ pub struct RaftPartition {
     submit_turn: bool,
     /// Set at shutdown: a snapshot waiting for disk space stops waiting (`with_give_up`).
     give_up: Arc<AtomicBool>,
-    /// Reused across entries. Events are counted, not kept: nothing consumes them on the Raft
-    /// path yet (Raft mode has no read model so far: RAFT_PLAN §10, step 4).
+    /// Reused across entries. Events are kept only for a read model (else counted).
     out: ApplyOutput,
+    /// The read model and the subscribers' wake-ups, shared with the partition's task.
+    read: SharedReadSide,
 }
 
 impl RaftPartition {
@@ -85,19 +90,43 @@ impl RaftPartition {
         partition: PartitionId,
         partition_count: u32,
     ) -> Result<RaftPartition, crate::log::LogError> {
+        RaftPartition::open_with_read_model(snapshot_dir, partition, partition_count, 0, None)
+    }
+
+    /// `open`, with a read model keeping `history_max` entries per account (0: none; see
+    /// `read_side`). With `rebuild`, the state machine starts from the snapshot
+    /// `load_for_rebuild` picks in that window (when one qualifies), not necessarily the
+    /// newest, so that openraft re-applies the committed entries after it and the read model
+    /// gets their history back (a clean shutdown leaves a snapshot at the very end, and
+    /// starting there would leave the history empty). The state is the same either way.
+    pub fn open_with_read_model(
+        snapshot_dir: &Path,
+        partition: PartitionId,
+        partition_count: u32,
+        history_max: usize,
+        rebuild: Option<RebuildWindow>,
+    ) -> Result<RaftPartition, crate::log::LogError> {
         let removed = remove_unfinished_receptions(snapshot_dir)?;
         if removed > 0 {
             tracing::info!(partition, removed, dir = %snapshot_dir.display(), "deleted snapshots whose reception did not finish");
         }
-        let (state, applied, membership) =
-            match load_newest(snapshot_dir, partition, partition_count)? {
-                Some((meta, loaded)) => (loaded.state, meta.last_log_id, meta.last_membership),
-                None => (
-                    PartitionState::new(partition, partition_count),
-                    None,
-                    StoredMembership::default(),
-                ),
-            };
+        let earlier = match rebuild {
+            Some(window) => load_for_rebuild(snapshot_dir, partition, partition_count, window)?,
+            None => None,
+        };
+        let loaded = match earlier {
+            Some(loaded) => Some(loaded),
+            None => load_newest(snapshot_dir, partition, partition_count)?,
+        };
+        let (state, applied, membership) = match loaded {
+            Some((meta, loaded)) => (loaded.state, meta.last_log_id, meta.last_membership),
+            None => (
+                PartitionState::new(partition, partition_count),
+                None,
+                StoredMembership::default(),
+            ),
+        };
+        let read = ReadSide::new(&state, history_max);
         let sm = RaftPartition {
             state: Rc::new(RefCell::new(state)),
             applied,
@@ -107,7 +136,12 @@ impl RaftPartition {
             snapshots_written: Rc::default(),
             submit_turn: false,
             give_up: Arc::default(),
-            out: ApplyOutput::counting_events(),
+            out: if read.is_on() {
+                ApplyOutput::default()
+            } else {
+                ApplyOutput::counting_events()
+            },
+            read: Rc::new(RefCell::new(read)),
         };
         sm.check_applied();
         Ok(sm)
@@ -135,6 +169,12 @@ impl RaftPartition {
     /// The live state, shared: readers must not hold a borrow across an `.await`.
     pub fn state(&self) -> Rc<RefCell<PartitionState>> {
         self.state.clone()
+    }
+
+    /// The read side (read model and subscribers' wake-ups), shared: readers must not hold a
+    /// borrow across an `.await`.
+    pub fn read_side(&self) -> SharedReadSide {
+        self.read.clone()
     }
 
     /// How many snapshots it wrote so far (a live counter, readable after the state machine
@@ -176,6 +216,10 @@ impl RaftPartition {
                 state
                     .apply_entry(index, kind, &[], 0, &mut self.out)
                     .map_err(|e| refuse(e.to_string()))?;
+                // No events, but the read model's position moves past the entry.
+                self.read
+                    .borrow_mut()
+                    .apply(index, state.last_timestamp(), &[]);
                 GroupResult::default()
             }
             EntryPayload::Normal(data) => {
@@ -196,6 +240,11 @@ impl RaftPartition {
                         &mut self.out,
                     )
                     .map_err(|e| refuse(e.to_string()))?;
+                // The read model records the moment the entry was applied at, as recovery
+                // does in local mode (every replica clamps alike, so they all agree).
+                self.read
+                    .borrow_mut()
+                    .apply(index, timestamp, &self.out.events);
                 GroupResult {
                     results: std::mem::take(&mut self.out.results),
                     timestamp,
@@ -304,6 +353,9 @@ impl RaftStateMachine<WalletRaft> for RaftPartition {
             .map(|entry| self.apply_one(entry))
             .collect::<Result<Vec<_>, _>>();
         self.check_applied();
+        // Subscribers hear of what was applied (committed): on a follower too, at once.
+        let applied = self.state.borrow().last_index();
+        self.read.borrow_mut().notify(applied);
         results
     }
 
@@ -355,6 +407,12 @@ impl RaftStateMachine<WalletRaft> for RaftPartition {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.check_applied();
+        // The entries the snapshot covers never reach this node: the read model starts over
+        // from the snapshot's balances, and refuses what lies before it (`read_side`).
+        let state = self.state.borrow();
+        let mut read = self.read.borrow_mut();
+        read.restart_from(&state);
+        read.notify(state.last_index());
         Ok(())
     }
 

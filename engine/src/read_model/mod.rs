@@ -185,6 +185,13 @@ impl ReadModel {
         self.last_timestamp = entry_timestamp;
     }
 
+    /// Moves past log entries up to `entry_index` that carry no events, without applying
+    /// them: Raft's blank and membership entries, which a state machine may apply past a gap
+    /// (`PartitionState::skip_to`). Never moves back.
+    pub(crate) fn skip_to(&mut self, entry_index: u64) {
+        self.last_index = self.last_index.max(entry_index);
+    }
+
     /// Loads the records an event will change (changes nothing).
     fn touch(&self, event: &Event) {
         let (first, second) = match *event {

@@ -206,9 +206,6 @@ impl EngineConfig {
                 "replication = \"raft\" does not support {what} yet (docs/RAFT_PLAN.md §10)"
             ))
         };
-        if self.read_model_history_per_account > 0 {
-            return refuse("the read model (history, balance as of, subscriptions): set read_model_history_per_account = 0");
-        }
         if self.snapshot_daily_days > 0 {
             return refuse("daily snapshots: set snapshot_daily_days = 0");
         }

@@ -17,7 +17,7 @@ mod request;
 pub mod result_counts;
 mod router;
 pub mod timing;
-mod watchers;
+pub(crate) mod watchers;
 
 pub use cluster::{ClusterHook, CoreCluster, SingleNode};
 pub use config::{Clock, EngineConfig, Replication};

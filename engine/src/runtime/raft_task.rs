@@ -53,14 +53,18 @@
 //! read thus sees every write acknowledged before it was sent. The reader runs beside this
 //! task, so the write pipeline never waits for reads.
 //!
+//! **Read model** (history, balance as of, subscriptions): fed by the state machine
+//! with every committed entry, on every node (`raft::read_side`); the reader answers its
+//! queries from this node's model on a follower as on the leader, without `ensure_linearizable`
+//! (see `serve_reads`). Subscribers are woken by the state machine after each applied batch.
+//!
 //! **A full disk**: the log store waits for space inside openraft's append (`DiskSpace`,
 //! `raft/log_store.rs`); meanwhile a leader refuses new command batches at once with
 //! `storage_full` (the entries already proposed wait for space: they are neither acknowledged
 //! nor refused), and a one-voter partition serves lookups from its applied state, since no
 //! other node can commit anything. Stats report `storage_full` while it lasts.
 //!
-//! **Not in Raft mode yet** (refused by `EngineConfig::validate`, or answered clearly): the
-//! read model (history, balance as of, subscriptions answer `QueryError::Disabled`), daily
+//! **Not in Raft mode yet** (refused by `EngineConfig::validate`, or answered clearly): daily
 //! snapshots and some counters (see `PartitionStats` in `stats`).
 
 use super::cluster::CoreCluster;
@@ -72,7 +76,6 @@ use super::request::{
     ReadFrom, Request,
 };
 use super::timing::GroupTiming;
-use super::watchers::Watchers;
 use crate::command::{ArchivedNewAccount, ArchivedNewTransfer, CommandBatch, BATCH_ITEMS_MAX};
 use crate::digest::state_digest;
 use crate::log::WriterOptions;
@@ -80,9 +83,9 @@ use crate::model::TransferId;
 use crate::partition::PartitionId;
 use crate::raft::entry_record::{applied_log_index, log_index};
 use crate::raft::log_store::DiskSpace;
+use crate::raft::read_side::{rebuild_window, SharedReadSide};
 use crate::raft::types::LogId;
 use crate::raft::{EntryData, NodeAddr, RaftLogStore, RaftPartition, WalletRaft};
-use crate::read_model::QueryError;
 use crate::recovery::{log_dir, snapshot_dir};
 use crate::result_code::ResultCode;
 use crate::snapshot::SnapshotRetention;
@@ -164,6 +167,8 @@ pub struct RaftTask {
     space: Rc<DiskSpace>,
     forward_tcc: ForwardTcc,
     state: Rc<RefCell<PartitionState>>,
+    /// The read model and subscribers' wake-ups, fed by the state machine.
+    read: SharedReadSide,
     snapshots_written: Rc<Cell<u64>>,
     counters: Rc<Counters>,
     group_items_max: usize,
@@ -234,8 +239,23 @@ fn raft_config(config: &EngineConfig) -> Result<openraft::Config, String> {
         } else {
             SnapshotPolicy::LogsSinceLast(interval)
         },
-        // Keep the log back to about the previous snapshot (for followers, later).
-        max_in_snapshot_log_to_keep: interval.min(1024),
+        // Keep the log back to about the previous snapshot (for followers, later). When a
+        // restart rebuilds the read model's history, surely back to it (snapshots lie about
+        // `interval` apart, a little more when a trigger lands late: twice covers it; with
+        // only shutdown snapshots, twice the entries to rebuild), so that the restart can
+        // start from it and re-apply what follows (`raft::read_side`).
+        max_in_snapshot_log_to_keep: if config.read_model_history_per_account > 0
+            && config.read_model_rebuild_entries > 0
+        {
+            let apart = if interval > 0 {
+                interval
+            } else {
+                config.read_model_rebuild_entries
+            };
+            apart.saturating_mul(2)
+        } else {
+            interval.min(1024)
+        },
         ..Default::default()
     };
     raft.validate().map_err(|e| e.to_string())
@@ -264,19 +284,30 @@ impl RaftTask {
             faults: config.faults.clone(),
         };
         let entry_items_max = entry_items_max(options.pending_bytes_max, config.group_items_max);
-        let store = RaftLogStore::open(&log_dir(dir), options)
+        let mut store = RaftLogStore::open(&log_dir(dir), options)
             .await
             .map_err(|e| fail(e.to_string()))?;
         let space = store.space();
-        let sm = RaftPartition::open(&snapshot_dir(dir), partition, config.partitions)
-            .map_err(|e| fail(e.to_string()))?
-            .with_retention(SnapshotRetention {
-                daily_days: 0,
-                ..Default::default()
-            })
-            .with_submit_turn()
-            .with_give_up(space.give_up_flag());
+        let history = config.read_model_history_per_account;
+        let rebuild = rebuild_window(&mut store, history, config.read_model_rebuild_entries)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let sm = RaftPartition::open_with_read_model(
+            &snapshot_dir(dir),
+            partition,
+            config.partitions,
+            history,
+            rebuild,
+        )
+        .map_err(|e| fail(e.to_string()))?
+        .with_retention(SnapshotRetention {
+            daily_days: 0,
+            ..Default::default()
+        })
+        .with_submit_turn()
+        .with_give_up(space.give_up_flag());
         let state = sm.state();
+        let read = sm.read_side();
         let snapshot_index = state.borrow().last_index();
         if config.transfers_capacity_per_partition > 0 {
             state
@@ -346,6 +377,7 @@ impl RaftTask {
             space,
             forward_tcc,
             state,
+            read,
             snapshots_written,
             counters,
             group_items_max: config.group_items_max,
@@ -361,7 +393,6 @@ impl RaftTask {
     pub async fn run(mut self, requests: flume::Receiver<Request>) {
         let mut coordinator = Coordinator::default();
         let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(IN_FLIGHT_ENTRIES_MAX);
-        let mut watchers = Watchers::default();
         let mut group: Vec<Request> = Vec::with_capacity(64);
         // Command batches and TC/C messages that arrived while the pipeline was full, in
         // order, and the items they count (`request::group_items`).
@@ -372,6 +403,7 @@ impl RaftTask {
         let reader = glommio::spawn_local(serve_reads(
             self.raft.clone(),
             self.state.clone(),
+            self.read.clone(),
             self.counters.clone(),
             self.snapshots_written.clone(),
             self.space.clone(),
@@ -463,7 +495,7 @@ impl RaftTask {
                     }
                     Request::Tcc { messages } => tcc_in.extend(messages),
                     Request::Shutdown => stopping = true,
-                    Request::Watch { wake } => watchers.add(wake),
+                    Request::Watch { wake } => self.read.borrow_mut().add_watcher(wake),
                     Request::Membership { change, reply } => {
                         glommio::spawn_local(change_membership(self.raft.clone(), change, reply))
                             .detach();
@@ -492,7 +524,6 @@ impl RaftTask {
                 tracing::error!("the reader task of a partition ended early");
             }
             coordinator.ship(&self.peers);
-            watchers.notify(self.state.borrow().last_index());
         }
 
         // Shutdown: answer everything in flight, then leave a snapshot of it (the next start
@@ -895,6 +926,7 @@ async fn snapshot_now(raft: &Raft<WalletRaft>) -> Result<u64, String> {
 async fn serve_reads(
     raft: Raft<WalletRaft>,
     state: Rc<RefCell<PartitionState>>,
+    read_side: SharedReadSide,
     counters: Rc<Counters>,
     snapshots_written: Rc<Cell<u64>>,
     space: Rc<DiskSpace>,
@@ -951,24 +983,32 @@ async fn serve_reads(
                             reply.send(ids.iter().map(|id| state.lookup_transfer(*id)).collect());
                     }
                 }
-                Request::History { reply, .. } => {
-                    let _ = reply.send(Err(QueryError::Disabled));
+                // Read-model queries are answered from this node's model, leader or follower,
+                // with or without FOLLOWER_READ: the model is eventually consistent by design
+                // (it says how far it has read: `read_position` in every answer, lag in
+                // stats), every node's model follows the same committed stream with the same
+                // positions, and a point it has not reached is refused (`Ahead`), never
+                // answered wrongly. A leadership check would buy nothing a position does not.
+                Request::History { query, reply } => {
+                    let _ = reply.send(read_side.borrow().history(&query));
                 }
-                Request::BalanceAt { reply, .. } => {
-                    let _ = reply.send(Err(QueryError::Disabled));
+                Request::BalanceAt { account, at, reply } => {
+                    let _ = reply.send(read_side.borrow().balance_at(account, at));
                 }
-                Request::Events { reply, .. } => {
-                    let _ = reply.send(Err(QueryError::Disabled));
+                Request::Events {
+                    from,
+                    account,
+                    limit,
+                    reply,
+                } => {
+                    let _ = reply.send(read_side.borrow().events_since(from, account, limit));
                 }
                 Request::Stats { digest, reply } => {
-                    let _ = reply.send(stats(
-                        &raft,
-                        &state.borrow(),
-                        &counters,
-                        &snapshots_written,
-                        &space,
-                        digest,
-                    ));
+                    let state = state.borrow();
+                    let mut stats =
+                        stats(&raft, &state, &counters, &snapshots_written, &space, digest);
+                    read_side.borrow().fill_stats(&mut stats, &state);
+                    let _ = reply.send(stats);
                 }
                 Request::Snapshot { reply } => {
                     let _ = reply.send(snapshot_now(&raft).await);
@@ -984,7 +1024,8 @@ async fn serve_reads(
 /// membership entries and its `raft_meta` saves are not counted); `replayed_entries` are the
 /// entries openraft re-applied at start; `timing.fsync` holds each entry's time from proposal
 /// to committed and applied, `timing.apply` stays empty (the apply runs inside openraft);
-/// `storage_full` is set while the log waits for disk space; the read model fields are off.
+/// `storage_full` is set while the log waits for disk space; the read model fields are
+/// filled in by the caller (`ReadSide::fill_stats`).
 fn stats(
     raft: &Raft<WalletRaft>,
     state: &PartitionState,
