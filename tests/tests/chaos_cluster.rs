@@ -17,14 +17,7 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|s| s.parse().ok())
 }
 
-// Not in the default run yet: one 5-minute run in three (under a load average of about 12)
-// left cross-partition transfers pending with their holds undrained until the leaders
-// changed (nothing lost or applied twice; the holds kept the money checks from passing).
-// The likely cause is fixed (a deposed leader's partition kept its pipeline full and stopped
-// forwarding TC/C messages); the test joins CI once more runs confirm it. By hand:
-// `cargo test -p walletd-tests --test chaos_cluster -- --ignored` (docs/OPERATIONS.md).
 #[test]
-#[ignore = "waits for more runs to confirm the TC/C stall fix; see the comment above"]
 fn a_three_node_cluster_keeps_its_invariants_under_random_faults() {
     let seed = env_u64("CHAOS_SEED").unwrap_or_else(|| fastrand::u64(..));
     let secs = env_u64("CHAOS_CLUSTER_SECS").unwrap_or(75);
