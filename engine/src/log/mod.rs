@@ -23,4 +23,4 @@ pub use range::read_range;
 pub use record::{RecordError, RecordHeader};
 pub use scan::{body_bytes_of_kind, find_tail, repair_log, scan_log, LogTail, TornTail};
 pub use segments::{list_segments, RecordRef, SegmentInfo};
-pub use writer::{LogWriter, WriterOptions, COMMITTED_SAVE_INTERVAL_MS};
+pub use writer::{LogWriter, WriterOptions};

@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod purge;
-pub use purge::COMMITTED_SAVE_INTERVAL_MS;
 
 /// O_DIRECT writes are whole, aligned blocks.
 const BLOCK_BYTES: u64 = 4096;
@@ -84,12 +83,11 @@ pub struct LogWriter {
     /// `prepare_segment` asked for the next segment and it is not created yet.
     segment_wanted: bool,
     /// The Raft pointers kept beside the segments (`last_purged`, `committed`): `last_purged`
-    /// as persisted; `committed` may be ahead of the file by up to
-    /// `COMMITTED_SAVE_INTERVAL_MS` (see `save_committed`).
+    /// as persisted; `committed` may be ahead of the file until the next purge or close (see
+    /// `save_committed`).
     meta: RaftMeta,
-    /// `committed` as the `raft_meta` file holds it, and when it was last written.
+    /// `committed` as the `raft_meta` file holds it.
     committed_on_disk: Option<EntryId>,
-    committed_saved_at: Option<Instant>,
 }
 
 impl LogWriter {
@@ -135,7 +133,6 @@ impl LogWriter {
             segment_wanted: false,
             meta: tail.raft_meta,
             committed_on_disk: tail.raft_meta.committed,
-            committed_saved_at: None,
         };
         // The last segment is the scanned one (a purge never deletes it unless it deletes all).
         if let Some(last) = writer.segments.last().cloned() {

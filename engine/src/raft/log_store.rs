@@ -22,8 +22,9 @@
 //!
 //! The vote and `raft_meta` saves (temp file, fsync, rename, fsync of the directory) go through
 //! glommio's io_uring, so an election storm over many partitions of a core does not stall it.
-//! openraft saves `committed` on every commit; the writer keeps it in memory and writes it at
-//! most every `COMMITTED_SAVE_INTERVAL_MS` (`LogWriter::save_committed`).
+//! openraft saves `committed` on every commit, between commit and apply; the writer keeps it in
+//! memory and writes it with the next purge or at close (`LogWriter::save_committed`), so no
+//! file write sits on the commit path.
 //!
 //! **A full disk** (out of space, or the file size limit) does not fail an append: openraft
 //! would take that as fatal and stop the partition's Raft for good. The entries stay buffered
