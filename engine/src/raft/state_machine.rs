@@ -73,6 +73,8 @@ pub struct RaftPartition {
     snapshots_written: Rc<Cell<u64>>,
     /// Sleep `SUBMIT_TURN` before applying command entries (`with_submit_turn`).
     submit_turn: bool,
+    /// Feed the read model after the apply returns, not inside it (`with_deferred_read_model`).
+    defer_read_model: bool,
     /// Set at shutdown: a snapshot waiting for disk space stops waiting (`with_give_up`).
     give_up: Arc<AtomicBool>,
     /// Reused across entries. Events are kept only for a read model (else counted).
@@ -135,6 +137,7 @@ impl RaftPartition {
             retention: SnapshotRetention::default(),
             snapshots_written: Rc::default(),
             submit_turn: false,
+            defer_read_model: false,
             give_up: Arc::default(),
             out: if read.is_on() {
                 ApplyOutput::default()
@@ -157,6 +160,14 @@ impl RaftPartition {
     /// a glommio executor (a timer needs one); off by default.
     pub fn with_submit_turn(mut self) -> RaftPartition {
         self.submit_turn = true;
+        self
+    }
+
+    /// Feeds the read model from a task of its own right after each apply (after a timer
+    /// turn, so that the clients are answered first) instead of inside it: `read_side` module
+    /// docs. Only on a glommio executor; off by default (fed before `apply` returns).
+    pub fn with_deferred_read_model(mut self) -> RaftPartition {
+        self.defer_read_model = true;
         self
     }
 
@@ -219,7 +230,7 @@ impl RaftPartition {
                 // No events, but the read model's position moves past the entry.
                 self.read
                     .borrow_mut()
-                    .apply(index, state.last_timestamp(), &[]);
+                    .defer(index, state.last_timestamp(), &[]);
                 GroupResult::default()
             }
             EntryPayload::Normal(data) => {
@@ -244,7 +255,7 @@ impl RaftPartition {
                 // does in local mode (every replica clamps alike, so they all agree).
                 self.read
                     .borrow_mut()
-                    .apply(index, timestamp, &self.out.events);
+                    .defer(index, timestamp, &self.out.events);
                 GroupResult {
                     results: std::mem::take(&mut self.out.results),
                     timestamp,
@@ -348,14 +359,27 @@ impl RaftStateMachine<WalletRaft> for RaftPartition {
             // whole apply (as `PartitionTask`'s SUBMIT_TURN explains for the local path).
             glommio::timer::sleep(SUBMIT_TURN).await;
         }
+        // What an earlier apply deferred goes first (the model takes entries in order).
+        self.read.borrow_mut().catch_up();
         let results = entries
             .iter()
             .map(|entry| self.apply_one(entry))
             .collect::<Result<Vec<_>, _>>();
         self.check_applied();
-        // Subscribers hear of what was applied (committed): on a follower too, at once.
+        // Subscribers hear of what was applied (committed): on a follower too, at once (or as
+        // soon as the read model has it).
         let applied = self.state.borrow().last_index();
         self.read.borrow_mut().notify(applied);
+        if self.defer_read_model {
+            let read = self.read.clone();
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(SUBMIT_TURN).await;
+                read.borrow_mut().catch_up();
+            })
+            .detach();
+        } else {
+            self.read.borrow_mut().catch_up();
+        }
         results
     }
 

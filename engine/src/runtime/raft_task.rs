@@ -83,7 +83,7 @@ use crate::model::TransferId;
 use crate::partition::PartitionId;
 use crate::raft::entry_record::{applied_log_index, log_index};
 use crate::raft::log_store::DiskSpace;
-use crate::raft::read_side::{rebuild_window, SharedReadSide};
+use crate::raft::read_side::{rebuild_window, ReadSide, SharedReadSide};
 use crate::raft::types::LogId;
 use crate::raft::{EntryData, NodeAddr, RaftLogStore, RaftPartition, WalletRaft};
 use crate::recovery::{log_dir, snapshot_dir};
@@ -305,6 +305,7 @@ impl RaftTask {
             ..Default::default()
         })
         .with_submit_turn()
+        .with_deferred_read_model()
         .with_give_up(space.give_up_flag());
         let state = sm.state();
         let read = sm.read_side();
@@ -990,10 +991,10 @@ async fn serve_reads(
                 // positions, and a point it has not reached is refused (`Ahead`), never
                 // answered wrongly. A leadership check would buy nothing a position does not.
                 Request::History { query, reply } => {
-                    let _ = reply.send(read_side.borrow().history(&query));
+                    let _ = reply.send(caught_up(&read_side).history(&query));
                 }
                 Request::BalanceAt { account, at, reply } => {
-                    let _ = reply.send(read_side.borrow().balance_at(account, at));
+                    let _ = reply.send(caught_up(&read_side).balance_at(account, at));
                 }
                 Request::Events {
                     from,
@@ -1001,13 +1002,13 @@ async fn serve_reads(
                     limit,
                     reply,
                 } => {
-                    let _ = reply.send(read_side.borrow().events_since(from, account, limit));
+                    let _ = reply.send(caught_up(&read_side).events_since(from, account, limit));
                 }
                 Request::Stats { digest, reply } => {
                     let state = state.borrow();
                     let mut stats =
                         stats(&raft, &state, &counters, &snapshots_written, &space, digest);
-                    read_side.borrow().fill_stats(&mut stats, &state);
+                    caught_up(&read_side).fill_stats(&mut stats, &state);
                     let _ = reply.send(stats);
                 }
                 Request::Snapshot { reply } => {
@@ -1055,6 +1056,14 @@ fn stats(
         digest: if digest { state_digest(state) } else { 0 },
         raft: Some(raft_status(&metrics)),
     }
+}
+
+/// The read side with everything applied fed to its model (it may lag by the entries of the
+/// last apply: `raft::read_side`).
+fn caught_up(read_side: &SharedReadSide) -> std::cell::RefMut<'_, ReadSide> {
+    let mut read = read_side.borrow_mut();
+    read.catch_up();
+    read
 }
 
 /// True when this node is the partition's only voter (nobody else can commit).
