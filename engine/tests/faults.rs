@@ -163,9 +163,29 @@ fn deposits() -> Vec<NewTransfer> {
 
 #[test]
 fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
+    full_disk_refuses_writes_keeps_reads_and_recovers(Replication::Local);
+}
+
+/// The same full disk in Raft mode (a one-voter cluster): the log store waits for space inside
+/// openraft's append instead of failing it (which would stop the partition's Raft for good).
+#[test]
+fn in_raft_mode_a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
+    full_disk_refuses_writes_keeps_reads_and_recovers(Replication::Raft);
+}
+
+fn full_disk_refuses_writes_keeps_reads_and_recovers(replication: Replication) {
+    let raft = replication == Replication::Raft;
     let dir = tempfile::tempdir().unwrap();
     let faults = Arc::new(FaultPlan::new());
-    let node = Node::start(config(dir.path(), &faults)).unwrap();
+    let mode_config = |faults: &Arc<FaultPlan>| {
+        let mut c = config(dir.path(), faults);
+        c.replication = replication;
+        if raft {
+            c.snapshot_daily_days = 0;
+        }
+        c
+    };
+    let node = Node::start(mode_config(&faults)).unwrap();
     open_accounts(&node);
     let mut acked = deposits();
     let before = transfers(1, 100);
@@ -177,7 +197,8 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
     faults.write_full_failures.store(u32::MAX, Ordering::SeqCst);
     let held_batch = transfers(1_000, 10);
     let mut held = submit(&node, &held_batch);
-    // Applied in memory but not durable: no answer at all (neither ok nor a refusal).
+    // Not durable (local: applied in memory; Raft: proposed): no answer at all, neither ok
+    // nor a refusal.
     assert_eq!(wait_reply(&mut held, Duration::from_millis(400)), None);
 
     // Later writes are refused outright, with the distinct code, and not applied.
@@ -198,15 +219,22 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
     );
     let lookup = block(node.lookup_transfers(0, vec![2_000])).unwrap();
     assert_eq!(lookup, vec![None], "a refused transfer was not applied");
+    if raft {
+        // Linearizable (this node is the only voter), and the proposed batch is not applied.
+        let lookup = block(node.lookup_transfers(0, vec![1_000])).unwrap();
+        assert_eq!(lookup, vec![None], "nothing uncommitted is visible");
+    }
 
     // Reads keep working.
     let balance = block(node.lookup_accounts(0, vec![100])).unwrap();
     assert!(balance[0].is_some());
     let stats = block(node.counters(0)).unwrap();
-    assert!(
-        stats.durable_index < stats.last_index,
-        "the held entry is not durable"
-    );
+    if !raft {
+        assert!(
+            stats.durable_index < stats.last_index,
+            "the held entry is not durable"
+        );
+    }
     assert!(stats.storage_full && !stats.storage_failed, "{stats:?}");
 
     // Space comes back: the held batch becomes durable and is acknowledged, writes resume
@@ -223,80 +251,14 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
     acked.extend(refused_batch);
     let stats = block(node.stats(0)).unwrap();
     assert_eq!(stats.durable_index, stats.last_index);
-    assert!(!stats.storage_full, "space came back: {stats:?}");
-    check_consistent(&node, &acked, &[]);
-    node.shutdown().unwrap();
-
-    let mut c = config(dir.path(), &faults);
-    c.faults = None;
-    let node = Node::start(c).unwrap();
-    assert_eq!(block(node.stats(0)).unwrap().digest, stats.digest);
-    check_consistent(&node, &acked, &[]);
-    node.shutdown().unwrap();
-}
-
-/// The same full disk in Raft mode (a one-voter cluster): the log store waits for space inside
-/// openraft's append instead of failing it (which would stop the partition's Raft for good).
-#[test]
-fn in_raft_mode_a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let faults = Arc::new(FaultPlan::new());
-    let raft_config = |faults: &Arc<FaultPlan>| {
-        let mut c = config(dir.path(), faults);
-        c.replication = Replication::Raft;
-        c.snapshot_daily_days = 0;
-        c
-    };
-    let node = Node::start(raft_config(&faults)).unwrap();
-    open_accounts(&node);
-    let mut acked = deposits();
-    let before = transfers(1, 100);
-    let results = block(node.create_transfers(&before)).unwrap();
-    assert!(results.iter().all(|c| *c == ResultCode::Ok));
-    acked.extend(before);
-
-    faults.write_full_failures.store(u32::MAX, Ordering::SeqCst);
-    let held_batch = transfers(1_000, 10);
-    let mut held = submit(&node, &held_batch);
-    // Proposed, but its entry is not durable: no answer at all (neither ok nor a refusal).
-    assert_eq!(wait_reply(&mut held, Duration::from_millis(400)), None);
-
-    // Later writes are refused outright with the distinct code, and never applied.
-    let refused_batch = transfers(2_000, 5);
-    let mut refused = submit(&node, &refused_batch);
-    let reply = wait_reply(&mut refused, Duration::from_secs(5)).expect("a prompt refusal");
-    assert_eq!(reply.results, vec![ResultCode::StorageFull; 5]);
-
-    // Reads keep working (linearizable: this node is the only voter), and see neither batch.
-    let lookup = block(node.lookup_transfers(0, vec![1_000, 2_000])).unwrap();
-    assert_eq!(
-        lookup,
-        vec![None, None],
-        "nothing unacknowledged is visible"
-    );
-    let balance = block(node.lookup_accounts(0, vec![100])).unwrap();
-    assert!(balance[0].is_some());
-    let stats = block(node.stats(0)).unwrap();
-    assert!(stats.storage_full && !stats.storage_failed, "{stats:?}");
-
-    // Space comes back: the held batch commits and is acknowledged, writes resume without a
-    // restart, and the refused batch can be retried with the same ids.
-    faults.write_full_failures.store(0, Ordering::SeqCst);
-    let reply = wait_reply(&mut held, Duration::from_secs(5)).expect("held batch answered");
     assert!(
-        reply.results.iter().all(|c| *c == ResultCode::Ok),
-        "{reply:?}"
+        !stats.storage_full && !stats.storage_failed,
+        "space came back: {stats:?}"
     );
-    acked.extend(held_batch);
-    let results = block(node.create_transfers(&refused_batch)).unwrap();
-    assert!(results.iter().all(|c| *c == ResultCode::Ok), "{results:?}");
-    acked.extend(refused_batch);
-    let stats = block(node.stats(0)).unwrap();
-    assert!(!stats.storage_full && !stats.storage_failed, "{stats:?}");
     check_consistent(&node, &acked, &[]);
     node.shutdown().unwrap();
 
-    let node = Node::start(raft_config(&Arc::new(FaultPlan::new()))).unwrap();
+    let node = Node::start(mode_config(&Arc::new(FaultPlan::new()))).unwrap();
     assert_eq!(block(node.stats(0)).unwrap().digest, stats.digest);
     check_consistent(&node, &acked, &[]);
     node.shutdown().unwrap();
