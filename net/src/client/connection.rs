@@ -144,6 +144,15 @@ impl Connection {
             .lock()
             .map_err(|_| ClientError::Disconnected("poisoned".into()))?
             .insert(id, (deadline, tx));
+        // The reader may have failed every pending request between the check above and the
+        // insert (it marks the connection dead first, then drains under the lock): then
+        // nobody would ever answer this one, and its caller would wait forever.
+        if !self.is_alive() {
+            if let Ok(mut p) = self.pending.lock() {
+                p.remove(&id);
+            }
+            return Err(ClientError::Disconnected("connection closed".into()));
+        }
         let mut frame = BytesMut::with_capacity(HEADER_BYTES + body.len());
         frame::encode_frame(&mut frame, operation as u8, flags, id, body);
         if self.outgoing.send_async(frame).await.is_err() {
