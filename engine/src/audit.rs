@@ -18,6 +18,14 @@ pub enum AuditError {
     NotADataDir(String),
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The replay would start below what the log still holds: a Raft log purges the entries
+    /// a snapshot covers, so only a replay from a snapshot at or after the purge point works.
+    #[error("partition {partition}: the replay must start at log entry {from}, but the log holds entries only from {first} on (purged after a snapshot); replay from a newer snapshot instead of from genesis, or pass an --until at or after that snapshot")]
+    Purged {
+        partition: u32,
+        from: u64,
+        first: u64,
+    },
     #[error("partition {partition}, log entry {index}: {reason}")]
     Apply {
         partition: u32,
@@ -203,7 +211,31 @@ fn replay_partition(
     let mut out = ApplyOutput::counting_events();
     let mut failure: Option<AuditError> = None;
     let mut past_until = false;
+    // Never a silent partial replay: the log must still hold the entry the state needs next
+    // (a Raft log purges what its snapshots cover), and the first record read must be it.
+    let first_unpurged = crate::log::raft_meta::load_raft_meta(&log_dir(&pdir))?
+        .unwrap_or_default()
+        .first_unpurged_index();
+    if first_unpurged > from {
+        return Err(AuditError::Purged {
+            partition,
+            from,
+            first: first_unpurged,
+        });
+    }
+    // Never a silent partial replay: the first record read must be the one the state needs.
+    let mut first_seen: Option<u64> = None;
     scan_log::<LogError>(&log_dir(&pdir), from, |record| {
+        if first_seen.is_none() {
+            first_seen = Some(record.header.index);
+            if record.header.index != from {
+                failure = Some(AuditError::Purged {
+                    partition,
+                    from,
+                    first: record.header.index,
+                });
+            }
+        }
         // Entries apply in index order, so the first entry past `until` ends the replay (a
         // later Raft blank or membership entry, stamped 0, must not be applied after a gap).
         // A command entry counts at the time it is applied at, which a Raft log may have

@@ -60,7 +60,7 @@ struct Args {
     #[arg(long)]
     read_model_history_per_account: Option<usize>,
     /// How partitions commit their log: `local` (default) or `raft` (each partition a
-    /// one-voter Raft cluster; no daily snapshots yet, see docs/RAFT_PLAN.md).
+    /// Raft group: alone a one-voter cluster, see docs/RAFT_PLAN.md).
     /// Fixed when the data dir is created. TOML: replication.
     #[arg(long)]
     replication: Option<engine::runtime::Replication>,
@@ -268,16 +268,11 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(v) = file.election_timeout_ms {
         engine.election_timeout_ms = v;
     }
-    // Raft mode has no daily snapshots yet: off unless asked for (and then refused by the
-    // engine's config check, with the reason). The read model works in both modes.
-    let raft = replication == Replication::Raft;
+    // Daily snapshots and the read model work in both modes.
     engine.read_model_history_per_account = args
         .read_model_history_per_account
         .or(file.read_model_history_per_account)
         .unwrap_or(READ_MODEL_HISTORY_DEFAULT);
-    if raft {
-        engine.snapshot_daily_days = 0;
-    }
     if let Some(v) = file.segment_bytes {
         engine.segment_bytes = v;
     }

@@ -206,9 +206,6 @@ impl EngineConfig {
                 "replication = \"raft\" does not support {what} yet (docs/RAFT_PLAN.md §10)"
             ))
         };
-        if self.snapshot_daily_days > 0 {
-            return refuse("daily snapshots: set snapshot_daily_days = 0");
-        }
         if self.repair {
             return refuse("--repair");
         }

@@ -88,7 +88,7 @@ use crate::raft::types::LogId;
 use crate::raft::{EntryData, NodeAddr, RaftLogStore, RaftPartition, WalletRaft};
 use crate::recovery::{log_dir, snapshot_dir};
 use crate::result_code::ResultCode;
-use crate::snapshot::SnapshotRetention;
+use crate::snapshot::{SnapshotRetention, DAY_NS};
 use crate::state_machine::PartitionState;
 use crate::tcc::{ArchivedTccMessage, TccMessage};
 use futures::channel::oneshot;
@@ -181,6 +181,11 @@ pub struct RaftTask {
     /// The smallest timestamp the next proposed entry may use: past every item of the entries
     /// proposed before it.
     next_timestamp: u64,
+    /// Keep daily snapshots (`snapshot_daily_days > 0`): ask openraft for one when the
+    /// applied log time enters a new UTC day (`daily_snapshot`).
+    daily_snapshots: bool,
+    /// The UTC day (of log time) of the last snapshot asked for, or of the state at start.
+    last_snapshot_day: u64,
     /// Reused encoding buffer.
     body: rkyv::util::AlignedVec<16>,
 }
@@ -301,7 +306,7 @@ impl RaftTask {
         )
         .map_err(|e| fail(e.to_string()))?
         .with_retention(SnapshotRetention {
-            daily_days: 0,
+            daily_days: config.snapshot_daily_days,
             ..Default::default()
         })
         .with_submit_turn()
@@ -370,6 +375,7 @@ impl RaftTask {
                 cluster.forward_tcc(partition, leader, addr, messages)
             })
         };
+        let last_snapshot_day = state.borrow().last_timestamp() / DAY_NS;
         Ok(RaftTask {
             raft,
             node_id,
@@ -387,6 +393,8 @@ impl RaftTask {
             tcc_try_timeout: Duration::from_millis(config.tcc_try_timeout_ms),
             clock: config.clock.clone(),
             next_timestamp,
+            daily_snapshots: config.snapshot_daily_days > 0,
+            last_snapshot_day,
             body: rkyv::util::AlignedVec::new(),
         })
     }
@@ -441,6 +449,7 @@ impl RaftTask {
                 Event::Tick => {}
             }
             self.finish_ready(&mut in_flight, &mut coordinator);
+            self.daily_snapshot().await;
             self.lead_changes(
                 &mut leading,
                 &mut last_resend,
@@ -546,6 +555,23 @@ impl RaftTask {
             tracing::error!(error = %e, "stopping the partition's Raft failed");
         }
         self.peers.clear();
+    }
+
+    /// Log time entered a new UTC day since the last snapshot: ask openraft for one, so each
+    /// day with entries has a starting point for audits and read models (`SnapshotRetention`
+    /// keeps the newest of each of the last `snapshot_daily_days` days, as in local mode).
+    /// Every node does it for itself, followers too: they apply the same entries.
+    async fn daily_snapshot(&mut self) {
+        if !self.daily_snapshots {
+            return;
+        }
+        let day = self.state.borrow().last_timestamp() / DAY_NS;
+        if day > self.last_snapshot_day {
+            self.last_snapshot_day = day;
+            if let Err(e) = self.raft.trigger().snapshot().await {
+                tracing::warn!(error = %e, "the daily snapshot was not started");
+            }
+        }
     }
 
     /// Leads the partition now (in a cluster, elected; alone, always after `open`).
