@@ -8,10 +8,14 @@
 //! has answered `Ok` once. `Init` is made on the node it is sent to, for every partition,
 //! with the node's configured `[[peers]]` and itself.
 //!
+//! `Elect` (`wallet cluster balance-leaders`) is not a membership change: the node it is sent
+//! to campaigns for leadership of the partitions listed, and answers per partition.
+//!
 //! Wire format (little-endian):
 //!
 //! ```text
 //! request  action u8 | reserved u8 × 7 | node_id u64 | u16 len + peer_addr | u16 len + client_addr
+//! Elect    action u8 = 6 | reserved u8 × 3 | count u32 | count × partition u32
 //! reply    count u32 | count × (partition u32 | outcome u8 | u16 len + message)
 //! ```
 
@@ -43,6 +47,12 @@ pub enum Action {
     Isolate = 4,
     /// Fault injection: undo every `Isolate`.
     HealAll = 5,
+    /// This node campaigns for leadership of the partitions listed (its own layout:
+    /// `encode_elect`; `ClusterRequest::Elect`). Answers `Ok` per partition once the campaign
+    /// started (or when this node leads it already: the message says which), `Failed` when
+    /// it cannot (not a voter of it, its Raft stopped, no such partition). Whether it won
+    /// shows in the partition map a moment later.
+    Elect = 6,
 }
 
 /// `ClusterChange::node_id` of an `Init` of every partition on the receiving node.
@@ -58,6 +68,16 @@ pub struct ClusterChange {
     pub peer_addr: String,
     /// `host:port` of the node's client listener; `AddNode` only.
     pub client_addr: String,
+}
+
+/// Any request of operation `ClusterChange`, as the server decodes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterRequest {
+    Change(ClusterChange),
+    /// `Action::Elect` of these partitions (at most `OUTCOMES_MAX`, no duplicates).
+    Elect {
+        partitions: Vec<u32>,
+    },
 }
 
 #[repr(u8)]
@@ -97,7 +117,13 @@ fn get_text(body: &mut &[u8]) -> Result<String, ProtocolError> {
     Ok(text)
 }
 
+/// Panics on `Action::Elect`, which has its own layout (`encode_elect`).
 pub fn encode_change(out: &mut BytesMut, change: &ClusterChange) {
+    assert_ne!(
+        change.action,
+        Action::Elect,
+        "Elect is encoded by encode_elect"
+    );
     out.put_u8(change.action as u8);
     out.put_slice(&[0; 7]);
     out.put_u64_le(change.node_id);
@@ -105,6 +131,47 @@ pub fn encode_change(out: &mut BytesMut, change: &ClusterChange) {
     put_text(out, &change.client_addr);
 }
 
+/// The body of an `Elect` of `partitions`. Panics past `OUTCOMES_MAX` partitions (a caller
+/// lists partitions of a map, which has no more).
+pub fn encode_elect(out: &mut BytesMut, partitions: &[u32]) {
+    assert!(partitions.len() <= OUTCOMES_MAX, "too many partitions");
+    out.put_u8(Action::Elect as u8);
+    out.put_slice(&[0; 3]);
+    out.put_u32_le(partitions.len() as u32);
+    for p in partitions {
+        out.put_u32_le(*p);
+    }
+}
+
+/// Decodes any `ClusterChange` request: an `Elect` or a change (`decode_change`).
+pub fn decode_request(body: &[u8]) -> Result<ClusterRequest, ProtocolError> {
+    if body.first() != Some(&(Action::Elect as u8)) {
+        return decode_change(body).map(ClusterRequest::Change);
+    }
+    let malformed = ProtocolError::MalformedBody;
+    let header = body.get(..8).ok_or(malformed)?;
+    if header[1..4] != [0; 3] {
+        return Err(malformed);
+    }
+    let count = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    let rest = &body[8..];
+    if count > OUTCOMES_MAX || rest.len() != count * 4 {
+        return Err(malformed);
+    }
+    let mut partitions: Vec<u32> = rest
+        .chunks_exact(4)
+        .map(|p| u32::from_le_bytes([p[0], p[1], p[2], p[3]]))
+        .collect();
+    let listed = partitions.len();
+    partitions.sort_unstable();
+    partitions.dedup();
+    if partitions.len() != listed {
+        return Err(malformed);
+    }
+    Ok(ClusterRequest::Elect { partitions })
+}
+
+/// Decodes a membership or fault-injection change (every action but `Elect`).
 pub fn decode_change(mut body: &[u8]) -> Result<ClusterChange, ProtocolError> {
     if body.remaining() < 16 {
         return Err(ProtocolError::MalformedBody);
@@ -230,5 +297,63 @@ mod tests {
         assert!(decode_change(&out[..10]).is_err(), "truncated");
         // A reply that claims more outcomes than it carries.
         assert!(decode_outcomes(&[255, 255, 255, 255, 0]).is_err());
+    }
+
+    #[test]
+    fn elect_round_trips_beside_the_changes() {
+        let mut out = BytesMut::new();
+        encode_elect(&mut out, &[0, 3, 2]);
+        assert_eq!(
+            decode_request(&out).unwrap(),
+            ClusterRequest::Elect {
+                partitions: vec![0, 2, 3]
+            }
+        );
+        assert!(decode_change(&out).is_err(), "not a membership change");
+        let change = ClusterChange {
+            action: Action::RemoveNode,
+            node_id: 3,
+            peer_addr: String::new(),
+            client_addr: String::new(),
+        };
+        let mut out = BytesMut::new();
+        encode_change(&mut out, &change);
+        assert_eq!(
+            decode_request(&out).unwrap(),
+            ClusterRequest::Change(change)
+        );
+    }
+
+    #[test]
+    fn hostile_elects_are_refused() {
+        let mut out = BytesMut::new();
+        encode_elect(&mut out, &[1, 2]);
+        for cut in 0..out.len() {
+            assert!(decode_request(&out[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = out.to_vec();
+        longer.push(0);
+        assert!(decode_request(&longer).is_err(), "trailing byte");
+        let mut bad = out.to_vec();
+        bad[2] = 1;
+        assert!(decode_request(&bad).is_err(), "reserved byte");
+        // A count far beyond the bytes (and beyond the bound) allocates nothing.
+        assert!(decode_request(&[6, 0, 0, 0, 255, 255, 255, 255]).is_err());
+        let mut dup = BytesMut::new();
+        encode_elect(&mut dup, &[4, 4]);
+        assert!(decode_request(&dup).is_err(), "a partition twice");
+    }
+
+    proptest::proptest! {
+        /// Garbage never panics the request decoder.
+        #[test]
+        fn hostile_requests_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let _ = decode_request(&bytes);
+            let mut elect = bytes.clone();
+            if let Some(first) = elect.first_mut() {
+                *first = Action::Elect as u8;
+            }
+            let _ = decode_request(&elect);
+        }
     }
 }

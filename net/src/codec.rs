@@ -943,6 +943,9 @@ mod tests {
             let _ = decode_subscribe(&body);
             let _ = decode_subscribe_reply(&body, 1);
             let _ = decode_push(&body, 1);
+            let _ = crate::raft_status::decode_request(&body);
+            let _ = crate::raft_status::decode_reply(&body);
+            let _ = crate::cluster_admin::decode_request(&body);
         }
 
         #[test]

@@ -13,6 +13,7 @@ pub mod frame;
 pub mod operation;
 pub mod partition_map;
 pub mod raft_link;
+pub mod raft_status;
 pub mod server;
 pub mod tls;
 

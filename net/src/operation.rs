@@ -27,6 +27,10 @@ pub enum Operation {
     /// Cluster administration: init, add or remove a node, link fault injection
     /// (`cluster_admin.rs`).
     ClusterChange = 26,
+    /// Each partition's Raft group as the answering node sees it: role, term, leader, log,
+    /// applied and commit indexes, and on the leader every member's matched index
+    /// (`raft_status.rs`).
+    RaftStatus = 27,
     /// Node link only (`raft_link`, its own listener): a batch of Raft messages of any
     /// partitions; its reply (REPLY flag, "RaftBatchReply") batches answers the same way.
     RaftBatch = 32,
@@ -49,6 +53,7 @@ impl Operation {
             24 => Operation::StateDigest,
             25 => Operation::PartitionMap,
             26 => Operation::ClusterChange,
+            27 => Operation::RaftStatus,
             32 => Operation::RaftBatch,
             _ => return None,
         })

@@ -42,9 +42,13 @@ fn decode_stream(mut bytes: &[u8]) -> (usize, bool) {
                 net::partition_map::decode_partition_map(body).map(|_| 1)
             }
             // The request, and the reply a client decodes.
-            Some(Operation::ClusterChange) => net::cluster_admin::decode_change(body)
+            Some(Operation::ClusterChange) => net::cluster_admin::decode_request(body)
                 .map(|_| 1)
                 .or_else(|_| net::cluster_admin::decode_outcomes(body).map(|o| o.len())),
+            // The request, and the reply a client decodes.
+            Some(Operation::RaftStatus) => net::raft_status::decode_request(body)
+                .map(|_| 1)
+                .or_else(|_| net::raft_status::decode_reply(body).map(|r| r.partitions.len())),
             Some(Operation::RaftBatch) => net::raft_link::decode_batch(body)
                 .map(|batch| {
                     batch

@@ -8,6 +8,9 @@
 //!   acknowledges nothing, the majority elects a leader and goes on, and after healing
 //!   nothing acknowledged is lost.
 //!
+//!   Then `wallet cluster status` shows each partition's commit index (at least every
+//!   acknowledged write's) and each follower's matched index, and `wallet cluster
+//!   balance-leaders` gives partition 0 back to its preferred node;
 //! - the cluster grows from 3 to 5 nodes and shrinks back to 3 under load (each new node
 //!   catches up as a learner before it votes).
 //!
@@ -26,6 +29,7 @@ use std::time::{Duration, Instant};
 use walletd_tests::cluster::{ClusterOptions, TestCluster};
 
 const WALLETD: &str = env!("CARGO_BIN_EXE_test-walletd");
+const WALLET: &str = env!("CARGO_BIN_EXE_test-wallet");
 const PARTITIONS: u32 = 2;
 const WALLETS_PER_PARTITION: usize = 20;
 const BATCH: usize = 200;
@@ -464,6 +468,106 @@ fn an_isolated_leader_acknowledges_nothing_and_loses_nothing() {
     cluster.converged_digest(Duration::from_secs(60));
     eprintln!("{load}");
     check_invariants(&cluster, &load.acknowledged, &load.existing);
+
+    // Partition 0 is led by another node than the one init gave it (its preferred node).
+    check_cluster_status(&cluster);
+    let preferred = leader; // init: partition 0 to the first node by id
+    assert_eq!(preferred, 1);
+    let addr = cluster.specs[0].client_addr.clone();
+    let started = Instant::now();
+    let (ok, out, err) = walletd_tests::run_cli(
+        WALLET,
+        &[
+            "--addr",
+            &addr,
+            "--json",
+            "cluster",
+            "balance-leaders",
+            "--timeout-secs",
+            "20",
+        ],
+    );
+    assert!(ok, "balance-leaders: {err} {out}");
+    eprintln!("balance-leaders in {:?}: {out}", started.elapsed());
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let p0 = &report["partitions"][0];
+    assert_eq!(p0["preferred"], preferred);
+    assert_ne!(p0["leader_before"], preferred, "{report}");
+    assert_eq!(p0["leader_after"], preferred, "{report}");
+    assert_eq!(report["unbalanced"], 0);
+    let map = cluster.wait_for_leaders(Duration::from_secs(10));
+    assert_eq!(map.partitions[0].leader, Some(preferred));
+    // The new leader takes writes; nothing acknowledged was lost.
+    let client = cluster.cluster_client();
+    for n in 31..=33 {
+        send_until_decided(&client, batch(n, seed), &mut load);
+    }
+    cluster.converged_digest(Duration::from_secs(60));
+    check_invariants(&cluster, &load.acknowledged, &load.existing);
+}
+
+/// `wallet cluster status --json`: every partition's leader answers with a commit index at
+/// or past everything it applied (every acknowledged write: a write is acknowledged after
+/// apply) and lists both followers with their matched index; with no load, they catch up to
+/// the leader's log (lag 0) within a few heartbeats.
+fn check_cluster_status(cluster: &TestCluster) {
+    let addr = cluster.specs[0].client_addr.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let map = cluster.wait_for_leaders(Duration::from_secs(10));
+        // What each leader applied before the status is asked: a floor for its commit index.
+        let applied: Vec<u64> = map
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(p, leader)| {
+                let i = (leader.leader.expect("a leader") - 1) as usize;
+                let status = cluster.client_of(i).status().expect("status");
+                status.partitions[p].last_index
+            })
+            .collect();
+        let (ok, out, err) =
+            walletd_tests::run_cli(WALLET, &["--addr", &addr, "--json", "cluster", "status"]);
+        assert!(ok, "cluster status: {err}");
+        let status: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let mut caught_up = true;
+        for (p, floor) in applied.iter().enumerate() {
+            let part = &status["partitions"][p];
+            // The fields that were there before stay.
+            for field in ["partition", "leader", "term", "replicas"] {
+                assert!(!part[field].is_null(), "{field} in {part}");
+            }
+            if part["leader"] != map.partitions[p].leader.expect("a leader") {
+                caught_up = false; // leadership moved meanwhile: ask again
+                continue;
+            }
+            let commit = part["commit_index"].as_u64().expect("commit index");
+            assert!(
+                commit >= *floor,
+                "partition {p}: commit {commit} < applied {floor}"
+            );
+            let leader_log = part["leader_last_log_index"].as_u64().expect("log index");
+            assert!(commit <= leader_log, "{part}");
+            let followers = part["followers"].as_array().expect("followers");
+            assert_eq!(followers.len(), 2, "{part}");
+            for f in followers {
+                assert_eq!(f["voter"], true);
+                let matched = f["matched_index"].as_u64().expect("matched index");
+                let lag = f["lag_entries"].as_u64().expect("lag");
+                assert_eq!(lag, leader_log - matched, "{f}");
+                caught_up &= lag == 0;
+            }
+        }
+        if caught_up {
+            eprintln!("cluster status: {out}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "followers did not catch up: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -135,9 +135,20 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ClusterCommand {
-    /// Per partition: leader and term from the partition map, and every node's durable log
-    /// index with its lag behind the leader.
+    /// Per partition: leader and term from the partition map, every node's durable log
+    /// index with its lag behind the leader, and from the leader itself the commit index and
+    /// each follower's matched index and lag (entries behind the leader's log).
     Status,
+    /// Move each partition's leadership back to its preferred node (partition p: the
+    /// (p % nodes)-th node in id order, as `init` spreads them) where a failover left another
+    /// node leading: the preferred node campaigns (and wins if its log is up to date). Waits
+    /// until every partition is led by its preferred node or the timeout passed; fails if one
+    /// is not. Reports per partition: preferred node, leader before, leader after.
+    BalanceLeaders {
+        /// How long to keep trying, in seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
+    },
     /// Make every partition of a fresh cluster a Raft group of the nodes in the `--addr`
     /// node's config (its [[peers]] and itself). Run once, after every node has started.
     /// Each partition is initialized on the node that should lead it first (partition p on
@@ -316,6 +327,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 change(Action::Isolate, node_id, String::new(), String::new()),
                 cli.json,
             ),
+            ClusterCommand::BalanceLeaders { timeout_secs } => {
+                let results = crate::wallet_cluster::balance_leaders(
+                    &config,
+                    std::time::Duration::from_secs(timeout_secs),
+                )?;
+                crate::wallet_cluster::report_balance(&results, cli.json)
+            }
             ClusterCommand::Heal => crate::wallet_cluster::change_here(
                 &config,
                 change(Action::HealAll, 0, String::new(), String::new()),

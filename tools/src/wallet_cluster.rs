@@ -3,11 +3,16 @@
 //! replica is behind its leader.
 //!
 //! The map comes from the node `--addr` names; every node it lists is then asked for its
-//! status. A node that does not answer is shown as such; the command fails only if the first
-//! node does not answer.
+//! status, and each partition's leader for its Raft view (`RaftStatus`: the commit index and
+//! how far each follower has replicated). A node that does not answer is shown as such; the
+//! command fails only if the first node does not answer.
+//!
+//! `wallet cluster balance-leaders` moves each partition's leadership back to its preferred
+//! node (the one `init` gave it first) after failovers left leaders bunched up.
 
 use net::cluster_admin::{ClusterChange, Outcome, PartitionOutcome};
 use net::partition_map::PartitionMap;
+use net::raft_status::{PartitionRaft, RaftStatusReply};
 use net::{Client, ClientConfig};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -18,6 +23,8 @@ struct NodeView {
     node_id: u64,
     addr: String,
     status: Result<net::client::Status, String>,
+    /// Its Raft view of every partition (asked of the nodes that lead one, per the map).
+    raft: Option<Result<RaftStatusReply, String>>,
 }
 
 pub fn status(config: &ClientConfig, as_json: bool) -> Result<(), String> {
@@ -31,12 +38,26 @@ pub fn status(config: &ClientConfig, as_json: bool) -> Result<(), String> {
                 addr: node.client_addr.clone(),
                 ..config.clone()
             })
-            .and_then(|client| client.status())
-            .map_err(|e| e.to_string());
+            .and_then(|client| {
+                let status = client.status()?;
+                Ok((client, status))
+            });
+            let leads = map
+                .partitions
+                .iter()
+                .any(|p| p.leader == Some(node.node_id));
+            let (status, raft) = match status {
+                Ok((client, status)) => {
+                    let raft = leads.then(|| client.raft_status().map_err(|e| e.to_string()));
+                    (Ok(status), raft)
+                }
+                Err(e) => (Err(e.to_string()), None),
+            };
             NodeView {
                 node_id: node.node_id,
                 addr: node.client_addr.clone(),
                 status,
+                raft,
             }
         })
         .collect();
@@ -209,6 +230,28 @@ fn lag(replicas: &[(u64, u64)], leader: Option<u64>, durable_index: u64) -> Opti
     Some(leader_index.saturating_sub(durable_index))
 }
 
+/// The leader's own Raft view of `partition` (per the map), if it answered and still leads
+/// (or is a node without replication, which leads everything).
+fn leader_view(views: &[NodeView], leader: Option<u64>, partition: u32) -> Option<&PartitionRaft> {
+    let leader = leader?;
+    let view = views.iter().find(|v| v.node_id == leader)?;
+    let reply = view.raft.as_ref()?.as_ref().ok()?;
+    reply.partitions.iter().find(|p| {
+        use net::raft_status::Role;
+        p.partition == partition && matches!(p.role, Role::Leader | Role::Standalone)
+    })
+}
+
+/// `(node id, voter, matched index, lag entries)` of every member but the leader, as the
+/// leader sees them.
+fn followers(view: &PartitionRaft) -> Vec<(u64, bool, Option<u64>, Option<u64>)> {
+    view.members
+        .iter()
+        .filter(|m| Some(m.node_id) != view.leader)
+        .map(|m| (m.node_id, m.voter, m.matched_index, view.lag_entries(m)))
+        .collect()
+}
+
 fn to_json(map: &PartitionMap, views: &[NodeView]) -> serde_json::Value {
     let nodes: Vec<_> = views
         .iter()
@@ -232,7 +275,21 @@ fn to_json(map: &PartitionMap, views: &[NodeView]) -> serde_json::Value {
                            "lag_entries": lag(&replicas, leader.leader, durable_index)})
                 })
                 .collect();
-            json!({"partition": p, "leader": leader.leader, "term": leader.term, "replicas": per_node})
+            let mut part = json!({"partition": p, "leader": leader.leader, "term": leader.term, "replicas": per_node});
+            // From the leader's own answer; null when it did not answer (or no longer leads).
+            let view = leader_view(views, leader.leader, p as u32);
+            part["commit_index"] = json!(view.map(|v| v.commit_index));
+            part["leader_last_log_index"] = json!(view.map(|v| v.last_log_index));
+            part["followers"] = json!(view.map(|v| {
+                followers(v)
+                    .into_iter()
+                    .map(|(node_id, voter, matched_index, lag_entries)| {
+                        json!({"node_id": node_id, "voter": voter,
+                               "matched_index": matched_index, "lag_entries": lag_entries})
+                    })
+                    .collect::<Vec<_>>()
+            }));
+            part
         })
         .collect();
     json!({"cluster_id": map.cluster_id, "nodes": nodes, "partitions": partitions})
@@ -267,12 +324,215 @@ fn print_human(map: &PartitionMap, views: &[NodeView]) {
             )
             .collect();
         println!("  partition {p}: {led}; {}", each.join(", "));
+        match leader_view(views, leader.leader, p as u32) {
+            Some(view) => {
+                let each: Vec<String> = followers(view)
+                    .into_iter()
+                    .map(|(node, voter, matched, lag)| {
+                        let kind = if voter { "" } else { " (learner)" };
+                        match (matched, lag) {
+                            (Some(m), Some(lag)) => {
+                                format!("node {node}{kind} matched {m} (lag {lag})")
+                            }
+                            _ => format!("node {node}{kind} matched unknown"),
+                        }
+                    })
+                    .collect();
+                println!(
+                    "    commit index {}, leader log at {}; followers: {}",
+                    view.commit_index,
+                    view.last_log_index,
+                    if each.is_empty() {
+                        "none".to_string()
+                    } else {
+                        each.join(", ")
+                    }
+                );
+            }
+            None if leader.leader.is_some() => {
+                println!("    commit index unknown (the leader did not answer RaftStatus)")
+            }
+            None => {}
+        }
     }
+}
+
+/// How often `balance-leaders` asks a preferred node again to campaign: a campaign can lose
+/// (a voter still hearing from the current leader refuses any candidate for a leader lease,
+/// twice the election timeout), and each new try costs the group an election.
+const ELECT_AGAIN: Duration = Duration::from_secs(3);
+
+/// Partition `p`'s preferred node: the `p % n`-th of the map's nodes in id order, as `init`
+/// spreads them (`cluster_admin::INIT_SHARE`).
+pub fn preferred_leader(map: &PartitionMap, partition: u32) -> Option<u64> {
+    let mut ids: Vec<u64> = map.nodes.iter().map(|n| n.node_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return None;
+    }
+    Some(ids[partition as usize % ids.len()])
+}
+
+/// One partition's result of `balance-leaders`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rebalanced {
+    pub partition: u32,
+    pub preferred: Option<u64>,
+    pub leader_before: Option<u64>,
+    pub leader_after: Option<u64>,
+    /// The last thing the preferred node said, or why it could not be asked.
+    pub message: String,
+}
+
+/// `cluster balance-leaders`: asks each partition's preferred node to campaign where another
+/// node leads, again every `ELECT_AGAIN` while it has not won, until every partition is led
+/// by its preferred node or `timeout` passed. Returns every partition's result (an error
+/// only if no map could be had at all).
+pub fn balance_leaders(
+    config: &ClientConfig,
+    timeout: Duration,
+) -> Result<Vec<Rebalanced>, String> {
+    let first = Client::connect(config.clone()).map_err(|e| e.to_string())?;
+    let before = first.partition_map().map_err(|e| e.to_string())?;
+    let mut results: Vec<Rebalanced> = (0..before.partition_count())
+        .map(|p| Rebalanced {
+            partition: p,
+            preferred: preferred_leader(&before, p),
+            leader_before: before.partitions[p as usize].leader,
+            leader_after: before.partitions[p as usize].leader,
+            message: String::new(),
+        })
+        .collect();
+    let deadline = Instant::now() + timeout;
+    let mut asked: BTreeMap<u32, Instant> = BTreeMap::new();
+    loop {
+        // The first node's view; a moment behind a fresh election, which the next round sees.
+        if let Ok(map) = first.partition_map() {
+            for r in results.iter_mut() {
+                r.leader_after = map
+                    .partitions
+                    .get(r.partition as usize)
+                    .and_then(|p| p.leader);
+            }
+        }
+        let pending: Vec<&Rebalanced> = results
+            .iter()
+            .filter(|r| r.preferred.is_some() && r.leader_after != r.preferred)
+            .collect();
+        if pending.is_empty() || Instant::now() >= deadline {
+            return Ok(results);
+        }
+        // Per preferred node, its partitions not asked within ELECT_AGAIN.
+        let mut by_node: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+        for r in pending {
+            let due = asked
+                .get(&r.partition)
+                .is_none_or(|at| at.elapsed() >= ELECT_AGAIN);
+            if let (Some(node), true) = (r.preferred, due) {
+                by_node.entry(node).or_default().push(r.partition);
+            }
+        }
+        for (node, partitions) in by_node {
+            let now = Instant::now();
+            for p in &partitions {
+                asked.insert(*p, now);
+            }
+            let addr = before
+                .nodes
+                .iter()
+                .find(|n| n.node_id == node)
+                .map(|n| n.client_addr.clone())
+                .unwrap_or_default();
+            let outcome = Client::connect(ClientConfig {
+                addr,
+                timeout_ms: 5_000,
+                retries: 0,
+                ..config.clone()
+            })
+            .and_then(|c| c.elect(&partitions));
+            for p in &partitions {
+                let message = match &outcome {
+                    Ok(outcomes) => outcomes
+                        .iter()
+                        .find(|o| o.partition == *p)
+                        .map_or("no answer for it".to_string(), |o| o.message.clone()),
+                    Err(e) => format!("node {node} did not answer: {e}"),
+                };
+                results[*p as usize].message = message;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Prints `balance-leaders`' results; an error if a partition is not led by its preferred
+/// node in the end.
+pub fn report_balance(results: &[Rebalanced], as_json: bool) -> Result<(), String> {
+    let unbalanced = results
+        .iter()
+        .filter(|r| r.leader_after != r.preferred)
+        .count();
+    let moved = results
+        .iter()
+        .filter(|r| r.leader_before != r.leader_after && r.leader_after == r.preferred)
+        .count();
+    if as_json {
+        let parts: Vec<_> = results
+            .iter()
+            .map(|r| {
+                json!({"partition": r.partition, "preferred": r.preferred,
+                       "leader_before": r.leader_before, "leader_after": r.leader_after,
+                       "balanced": r.leader_after == r.preferred, "message": r.message})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"partitions": parts, "moved": moved, "unbalanced": unbalanced})
+        );
+    } else {
+        let node = |id: Option<u64>| id.map_or("none".to_string(), |id| format!("node {id}"));
+        for r in results {
+            let state = if r.leader_after != r.preferred {
+                format!("NOT BALANCED {}", r.message)
+            } else if r.leader_before != r.leader_after {
+                "moved".to_string()
+            } else {
+                "already".to_string()
+            };
+            println!(
+                "partition {}: preferred {}, leader before {}, after {}: {state}",
+                r.partition,
+                node(r.preferred),
+                node(r.leader_before),
+                node(r.leader_after)
+            );
+        }
+    }
+    if unbalanced > 0 {
+        return Err(format!(
+            "{unbalanced} partition(s) still led by another node than their preferred one"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preferred_leaders_spread_as_init_does() {
+        let mut map = net::partition_map::PartitionMap::single_node(0, 3, "c".into(), 4);
+        for id in [1, 2] {
+            map.nodes.push(net::partition_map::MapNode {
+                node_id: id,
+                client_addr: format!("n{id}"),
+            });
+        }
+        let preferred: Vec<_> = (0..4).map(|p| preferred_leader(&map, p)).collect();
+        assert_eq!(preferred, [Some(1), Some(2), Some(3), Some(1)]);
+    }
 
     #[test]
     fn lag_is_measured_against_the_leader_only() {

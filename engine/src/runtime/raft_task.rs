@@ -72,8 +72,8 @@ use super::config::{Clock, EngineConfig};
 use super::coordinator::Coordinator;
 use super::node::StartError;
 use super::request::{
-    self, fill_group, BatchReply, MembershipChange, PartitionStats, RaftMember, RaftStatus,
-    ReadFrom, Request,
+    self, fill_group, BatchReply, MembershipChange, PartitionStats, RaftMember, RaftRole,
+    RaftStatus, ReadFrom, Request,
 };
 use super::timing::GroupTiming;
 use crate::command::{ArchivedNewAccount, ArchivedNewTransfer, CommandBatch, BATCH_ITEMS_MAX};
@@ -926,6 +926,8 @@ async fn change_membership(
             .await
             .map(|_| ())
             .map_err(|e| e.to_string()),
+        // Returns once the campaign started; a leader ignores it (openraft).
+        MembershipChange::Elect => raft.trigger().elect().await.map_err(|e| e.to_string()),
     };
     let _ = reply.send(outcome);
 }
@@ -1112,6 +1114,34 @@ fn raft_status(metrics: &openraft::RaftMetrics<u64, NodeAddr>) -> RaftStatus {
             .unwrap_or(0)
     });
     let membership = metrics.membership_config.membership();
+    let role = match metrics.state {
+        openraft::ServerState::Learner => RaftRole::Learner,
+        openraft::ServerState::Follower => RaftRole::Follower,
+        openraft::ServerState::Candidate => RaftRole::Candidate,
+        openraft::ServerState::Leader => RaftRole::Leader,
+        openraft::ServerState::Shutdown => RaftRole::Shutdown,
+    };
+    let applied_index = metrics.last_applied.map_or(0, |id| log_index(id.index));
+    // Only a leader has `replication` (every member's matched log id, itself included). Its
+    // own entry is what it flushed; its last log index is what it appended, durable once
+    // appended here (in 0.9), so that counts for itself.
+    let commit_index = match &metrics.replication {
+        Some(matched) if role == RaftRole::Leader => {
+            let majority = request::commit_index(membership.get_joint_config(), |id| {
+                if id == metrics.id {
+                    last_log_index
+                } else {
+                    matched
+                        .get(&id)
+                        .and_then(|m| m.as_ref())
+                        .map_or(0, |m| log_index(m.index))
+                }
+            });
+            // Applied means committed: metrics sampled a moment apart never say less.
+            majority.max(applied_index)
+        }
+        _ => applied_index,
+    };
     let members = membership
         .nodes()
         .map(|(id, addr)| RaftMember {
@@ -1127,10 +1157,12 @@ fn raft_status(metrics: &openraft::RaftMetrics<u64, NodeAddr>) -> RaftStatus {
         .collect();
     RaftStatus {
         term: metrics.current_term,
-        is_leader: metrics.state == openraft::ServerState::Leader,
+        is_leader: role == RaftRole::Leader,
+        role,
         leader: metrics.current_leader,
         last_log_index,
-        applied_index: metrics.last_applied.map_or(0, |id| log_index(id.index)),
+        applied_index,
+        commit_index,
         follower_lag_max,
         members,
     }

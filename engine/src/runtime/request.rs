@@ -67,16 +67,67 @@ pub struct RaftStatus {
     pub term: u64,
     /// This node leads the group now.
     pub is_leader: bool,
+    /// This node's part in the group (`Leader` exactly when `is_leader`).
+    pub role: RaftRole,
     /// The last entry in this node's log (durable).
     pub last_log_index: u64,
     /// The last entry applied to the state.
     pub applied_index: u64,
+    /// On the leader: the highest log index a majority of the voters hold (`commit_index`
+    /// below), never below `applied_index`. Elsewhere a node does not know the group's commit
+    /// index (openraft 0.9's metrics have none): it reports its `applied_index`, which is
+    /// committed for sure and at most a heartbeat behind the leader's commit index.
+    pub commit_index: u64,
     /// On a leader: the most entries any follower is behind its log (0 with no followers).
     pub follower_lag_max: u64,
     /// The node this node believes leads the group (itself when `is_leader`).
     pub leader: Option<u64>,
     /// The group's members as this node's log has them (a single node: itself).
     pub members: Vec<RaftMember>,
+}
+
+/// A node's part in a partition's Raft group (openraft's `ServerState`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RaftRole {
+    /// Receives the log but does not vote (a node being added catches up as one).
+    Learner,
+    #[default]
+    Follower,
+    /// Campaigning for leadership (an election is running).
+    Candidate,
+    Leader,
+    /// The partition's Raft stopped (a storage failure, or shutting down).
+    Shutdown,
+}
+
+/// The highest log index that a majority of each voter configuration holds, given
+/// `matched(node)`: the last log index known to be on each voter (the leader counts its own
+/// last log index). With a joint configuration (during a membership change, old and new
+/// voter sets) an entry is committed only when it is on a majority of both, hence the
+/// minimum over the configurations. Learners are in no configuration, so they never count.
+/// No voters at all: 0.
+///
+/// This is what the leader's commit index converges to: openraft commits the same point
+/// from the same matched indexes, except right after an election, when it waits until an
+/// entry of the new term is on a majority (the blank entry every new leader appends) before
+/// it counts older entries as committed; a status answer may be that one round trip ahead.
+pub fn commit_index<'a>(
+    configs: impl IntoIterator<Item = &'a std::collections::BTreeSet<u64>>,
+    matched: impl Fn(u64) -> u64,
+) -> u64 {
+    let mut lowest: Option<u64> = None;
+    for voters in configs {
+        if voters.is_empty() {
+            continue;
+        }
+        let mut indexes: Vec<u64> = voters.iter().map(|&id| matched(id)).collect();
+        // Descending: the entry at position n/2 is held by n/2 + 1 voters, a majority, and
+        // no higher index is.
+        indexes.sort_unstable_by(|a, b| b.cmp(a));
+        let majority = indexes[indexes.len() / 2];
+        lowest = Some(lowest.map_or(majority, |l| l.min(majority)));
+    }
+    lowest.unwrap_or(0)
 }
 
 /// One member of a partition's Raft group, as `RaftStatus` reports it.
@@ -116,6 +167,11 @@ pub enum MembershipChange {
     AddVoter(u64, crate::raft::NodeAddr),
     /// Remove a voter (or learner).
     Remove(u64),
+    /// Campaign for leadership now (`cluster balance-leaders`). `Ok` means the campaign
+    /// started (or this node leads already), not that it won: voters refuse a candidate whose
+    /// log is behind theirs, and a follower that still hears its leader refuses any candidate
+    /// (openraft's leader lease). A lost campaign is harmless: at most a term passes.
+    Elect,
 }
 
 pub enum Request {
@@ -206,5 +262,66 @@ pub(super) fn fill_group(
             }
             Err(_) => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::commit_index;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn voters(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    fn matched(indexes: &[(u64, u64)]) -> impl Fn(u64) -> u64 {
+        let map: BTreeMap<u64, u64> = indexes.iter().copied().collect();
+        move |id| map.get(&id).copied().unwrap_or(0)
+    }
+
+    #[test]
+    fn commit_index_is_what_a_majority_of_an_odd_number_of_voters_holds() {
+        let three = [voters(&[1, 2, 3])];
+        assert_eq!(commit_index(&three, matched(&[(1, 10), (2, 7), (3, 4)])), 7);
+        assert_eq!(
+            commit_index(&three, matched(&[(1, 10), (2, 10), (3, 0)])),
+            10
+        );
+        assert_eq!(
+            commit_index(&three, matched(&[(1, 10)])),
+            0,
+            "alone: nothing"
+        );
+        let five = [voters(&[1, 2, 3, 4, 5])];
+        let m = matched(&[(1, 50), (2, 40), (3, 30), (4, 20), (5, 10)]);
+        assert_eq!(commit_index(&five, m), 30);
+        let one = [voters(&[1])];
+        assert_eq!(commit_index(&one, matched(&[(1, 9)])), 9, "a single voter");
+    }
+
+    #[test]
+    fn commit_index_of_an_even_number_of_voters_needs_more_than_half() {
+        // Four voters: a majority is three.
+        let four = [voters(&[1, 2, 3, 4])];
+        assert_eq!(
+            commit_index(&four, matched(&[(1, 40), (2, 30), (3, 20), (4, 10)])),
+            20
+        );
+        let two = [voters(&[1, 2])];
+        assert_eq!(commit_index(&two, matched(&[(1, 8), (2, 5)])), 5, "both");
+    }
+
+    #[test]
+    fn learners_never_count_and_joint_configs_need_both_majorities() {
+        // Node 4 and 5 are learners far ahead of nothing: they are in no configuration.
+        let three = [voters(&[1, 2, 3])];
+        let m = matched(&[(1, 10), (2, 3), (3, 2), (4, 10), (5, 10)]);
+        assert_eq!(commit_index(&three, m), 3);
+        // Joint {1,2,3} + {3,4,5}: 10 is on a majority of the old set only.
+        let joint = [voters(&[1, 2, 3]), voters(&[3, 4, 5])];
+        let m = matched(&[(1, 10), (2, 10), (3, 4), (4, 6), (5, 2)]);
+        assert_eq!(commit_index(&joint, m), 4);
+        assert_eq!(commit_index(&[], matched(&[])), 0, "no voters");
+        assert_eq!(commit_index(&[BTreeSet::new()], matched(&[])), 0);
     }
 }

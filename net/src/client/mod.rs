@@ -381,6 +381,47 @@ impl Client {
         decode_partition_map(&reply.body).map_err(|_| ClientError::BadReply)
     }
 
+    /// Every partition's Raft group as this node sees it (`raft_status.rs`): on the leader of
+    /// a partition, its commit index and every member's matched index. Asks again from where
+    /// an answer stopped until it has every partition (an answer holds what fits a frame).
+    pub async fn raft_status_async(
+        &self,
+    ) -> Result<crate::raft_status::RaftStatusReply, ClientError> {
+        use crate::raft_status::{decode_reply, encode_request, REQUEST_BYTES};
+        let mut all: Option<crate::raft_status::RaftStatusReply> = None;
+        loop {
+            let first = all
+                .as_ref()
+                .and_then(|a| a.partitions.last())
+                .map_or(0, |p| p.partition + 1);
+            let mut body = BytesMut::with_capacity(REQUEST_BYTES);
+            encode_request(&mut body, first);
+            let reply = self.call(Operation::RaftStatus, &body).await?;
+            let page = decode_reply(&reply.body).map_err(|_| ClientError::BadReply)?;
+            // Each page must start at `first` or later and carry something, or the loop
+            // would never end.
+            if page.partitions.first().is_some_and(|p| p.partition < first) {
+                return Err(ClientError::BadReply);
+            }
+            let done = page
+                .partitions
+                .last()
+                .is_none_or(|p| p.partition + 1 >= page.partition_total);
+            match &mut all {
+                None => all = Some(page),
+                Some(a) => {
+                    if a.partition_total != page.partition_total || a.node_id != page.node_id {
+                        return Err(ClientError::BadReply);
+                    }
+                    a.partitions.extend(page.partitions);
+                }
+            }
+            if done {
+                return all.ok_or(ClientError::BadReply);
+            }
+        }
+    }
+
     pub async fn ping_async(&self) -> Result<(), ClientError> {
         self.call(Operation::Ping, &[]).await.map(|_| ())
     }
@@ -433,6 +474,22 @@ impl Client {
     ) -> Result<Vec<crate::cluster_admin::PartitionOutcome>, ClientError> {
         let mut body = BytesMut::new();
         crate::cluster_admin::encode_change(&mut body, change);
+        let reply = futures::executor::block_on(self.call(Operation::ClusterChange, &body))?;
+        crate::cluster_admin::decode_outcomes(&reply.body).map_err(|_| ClientError::BadReply)
+    }
+
+    pub fn raft_status(&self) -> Result<crate::raft_status::RaftStatusReply, ClientError> {
+        futures::executor::block_on(self.raft_status_async())
+    }
+
+    /// Makes this node campaign for leadership of `partitions` (`cluster_admin::Action::Elect`)
+    /// and returns each partition's outcome (`Ok`: the campaign started, or it leads already).
+    pub fn elect(
+        &self,
+        partitions: &[u32],
+    ) -> Result<Vec<crate::cluster_admin::PartitionOutcome>, ClientError> {
+        let mut body = BytesMut::new();
+        crate::cluster_admin::encode_elect(&mut body, partitions);
         let reply = futures::executor::block_on(self.call(Operation::ClusterChange, &body))?;
         crate::cluster_admin::decode_outcomes(&reply.body).map_err(|_| ClientError::BadReply)
     }

@@ -52,6 +52,7 @@ pub(crate) async fn apply(
             return Ok(Vec::new());
         }
         Action::Init | Action::AddNode | Action::RemoveNode => {}
+        Action::Elect => return Err("Elect has its own request layout".into()),
     }
     let added = match change.action {
         Action::AddNode => Some(
@@ -121,6 +122,47 @@ pub(crate) async fn apply(
             Err(e) => (Outcome::Failed, e.to_string()),
         };
         tracing::info!(partition = p, action = ?change.action, node = change.node_id, ?outcome, %message, "cluster change");
+        outcomes.push(PartitionOutcome {
+            partition: p,
+            outcome,
+            message,
+        });
+    }
+    Ok(outcomes)
+}
+
+/// `Elect`: this node campaigns for leadership of each partition listed (`balance-leaders`
+/// sends it to a partition's preferred node). Answers once each campaign started; whether it
+/// won shows in the partition map a moment later. Partitions this node leads already answer
+/// `Ok` without a campaign (openraft ignores it on a leader anyway).
+pub(crate) async fn elect(
+    ctx: &CoreContext,
+    partitions: &[u32],
+) -> Result<Vec<PartitionOutcome>, String> {
+    setup(ctx)?;
+    let node = &ctx.node;
+    let me = ctx.config.node_id;
+    let mut outcomes = Vec::with_capacity(partitions.len());
+    for &p in partitions {
+        let (outcome, message) = if p >= node.partition_count() {
+            (Outcome::Failed, format!("no partition {p} on this node"))
+        } else {
+            match node.counters(p).await.ok().and_then(|s| s.raft) {
+                None => (Outcome::Failed, "the partition does not answer".to_string()),
+                Some(raft) if raft.is_leader => (Outcome::Ok, "leads already".to_string()),
+                // A learner's campaign would be ignored: say so instead of "started".
+                Some(raft) if !raft.members.iter().any(|m| m.node_id == me && m.voter) => (
+                    Outcome::Failed,
+                    "this node is not a voter of it".to_string(),
+                ),
+                Some(_) => match node.change_membership(p, MembershipChange::Elect).await {
+                    Ok(Ok(())) => (Outcome::Ok, "campaign started".to_string()),
+                    Ok(Err(e)) => (Outcome::Failed, e),
+                    Err(e) => (Outcome::Failed, e.to_string()),
+                },
+            }
+        };
+        tracing::info!(partition = p, ?outcome, %message, "elect");
         outcomes.push(PartitionOutcome {
             partition: p,
             outcome,

@@ -96,12 +96,23 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8], read: ReadFrom) -> Answe
             crate::partition_map::encode_partition_map(&mut out, &map);
         }
         Operation::ClusterChange => {
-            let change = crate::cluster_admin::decode_change(body)
+            let request = crate::cluster_admin::decode_request(body)
                 .map_err(|e| (e, "a malformed cluster change".into()))?;
-            let outcomes = super::cluster_change::apply(ctx, change)
-                .await
-                .map_err(|m| (ProtocolError::MalformedBody, m))?;
+            let outcomes = match request {
+                crate::cluster_admin::ClusterRequest::Change(change) => {
+                    super::cluster_change::apply(ctx, change).await
+                }
+                crate::cluster_admin::ClusterRequest::Elect { partitions } => {
+                    super::cluster_change::elect(ctx, &partitions).await
+                }
+            }
+            .map_err(|m| (ProtocolError::MalformedBody, m))?;
             crate::cluster_admin::encode_outcomes(&mut out, &outcomes);
+        }
+        Operation::RaftStatus => {
+            let (version, first) = crate::raft_status::decode_request(body).map_err(malformed)?;
+            let reply = raft_status(ctx, version, first).await;
+            crate::raft_status::encode_reply(&mut out, &reply);
         }
         Operation::StateDigest => {
             let node = &ctx.node;
@@ -212,6 +223,92 @@ fn decode_all<T>(
         )
     })?;
     Ok(records.map(decode).collect())
+}
+
+/// `RaftStatus` from partition `first` on, as many partitions as fit a reply body (the
+/// client asks again from where it stopped). Cheap: counters only, no state digest.
+async fn raft_status(
+    ctx: &CoreContext,
+    version: u8,
+    first: u32,
+) -> crate::raft_status::RaftStatusReply {
+    use crate::raft_status::{Member, PartitionRaft, Role, MEMBERS_MAX};
+    use engine::runtime::RaftRole;
+    let node = &ctx.node;
+    let total = node.partition_count();
+    let mut partitions = Vec::new();
+    let mut used = crate::raft_status::REPLY_HEADER_BYTES;
+    for p in first.min(total)..total {
+        let answer = match node.counters(p).await {
+            Ok(stats) => match stats.raft {
+                Some(raft) => PartitionRaft {
+                    partition: p,
+                    role: match raft.role {
+                        RaftRole::Learner => Role::Learner,
+                        RaftRole::Follower => Role::Follower,
+                        RaftRole::Candidate => Role::Candidate,
+                        RaftRole::Leader => Role::Leader,
+                        RaftRole::Shutdown => Role::Shutdown,
+                    },
+                    term: raft.term,
+                    leader: raft.leader,
+                    last_log_index: raft.last_log_index,
+                    applied_index: raft.applied_index,
+                    commit_index: raft.commit_index,
+                    members: raft
+                        .members
+                        .iter()
+                        .take(MEMBERS_MAX)
+                        .map(|m| Member {
+                            node_id: m.node_id,
+                            voter: m.voter,
+                            matched_index: if m.node_id == ctx.config.node_id && raft.is_leader {
+                                // The leader's own log counts for itself (as in the commit
+                                // index), not the flushed point openraft last reported.
+                                Some(raft.last_log_index)
+                            } else {
+                                m.matched_index
+                            },
+                        })
+                        .collect(),
+                },
+                // No replication: this node alone decides; what is durable is committed.
+                None => PartitionRaft {
+                    partition: p,
+                    role: Role::Standalone,
+                    term: 0,
+                    leader: Some(ctx.config.node_id),
+                    last_log_index: stats.durable_index,
+                    applied_index: stats.last_index,
+                    commit_index: stats.durable_index,
+                    members: Vec::new(),
+                },
+            },
+            // The partition does not answer (stopped).
+            Err(_) => PartitionRaft {
+                partition: p,
+                role: Role::Shutdown,
+                term: 0,
+                leader: None,
+                last_log_index: 0,
+                applied_index: 0,
+                commit_index: 0,
+                members: Vec::new(),
+            },
+        };
+        used += crate::raft_status::PARTITION_BYTES
+            + answer.members.len() * crate::raft_status::MEMBER_BYTES;
+        if used > frame::BODY_BYTES_MAX || partitions.len() >= crate::raft_status::PARTITIONS_MAX {
+            break;
+        }
+        partitions.push(answer);
+    }
+    crate::raft_status::RaftStatusReply {
+        version,
+        node_id: ctx.config.node_id,
+        partition_total: total,
+        partitions,
+    }
 }
 
 /// The partition map as this node knows it. Without replication (or a cluster of one) this
