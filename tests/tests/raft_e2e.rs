@@ -92,6 +92,8 @@ fn walletd_in_raft_mode_keeps_every_acknowledged_transfer_across_a_crash() {
         assert!(value("walletd_raft_term", p) >= 1);
         let last = value("walletd_raft_last_log_index", p);
         assert!(last > 1 && value("walletd_raft_applied_index", p) == last);
+        // One voter: everything in its log is committed.
+        assert_eq!(value("walletd_raft_commit_index", p), last);
         assert_eq!(value("walletd_raft_follower_lag_max_entries", p), 0);
     }
     drop(client);

@@ -192,6 +192,12 @@ pub fn render(node: &Node) -> Result<String, String> {
             &|s| raft(s).applied_index,
         );
         family(
+            "walletd_raft_commit_index",
+            "gauge",
+            "On a leader: the highest log index a majority of the voters hold; elsewhere the applied index (log index).",
+            &|s| raft(s).commit_index,
+        );
+        family(
             "walletd_raft_follower_lag_max_entries",
             "gauge",
             "On a leader: the most entries any follower is behind its log (0 without followers).",
