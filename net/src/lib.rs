@@ -16,6 +16,7 @@ pub mod raft_link;
 pub mod raft_status;
 pub mod server;
 pub mod tls;
+pub mod totals;
 
 pub use client::{Client, ClientConfig, ClientError, ClusterClient};
 pub use operation::{Operation, ProtocolError};

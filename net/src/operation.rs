@@ -31,6 +31,8 @@ pub enum Operation {
     /// applied and commit indexes, and on the leader every member's matched index
     /// (`raft_status.rs`).
     RaftStatus = 27,
+    /// Read model: money per currency in every partition (`totals.rs`).
+    GetTotals = 28,
     /// Node link only (`raft_link`, its own listener): a batch of Raft messages of any
     /// partitions; its reply (REPLY flag, "RaftBatchReply") batches answers the same way.
     RaftBatch = 32,
@@ -54,6 +56,7 @@ impl Operation {
             25 => Operation::PartitionMap,
             26 => Operation::ClusterChange,
             27 => Operation::RaftStatus,
+            28 => Operation::GetTotals,
             32 => Operation::RaftBatch,
             _ => return None,
         })

@@ -49,6 +49,8 @@ fn decode_stream(mut bytes: &[u8]) -> (usize, bool) {
             Some(Operation::RaftStatus) => net::raft_status::decode_request(body)
                 .map(|_| 1)
                 .or_else(|_| net::raft_status::decode_reply(body).map(|r| r.partitions.len())),
+            // The request is empty; a client decodes the reply.
+            Some(Operation::GetTotals) => net::totals::decode_totals_reply(body).map(|p| p.len()),
             Some(Operation::RaftBatch) => net::raft_link::decode_batch(body)
                 .map(|batch| {
                     batch

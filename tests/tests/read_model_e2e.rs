@@ -195,3 +195,106 @@ fn history_and_balance_at_through_cli_and_client_survive_a_crash_and_a_clean_res
     assert_eq!(after_clean["entries"], history["entries"]);
     assert_eq!(json(&addr, &["balance", "2", "--at", &at])["balance"], 750);
 }
+
+/// `wallet totals`: every partition's money per currency equals the sum of `balance + held`
+/// over its accounts, and all partitions together hold zero (the issuer runs negative), with
+/// transfers inside and across partitions.
+#[test]
+fn totals_per_partition_match_the_accounts_and_sum_to_zero() {
+    const PARTITIONS: u32 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        std::path::Path::new(WALLETD),
+        dir.path(),
+        &["--partitions", &PARTITIONS.to_string()],
+    );
+    let addr = server.addr.clone();
+    let client = Client::connect(ClientConfig::new(addr.clone())).unwrap();
+    let ids: Vec<u128> = (1..=8).collect();
+    let accounts: Vec<_> = ids
+        .iter()
+        .map(|id| eur_account(*id, if *id == 1 { -1_000_000 } else { 0 }))
+        .collect();
+    assert!(client
+        .create_accounts(&accounts)
+        .unwrap()
+        .iter()
+        .all(|c| *c == ResultCode::Ok));
+    // Deposits from the issuer into every wallet, then wallet to wallet: most of these cross
+    // partitions (TC/C), some stay inside one.
+    let mut id = 100;
+    for to in 2..=8u128 {
+        id += 1;
+        let results = client
+            .create_transfers(&[transfer(id, 1, to, 1_000)])
+            .unwrap();
+        assert_eq!(results, vec![ResultCode::Ok]);
+    }
+    for (from, to) in [(2, 3), (3, 4), (5, 6), (7, 8), (8, 2), (4, 5)] {
+        id += 1;
+        let results = client
+            .create_transfers(&[transfer(id, from, to, 70)])
+            .unwrap();
+        assert_eq!(results, vec![ResultCode::Ok]);
+    }
+
+    // A cross-partition transfer is acknowledged before its source partition settles the hold
+    // (money is in flight between the two for a moment): check once nothing is in flight.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let totals = json(&addr, &["totals"]);
+        let found = client.lookup_accounts(&ids).unwrap();
+        match check_totals(&totals, &ids, &found, PARTITIONS) {
+            Ok(()) => break,
+            Err(why) if std::time::Instant::now() > deadline => panic!("{why}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+    let (ok, human, err) = wallet(&addr, &["totals"]);
+    assert!(ok, "{err}");
+    assert!(human.contains("all partitions: 0 EUR"), "{human}");
+}
+
+/// `wallet totals --json` against the accounts' `balance + held`, partition by partition, and
+/// the sum over all of them against zero.
+fn check_totals(
+    totals: &serde_json::Value,
+    ids: &[u128],
+    found: &[Option<engine::model::Account>],
+    partitions: u32,
+) -> Result<(), String> {
+    if totals["totals"][0]["currency"] != "EUR" || totals["totals"][0]["total"] != "0" {
+        return Err(format!(
+            "the partitions together do not hold zero: {totals}"
+        ));
+    }
+    let parts = totals["partitions"].as_array().ok_or("no partitions")?;
+    if parts.len() != partitions as usize {
+        return Err(format!("{} partitions listed", parts.len()));
+    }
+    for part in parts {
+        let p = part["partition"].as_u64().ok_or("no partition id")? as u32;
+        let expected: i128 = ids
+            .iter()
+            .zip(found)
+            .filter(|(id, _)| engine::partition::partition_of(**id, partitions) == p)
+            .map(|(_, a)| a.map_or(0, |a| a.balance as i128 + a.held as i128))
+            .sum();
+        let got: i128 = part["totals"]
+            .as_array()
+            .ok_or("no totals")?
+            .iter()
+            .map(|t| {
+                t["total"]
+                    .as_str()
+                    .unwrap_or("x")
+                    .parse::<i128>()
+                    .unwrap_or(i128::MIN)
+            })
+            .sum();
+        if got != expected {
+            return Err(format!("partition {p}: {got} != {expected}: {part}"));
+        }
+    }
+    Ok(())
+}

@@ -103,6 +103,9 @@ enum Command {
     },
     /// Show a transfer.
     LookupTransfer { id: u128 },
+    /// Money per currency (balance + held) in every partition of the node and in all of them
+    /// together, from the read models (each partition as of its read position).
+    Totals,
     /// Print changes of money as they become durable (JSON lines with --json); reconnects and
     /// resumes without gap or duplicate.
     Watch {
@@ -408,6 +411,7 @@ fn run(cli: Cli) -> Result<(), String> {
             at_position: Some(p),
             ..
         } => crate::wallet_read::balance_at(&client, id, At::Position(p), cli.json),
+        Command::Totals => crate::wallet_read::totals(&client, cli.json),
         Command::History {
             id,
             limit,

@@ -141,6 +141,65 @@ pub fn balance_at(client: &Client, id: u128, at: At, as_json: bool) -> Result<()
     Ok(())
 }
 
+/// Prints money per currency: every partition's total (as of its read position) and their sum
+/// over the node's partitions. Across a whole ledger each currency sums to zero (issuers run
+/// negative) but for cross-partition transfers in flight.
+pub fn totals(client: &Client, as_json: bool) -> Result<(), String> {
+    let partitions = client.totals().map_err(|e| e.to_string())?;
+    let mut sums: std::collections::BTreeMap<String, i128> = std::collections::BTreeMap::new();
+    for p in &partitions {
+        for (currency, total) in p.totals.iter().flat_map(|t| &t.by_currency) {
+            *sums.entry(currency.code()).or_default() += total;
+        }
+    }
+    if as_json {
+        let parts: Vec<_> = partitions
+            .iter()
+            .map(|p| match &p.totals {
+                Some(t) => json!({
+                    "partition": p.partition, "read_model": true, "position": t.position,
+                    "totals": t.by_currency.iter()
+                        .map(|(c, total)| json!({"currency": c.code(), "total": total.to_string()}))
+                        .collect::<Vec<_>>(),
+                }),
+                None => json!({"partition": p.partition, "read_model": false}),
+            })
+            .collect();
+        let sums: Vec<_> = sums
+            .iter()
+            .map(|(c, total)| json!({"currency": c, "total": total.to_string()}))
+            .collect();
+        println!("{}", json!({"partitions": parts, "totals": sums}));
+    } else {
+        for p in &partitions {
+            match &p.totals {
+                Some(t) => {
+                    let each: Vec<String> = t
+                        .by_currency
+                        .iter()
+                        .map(|(c, total)| format!("{total} {c}"))
+                        .collect();
+                    println!(
+                        "partition {} (position {}): {}",
+                        p.partition,
+                        t.position,
+                        if each.is_empty() {
+                            "no accounts".to_string()
+                        } else {
+                            each.join(", ")
+                        }
+                    );
+                }
+                None => println!("partition {}: read model off", p.partition),
+            }
+        }
+        for (c, total) in &sums {
+            println!("all partitions: {total} {c}");
+        }
+    }
+    Ok(())
+}
+
 /// The read model's line of a partition in `wallet status`.
 pub fn status_json(s: &net::codec::ReadModelStatus) -> serde_json::Value {
     json!({

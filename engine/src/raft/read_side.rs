@@ -45,7 +45,7 @@ use crate::read_model::{
     At, BalanceAsOf, EventsPage, HistoryPage, HistoryQuery, QueryError, ReadModel,
 };
 use crate::runtime::watchers::Watchers;
-use crate::runtime::PartitionStats;
+use crate::runtime::{PartitionStats, PartitionTotals};
 use crate::state_machine::PartitionState;
 use openraft::storage::RaftLogStorage;
 use std::cell::RefCell;
@@ -176,6 +176,15 @@ impl ReadSide {
 
     pub fn balance_at(&self, account: AccountId, at: At) -> Result<BalanceAsOf, QueryError> {
         self.on()?.balance_at(account, at)
+    }
+
+    /// Money per currency, as of the model's read position.
+    pub fn totals(&self) -> Result<PartitionTotals, QueryError> {
+        let model = self.on()?;
+        Ok(PartitionTotals {
+            position: model.read_position(),
+            by_currency: model.totals(),
+        })
     }
 
     /// Changes from position `from` on (see `ReadModel::events_since`). Everything the model

@@ -23,6 +23,6 @@ pub use cluster::{ClusterHook, CoreCluster, SingleNode};
 pub use config::{Clock, EngineConfig, Replication};
 pub use node::{Node, StartError, SubmitError};
 pub use request::{
-    BatchReply, MembershipChange, PartitionStats, RaftMember, RaftRole, RaftStatus, ReadFrom,
-    Request,
+    BatchReply, MembershipChange, PartitionStats, PartitionTotals, RaftMember, RaftRole,
+    RaftStatus, ReadFrom, Request,
 };

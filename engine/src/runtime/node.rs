@@ -4,7 +4,7 @@ use super::cluster::{ClusterHook, CoreCluster, SingleNode};
 use super::config::{EngineConfig, Replication};
 use super::partition_task::PartitionTask;
 use super::raft_task::RaftTask;
-use super::request::{BatchReply, PartitionStats, ReadFrom, Request};
+use super::request::{BatchReply, PartitionStats, PartitionTotals, ReadFrom, Request};
 use crate::command::CommandBatch;
 use crate::log::{LogWriter, WriterOptions};
 use crate::model::{Account, AccountId, TransferId, TransferLookup};
@@ -302,6 +302,14 @@ impl Node {
         let partition = self.partition_of(account);
         self.ask(partition, |reply| Request::BalanceAt { account, at, reply })
             .await
+    }
+
+    /// Money per currency in `partition`, from its read model.
+    pub async fn totals(
+        &self,
+        partition: PartitionId,
+    ) -> Result<Result<PartitionTotals, QueryError>, SubmitError> {
+        self.ask(partition, |reply| Request::Totals { reply }).await
     }
 
     /// Durable changes of `partition` from position `from` on (`read_model::FROM_NOW`: the

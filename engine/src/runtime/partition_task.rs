@@ -10,7 +10,7 @@
 
 use super::config::Clock;
 use super::coordinator::Coordinator;
-use super::request::{fill_group, BatchReply, PartitionStats, Request};
+use super::request::{fill_group, BatchReply, PartitionStats, PartitionTotals, Request};
 use super::timing::GroupTiming;
 use crate::command::CommandBatch;
 use crate::digest::state_digest;
@@ -491,6 +491,16 @@ impl PartitionTask {
             Request::BalanceAt { account, at, reply } => {
                 let answer = match &self.read_model {
                     Some(model) => model.balance_at(account, at),
+                    None => Err(QueryError::Disabled),
+                };
+                let _ = reply.send(answer);
+            }
+            Request::Totals { reply } => {
+                let answer = match &self.read_model {
+                    Some(model) => Ok(PartitionTotals {
+                        position: model.read_position(),
+                        by_currency: model.totals(),
+                    }),
                     None => Err(QueryError::Disabled),
                 };
                 let _ = reply.send(answer);

@@ -1024,6 +1024,9 @@ async fn serve_reads(
                 Request::BalanceAt { account, at, reply } => {
                     let _ = reply.send(caught_up(&read_side).balance_at(account, at));
                 }
+                Request::Totals { reply } => {
+                    let _ = reply.send(caught_up(&read_side).totals());
+                }
                 Request::Events {
                     from,
                     account,

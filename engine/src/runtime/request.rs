@@ -142,6 +142,15 @@ pub struct RaftMember {
     pub matched_index: Option<u64>,
 }
 
+/// One partition's money per currency, as its read model has it (`Request::Totals`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionTotals {
+    /// The read position the totals are as of (`read_model::position`).
+    pub position: u64,
+    /// `(currency, balance + held)`, in currency order.
+    pub by_currency: Vec<(crate::model::Currency, i128)>,
+}
+
 /// Whose state a lookup may read (Raft mode; without replication every read is the node's
 /// own, durable state).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -201,6 +210,11 @@ pub enum Request {
         account: AccountId,
         at: At,
         reply: oneshot::Sender<Result<BalanceAsOf, QueryError>>,
+    },
+    /// Money per currency in the partition (`balance + held` over its accounts) from the read
+    /// model, with the read position it is as of.
+    Totals {
+        reply: oneshot::Sender<Result<PartitionTotals, QueryError>>,
     },
     /// Durable changes from a position on (subscriptions), from the read model.
     Events {

@@ -369,6 +369,12 @@ impl Client {
         codec::decode_balance_at_reply(&reply.body).map_err(|_| ClientError::BadReply)
     }
 
+    /// Money per currency in every partition of the node, from the read models.
+    pub async fn totals_async(&self) -> Result<Vec<crate::totals::PartitionTotals>, ClientError> {
+        let reply = self.call(Operation::GetTotals, &[]).await?;
+        crate::totals::decode_totals_reply(&reply.body).map_err(|_| ClientError::BadReply)
+    }
+
     /// Position and lag of every partition's read model.
     pub async fn read_model_status_async(&self) -> Result<Vec<ReadModelStatus>, ClientError> {
         let reply = self.call(Operation::ReadModelStatus, &[]).await?;
@@ -460,6 +466,9 @@ impl Client {
         at: At,
     ) -> Result<Result<BalanceAsOf, QueryError>, ClientError> {
         futures::executor::block_on(self.balance_at_async(account, at))
+    }
+    pub fn totals(&self) -> Result<Vec<crate::totals::PartitionTotals>, ClientError> {
+        futures::executor::block_on(self.totals_async())
     }
     pub fn read_model_status(&self) -> Result<Vec<ReadModelStatus>, ClientError> {
         futures::executor::block_on(self.read_model_status_async())

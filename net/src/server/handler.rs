@@ -184,6 +184,32 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8], read: ReadFrom) -> Answe
                 "not a one-shot request".into(),
             ));
         }
+        Operation::GetTotals => {
+            if !body.is_empty() {
+                return Err(malformed(ProtocolError::MalformedBody));
+            }
+            let node = &ctx.node;
+            let mut parts = Vec::with_capacity(node.partition_count() as usize);
+            for p in 0..node.partition_count() {
+                let totals = match node.totals(p).await.map_err(shutting_down)? {
+                    Ok(totals) => Some(totals),
+                    Err(engine::read_model::QueryError::Disabled) => None,
+                    Err(e) => {
+                        return Err((ProtocolError::MalformedBody, format!("partition {p}: {e}")))
+                    }
+                };
+                parts.push(crate::totals::PartitionTotals {
+                    partition: p,
+                    totals,
+                });
+            }
+            crate::totals::encode_totals_reply(&mut out, &parts).map_err(|e| {
+                (
+                    e,
+                    "more partitions or currencies than one reply holds".to_string(),
+                )
+            })?;
+        }
         Operation::ReadModelStatus => {
             let node = &ctx.node;
             let mut parts = Vec::with_capacity(node.partition_count() as usize);
