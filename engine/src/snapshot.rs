@@ -280,6 +280,13 @@ pub enum SnapshotError {
     Invalid { path: PathBuf, reason: String },
 }
 
+impl SnapshotError {
+    /// Out of disk space (or past the file size limit): worth trying again later.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, SnapshotError::Log(e) if e.is_disk_full())
+    }
+}
+
 /// A state loaded from a snapshot, and the term of its last entry.
 pub struct LoadedSnapshot {
     pub state: PartitionState,

@@ -421,8 +421,16 @@ impl RaftStateMachine<WalletRaft> for RaftPartition {
         };
         let (dir, owned_meta, retention) =
             (self.snapshot_dir.clone(), meta.clone(), self.retention);
-        let (loaded, _installed) = on_helper_thread("raft-install", move || {
-            install(&dir, &owned_meta, &snapshot, partition, count, retention)
+        let give_up = self.give_up.clone();
+        // A failed install stops the partition's Raft (openraft treats it as fatal): a full
+        // disk is waited out instead, on the helper thread, as a snapshot build's is.
+        let (loaded, _installed) = on_helper_thread("raft-install", move || loop {
+            match install(&dir, &owned_meta, &snapshot, partition, count, retention) {
+                Err(e) if e.is_disk_full() && !give_up.load(Ordering::Relaxed) => {
+                    std::thread::sleep(Duration::from_millis(SNAPSHOT_FULL_RETRY_MS));
+                }
+                installed => return installed,
+            }
         })
         .await
         .map_err(|e| failed(&e))?
