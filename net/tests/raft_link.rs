@@ -14,7 +14,9 @@
 //!    client port refuses a peer's); requests of many partitions share frames; an
 //!    authenticated peer that sends garbage loses its connection, and nothing else changes;
 //! 6. reconnecting to a peer that comes back;
-//! 7. the same cluster with each node on an executor thread of its own.
+//! 7. the same cluster with each node on an executor thread of its own;
+//! 8. TLS on the link (mutual, against the cluster's CA): the cluster converges over it, and
+//!    a node whose certificate another CA signed gets no RPC through either way.
 //!
 //! Timing: heartbeats every 50 ms; each node has its own election window (node n: 250n..
 //! 250n+100 ms) so that two candidates never time out on the same tick (RAFT_PLAN §8.7).
@@ -108,9 +110,11 @@ async fn start_node(
     partitions: u32,
     filter: &LinkFilter,
     snapshots: bool,
+    tls: Option<net::tls::PeerTls>,
 ) -> Node {
     let mut config = LinkConfig::new(id, "127.0.0.1:0".parse().unwrap(), TOKEN.to_vec());
     config.filter = filter.clone();
+    config.tls = tls;
     if snapshots {
         // Small chunks, so a snapshot travels in many of them.
         config.snapshot_chunk_bytes = 4 << 10;
@@ -147,9 +151,20 @@ async fn start_cluster(
     filter: &LinkFilter,
     snapshots: bool,
 ) -> Vec<Node> {
+    start_cluster_with_tls(dir, partitions, filter, snapshots, [None, None, None]).await
+}
+
+/// `start_cluster` with each node's link TLS (`tls[i]` for node `i + 1`).
+async fn start_cluster_with_tls(
+    dir: &Path,
+    partitions: u32,
+    filter: &LinkFilter,
+    snapshots: bool,
+    tls: [Option<net::tls::PeerTls>; 3],
+) -> Vec<Node> {
     let mut nodes = Vec::new();
-    for id in NODES {
-        nodes.push(start_node(id, dir, partitions, filter, snapshots).await);
+    for (id, tls) in NODES.into_iter().zip(tls) {
+        nodes.push(start_node(id, dir, partitions, filter, snapshots, tls).await);
     }
     let members: BTreeMap<u64, NodeAddr> = nodes
         .iter()
@@ -1506,5 +1521,159 @@ mod separate_executors {
         assert!(all.iter().all(|d| *d == all[0]), "digests differ: {all:x?}");
         assert!(acknowledged.len() > 100);
         cluster.stop();
+    }
+}
+
+/// TLS on the node link, with certificates made here by rcgen: a cluster CA that signs a
+/// certificate per node for 127.0.0.1 (an IP SAN: the dialer checks the host of the peer's
+/// address, which is an IP literal), and an unrelated CA.
+mod tls {
+    use super::*;
+    use net::tls::PeerTls;
+    use openraft::error::RPCError;
+    use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+    use openraft::raft::VoteRequest;
+    use openraft::Vote;
+
+    struct Ca {
+        cert: rcgen::Certificate,
+        key: rcgen::KeyPair,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().expect("a CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert = params.self_signed(&key).expect("a CA certificate");
+        Ca { cert, key }
+    }
+
+    /// Node `id`'s TLS settings: a certificate for 127.0.0.1 that `issuer` signs, trusting
+    /// the CA certificate of `trusted`.
+    fn node_tls(dir: &Path, id: u64, issuer: &Ca, trusted: &Ca) -> PeerTls {
+        let key = rcgen::KeyPair::generate().expect("a node key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("node params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("walletd node {id}"));
+        let cert = params
+            .signed_by(&key, &issuer.cert, &issuer.key)
+            .expect("a node certificate");
+        let path = |name: &str| dir.join(format!("node{id}-{name}"));
+        std::fs::write(path("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
+        std::fs::write(path("ca.pem"), trusted.cert.pem()).unwrap();
+        PeerTls::from_files(&path("cert.pem"), &path("key.pem"), &path("ca.pem")).unwrap()
+    }
+
+    /// A vote request of partition 0 from `from` to node `to` at `addr`: its outcome.
+    async fn vote(from: &Node, to: u64, addr: std::net::SocketAddr, term: u64) -> String {
+        let addr = NodeAddr {
+            raft_addr: addr.to_string(),
+            client_addr: String::new(),
+        };
+        let mut network = from.link.network(0).new_client(to, &addr).await;
+        let request = VoteRequest::new(Vote::new(term, from.id), None);
+        match network
+            .vote(request, RPCOption::new(Duration::from_secs(2)))
+            .await
+        {
+            Err(RPCError::Unreachable(u)) => u.to_string(),
+            other => panic!("expected unreachable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn three_voters_converge_over_mutual_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let cluster_ca = ca("walletd cluster CA");
+        let tls = NODES.map(|id| Some(node_tls(&path, id, &cluster_ca, &cluster_ca)));
+        on_glommio(move || async move {
+            let filter = LinkFilter::new();
+            let nodes = start_cluster_with_tls(&path, 1, &filter, false, tls).await;
+            let l = leader(&nodes, &NODES, 0).await;
+            let raft = node(&nodes, l).rafts[0].clone();
+            let mut workload = Workload::new(0, 1, 1);
+            let accounts = workload.accounts();
+            write(&raft, &mut workload, accounts).await;
+            let mut acknowledged = Vec::new();
+            for _ in 0..5 {
+                let batch = workload.transfers();
+                acknowledged.extend(write(&raft, &mut workload, batch).await);
+            }
+            assert!(!acknowledged.is_empty());
+            // membership + blank + accounts + 5 transfer batches: raft index 7.
+            converge(&nodes, &NODES, 0, 7).await;
+            let d = digests(&nodes, &NODES, 0);
+            assert!(d.iter().all(|x| *x == d[0]), "digests differ: {d:x?}");
+            for n in &nodes {
+                assert_has(&n.states[0].borrow(), &acknowledged);
+                let stats = n.link.stats();
+                assert!(
+                    stats.connects <= 2 && stats.connect_failures == 0,
+                    "node {}: {stats:?}",
+                    n.id
+                );
+            }
+            stop_cluster(nodes).await;
+        });
+    }
+
+    /// Node 3 trusts the cluster's CA but holds a certificate another CA signed: nodes 1 and
+    /// 2 refuse it as a client (mutual TLS) and as a server (its certificate does not chain to
+    /// their CA). The group of three goes on with its majority; node 3 applies nothing, and a
+    /// vote of node 3 with a term far ahead never reaches the others (a vote that did would
+    /// depose their leader).
+    #[test]
+    fn a_node_whose_certificate_another_ca_signed_cannot_join() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let cluster_ca = ca("walletd cluster CA");
+        let rogue_ca = ca("some other CA");
+        let tls = [
+            Some(node_tls(&path, 1, &cluster_ca, &cluster_ca)),
+            Some(node_tls(&path, 2, &cluster_ca, &cluster_ca)),
+            Some(node_tls(&path, 3, &rogue_ca, &cluster_ca)),
+        ];
+        on_glommio(move || async move {
+            let filter = LinkFilter::new();
+            let nodes = start_cluster_with_tls(&path, 1, &filter, false, tls).await;
+            let l = leader(&nodes, &[1, 2], 0).await;
+            let raft = node(&nodes, l).rafts[0].clone();
+            let mut workload = Workload::new(0, 1, 1);
+            let accounts = workload.accounts();
+            write(&raft, &mut workload, accounts).await;
+            let batch = workload.transfers();
+            let acknowledged = write(&raft, &mut workload, batch).await;
+            converge(&nodes, &[1, 2], 0, 3).await;
+            let term = |id: u64| node(&nodes, id).rafts[0].metrics().borrow().current_term;
+            let terms = (term(1), term(2));
+
+            let rogue = node(&nodes, 3);
+            for id in [1, 2] {
+                let e = vote(rogue, id, node(&nodes, id).link.local_addr(), 1_000).await;
+                assert!(e.contains(&format!("node {id}")), "{e}");
+                let e = vote(node(&nodes, id), 3, rogue.link.local_addr(), 1_000).await;
+                assert!(e.contains("node 3"), "{e}");
+            }
+            assert!(rogue.link.stats().connect_failures >= 2);
+            assert_eq!((term(1), term(2)), terms, "a vote of node 3 got through");
+            assert_eq!(leader(&nodes, &[1, 2], 0).await, l);
+            assert!(rogue.rafts[0].metrics().borrow().last_applied.is_none());
+            assert_ne!(digests(&nodes, &[3], 0), digests(&nodes, &[1], 0));
+            for id in [1, 2] {
+                assert_has(&node(&nodes, id).states[0].borrow(), &acknowledged);
+            }
+            stop_cluster(nodes).await;
+        });
     }
 }

@@ -72,6 +72,17 @@ struct Args {
     /// TOML: peer_token_file.
     #[arg(long)]
     peer_token_file: Option<PathBuf>,
+    /// This node's certificate (PEM, leaf first) for TLS on the node link; with
+    /// --peer-tls-key and --peer-tls-ca (all three or none). TOML: peer_tls_cert.
+    #[arg(long, value_name = "FILE")]
+    peer_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --peer-tls-cert. TOML: peer_tls_key.
+    #[arg(long, value_name = "FILE")]
+    peer_tls_key: Option<PathBuf>,
+    /// The CA certificate (PEM) that signs every node's certificate: peers must present one
+    /// it issued. TOML: peer_tls_ca.
+    #[arg(long, value_name = "FILE")]
+    peer_tls_ca: Option<PathBuf>,
     /// This node's id in its cluster (1 and up, unique). TOML: node_id.
     #[arg(long)]
     node_id: Option<u64>,
@@ -120,12 +131,53 @@ struct FileConfig {
     replication: Option<String>,
     peer_listen: Option<SocketAddr>,
     peer_token_file: Option<PathBuf>,
+    /// TLS on the node link (all three or none; see --peer-tls-cert).
+    peer_tls_cert: Option<PathBuf>,
+    peer_tls_key: Option<PathBuf>,
+    peer_tls_ca: Option<PathBuf>,
     /// The other nodes of the cluster; with any, replication is Raft across them.
     peers: Option<Vec<PeerEntry>>,
     /// Raft election timeout of a cluster of several nodes (ms; heartbeats 5x as often).
     election_timeout_ms: Option<u64>,
     /// Lets `wallet cluster isolate/heal` cut this node's link (tests and chaos runs only).
     fault_injection: Option<bool>,
+}
+
+/// The node link's TLS files (`peer_tls_cert`, `peer_tls_key`, `peer_tls_ca`): all three or
+/// none, since a node that dials with TLS must also accept with it and vice versa.
+#[derive(Default, Debug, Clone)]
+struct PeerTlsFiles {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+}
+
+impl PeerTlsFiles {
+    /// `None` when none is set; the loaded TLS settings when all are; otherwise an error
+    /// naming what is missing.
+    fn load(&self) -> Result<Option<net::tls::PeerTls>, String> {
+        match (&self.cert, &self.key, &self.ca) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(ca)) => {
+                net::tls::PeerTls::from_files(cert, key, ca).map(Some)
+            }
+            (cert, key, ca) => {
+                let missing: Vec<&str> = [
+                    (cert.is_none(), "peer_tls_cert"),
+                    (key.is_none(), "peer_tls_key"),
+                    (ca.is_none(), "peer_tls_ca"),
+                ]
+                .iter()
+                .filter(|(absent, _)| *absent)
+                .map(|(_, name)| *name)
+                .collect();
+                Err(format!(
+                    "node link TLS needs peer_tls_cert, peer_tls_key and peer_tls_ca together; missing: {}",
+                    missing.join(", ")
+                ))
+            }
+        }
+    }
 }
 
 /// Reads a secret token file: trimmed, 1..=256 bytes.
@@ -246,6 +298,11 @@ fn run(args: Args) -> Result<(), String> {
         Some(cluster_setup(
             &args.peer_listen.or(file.peer_listen),
             &args.peer_token_file.or(file.peer_token_file.clone()),
+            &PeerTlsFiles {
+                cert: args.peer_tls_cert.or(file.peer_tls_cert.clone()),
+                key: args.peer_tls_key.or(file.peer_tls_key.clone()),
+                ca: args.peer_tls_ca.or(file.peer_tls_ca.clone()),
+            },
             node_id,
             &peers,
             replication,
@@ -355,6 +412,7 @@ fn run(args: Args) -> Result<(), String> {
 fn cluster_setup(
     peer_listen: &Option<SocketAddr>,
     peer_token_file: &Option<PathBuf>,
+    peer_tls: &PeerTlsFiles,
     node_id: u64,
     peers: &[PeerEntry],
     replication: Replication,
@@ -373,6 +431,7 @@ fn cluster_setup(
         "[[peers]] need peer_token_file (--peer-token-file): nodes authenticate each other",
     )?;
     let token = read_token(token_file)?;
+    let tls = peer_tls.load()?;
     if node_id == 0 {
         return Err("node_id must be at least 1".into());
     }
@@ -399,6 +458,7 @@ fn cluster_setup(
     }
     let mut link = net::raft_link::LinkConfig::new(node_id, listen, token);
     link.cluster_id = cluster_id;
+    link.tls = tls;
     let setup = net::ClusterSetup {
         nodes,
         link_filter: fault_injection.then(|| link.filter.clone()),
@@ -444,7 +504,18 @@ mod tests {
                      id,
                      peers: &[PeerEntry],
                      mode| {
-            cluster_setup(listen, token, id, peers, mode, 7, false, "127.0.0.1:7401").map(|_| ())
+            cluster_setup(
+                listen,
+                token,
+                &PeerTlsFiles::default(),
+                id,
+                peers,
+                mode,
+                7,
+                false,
+                "127.0.0.1:7401",
+            )
+            .map(|_| ())
         };
         assert!(setup(
             &listen,
@@ -490,6 +561,54 @@ mod tests {
         )
         .unwrap_err()
         .contains("raft"));
+    }
+
+    /// Peer TLS is all three files or none; a partial set names what is missing (before any
+    /// file is read).
+    #[test]
+    fn node_link_tls_is_all_three_files_or_none() {
+        assert!(PeerTlsFiles::default().load().unwrap().is_none());
+        let file = Some(PathBuf::from("/nonexistent/x.pem"));
+        let partial = |cert: bool, key: bool, ca: bool| PeerTlsFiles {
+            cert: cert.then(|| file.clone()).flatten(),
+            key: key.then(|| file.clone()).flatten(),
+            ca: ca.then(|| file.clone()).flatten(),
+        };
+        let e = partial(true, false, false).load().unwrap_err();
+        assert!(e.ends_with("missing: peer_tls_key, peer_tls_ca"), "{e}");
+        let e = partial(true, true, false).load().unwrap_err();
+        assert!(e.ends_with("missing: peer_tls_ca"), "{e}");
+        let e = partial(false, true, true).load().unwrap_err();
+        assert!(e.ends_with("missing: peer_tls_cert"), "{e}");
+        assert!(!e.contains('\n'));
+        // All three: the files are read (and these do not exist).
+        let e = partial(true, true, true).load().unwrap_err();
+        assert!(e.contains("/nonexistent/x.pem"), "{e}");
+        // And cluster_setup refuses a partial set.
+        let peer = PeerEntry {
+            node_id: 2,
+            peer_addr: "127.0.0.1:7521".parse().unwrap(),
+            client_addr: "127.0.0.1:7402".into(),
+        };
+        // A token file of its own: `tempfile_token`'s is rewritten by another test meanwhile.
+        let token =
+            std::env::temp_dir().join(format!("walletd-test-tls-token-{}", std::process::id()));
+        std::fs::write(&token, "secret\n").unwrap();
+        let e = cluster_setup(
+            &Some("127.0.0.1:7511".parse().unwrap()),
+            &Some(token.clone()),
+            &partial(false, false, true),
+            1,
+            &[peer],
+            Replication::Raft,
+            0,
+            false,
+            "127.0.0.1:7401",
+        )
+        .map(|_| ())
+        .unwrap_err();
+        let _ = std::fs::remove_file(&token);
+        assert!(e.contains("missing: peer_tls_cert, peer_tls_key"), "{e}");
     }
 
     fn tempfile_token() -> Option<PathBuf> {

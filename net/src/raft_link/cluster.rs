@@ -58,7 +58,8 @@ impl ClusterHook for LinkCluster {
         let mut config = self.config.clone();
         config.listen = raft_addr_for(&self.config.listen, slot)?;
         let link = RaftLink::start(config, RaftRegistry::new()).map_err(|e| e.to_string())?;
-        tracing::info!(slot, addr = %link.local_addr(), "node link listening");
+        let tls = self.config.tls.is_some();
+        tracing::info!(slot, addr = %link.local_addr(), tls, "node link listening");
         Ok(CoreLink {
             link,
             forwards_in_flight: Rc::new(Cell::new(0)),

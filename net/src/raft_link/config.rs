@@ -34,6 +34,10 @@ pub struct LinkConfig {
     /// Bytes per snapshot chunk (at most `limits::SNAPSHOT_CHUNK_BYTES_MAX`).
     pub snapshot_chunk_bytes: usize,
     pub filter: super::LinkFilter,
+    /// TLS on every connection of the link, both ways (`crate::tls::PeerTls`: mutual,
+    /// against the cluster's CA); the peer-token handshake then runs inside it. `None`
+    /// (the default): plain TCP.
+    pub tls: Option<crate::tls::PeerTls>,
 }
 
 impl LinkConfig {
@@ -51,6 +55,7 @@ impl LinkConfig {
             snapshot_install_timeout_ms: 30_000,
             snapshot_chunk_bytes: super::limits::SNAPSHOT_CHUNK_BYTES,
             filter: super::LinkFilter::new(),
+            tls: None,
         }
     }
 }

@@ -18,6 +18,9 @@
 //! - **Failures.** A connection that breaks fails everything pending at once as unreachable
 //!   (openraft retries). A failed connect starts a backoff (`reconnect_backoff_*_ms`, doubling);
 //!   until it ends, calls fail at once instead of queueing behind a dead peer.
+//! - **TLS.** With `LinkConfig::tls` the connection is a rustls stream over the TCP one: the
+//!   peer's certificate must be issued by the cluster's CA for the host of its address, and
+//!   this node presents its own; the peer-token handshake follows inside TLS.
 //! - **Bounds.** `OUTBOX_MESSAGES_MAX` and `OUTBOX_BYTES_MAX` queued (a caller waits for room
 //!   within its timeout), `PENDING_REPLIES_MAX` awaited (beyond: unreachable at once).
 
@@ -37,6 +40,7 @@ use bytes::BytesMut;
 use futures::channel::oneshot;
 use futures::future::Either;
 use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures_rustls::client::TlsStream;
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -250,10 +254,15 @@ impl PeerLink {
     }
 }
 
+/// A connection to a peer: plain TCP, or TLS over it. One `match` per poll of the stream
+/// (`Either` forwards `AsyncRead`/`AsyncWrite`) next to a syscall per frame: the plain path
+/// costs the same as before TLS existed, and the pump need not be generic.
+type PeerStream = Either<TcpStream, TlsStream<TcpStream>>;
+
 /// A live connection's write half (the read half belongs to its reply reader).
 struct Connection {
     id: u64,
-    writer: WriteHalf<TcpStream>,
+    writer: WriteHalf<PeerStream>,
     alive: Rc<Cell<bool>>,
 }
 
@@ -371,6 +380,18 @@ async fn connect(shared: &Rc<Shared>) -> Result<Connection, LinkIoError> {
             .await
             .map_err(|e| LinkIoError::Io(std::io::Error::other(e.to_string())))?;
         let _ = stream.set_nodelay(true);
+        let stream: PeerStream = match &shared.config.tls {
+            None => Either::Left(stream),
+            Some(tls) => {
+                let name = crate::tls::PeerTls::server_name(&shared.addr)
+                    .map_err(LinkIoError::Protocol)?;
+                let connector = futures_rustls::TlsConnector::from(tls.client.clone());
+                let stream = connector.connect(name, stream).await.map_err(|e| {
+                    LinkIoError::Protocol(format!("TLS handshake with {}: {e}", shared.addr))
+                })?;
+                Either::Right(stream)
+            }
+        };
         let (mut reader, mut writer) = stream.split();
         let node = handshake::offer(
             &mut reader,
@@ -407,7 +428,7 @@ async fn connect(shared: &Rc<Shared>) -> Result<Connection, LinkIoError> {
 /// Hands each reply to its caller until the connection ends; then fails what is pending.
 async fn read_replies(
     shared: Rc<Shared>,
-    mut reader: ReadHalf<TcpStream>,
+    mut reader: ReadHalf<PeerStream>,
     connection: u64,
     alive: Rc<Cell<bool>>,
 ) {

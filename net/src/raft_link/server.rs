@@ -2,8 +2,12 @@
 //!
 //! One connection per peer that dials us. Per connection:
 //!
-//! 1. **Handshake** within `handshake_timeout_ms`: the first frame must be a peer Handshake
-//!    with the right token (`handshake.rs`); until then frames may hold only a handshake.
+//! 1. **Handshake** within `handshake_timeout_ms`: the TLS handshake first when the link has
+//!    TLS (`LinkConfig::tls`: the peer must present a certificate of the cluster's CA), then
+//!    the first frame must be a peer Handshake with the right token (`handshake.rs`); until
+//!    then frames may hold only a handshake. After that the code is generic over the stream
+//!    halves, so plain TCP runs on the glommio stream directly and TLS on a rustls stream,
+//!    each monomorphized (as on the client port).
 //! 2. **Read loop**: each `RaftBatch` frame (at most `LINK_BODY_BYTES_MAX`) is split into its
 //!    messages; every message is decoded *before* any is dispatched (one bad message closes
 //!    the connection: the stream is not trusted any more), then each becomes a task that
@@ -30,11 +34,12 @@ use crate::frame::{self, flags};
 use crate::operation::Operation;
 use bytes::BytesMut;
 use futures::future::Either;
-use futures::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
+use std::future::Future;
 use std::pin::pin;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A reply on its way to the writer.
 struct QueuedReply {
@@ -75,7 +80,47 @@ pub(super) async fn accept_loop(listener: TcpListener, link: Rc<LinkShared>) {
 
 async fn serve(stream: TcpStream, link: &Rc<LinkShared>) -> Result<(), LinkIoError> {
     let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.split();
+    // The TLS handshake (if any) and the peer handshake must both be done by then.
+    let deadline = Instant::now() + Duration::from_millis(link.config.handshake_timeout_ms);
+    match &link.config.tls {
+        None => {
+            let (reader, writer) = stream.split();
+            serve_split(reader, writer, link, deadline).await
+        }
+        Some(tls) => {
+            let acceptor = futures_rustls::TlsAcceptor::from(tls.server.clone());
+            let stream = before(deadline, acceptor.accept(stream))
+                .await?
+                .map_err(|e| LinkIoError::Protocol(format!("TLS handshake: {e}")))?;
+            let (reader, writer) = stream.split();
+            serve_split(reader, writer, link, deadline).await
+        }
+    }
+}
+
+/// `f`, unless `deadline` passes first (then the connection is not worth waiting for).
+async fn before<F: Future>(deadline: Instant, f: F) -> Result<F::Output, LinkIoError> {
+    let timer = pin!(glommio::timer::sleep(
+        deadline.saturating_duration_since(Instant::now())
+    ));
+    match futures::future::select(pin!(f), timer).await {
+        Either::Left((output, _)) => Ok(output),
+        Either::Right(_) => Err(LinkIoError::Protocol("no handshake in time".into())),
+    }
+}
+
+/// A connection after its transport is set up: the peer handshake (by `deadline`), then
+/// batches until either side stops.
+async fn serve_split<R, W>(
+    mut reader: R,
+    mut writer: W,
+    link: &Rc<LinkShared>,
+    deadline: Instant,
+) -> Result<(), LinkIoError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + 'static,
+{
     let config = &link.config;
     let greeting = async {
         let (header, body) = read_frame(&mut reader, HANDSHAKE_BODY_BYTES_MAX).await?;
@@ -91,16 +136,7 @@ async fn serve(stream: TcpStream, link: &Rc<LinkShared>) -> Result<(), LinkIoErr
         writer.flush().await?;
         Ok::<bool, LinkIoError>(answer.is_ok())
     };
-    let outcome = {
-        let deadline = pin!(glommio::timer::sleep(Duration::from_millis(
-            config.handshake_timeout_ms
-        )));
-        match futures::future::select(pin!(greeting), deadline).await {
-            Either::Left((outcome, _)) => outcome,
-            Either::Right(_) => Err(LinkIoError::Protocol("no handshake in time".into())),
-        }
-    };
-    match outcome {
+    match before(deadline, greeting).await? {
         Ok(true) => {}
         Ok(false) => {
             let _ = writer.close().await;
