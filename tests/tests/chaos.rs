@@ -5,28 +5,21 @@
 //! -- --nocapture`, or the `wallet-chaos` program.
 
 use std::path::PathBuf;
-use std::time::Duration;
 use walletd_tests::chaos::faults::FaultKind;
 use walletd_tests::chaos::{run, ChaosConfig};
 
 const WALLETD: &str = env!("CARGO_BIN_EXE_test-walletd");
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|s| s.parse().ok())
-}
-
 #[test]
 fn walletd_keeps_its_invariants_under_random_faults() {
-    let seed = env_u64("CHAOS_SEED").unwrap_or_else(|| fastrand::u64(..));
-    let secs = env_u64("CHAOS_SECS").unwrap_or(30);
-    println!("CHAOS_SEED={seed} CHAOS_SECS={secs}");
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ChaosConfig::new(
+    let mut config = ChaosConfig::from_env(
         PathBuf::from(WALLETD),
         dir.path().to_path_buf(),
-        seed,
-        Duration::from_secs(secs),
+        "CHAOS_SECS",
+        30,
     );
+    let (seed, secs) = (config.seed, config.duration.as_secs());
     // A debug build on a small shared machine: a modest rate keeps the final lookups short.
     config.rate = 3_000;
     let summary = run(&config).unwrap_or_else(|e| {

@@ -7,28 +7,21 @@
 //! schedule. A separate test binary from `chaos.rs`, so the two runs do not share the cores.
 
 use std::path::PathBuf;
-use std::time::Duration;
 use walletd_tests::chaos::cluster::{json, ClusterFault};
 use walletd_tests::chaos::{run, ChaosConfig};
 
 const WALLETD: &str = env!("CARGO_BIN_EXE_test-walletd");
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|s| s.parse().ok())
-}
-
 #[test]
 fn a_three_node_cluster_keeps_its_invariants_under_random_faults() {
-    let seed = env_u64("CHAOS_SEED").unwrap_or_else(|| fastrand::u64(..));
-    let secs = env_u64("CHAOS_CLUSTER_SECS").unwrap_or(75);
-    println!("CHAOS_SEED={seed} CHAOS_CLUSTER_SECS={secs}");
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ChaosConfig::new(
+    let mut config = ChaosConfig::from_env(
         PathBuf::from(WALLETD),
         dir.path().to_path_buf(),
-        seed,
-        Duration::from_secs(secs),
+        "CHAOS_CLUSTER_SECS",
+        75,
     );
+    let (seed, secs) = (config.seed, config.duration.as_secs());
     config.nodes = 3;
     // Debug builds of three nodes on a small shared machine.
     config.rate = 1_000;

@@ -59,6 +59,22 @@ pub struct ChaosConfig {
 }
 
 impl ChaosConfig {
+    /// The configuration a test run uses: the seed from `CHAOS_SEED` (else random) and the
+    /// duration from the variable `secs_var` (else `default_secs`), both printed so that a
+    /// failure can be repeated.
+    pub fn from_env(
+        walletd: PathBuf,
+        work_dir: PathBuf,
+        secs_var: &str,
+        default_secs: u64,
+    ) -> ChaosConfig {
+        let env_u64 = |name: &str| std::env::var(name).ok().and_then(|s| s.parse().ok());
+        let seed = env_u64("CHAOS_SEED").unwrap_or_else(|| fastrand::u64(..));
+        let secs = env_u64(secs_var).unwrap_or(default_secs);
+        println!("CHAOS_SEED={seed} {secs_var}={secs}");
+        ChaosConfig::new(walletd, work_dir, seed, Duration::from_secs(secs))
+    }
+
     pub fn new(walletd: PathBuf, work_dir: PathBuf, seed: u64, duration: Duration) -> ChaosConfig {
         ChaosConfig {
             duration,
