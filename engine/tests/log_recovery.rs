@@ -315,3 +315,28 @@ fn reads_that_start_from_offset_hints_equal_walks_from_the_start_across_a_trunca
         w.close().await.unwrap();
     });
 }
+
+/// A whole record of another format version (written by another build) is refused at start,
+/// never taken for a torn tail and cut off: a downgrade would otherwise lose what the newer
+/// build wrote.
+#[test]
+fn a_record_of_another_format_version_is_refused_never_cut_off() {
+    const HEADER_BYTES: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    write_records(dir.path(), 50, 5, 1 << 20);
+    let (path, offset) = offset_of(dir.path(), 50);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let h = &mut bytes[offset as usize..offset as usize + HEADER_BYTES];
+    h[42..44].copy_from_slice(&2u16.to_le_bytes());
+    let checksum = crc32c::crc32c(&h[8..]);
+    h[4..8].copy_from_slice(&checksum.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+
+    let err = find_tail(dir.path()).unwrap_err();
+    assert!(
+        matches!(&err, LogError::UnsupportedFormat { offset: o, version: 2, .. } if *o == offset),
+        "{err}"
+    );
+    assert!(err.to_string().contains("record format version 2"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was cut off");
+}

@@ -22,6 +22,19 @@ pub enum LogError {
         offset: u64,
         reason: RecordError,
     },
+    /// A whole, checksummed record of a format this build does not read: written by another
+    /// (newer) build. Never a torn write, so never cut off.
+    #[error(
+        "{path} at offset {offset}: record format version {version}, this build reads version {}; \
+         the log was written by another walletd build: run that build (or a newer one) on it. \
+         Refusing to start",
+        super::record::FORMAT_VERSION
+    )]
+    UnsupportedFormat {
+        path: PathBuf,
+        offset: u64,
+        version: u16,
+    },
     #[error("{path} at offset {offset}: expected log index {expected}, found {found}")]
     IndexGap {
         path: PathBuf,

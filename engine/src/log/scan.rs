@@ -106,6 +106,16 @@ pub fn scan_log<E: From<LogError>>(
             Some(SegmentEnd::Invalid { offset, reason }) => (offset, Some(reason)),
             None => unreachable!("the iterator ran to its end"),
         };
+        // A checksummed record of another format version is another build's, not a torn
+        // write: cutting it off (as a torn tail) would lose everything that build wrote.
+        if let Some(RecordError::Version(version)) = reason {
+            return Err(LogError::UnsupportedFormat {
+                path: info.path,
+                offset,
+                version,
+            }
+            .into());
+        }
         // Damage is anything followed by a valid, later record: never cut that off silently.
         if valid_header_after(segment.bytes(), offset as usize, tail.last_index).is_some() {
             return Err(LogError::Corrupt {
