@@ -211,21 +211,11 @@ fn replay_partition(
     let mut out = ApplyOutput::counting_events();
     let mut failure: Option<AuditError> = None;
     let mut past_until = false;
-    // Never a silent partial replay: the log must still hold the entry the state needs next
-    // (a Raft log purges what its snapshots cover), and the first record read must be it.
-    let first_unpurged = crate::log::raft_meta::load_raft_meta(&log_dir(&pdir))?
-        .unwrap_or_default()
-        .first_unpurged_index();
-    if first_unpurged > from {
-        return Err(AuditError::Purged {
-            partition,
-            from,
-            first: first_unpurged,
-        });
-    }
-    // Never a silent partial replay: the first record read must be the one the state needs.
+    // Never a silent partial replay: the first record read must be the one the state needs
+    // next, and a log purged past it (a Raft log purges what its snapshots cover) is refused
+    // even when no record is left to read (checked after the scan, from its `raft_meta`).
     let mut first_seen: Option<u64> = None;
-    scan_log::<LogError>(&log_dir(&pdir), from, |record| {
+    let tail = scan_log::<LogError>(&log_dir(&pdir), from, |record| {
         if first_seen.is_none() {
             first_seen = Some(record.header.index);
             if record.header.index != from {
@@ -269,6 +259,14 @@ fn replay_partition(
         }
         Ok(())
     })?;
+    let first_kept = tail.raft_meta.first_unpurged_index();
+    if failure.is_none() && first_seen.is_none() && first_kept > from {
+        failure = Some(AuditError::Purged {
+            partition,
+            from,
+            first: first_kept,
+        });
+    }
     match failure {
         Some(e) => Err(e),
         None => Ok(PartitionReplay {
