@@ -87,8 +87,22 @@ impl DiskSpace {
         self.give_up.clone()
     }
 
-    fn giving_up(&self) -> bool {
-        self.give_up.load(Ordering::Relaxed)
+    /// The one waiting rule of every log write here, given the write's `outcome`: on a full
+    /// disk (and no shutdown) report the wait, sleep `FULL_RETRY_MS` and answer true (write
+    /// again); after a success the wait is over. False: return the outcome as it is.
+    async fn retry_after<T>(&self, outcome: &Result<T, LogError>) -> bool {
+        match outcome {
+            Err(e) if e.is_disk_full() && !self.give_up.load(Ordering::Relaxed) => {
+                self.full.set(true);
+                glommio::timer::sleep(Duration::from_millis(FULL_RETRY_MS)).await;
+                true
+            }
+            Err(_) => false,
+            Ok(_) => {
+                self.full.set(false);
+                false
+            }
+        }
     }
 }
 
@@ -295,16 +309,9 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
         // A vote must be durable before it is answered: on a full disk, wait for space as an
         // append does.
         loop {
-            match save_vote_async(self.writer.dir(), &stored).await {
-                Ok(()) => {
-                    self.space.full.set(false);
-                    return Ok(());
-                }
-                Err(e) if e.is_disk_full() && !self.space.giving_up() => {
-                    self.space.full.set(true);
-                    glommio::timer::sleep(Duration::from_millis(FULL_RETRY_MS)).await;
-                }
-                Err(e) => return Err(StorageIOError::write_vote(&e).into()),
+            let outcome = save_vote_async(self.writer.dir(), &stored).await;
+            if !self.space.retry_after(&outcome).await {
+                return outcome.map_err(|e| StorageIOError::write_vote(&e).into());
             }
         }
     }
@@ -322,19 +329,11 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.refuse_if_failed()?;
-        match self
-            .writer
+        // Memory only: it reaches `raft_meta` with the next purge or at close.
+        self.writer
             .save_committed(committed.as_ref().map(to_entry_id))
             .await
-        {
-            // The commit point on disk may lag (openraft re-applies from the last one saved,
-            // and learns the rest from the leader): a full disk only delays it.
-            Err(e) if e.is_disk_full() => {
-                tracing::warn!(error = %e, "the commit point was not saved: the disk is full");
-                Ok(())
-            }
-            other => other.map_err(write_error),
-        }
+            .map_err(write_error)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -389,16 +388,9 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
 /// the buffered records stay in the writer meanwhile. Other errors fail at once.
 async fn flush_when_space(writer: &mut LogWriter, space: &DiskSpace) -> Result<(), StorageError> {
     loop {
-        match writer.flush().await {
-            Ok(()) => {
-                space.full.set(false);
-                return Ok(());
-            }
-            Err(e) if e.is_disk_full() && !space.giving_up() => {
-                space.full.set(true);
-                glommio::timer::sleep(Duration::from_millis(FULL_RETRY_MS)).await;
-            }
-            Err(e) => return Err(write_error(e)),
+        let outcome = writer.flush().await;
+        if !space.retry_after(&outcome).await {
+            return outcome.map_err(write_error);
         }
     }
 }
