@@ -311,14 +311,9 @@ impl RaftSnapshotBuilder<WalletRaft> for SnapshotBuilder {
         // on the helper thread, beside everything else; a shutdown ends the wait.
         let handle = on_helper_thread("raft-snapshot", move || {
             let mut capture = capture;
-            loop {
-                match write_pair(&dir, &mut capture, &meta, retention) {
-                    Err(e) if e.is_disk_full() && !give_up.load(Ordering::Relaxed) => {
-                        std::thread::sleep(Duration::from_millis(SNAPSHOT_FULL_RETRY_MS));
-                    }
-                    written => return written,
-                }
-            }
+            while_disk_full(&give_up, crate::log::LogError::is_disk_full, || {
+                write_pair(&dir, &mut capture, &meta, retention)
+            })
         })
         .await
         .map_err(|e| failed(&e))?
@@ -424,13 +419,10 @@ impl RaftStateMachine<WalletRaft> for RaftPartition {
         let give_up = self.give_up.clone();
         // A failed install stops the partition's Raft (openraft treats it as fatal): a full
         // disk is waited out instead, on the helper thread, as a snapshot build's is.
-        let (loaded, _installed) = on_helper_thread("raft-install", move || loop {
-            match install(&dir, &owned_meta, &snapshot, partition, count, retention) {
-                Err(e) if e.is_disk_full() && !give_up.load(Ordering::Relaxed) => {
-                    std::thread::sleep(Duration::from_millis(SNAPSHOT_FULL_RETRY_MS));
-                }
-                installed => return installed,
-            }
+        let (loaded, _installed) = on_helper_thread("raft-install", move || {
+            while_disk_full(&give_up, SnapshotError::is_disk_full, || {
+                install(&dir, &owned_meta, &snapshot, partition, count, retention)
+            })
         })
         .await
         .map_err(|e| failed(&e))?
@@ -450,6 +442,24 @@ impl RaftStateMachine<WalletRaft> for RaftPartition {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<WalletRaft>>, StorageError> {
         newest(&self.snapshot_dir).map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
+
+/// Runs blocking `attempt` until it does not fail on a full disk (`is_full`), every
+/// `SNAPSHOT_FULL_RETRY_MS`, or until `give_up` is set (shutdown): the snapshot files' wait
+/// for space, on a helper thread.
+fn while_disk_full<T, E>(
+    give_up: &AtomicBool,
+    is_full: impl Fn(&E) -> bool,
+    mut attempt: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    loop {
+        match attempt() {
+            Err(e) if is_full(&e) && !give_up.load(Ordering::Relaxed) => {
+                std::thread::sleep(Duration::from_millis(SNAPSHOT_FULL_RETRY_MS));
+            }
+            done => return done,
+        }
     }
 }
 
