@@ -125,19 +125,16 @@ impl ReadSide {
         if self.deferred.is_empty() {
             return;
         }
-        let mut deferred = std::mem::take(&mut self.deferred);
+        let deferred = std::mem::take(&mut self.deferred);
         for (index, timestamp, events) in &deferred {
             self.apply(*index, *timestamp, events);
         }
-        self.spare
-            .extend(deferred.drain(..).map(|(_, _, mut events)| {
-                events.clear();
-                events
-            }));
         self.deferred = deferred;
+        self.recycle_deferred();
         self.watchers.notify(self.applied_index);
     }
 
+    /// Empties `deferred`, keeping its event buffers for reuse.
     fn recycle_deferred(&mut self) {
         for (_, _, mut events) in self.deferred.drain(..) {
             events.clear();
