@@ -2,10 +2,14 @@
 //! verifying every record of every log, dumping them, and replaying them to rebuild the state
 //! as of any moment. These answer the auditor's questions from the log alone: the state machine
 //! is deterministic, so the same log always yields the same balances.
+//!
+//! They read every record still on disk, also those a Raft log purged and keeps as history
+//! behind its oldest snapshot (`scan_log_history`): a replay as of a past day starts from
+//! that day's snapshot and reads on from there.
 
 use crate::command::{entry_kind, ArchivedNewTransfer};
 use crate::digest::{combine_digests, state_digest};
-use crate::log::{body_bytes_of_kind, scan_log, LogError, RecordRef};
+use crate::log::{body_bytes_of_kind, scan_log_history, LogError, RecordRef};
 use crate::recovery::{log_dir, partition_dir, snapshot_dir};
 use crate::snapshot::{list_snapshots, load_snapshot};
 use crate::state_machine::{ApplyOutput, PartitionState};
@@ -19,7 +23,8 @@ pub enum AuditError {
     #[error(transparent)]
     Log(#[from] LogError),
     /// The replay would start below what the log still holds: a Raft log purges the entries
-    /// a snapshot covers, so only a replay from a snapshot at or after the purge point works.
+    /// its snapshots cover (keeping, with daily snapshots, those from the oldest kept one on),
+    /// so only a replay from a snapshot whose log is still there works.
     #[error("partition {partition}: the replay must start at log entry {from}, but the log holds entries only from {first} on (purged after a snapshot); replay from a newer snapshot instead of from genesis, or pass an --until at or after that snapshot")]
     Purged {
         partition: u32,
@@ -61,7 +66,7 @@ pub fn verify(data_dir: &Path) -> Result<Vec<LogReport>, AuditError> {
     for partition in 0..partition_count(data_dir)? {
         let dir = log_dir(&partition_dir(data_dir, partition));
         let mut records = 0u64;
-        let tail = scan_log::<LogError>(&dir, 1, |_| {
+        let tail = scan_log_history::<LogError>(&dir, 1, |_| {
             records += 1;
             Ok(())
         })?;
@@ -84,7 +89,7 @@ pub fn visit_records(
 ) -> Result<(), AuditError> {
     for partition in 0..partition_count(data_dir)? {
         let dir = log_dir(&partition_dir(data_dir, partition));
-        scan_log::<LogError>(&dir, 1, |record| {
+        scan_log_history::<LogError>(&dir, 1, |record| {
             visit(partition, &record);
             Ok(())
         })?;
@@ -215,7 +220,7 @@ fn replay_partition(
     // next, and a log purged past it (a Raft log purges what its snapshots cover) is refused
     // even when no record is left to read (checked after the scan, from its `raft_meta`).
     let mut first_seen: Option<u64> = None;
-    let tail = scan_log::<LogError>(&log_dir(&pdir), from, |record| {
+    let tail = scan_log_history::<LogError>(&log_dir(&pdir), from, |record| {
         if first_seen.is_none() {
             first_seen = Some(record.header.index);
             if record.header.index != from {

@@ -27,12 +27,18 @@ fn one_snapshot_per_day_is_kept_and_replay_starts_from_it() {
 }
 
 /// In Raft mode the task asks openraft for the day's snapshot (`RaftTask::daily_snapshot`), and
-/// the days are kept alike; a replay as of a past day is refused (the log behind the snapshots
-/// is purged: docs/RAFT_PLAN.md).
+/// the days are kept alike. The log is purged behind the snapshots, but keeps the history from
+/// the oldest kept snapshot on (`RaftLogStore::keep_history_behind`), so a replay as of a past
+/// day works from that day's snapshot; one from genesis is refused (those segments are gone).
 #[test]
-fn in_raft_mode_one_snapshot_per_day_is_kept_and_a_replay_past_the_purge_is_refused() {
+fn in_raft_mode_one_snapshot_per_day_is_kept_and_a_replay_as_of_a_past_day_works() {
     one_snapshot_per_day(Replication::Raft);
 }
+
+/// Full batches (~650 KB each), so that a day's entries fill more than a (smallest, 4 MiB)
+/// segment: a purge through a newer day then has whole segments of older days to delete.
+const BATCHES_PER_DAY: u128 = 7;
+const BATCH: u128 = 8190;
 
 fn one_snapshot_per_day(replication: Replication) {
     let dir = tempfile::tempdir().unwrap();
@@ -41,6 +47,7 @@ fn one_snapshot_per_day(replication: Replication) {
     let mut config = EngineConfig::new(dir.path());
     config.snapshot_interval_entries = 0; // only the day rollover (and shutdown) snapshot
     config.snapshot_daily_days = 3;
+    config.segment_bytes = 4 << 20;
     config.replication = replication;
     config.clock = {
         let now_ns = now_ns.clone();
@@ -69,21 +76,23 @@ fn one_snapshot_per_day(replication: Replication) {
         .all(|c| *c == ResultCode::Ok));
     let mut end_of_day_ns = Vec::new();
     for day in 0..6u128 {
-        for i in 0..3u128 {
-            let transfer = NewTransfer {
-                id: 100 + day * 10 + i,
-                from: 1,
-                to: 2,
-                amount: 1,
-                currency: eur(),
-                user_data: 0,
-            };
-            assert_eq!(
-                block(node.create_transfers(&[transfer])).unwrap(),
-                vec![ResultCode::Ok]
-            );
+        for batch in 0..BATCHES_PER_DAY {
+            let first_id = 1_000 + (day * BATCHES_PER_DAY + batch) * BATCH;
+            let transfers: Vec<NewTransfer> = (first_id..first_id + BATCH)
+                .map(|id| NewTransfer {
+                    id,
+                    from: 1,
+                    to: 2,
+                    amount: 1,
+                    currency: eur(),
+                    user_data: 0,
+                })
+                .collect();
+            let codes = block(node.create_transfers(&transfers)).unwrap();
+            assert!(codes.iter().all(|c| *c == ResultCode::Ok), "day {day}");
         }
-        end_of_day_ns.push(now_ns.load(Ordering::SeqCst) + 1_000);
+        // Log time moves on by an item per transfer past the clock; a second covers a day.
+        end_of_day_ns.push(now_ns.load(Ordering::SeqCst) + 1_000_000_000);
         now_ns.fetch_add(DAY_NS, Ordering::SeqCst);
         // The first entry of the new day triggers the snapshot; give its thread a moment.
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -107,29 +116,28 @@ fn one_snapshot_per_day(replication: Replication) {
     );
 
     let until = end_of_day_ns[4];
+    // As of the end of day 4 (kept as a daily snapshot), the replay starts from that snapshot:
+    // full batches every day for 5 days.
+    let from_snapshot = audit::replay(dir.path(), Some(until), false).unwrap();
+    let balance = from_snapshot.states[0].account(2).unwrap().balance;
+    assert_eq!(balance, (5 * BATCHES_PER_DAY * BATCH) as i64);
+    let from_genesis = audit::replay(dir.path(), Some(until), true);
     if replication == Replication::Raft {
-        // openraft purged the log behind its snapshots (the last one at shutdown covers
-        // everything), so no replay can continue from the day-4 snapshot or from genesis: the
-        // audit says so instead of answering from what is left.
-        for from_genesis in [false, true] {
-            let refused = audit::replay(dir.path(), Some(until), from_genesis);
-            assert!(
-                matches!(refused, Err(audit::AuditError::Purged { .. })),
-                "{:?}",
-                refused.map(|r| r.digest)
-            );
-        }
+        // openraft purged the log behind its snapshots; the segments wholly before the oldest
+        // kept snapshot are gone, so a replay from genesis is refused instead of answered
+        // from what is left.
+        assert!(
+            matches!(from_genesis, Err(audit::AuditError::Purged { .. })),
+            "{:?}",
+            from_genesis.map(|r| r.digest)
+        );
         return;
     }
-    // As of the end of day 4 (kept as a daily snapshot), replay from the snapshot equals
-    // replay from genesis: 3 transfers a day for 5 days moved 15.
-    let from_snapshot = audit::replay(dir.path(), Some(until), false).unwrap();
-    let from_genesis = audit::replay(dir.path(), Some(until), true).unwrap();
+    // Local mode keeps its whole log: from genesis gives the same state.
+    let from_genesis = from_genesis.unwrap();
     assert_eq!(from_snapshot.digest, from_genesis.digest);
     assert!(
         from_snapshot.entries < from_genesis.entries,
         "started from a snapshot"
     );
-    let balance = from_genesis.states[0].account(2).unwrap().balance;
-    assert_eq!(balance, 15);
 }

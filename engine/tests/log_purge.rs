@@ -8,8 +8,8 @@ mod log_support;
 
 use engine::log::segments::MappedSegment;
 use engine::log::{
-    find_tail, list_segments, load_raft_meta, save_raft_meta, EntryId, LogError, LogWriter,
-    RaftMeta,
+    find_tail, list_segments, load_raft_meta, save_raft_meta, scan_log_history, EntryId, LogError,
+    LogWriter, RaftMeta, WriterOptions,
 };
 use log_support::{append_flushed, on_glommio, open_writer, terms, write_records};
 use proptest::prelude::*;
@@ -276,6 +276,87 @@ fn an_interrupted_purge_is_finished_at_open() {
         w.close().await.unwrap();
     });
     assert!(segment_starts(&dir).is_empty());
+}
+
+/// Every index `scan_log_history` hands out (the audit tools' view: purged history included).
+fn history_indexes(dir: &Path) -> Vec<u64> {
+    let mut seen = Vec::new();
+    scan_log_history::<LogError>(dir, 1, |record| {
+        seen.push(record.header.index);
+        Ok(())
+    })
+    .unwrap();
+    seen
+}
+
+/// A log that keeps the history behind its oldest snapshot for audits
+/// (`WriterOptions::history_from_index`): a purge and the open after it delete only the
+/// segments wholly below that start, readers still never serve purged records, the audit
+/// scan reads the kept ones, and moving the start on lets the next purge delete more.
+#[test]
+fn a_purge_keeps_the_history_from_its_start_for_the_audit_scan() {
+    let (_keep, dir) = log_of(400);
+    let starts = segment_starts(&dir);
+    let history_from = starts[3] + 1; // inside segment 3: segments 0-2 may go, 3 must stay
+    let purged = starts[6] + 2;
+    let options = WriterOptions {
+        history_from_index: history_from,
+        ..log_support::options(SEGMENT_BYTES)
+    };
+    let reopen = {
+        let dir = dir.clone();
+        let options = options.clone();
+        move || {
+            let (dir, options) = (dir.clone(), options.clone());
+            on_glommio(move || async move {
+                let tail = find_tail(&dir).unwrap();
+                let w = LogWriter::open(&dir, options, &tail).await.unwrap();
+                let first_live = w.first_live_index();
+                w.close().await.unwrap();
+                first_live
+            })
+        }
+    };
+    {
+        let (dir, options) = (dir.clone(), options.clone());
+        on_glommio(move || async move {
+            let tail = find_tail(&dir).unwrap();
+            let mut w = LogWriter::open(&dir, options, &tail).await.unwrap();
+            w.purge_through(id(1, purged)).await.unwrap();
+            assert_eq!(w.first_live_index(), purged + 1);
+            w.close().await.unwrap();
+        });
+    }
+    assert_eq!(segment_starts(&dir), starts[3..]);
+    assert_eq!(
+        terms(&dir)[0],
+        (purged + 1, 1),
+        "readers see no purged record"
+    );
+    let history = history_indexes(&dir);
+    assert_eq!(history, (starts[3]..=400).collect::<Vec<_>>());
+    // An open settles purges with the same rule: the history stays.
+    assert_eq!(reopen(), purged + 1);
+    assert_eq!(segment_starts(&dir), starts[3..]);
+    // Without the history (a writer opened with the default options), the open finishes
+    // the purge as it always did.
+    with_writer(&dir, move |w| async move {
+        assert_eq!(w.first_live_index(), purged + 1);
+        w.close().await.unwrap();
+    });
+    assert_eq!(segment_starts(&dir), starts[6..]);
+    // Moving the start on: the next purge deletes up to the new start.
+    let dir2 = dir.clone();
+    let (history_from, purged) = (starts[8] + 1, starts[9] + 1);
+    on_glommio(move || async move {
+        let tail = find_tail(&dir2).unwrap();
+        let mut w = LogWriter::open(&dir2, options, &tail).await.unwrap();
+        w.set_history_from_index(history_from);
+        w.purge_through(id(1, purged)).await.unwrap();
+        w.close().await.unwrap();
+    });
+    assert_eq!(segment_starts(&dir), starts[8..]);
+    assert_eq!(history_indexes(&dir)[0], starts[8]);
 }
 
 /// The error with which the writer refuses to open `dir`.

@@ -21,6 +21,8 @@ pub use offset_hints::OffsetHints;
 pub use raft_meta::{load_raft_meta, save_raft_meta, EntryId, RaftMeta};
 pub use range::read_range;
 pub use record::{RecordError, RecordHeader};
-pub use scan::{body_bytes_of_kind, find_tail, repair_log, scan_log, LogTail, TornTail};
+pub use scan::{
+    body_bytes_of_kind, find_tail, repair_log, scan_log, scan_log_history, LogTail, TornTail,
+};
 pub use segments::{list_segments, RecordRef, SegmentInfo};
 pub use writer::{LogWriter, WriterOptions};

@@ -7,8 +7,9 @@
 //! naming the file and offset, and only an explicit repair truncates there.
 //!
 //! Records at or below `raft_meta`'s `last_purged` are walked (validated, counted for
-//! continuity) but never handed to a visitor: a purge deletes only whole segments, so such
-//! records may survive on disk, and no reader may serve them again.
+//! continuity) but never handed to a `scan_log` visitor: a purge deletes only whole segments
+//! (and a Raft log keeps some for audits), so such records may survive on disk, and no reader
+//! may serve them again. Only the offline audit tools read them (`scan_log_history`).
 
 use super::error::LogError;
 use super::raft_meta::{load_raft_meta, RaftMeta};
@@ -48,10 +49,35 @@ pub struct TornTail {
 pub fn scan_log<E: From<LogError>>(
     dir: &Path,
     from_index: u64,
+    visit: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+) -> Result<LogTail, E> {
+    scan(dir, from_index, false, visit)
+}
+
+/// Like `scan_log`, but purged records still on disk are visited too: the audit tools read
+/// the history a Raft log keeps behind its purge point for them (records from the oldest kept
+/// snapshot on, see `WriterOptions::history_from_index`). They are committed entries (a
+/// purge only covers applied ones), so replaying them is sound; no Raft reader serves them.
+pub fn scan_log_history<E: From<LogError>>(
+    dir: &Path,
+    from_index: u64,
+    visit: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+) -> Result<LogTail, E> {
+    scan(dir, from_index, true, visit)
+}
+
+fn scan<E: From<LogError>>(
+    dir: &Path,
+    from_index: u64,
+    with_purged: bool,
     mut visit: impl FnMut(RecordRef<'_>) -> Result<(), E>,
 ) -> Result<LogTail, E> {
     let raft_meta = load_raft_meta(dir)?.unwrap_or_default();
-    let from_index = from_index.max(raft_meta.first_unpurged_index());
+    let from_index = if with_purged {
+        from_index
+    } else {
+        from_index.max(raft_meta.first_unpurged_index())
+    };
     let segments = list_segments(dir)?;
     let mut tail = LogTail {
         segments: segments.clone(),

@@ -47,6 +47,11 @@ pub struct WriterOptions {
     pub pending_bytes_max: usize,
     /// Test-only fault injection (`None` in production).
     pub faults: Option<Arc<FaultPlan>>,
+    /// A purge deletes no segment that holds a record at or above this index: the history
+    /// the audit tools replay from the oldest kept snapshot (a Raft log keeping daily
+    /// snapshots sets it; `LogWriter::set_history_from_index` moves it). `u64::MAX`: a purge
+    /// deletes every segment it covers.
+    pub history_from_index: u64,
 }
 
 impl Default for WriterOptions {
@@ -55,6 +60,7 @@ impl Default for WriterOptions {
             segment_bytes: 256 << 20,
             pending_bytes_max: 32 << 20,
             faults: None,
+            history_from_index: u64::MAX,
         }
     }
 }
@@ -114,7 +120,7 @@ impl LogWriter {
             );
             zero_from(&torn.path, torn.offset)?;
         }
-        let start = purge::settle_purge(dir, tail)?;
+        let start = purge::settle_purge(dir, tail, options.history_from_index)?;
         let mut writer = LogWriter {
             dir: dir.to_path_buf(),
             options,

@@ -43,13 +43,14 @@ use crate::log::vote::{load_vote, save_vote_async, Vote as StoredVote};
 use crate::log::{find_tail, LogError, LogWriter, WriterOptions};
 use crate::raft::entry_record::{log_index, raft_index, record_fields, to_entry_id, to_log_id};
 use crate::raft::log_reader::{read_entries, LogReader, LogView};
+use crate::raft::snapshot_files::history_from_index;
 use crate::raft::types::{Entry, LogId, StorageError, WalletRaft};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{LeaderId, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use std::cell::{Cell, RefCell};
 use std::fmt::Debug;
 use std::ops::RangeBounds;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -116,6 +117,9 @@ pub struct RaftLogStore {
     /// end in memory is then past its end on disk, so every later write is refused (openraft
     /// stops this Raft on the first error anyway; a restart reopens the log from disk).
     failed: Option<String>,
+    /// The partition's snapshot dir when the log keeps the history behind its oldest snapshot
+    /// for the audit tools (`keep_history_behind`); `None`: a purge deletes what it covers.
+    history_of: Option<PathBuf>,
 }
 
 impl RaftLogStore {
@@ -141,9 +145,20 @@ impl RaftLogStore {
             space: Rc::default(),
             scratch: Vec::new(),
             failed: None,
+            history_of: None,
         };
         store.grow_view();
         store
+    }
+
+    /// Keeps on disk, through every purge, the log from the oldest snapshot of `snapshot_dir`
+    /// on (looked up again at each purge, as snapshots come and go), so that `wallet audit
+    /// replay --until T` can start from any kept snapshot (daily ones reach days back). The
+    /// writer should have been opened with the same start (`history_from_index`), or its open
+    /// may already have deleted some of it.
+    pub fn keep_history_behind(mut self, snapshot_dir: &Path) -> RaftLogStore {
+        self.history_of = Some(snapshot_dir.to_path_buf());
+        self
     }
 
     /// Closes the log (everything appended is already durable).
@@ -377,6 +392,16 @@ impl RaftLogStorage<WalletRaft> for RaftLogStore {
             let mut view = self.view.borrow_mut();
             view.first = view.first.max(through.index + 1);
             view.cache.purge_through(through.index);
+        }
+        if let Some(dir) = &self.history_of {
+            match history_from_index(dir) {
+                Ok(from) => self.writer.set_history_from_index(from),
+                // Keeping the previous start keeps at least as much: only a later purge than
+                // it should have would follow.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the snapshots; the log history kept for audits stays where it was")
+                }
+            }
         }
         let result = self.writer.purge_through(through).await;
         self.grow_view();

@@ -196,6 +196,16 @@ fn load_checked(
     }
 }
 
+/// The first log index of the history an audit needs behind the snapshots of `dir`: the one
+/// right after its oldest snapshot, from which `wallet audit replay` reads on (1 when there is
+/// none: everything is history). The log keeps it when it purges
+/// (`WriterOptions::history_from_index`).
+pub fn history_from_index(dir: &Path) -> Result<u64, LogError> {
+    Ok(list_snapshots(dir)?
+        .first()
+        .map_or(1, |(index, _)| index.saturating_add(1)))
+}
+
 /// Where a snapshot being received into `dir` is written: a fresh name, never taken for a
 /// finished snapshot.
 pub fn receiving_path(dir: &Path) -> PathBuf {

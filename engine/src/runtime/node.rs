@@ -582,6 +582,7 @@ async fn run_shard<H: ClusterHook>(
             segment_bytes: config.segment_bytes,
             pending_bytes_max: (config.segment_bytes / 4).min(32 << 20) as usize,
             faults: config.faults.clone(),
+            ..WriterOptions::default()
         };
         let writer = match LogWriter::open(&log_dir(&dir), options, &recovered.tail).await {
             Ok(w) => w,

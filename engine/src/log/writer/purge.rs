@@ -9,6 +9,12 @@
 //! `first_live_index` starts after them). The active segment is kept even when a purge covers
 //! all its records; if appends then move on to a new segment, the old one goes at the next
 //! purge or open.
+//!
+//! **History for audits.** A segment holding a record at or above
+//! `WriterOptions::history_from_index` is not deleted by a purge either: a Raft partition that
+//! keeps daily snapshots sets it to just after its oldest kept snapshot, so `wallet audit
+//! replay --until T` can start from that snapshot and read on (`scan_log_history`). A purge
+//! past the end still deletes everything: the log continues after a gap.
 
 use super::LogWriter;
 use crate::log::error::LogError;
@@ -100,11 +106,18 @@ impl LogWriter {
                 return Err(error);
             }
         } else {
-            let count = purged_segment_count(&self.segments, purged.index);
+            let deletable = deletable_through(purged.index, self.options.history_from_index);
+            let count = purged_segment_count(&self.segments, deletable);
             delete_front_segments(&self.dir, &mut self.segments, count)?;
         }
         assert_eq!(self.first_live_index(), purged.index + 1);
         Ok(())
+    }
+
+    /// Moves the start of the history kept behind purges (`WriterOptions::history_from_index`);
+    /// it applies from the next purge on (segments already deleted stay deleted).
+    pub fn set_history_from_index(&mut self, index: u64) {
+        self.options.history_from_index = index;
     }
 
     /// Openraft's `save_committed`, which it calls on **every** commit, in its core, between
@@ -157,7 +170,11 @@ pub(super) struct LogStart {
 /// The start of the log `tail` describes, after finishing a purge that a crash interrupted
 /// (`raft_meta` saved, not all of its segments deleted yet). A `raft_meta` that contradicts the
 /// segments (a hole after `last_purged`, another term for the same last entry) is an error.
-pub(super) fn settle_purge(dir: &Path, tail: &LogTail) -> Result<LogStart, LogError> {
+pub(super) fn settle_purge(
+    dir: &Path,
+    tail: &LogTail,
+    history_from_index: u64,
+) -> Result<LogStart, LogError> {
     let mut segments = tail.segments.clone();
     // An empty log that starts later (after a purge, or recovery after a snapshot) ends right
     // before its first index.
@@ -207,7 +224,8 @@ pub(super) fn settle_purge(dir: &Path, tail: &LogTail) -> Result<LogStart, LogEr
                 ));
             }
         }
-        let count = purged_segment_count(&segments, purged.index);
+        let deletable = deletable_through(purged.index, history_from_index);
+        let count = purged_segment_count(&segments, deletable);
         delete_front_segments(dir, &mut segments, count)?;
     }
     Ok(LogStart {
@@ -215,6 +233,11 @@ pub(super) fn settle_purge(dir: &Path, tail: &LogTail) -> Result<LogStart, LogEr
         last_index,
         last_term,
     })
+}
+
+/// The last index whose segment a purge through `purged` may delete: below the kept history.
+fn deletable_through(purged: u64, history_from_index: u64) -> u64 {
+    purged.min(history_from_index.saturating_sub(1))
 }
 
 /// How many leading segments hold only records at or below `through`: those whose successor
