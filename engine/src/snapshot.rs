@@ -214,7 +214,13 @@ fn prune_snapshots(dir: &Path, retention: SnapshotRetention) -> Result<(), LogEr
     let keep = retention.keep(&described);
     for (index, path) in existing {
         if keep.binary_search(&index).is_err() {
-            std::fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
+            match std::fs::remove_file(&path) {
+                // Gone already (an operator, or a prune that raced this one): what it wanted.
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(LogError::io(&path, e))
+                }
+                _ => {}
+            }
         }
     }
     Ok(())

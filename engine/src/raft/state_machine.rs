@@ -51,7 +51,7 @@ use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long `apply` lets the executor run before it applies command entries (see there).
@@ -77,6 +77,12 @@ pub struct RaftPartition {
     defer_read_model: bool,
     /// Set at shutdown: a snapshot waiting for disk space stops waiting (`with_give_up`).
     give_up: Arc<AtomicBool>,
+    /// Held while a helper thread writes or prunes `snapshot_dir`: openraft may build a
+    /// snapshot while it installs one received from the leader, and two writers of one dir
+    /// would prune each other's files (seen in the cluster chaos run: the install failed on a
+    /// file the build had just deleted, and openraft stopped the partition for good) or write
+    /// the same index's temp file at once.
+    dir_lock: Arc<Mutex<()>>,
     /// Reused across entries. Events are kept only for a read model (else counted).
     out: ApplyOutput,
     /// The read model and the subscribers' wake-ups, shared with the partition's task.
@@ -139,6 +145,7 @@ impl RaftPartition {
             submit_turn: false,
             defer_read_model: false,
             give_up: Arc::default(),
+            dir_lock: Arc::default(),
             out: if read.is_on() {
                 ApplyOutput::default()
             } else {
@@ -293,6 +300,7 @@ pub struct SnapshotBuilder {
     retention: SnapshotRetention,
     written: Rc<Cell<u64>>,
     give_up: Arc<AtomicBool>,
+    dir_lock: Arc<Mutex<()>>,
 }
 
 impl RaftSnapshotBuilder<WalletRaft> for SnapshotBuilder {
@@ -306,11 +314,12 @@ impl RaftSnapshotBuilder<WalletRaft> for SnapshotBuilder {
             .take()
             .ok_or_else(|| failed(&std::io::Error::other("this builder already built")))?;
         let (dir, meta, retention) = (self.dir.clone(), self.meta.clone(), self.retention);
-        let give_up = self.give_up.clone();
+        let (give_up, dir_lock) = (self.give_up.clone(), self.dir_lock.clone());
         // A full disk is waited out (openraft stops the partition's Raft on a failed build),
         // on the helper thread, beside everything else; a shutdown ends the wait.
         let handle = on_helper_thread("raft-snapshot", move || {
             let mut capture = capture;
+            let _dir = lock_dir(&dir_lock);
             while_disk_full(&give_up, crate::log::LogError::is_disk_full, || {
                 write_pair(&dir, &mut capture, &meta, retention)
             })
@@ -387,6 +396,7 @@ impl RaftStateMachine<WalletRaft> for RaftPartition {
             retention: self.retention,
             written: self.snapshots_written.clone(),
             give_up: self.give_up.clone(),
+            dir_lock: self.dir_lock.clone(),
         }
     }
 
@@ -416,10 +426,11 @@ impl RaftStateMachine<WalletRaft> for RaftPartition {
         };
         let (dir, owned_meta, retention) =
             (self.snapshot_dir.clone(), meta.clone(), self.retention);
-        let give_up = self.give_up.clone();
+        let (give_up, dir_lock) = (self.give_up.clone(), self.dir_lock.clone());
         // A failed install stops the partition's Raft (openraft treats it as fatal): a full
         // disk is waited out instead, on the helper thread, as a snapshot build's is.
         let (loaded, _installed) = on_helper_thread("raft-install", move || {
+            let _dir = lock_dir(&dir_lock);
             while_disk_full(&give_up, SnapshotError::is_disk_full, || {
                 install(&dir, &owned_meta, &snapshot, partition, count, retention)
             })
@@ -443,6 +454,12 @@ impl RaftStateMachine<WalletRaft> for RaftPartition {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<WalletRaft>>, StorageError> {
         newest(&self.snapshot_dir).map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
+}
+
+/// Takes the snapshot dir's lock (`RaftPartition::dir_lock`). A holder that panicked left no
+/// state behind it in the lock (the files speak for themselves): take it over.
+fn lock_dir(lock: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+    lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs blocking `attempt` until it does not fail on a full disk (`is_full`), every

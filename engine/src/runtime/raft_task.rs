@@ -147,6 +147,10 @@ const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// How long a snapshot request (or the one at shutdown) waits for openraft to write it.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(300);
 
+/// How often a snapshot request asks openraft again while no snapshot covers what it asked for
+/// (`snapshot_now`).
+const SNAPSHOT_RETRIGGER: Duration = Duration::from_millis(500);
+
 /// Counters shared with the reader task (for `Request::Stats`).
 #[derive(Default)]
 struct Counters {
@@ -190,6 +194,9 @@ pub struct RaftTask {
     daily_snapshots: bool,
     /// The UTC day (of log time) of the last snapshot asked for, or of the state at start.
     last_snapshot_day: u64,
+    /// The day's snapshot asked for and not written yet: the log index it must cover, and
+    /// when it was last asked (openraft ignores a trigger while it builds another snapshot).
+    daily_pending: Option<(u64, Instant)>,
     /// Reused encoding buffer.
     body: rkyv::util::AlignedVec<16>,
 }
@@ -411,6 +418,7 @@ impl RaftTask {
             next_timestamp,
             daily_snapshots: config.snapshot_daily_days > 0,
             last_snapshot_day,
+            daily_pending: None,
             body: rkyv::util::AlignedVec::new(),
         })
     }
@@ -576,17 +584,36 @@ impl RaftTask {
     /// Log time entered a new UTC day since the last snapshot: ask openraft for one, so each
     /// day with entries has a starting point for audits and read models (`SnapshotRetention`
     /// keeps the newest of each of the last `snapshot_daily_days` days, as in local mode).
-    /// Every node does it for itself, followers too: they apply the same entries.
+    /// Every node does it for itself, followers too: they apply the same entries. A trigger
+    /// that finds another snapshot building is ignored by openraft, so it is repeated (every
+    /// `SNAPSHOT_RETRIGGER`, when this task wakes) until a snapshot covers the day's start.
     async fn daily_snapshot(&mut self) {
         if !self.daily_snapshots {
             return;
         }
-        let day = self.state.borrow().last_timestamp() / DAY_NS;
+        let (day, applied) = {
+            let state = self.state.borrow();
+            (state.last_timestamp() / DAY_NS, state.last_index())
+        };
         if day > self.last_snapshot_day {
             self.last_snapshot_day = day;
-            if let Err(e) = self.raft.trigger().snapshot().await {
-                tracing::warn!(error = %e, "the daily snapshot was not started");
+            self.daily_pending = Some((applied, Instant::now()));
+        } else {
+            let Some((want, asked)) = self.daily_pending else {
+                return;
+            };
+            let written = applied_log_index(self.raft.metrics().borrow().snapshot.as_ref());
+            if written >= want {
+                self.daily_pending = None;
+                return;
             }
+            if asked.elapsed() < SNAPSHOT_RETRIGGER {
+                return;
+            }
+            self.daily_pending = Some((want, Instant::now()));
+        }
+        if let Err(e) = self.raft.trigger().snapshot().await {
+            tracing::warn!(error = %e, "the daily snapshot was not started");
         }
     }
 
@@ -950,19 +977,30 @@ async fn change_membership(
 
 /// Asks openraft for a snapshot of everything applied and waits until it is written; returns
 /// the log index it covers.
+///
+/// openraft ignores the trigger while it builds a snapshot already (a daily or an interval
+/// one, of fewer entries): that build ends short of `applied`, and nothing else would start
+/// the one asked for. So the trigger is repeated every `SNAPSHOT_RETRIGGER` until a snapshot
+/// covers `applied` (a repeat during a build is ignored again, harmlessly).
 async fn snapshot_now(raft: &Raft<WalletRaft>) -> Result<u64, String> {
     let applied = raft.metrics().borrow().last_applied;
     let covers = |snapshot: &Option<LogId>| snapshot.map(|s| s.index) >= applied.map(|a| a.index);
-    if covers(&raft.metrics().borrow().snapshot) {
-        return Ok(applied_log_index(applied.as_ref()));
+    let deadline = Instant::now() + SNAPSHOT_WAIT;
+    loop {
+        if covers(&raft.metrics().borrow().snapshot) {
+            return Ok(applied_log_index(applied.as_ref()));
+        }
+        raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
+        let waited = raft
+            .wait(Some(SNAPSHOT_RETRIGGER))
+            .metrics(|m| covers(&m.snapshot), "a snapshot of everything applied")
+            .await;
+        match waited {
+            Ok(metrics) => return Ok(applied_log_index(metrics.snapshot.as_ref())),
+            Err(openraft::metrics::WaitError::Timeout(..)) if Instant::now() < deadline => {}
+            Err(e) => return Err(e.to_string()),
+        }
     }
-    raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
-    let metrics = raft
-        .wait(Some(SNAPSHOT_WAIT))
-        .metrics(|m| covers(&m.snapshot), "a snapshot of everything applied")
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(applied_log_index(metrics.snapshot.as_ref()))
 }
 
 /// The reader task: answers groups of reads after one `ensure_linearizable` for all of them.
