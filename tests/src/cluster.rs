@@ -16,6 +16,8 @@ const CORE_COUNT: u16 = 2;
 pub struct NodeSpec {
     pub node_id: u64,
     pub client_addr: String,
+    /// Where its Prometheus metrics are served (`GET /metrics`).
+    pub metrics_addr: String,
     /// Base of its node-link ports (one per core).
     pub peer_port: u16,
     pub config: PathBuf,
@@ -68,12 +70,14 @@ fn node_config(
         "listen = \"{}\"\ndata_dir = \"{}\"\ncores = [{CORES}]\npartitions = {partitions}\n\
          node_id = {}\ncluster_id = 7\npeer_listen = \"127.0.0.1:{}\"\n\
          peer_token_file = \"{}\"\nfault_injection = true\n\
-         snapshot_interval_entries = 64\nelection_timeout_ms = 1000\n",
+         snapshot_interval_entries = 64\nelection_timeout_ms = 1000\n\
+         metrics_listen = \"{}\"\n",
         spec.client_addr,
         spec.data_dir.display(),
         spec.node_id,
         spec.peer_port,
         root.join("peer.token").display(),
+        spec.metrics_addr,
     );
     text.push_str(extra);
     if !extra.is_empty() && !extra.ends_with('\n') {
@@ -114,6 +118,7 @@ impl TestCluster {
             .map(|node_id| NodeSpec {
                 node_id,
                 client_addr: format!("127.0.0.1:{}", free_port()),
+                metrics_addr: format!("127.0.0.1:{}", free_port()),
                 peer_port: free_port_run(),
                 config: root.join(format!("node{node_id}.toml")),
                 data_dir: root.join(format!("node{node_id}")),
@@ -207,6 +212,7 @@ impl TestCluster {
         let spec = NodeSpec {
             node_id,
             client_addr: format!("127.0.0.1:{}", free_port()),
+            metrics_addr: format!("127.0.0.1:{}", free_port()),
             peer_port: free_port_run(),
             config: root.join(format!("node{node_id}.toml")),
             data_dir: root.join(format!("node{node_id}")),

@@ -504,6 +504,111 @@ fn an_isolated_leader_acknowledges_nothing_and_loses_nothing() {
     }
     cluster.converged_digest(Duration::from_secs(60));
     check_invariants(&cluster, &load.acknowledged, &load.existing);
+
+    cli_on_a_follower(&cluster);
+    link_metrics(&cluster);
+}
+
+/// Every node's metrics count its node-link traffic (requests it sent: a node that never led
+/// nor campaigned sent none, its answers travel back on its peers' connections): the leaders'
+/// frames carried Raft messages, several per frame at times (heartbeats and entries of both
+/// partitions share writes), over connections they made.
+fn link_metrics(cluster: &TestCluster) {
+    let (mut frames_all, mut connects_all) = (0, 0);
+    for spec in &cluster.specs {
+        let (status, body) = walletd_tests::http_get(&spec.metrics_addr, "/metrics");
+        assert!(status.contains("200"), "{status}: {body}");
+        let value = |name: &str| -> u64 {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} in node {}'s metrics", spec.node_id))
+        };
+        let frames = value("walletd_link_frames_sent_total");
+        let messages = value("walletd_link_messages_sent_total");
+        assert!(
+            messages >= frames,
+            "node {}: {messages} < {frames}",
+            spec.node_id
+        );
+        assert_eq!(
+            frames > 0,
+            value("walletd_link_messages_per_frame_max") > 0,
+            "node {}",
+            spec.node_id
+        );
+        frames_all += frames;
+        connects_all += value("walletd_link_connects_total");
+        value("walletd_link_connect_failures_total");
+    }
+    assert!(
+        frames_all > 0 && connects_all >= 2,
+        "{frames_all} frames, {connects_all} connects"
+    );
+}
+
+/// `wallet` pointed at a node that does not lead the partition of the accounts it names
+/// still creates, transfers and looks up: it sends each command to the partition's leader
+/// (`wallet_target`), where the node itself would answer `not_leader`.
+fn cli_on_a_follower(cluster: &TestCluster) {
+    let map = cluster.wait_for_leaders(Duration::from_secs(10));
+    let partition = 1u32;
+    let leader = map.partitions[partition as usize].leader.expect("a leader");
+    // Every node runs again (healed): any other than the leader follows.
+    let follower = (0..cluster.specs.len())
+        .find(|i| *i as u64 + 1 != leader)
+        .expect("a follower");
+    let addr = cluster.specs[follower].client_addr.clone();
+    let ids: Vec<u128> = (1u128 << 90..)
+        .filter(|id| partition_of(*id, PARTITIONS) == partition)
+        .take(2)
+        .collect();
+    let (issuer, wallet) = (ids[0].to_string(), ids[1].to_string());
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--addr", addr.as_str(), "--json"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = walletd_tests::run_cli(WALLET, &all);
+        assert!(
+            ok,
+            "wallet {args:?} on follower node {}: {err} {out}",
+            follower + 1
+        );
+        serde_json::from_str::<serde_json::Value>(&out).expect("json")
+    };
+    let created = cli(&[
+        "create-account",
+        "--id",
+        &issuer,
+        "--currency",
+        "EUR",
+        "--floor",
+        "-1000",
+    ]);
+    assert_eq!(created["result"], "ok");
+    assert_eq!(
+        cli(&["create-account", "--id", &wallet, "--currency", "EUR"])["result"],
+        "ok"
+    );
+    let transfer_id = (1u128 << 95).to_string();
+    let args = [
+        "transfer",
+        "--id",
+        &transfer_id,
+        "--from",
+        &issuer,
+        "--to",
+        &wallet,
+        "--amount",
+        "250",
+        "--currency",
+        "EUR",
+    ];
+    assert_eq!(cli(&args)["result"], "ok");
+    // The retry with the same id is harmless, through the leader as well.
+    assert_eq!(cli(&args)["result"], "exists");
+    assert_eq!(cli(&["balance", &wallet])["balance"], 250);
+    let found = cli(&["lookup-transfer", &transfer_id]);
+    assert_eq!(found["status"], "applied", "{found}");
+    assert_eq!(found["amount"], 250);
 }
 
 /// `wallet cluster status --json`: every partition's leader answers with a commit index at

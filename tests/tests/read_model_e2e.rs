@@ -298,3 +298,65 @@ fn check_totals(
     }
     Ok(())
 }
+
+/// Ids are u128: `--json` prints ids past u64 as exact JSON numbers (it once panicked on
+/// them), for writes, lookups and history alike.
+#[test]
+fn json_output_carries_ids_past_u64_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(std::path::Path::new(WALLETD), dir.path(), &[]);
+    let addr = server.addr.clone();
+    let issuer = (u128::MAX - 7).to_string();
+    let wallet_id = ((1u128 << 100) + 3).to_string();
+    let transfer_id = ((1u128 << 120) + 11).to_string();
+    let created = json(
+        &addr,
+        &[
+            "create-account",
+            "--id",
+            &issuer,
+            "--currency",
+            "EUR",
+            "--floor",
+            "-500",
+        ],
+    );
+    assert_eq!(created["result"], "ok");
+    assert_eq!(created["id"].to_string(), issuer);
+    let created = json(
+        &addr,
+        &["create-account", "--id", &wallet_id, "--currency", "EUR"],
+    );
+    assert_eq!(created["id"].to_string(), wallet_id);
+    let moved = json(
+        &addr,
+        &[
+            "transfer",
+            "--id",
+            &transfer_id,
+            "--from",
+            &issuer,
+            "--to",
+            &wallet_id,
+            "--amount",
+            "120",
+            "--currency",
+            "EUR",
+        ],
+    );
+    assert_eq!(moved["result"], "ok");
+    assert_eq!(moved["id"].to_string(), transfer_id);
+    let balance = json(&addr, &["balance", &wallet_id]);
+    assert_eq!(balance["id"].to_string(), wallet_id);
+    assert_eq!(balance["balance"], 120);
+    let found = json(&addr, &["lookup-transfer", &transfer_id]);
+    assert_eq!(found["id"].to_string(), transfer_id);
+    assert_eq!(found["from"].to_string(), issuer);
+    assert_eq!(found["to"].to_string(), wallet_id);
+    let history = json(&addr, &["history", &wallet_id]);
+    assert_eq!(
+        history["entries"][0]["transfer_id"].to_string(),
+        transfer_id
+    );
+    assert_eq!(history["entries"][0]["counterparty"].to_string(), issuer);
+}

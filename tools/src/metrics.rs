@@ -6,6 +6,7 @@
 
 use engine::runtime::timing::{Histogram, BUCKET_BOUNDS_US};
 use engine::runtime::Node;
+use net::raft_link::{LinkCounters, LinkStats};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -16,14 +17,19 @@ use std::time::Duration;
 const REQUEST_BYTES_MAX: usize = 8 * 1024;
 
 /// Binds `addr` and serves metrics on a background thread for the life of the process.
-pub fn serve(addr: SocketAddr, node: Arc<Node>) -> Result<(), String> {
+/// `link`: the node link's counters, in a cluster (`walletd_link_*`).
+pub fn serve(
+    addr: SocketAddr,
+    node: Arc<Node>,
+    link: Option<Arc<LinkCounters>>,
+) -> Result<(), String> {
     let listener =
         TcpListener::bind(addr).map_err(|e| format!("metrics: cannot listen on {addr}: {e}"))?;
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, &node) {
+                if let Err(e) = answer(stream, &node, link.as_deref()) {
                     tracing::debug!(error = %e, "metrics scrape failed");
                 }
             }
@@ -32,7 +38,7 @@ pub fn serve(addr: SocketAddr, node: Arc<Node>) -> Result<(), String> {
     Ok(())
 }
 
-fn answer(mut stream: TcpStream, node: &Node) -> std::io::Result<()> {
+fn answer(mut stream: TcpStream, node: &Node, link: Option<&LinkCounters>) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut head = Vec::with_capacity(512);
@@ -46,7 +52,7 @@ fn answer(mut stream: TcpStream, node: &Node) -> std::io::Result<()> {
     }
     let (status, body) = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?")
     {
-        match render(node) {
+        match render(node, link) {
             Ok(text) => ("200 OK", text),
             Err(reason) => ("503 Service Unavailable", format!("{reason}\n")),
         }
@@ -64,7 +70,7 @@ fn answer(mut stream: TcpStream, node: &Node) -> std::io::Result<()> {
 }
 
 /// The metrics text (Prometheus exposition format).
-pub fn render(node: &Node) -> Result<String, String> {
+pub fn render(node: &Node, link: Option<&LinkCounters>) -> Result<String, String> {
     let mut stats = Vec::new();
     for p in 0..node.partition_count() {
         stats.push(futures::executor::block_on(node.counters(p)).map_err(|e| e.to_string())?);
@@ -250,7 +256,51 @@ pub fn render(node: &Node) -> Result<String, String> {
         "Time from a group commit's start until its durable write completed (disk; the apply overlaps it).",
         |s| &s.timing.fsync,
     );
+    if let Some(link) = link {
+        link_metrics(&mut out, link.snapshot());
+    }
     Ok(out)
+}
+
+/// The node link's counters (node-wide: every core's link counts into them).
+/// `messages_sent / frames_sent` is how well Raft messages of all partitions share writes.
+fn link_metrics(out: &mut String, stats: LinkStats) {
+    for (name, kind, help, value) in [
+        (
+            "walletd_link_frames_sent_total",
+            "counter",
+            "Node-link frames (RaftBatch) written to peers.",
+            stats.frames_sent,
+        ),
+        (
+            "walletd_link_messages_sent_total",
+            "counter",
+            "Raft messages (of any partition) in those frames.",
+            stats.messages_sent,
+        ),
+        (
+            "walletd_link_messages_per_frame_max",
+            "gauge",
+            "Most Raft messages sent in one frame since start.",
+            stats.messages_per_frame_max,
+        ),
+        (
+            "walletd_link_connects_total",
+            "counter",
+            "Connections to peers established (handshake done).",
+            stats.connects,
+        ),
+        (
+            "walletd_link_connect_failures_total",
+            "counter",
+            "Connects to peers that failed (refused, timed out, handshake refused).",
+            stats.connect_failures,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
 }
 
 /// One Prometheus histogram family, a series per partition (cumulative buckets, sum, count).

@@ -1,6 +1,7 @@
 //! `wallet`: the command-line client. Human output by default, one JSON object with `--json`;
 //! exit status 1 (and a one-line reason on stderr) when the command did not succeed.
 
+use crate::wallet_target::Target;
 use clap::{Parser, Subcommand};
 use engine::model::{account_flags, Currency};
 use engine::read_model::At;
@@ -344,7 +345,10 @@ fn run(cli: Cli) -> Result<(), String> {
             ),
         };
     }
+    let target_config = config.clone();
     let client = Client::connect(config).map_err(|e| e.to_string())?;
+    // Account and transfer commands go to their partitions' leaders (`wallet_target`).
+    let target = |client| Target::of(client, &target_config).map_err(|e| e.to_string());
     match cli.command {
         Command::CreateAccount {
             id,
@@ -361,7 +365,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 user_data,
             };
             let code = single(
-                client
+                target(client)?
                     .create_accounts(&[account])
                     .map_err(|e| e.to_string())?,
             )?;
@@ -383,7 +387,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 currency: currency(&code)?,
                 user_data,
             };
-            send_transfer(&client, transfer, cli.json)
+            send_transfer(&target(client)?, transfer, cli.json)
         }
         Command::Deposit {
             id,
@@ -401,7 +405,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 currency: currency(&code)?,
                 user_data: 0,
             };
-            send_transfer(&client, transfer, cli.json)
+            send_transfer(&target(client)?, transfer, cli.json)
         }
         Command::Balance {
             id, at: Some(t), ..
@@ -430,7 +434,9 @@ fn run(cli: Cli) -> Result<(), String> {
             cli.json,
         ),
         Command::Balance { id, .. } => {
-            let found = client.lookup_accounts(&[id]).map_err(|e| e.to_string())?;
+            let found = target(client)?
+                .lookup_accounts(&[id])
+                .map_err(|e| e.to_string())?;
             let a = found
                 .into_iter()
                 .next()
@@ -455,7 +461,9 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::LookupTransfer { id } => {
-            let found = client.lookup_transfers(&[id]).map_err(|e| e.to_string())?;
+            let found = target(client)?
+                .lookup_transfers(&[id])
+                .map_err(|e| e.to_string())?;
             let found = found
                 .into_iter()
                 .next()
@@ -569,9 +577,9 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 /// Sends one transfer and reports its result code.
-fn send_transfer(client: &Client, transfer: NewTransfer, as_json: bool) -> Result<(), String> {
+fn send_transfer(target: &Target, transfer: NewTransfer, as_json: bool) -> Result<(), String> {
     let code = single(
-        client
+        target
             .create_transfers(&[transfer])
             .map_err(|e| e.to_string())?,
     )?;

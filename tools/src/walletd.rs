@@ -376,6 +376,7 @@ fn run(args: Args) -> Result<(), String> {
     server_config.cluster_id = file.cluster_id.unwrap_or(0);
     server_config.node_id = node_id;
     server_config.advertise_addr = args.advertise_addr.or(file.advertise_addr);
+    let link_counters = cluster.as_ref().map(|(link, _)| link.counters.clone());
     server_config.cluster = cluster.map(|(_, setup)| setup);
     // Before the port opens: clients are served as soon as `start` returns, and a SIGTERM sent
     // after that must stop the server cleanly, not kill it with the default disposition (a
@@ -388,7 +389,7 @@ fn run(args: Args) -> Result<(), String> {
     // Metrics before the client port: whoever waits for the client port (scripts, tests) then
     // finds the metrics port open too.
     if let Some(addr) = args.metrics_listen.or(file.metrics_listen) {
-        crate::metrics::serve(addr, node.clone())?;
+        crate::metrics::serve(addr, node.clone(), link_counters)?;
         tracing::info!(%addr, "metrics at /metrics");
     }
     let server = Server::start(node.clone(), server_config)?;

@@ -38,6 +38,9 @@ pub struct LinkConfig {
     /// against the cluster's CA); the peer-token handshake then runs inside it. `None`
     /// (the default): plain TCP.
     pub tls: Option<crate::tls::PeerTls>,
+    /// What the links made from this config (and its clones: every core's) sent; the
+    /// metrics read it (`RaftLink::stats`, `LinkCluster::counters`).
+    pub counters: std::sync::Arc<super::LinkCounters>,
 }
 
 impl LinkConfig {
@@ -56,6 +59,7 @@ impl LinkConfig {
             snapshot_chunk_bytes: super::limits::SNAPSHOT_CHUNK_BYTES,
             filter: super::LinkFilter::new(),
             tls: None,
+            counters: Default::default(),
         }
     }
 }

@@ -65,7 +65,7 @@ pub use io::LinkIoError;
 pub use network::{LinkNetwork, LinkNetworkFactory};
 pub use peer::CallError;
 pub use registry::RaftRegistry;
-pub use stats::LinkStats;
+pub use stats::{LinkCounters, LinkStats};
 pub use wire::DecodeError;
 
 use glommio::net::TcpListener;
@@ -74,12 +74,13 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// What the link's tasks share (on its executor).
 pub(crate) struct LinkShared {
     config: Rc<config::LinkConfig>,
     registry: RaftRegistry,
-    counters: Rc<stats::LinkCounters>,
+    counters: Arc<stats::LinkCounters>,
     peers: RefCell<HashMap<u64, Rc<PeerLink>>>,
     connections: Cell<usize>,
     /// Never sent on: dropping the sender (`RaftLink::shutdown`) wakes every receiver.
@@ -128,10 +129,11 @@ impl RaftLink {
             .map_err(|e| std::io::Error::other(format!("node link on {}: {e}", config.listen)))?;
         let local_addr = listener.local_addr()?;
         let (stop_tx, stop_rx) = flume::bounded(1);
+        let counters = config.counters.clone();
         let shared = Rc::new(LinkShared {
             config: Rc::new(config),
             registry,
-            counters: Rc::default(),
+            counters,
             peers: RefCell::default(),
             connections: Cell::new(0),
             stop: stop_rx,
@@ -161,7 +163,8 @@ impl RaftLink {
         &self.shared.registry
     }
 
-    /// Counters of what this link sent (frames, messages, connects).
+    /// Counters of what this node's links sent (frames, messages, connects): every link made
+    /// from clones of one `LinkConfig` (each core's) counts into the same ones.
     pub fn stats(&self) -> LinkStats {
         self.shared.counters.snapshot()
     }

@@ -46,6 +46,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Why a call got no reply from the peer's Raft.
@@ -87,7 +88,7 @@ struct Pending {
 /// State shared by the link handle, its pump and its reply reader.
 struct Shared {
     config: Rc<LinkConfig>,
-    counters: Rc<LinkCounters>,
+    counters: Arc<LinkCounters>,
     target: u64,
     addr: String,
     pending: RefCell<HashMap<u64, Pending>>,
@@ -162,7 +163,7 @@ impl PeerLink {
     /// A link to `target` at `addr` (`host:port`); connects on the first call.
     pub(crate) fn new(
         config: Rc<LinkConfig>,
-        counters: Rc<LinkCounters>,
+        counters: Arc<LinkCounters>,
         target: u64,
         addr: String,
     ) -> PeerLink {

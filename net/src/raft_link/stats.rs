@@ -1,8 +1,9 @@
-//! `LinkStats`: counters of one `RaftLink`'s outgoing side, for tests and (later) metrics.
+//! `LinkStats`: counters of a node's outgoing node-link side, for tests and the metrics
+//! (`walletd_link_*`).
 //! `messages_sent / frames_sent` is the batching the link achieves: how many Raft messages,
 //! of any partitions, shared a write.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A snapshot of the counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,40 +20,44 @@ pub struct LinkStats {
     pub connect_failures: u64,
 }
 
-/// The live counters (single-threaded: the link's executor only).
-#[derive(Default)]
-pub(crate) struct LinkCounters {
-    frames_sent: Cell<u64>,
-    messages_sent: Cell<u64>,
-    messages_per_frame_max: Cell<u64>,
-    connects: Cell<u64>,
-    connect_failures: Cell<u64>,
+/// The live counters, shared by every core's link of a node (`LinkConfig::counters`: each
+/// core's link is made from a clone of one config) and read by the metrics thread; a frame
+/// carries many messages, so one relaxed increment per frame costs nothing on the path.
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    frames_sent: AtomicU64,
+    messages_sent: AtomicU64,
+    messages_per_frame_max: AtomicU64,
+    connects: AtomicU64,
+    connect_failures: AtomicU64,
 }
 
 impl LinkCounters {
     pub(crate) fn frame(&self, messages: usize) {
         let messages = messages as u64;
-        self.frames_sent.set(self.frames_sent.get() + 1);
-        self.messages_sent.set(self.messages_sent.get() + messages);
+        self.frames_sent.fetch_add(1, Ordering::Relaxed);
+        self.messages_sent.fetch_add(messages, Ordering::Relaxed);
         self.messages_per_frame_max
-            .set(self.messages_per_frame_max.get().max(messages));
+            .fetch_max(messages, Ordering::Relaxed);
     }
 
     pub(crate) fn connected(&self) {
-        self.connects.set(self.connects.get() + 1);
+        self.connects.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn connect_failed(&self) {
-        self.connect_failures.set(self.connect_failures.get() + 1);
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self) -> LinkStats {
+    /// The counters now (each read on its own: a snapshot taken under load may be a frame
+    /// apart between fields).
+    pub fn snapshot(&self) -> LinkStats {
         LinkStats {
-            frames_sent: self.frames_sent.get(),
-            messages_sent: self.messages_sent.get(),
-            messages_per_frame_max: self.messages_per_frame_max.get(),
-            connects: self.connects.get(),
-            connect_failures: self.connect_failures.get(),
+            frames_sent: self.frames_sent.load(Ordering::Relaxed),
+            messages_sent: self.messages_sent.load(Ordering::Relaxed),
+            messages_per_frame_max: self.messages_per_frame_max.load(Ordering::Relaxed),
+            connects: self.connects.load(Ordering::Relaxed),
+            connect_failures: self.connect_failures.load(Ordering::Relaxed),
         }
     }
 }
