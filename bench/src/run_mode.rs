@@ -15,7 +15,6 @@ use crate::machine;
 use crate::progress::Progress;
 use crate::spawn::{self, Walletd};
 use crate::summary::{Check, Latency, Summary};
-use crate::target::Target;
 use crate::workload::{Accounts, MixedGenerator, Popularity};
 use crate::zipf::Zipf;
 use crate::{hgrm, report};
@@ -23,7 +22,7 @@ use engine::{NewTransfer, ResultCode, BATCH_ITEMS_MAX};
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
-use net::{Client, ClientConfig, ClientError, ClusterClient};
+use net::{AnyClient, ClientConfig, ClientError};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -267,27 +266,20 @@ pub fn run(mut args: RunArgs) -> Result<(), String> {
         tls,
         ..ClientConfig::new(addr.clone())
     };
-    let first = Client::connect(config.clone()).map_err(|e| e.to_string())?;
-    // A node of a cluster lists the others in its partition map: then route every command
-    // to its partition's leader (`ClusterClient`) instead of sending everything to one node.
-    let nodes = first.partition_map().map(|m| m.nodes.len()).unwrap_or(1);
-    let connect = |connections: usize| -> Result<Target, String> {
-        let config = ClientConfig {
+    // A node of a cluster lists the others in its partition map: then every command goes to
+    // its partition's leader (`AnyClient`) instead of everything to one node.
+    let connect = |connections: usize| -> Result<AnyClient, String> {
+        AnyClient::connect(ClientConfig {
             connections,
             ..config.clone()
-        };
-        if nodes > 1 {
-            ClusterClient::connect(config, std::slice::from_ref(&addr)).map(Target::Cluster)
-        } else {
-            Client::connect(config).map(Target::Node)
-        }
+        })
         .map_err(|e| e.to_string())
     };
+    let client = connect(args.connections)?;
+    let nodes = client.node_count();
     if nodes > 1 {
         eprintln!("{addr} is a node of a cluster of {nodes}: sending each batch to its partitions' leaders");
     }
-    drop(first);
-    let client = connect(args.connections)?;
     let partitions = client.partitions();
     if args.partitions.is_some_and(|p| p != partitions) {
         eprintln!(
@@ -477,7 +469,7 @@ fn write_json(summary: &RunSummary, path: &std::path::Path) -> Result<(), String
 
 /// Creates every account, then funds every wallet from its partition's issuer (transfer ids
 /// `1..=N`). `exists` is fine: a given server may hold an earlier run's accounts.
-fn setup(client: &Target, accounts: &Accounts, concurrency: usize) -> Result<(), String> {
+fn setup(client: &AnyClient, accounts: &Accounts, concurrency: usize) -> Result<(), String> {
     let creations = accounts.creations();
     let replies: Vec<_> = futures::executor::block_on(
         futures::stream::iter(creations.chunks(BATCH_ITEMS_MAX))
@@ -552,7 +544,7 @@ impl Outcome {
 fn drive(
     args: &RunArgs,
     accounts: &Accounts,
-    clients: &[Target],
+    clients: &[AnyClient],
     generators: Vec<MixedGenerator>,
     stop: &AtomicBool,
     interrupted: &AtomicBool,
@@ -629,7 +621,7 @@ fn drive(
 }
 
 struct Worker<'a> {
-    client: &'a Target,
+    client: &'a AnyClient,
     accounts: &'a Accounts,
     generator: MixedGenerator,
     batch: usize,
@@ -872,7 +864,7 @@ fn is_fatal(e: &ClientError) -> bool {
 /// Through the protocol: every account (conservation, floors) and the sampled acknowledged
 /// transfers (present).
 fn check(
-    client: &Target,
+    client: &AnyClient,
     accounts: &Accounts,
     ok_sample: &[u128],
     concurrency: usize,

@@ -18,7 +18,7 @@ pub mod server;
 pub mod tls;
 pub mod totals;
 
-pub use client::{Client, ClientConfig, ClientError, ClusterClient};
+pub use client::{AnyClient, Client, ClientConfig, ClientError, ClusterClient};
 pub use operation::{Operation, ProtocolError};
 pub use server::{ClusterNode, ClusterSetup, Server, ServerConfig};
 pub use tls::ClientTls;

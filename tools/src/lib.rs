@@ -7,5 +7,4 @@ pub mod wallet_audit;
 pub mod wallet_audit_diff;
 pub mod wallet_cluster;
 pub mod wallet_read;
-pub mod wallet_target;
 pub mod walletd;

@@ -1,12 +1,11 @@
 //! `wallet`: the command-line client. Human output by default, one JSON object with `--json`;
 //! exit status 1 (and a one-line reason on stderr) when the command did not succeed.
 
-use crate::wallet_target::Target;
 use clap::{Parser, Subcommand};
 use engine::model::{account_flags, Currency};
 use engine::read_model::At;
 use engine::{NewAccount, NewTransfer, ResultCode};
-use net::{Client, ClientConfig};
+use net::{AnyClient, Client, ClientConfig};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -345,10 +344,10 @@ fn run(cli: Cli) -> Result<(), String> {
             ),
         };
     }
-    let target_config = config.clone();
-    let client = Client::connect(config).map_err(|e| e.to_string())?;
-    // Account and transfer commands go to their partitions' leaders (`wallet_target`).
-    let target = |client| Target::of(client, &target_config).map_err(|e| e.to_string());
+    // Account and transfer commands go to their partitions' leaders when `--addr` is a node of
+    // a cluster (`AnyClient`); the others ask the node given.
+    let routed = || AnyClient::connect(config.clone()).map_err(|e| e.to_string());
+    let node = || Client::connect(config.clone()).map_err(|e| e.to_string());
     match cli.command {
         Command::CreateAccount {
             id,
@@ -365,7 +364,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 user_data,
             };
             let code = single(
-                target(client)?
+                routed()?
                     .create_accounts(&[account])
                     .map_err(|e| e.to_string())?,
             )?;
@@ -387,7 +386,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 currency: currency(&code)?,
                 user_data,
             };
-            send_transfer(&target(client)?, transfer, cli.json)
+            send_transfer(&routed()?, transfer, cli.json)
         }
         Command::Deposit {
             id,
@@ -405,17 +404,17 @@ fn run(cli: Cli) -> Result<(), String> {
                 currency: currency(&code)?,
                 user_data: 0,
             };
-            send_transfer(&target(client)?, transfer, cli.json)
+            send_transfer(&routed()?, transfer, cli.json)
         }
         Command::Balance {
             id, at: Some(t), ..
-        } => crate::wallet_read::balance_at(&client, id, At::Timestamp(t), cli.json),
+        } => crate::wallet_read::balance_at(&node()?, id, At::Timestamp(t), cli.json),
         Command::Balance {
             id,
             at_position: Some(p),
             ..
-        } => crate::wallet_read::balance_at(&client, id, At::Position(p), cli.json),
-        Command::Totals => crate::wallet_read::totals(&client, cli.json),
+        } => crate::wallet_read::balance_at(&node()?, id, At::Position(p), cli.json),
+        Command::Totals => crate::wallet_read::totals(&node()?, cli.json),
         Command::History {
             id,
             limit,
@@ -423,7 +422,7 @@ fn run(cli: Cli) -> Result<(), String> {
             from,
             to,
         } => crate::wallet_read::history(
-            &client,
+            &node()?,
             &crate::wallet_read::HistoryArgs {
                 id,
                 limit,
@@ -434,7 +433,7 @@ fn run(cli: Cli) -> Result<(), String> {
             cli.json,
         ),
         Command::Balance { id, .. } => {
-            let found = target(client)?
+            let found = routed()?
                 .lookup_accounts(&[id])
                 .map_err(|e| e.to_string())?;
             let a = found
@@ -461,7 +460,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::LookupTransfer { id } => {
-            let found = target(client)?
+            let found = routed()?
                 .lookup_transfers(&[id])
                 .map_err(|e| e.to_string())?;
             let found = found
@@ -498,7 +497,7 @@ fn run(cli: Cli) -> Result<(), String> {
             unreachable!("handled above")
         }
         Command::Digest => {
-            let digest = client.state_digest().map_err(|e| e.to_string())?;
+            let digest = node()?.state_digest().map_err(|e| e.to_string())?;
             if cli.json {
                 let parts: Vec<_> = digest
                     .partitions
@@ -521,6 +520,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Status => {
+            let client = node()?;
             let status = client.status().map_err(|e| e.to_string())?;
             let read_models = client.read_model_status().map_err(|e| e.to_string())?;
             let map = client.partition_map().map_err(|e| e.to_string())?;
@@ -577,9 +577,9 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 /// Sends one transfer and reports its result code.
-fn send_transfer(target: &Target, transfer: NewTransfer, as_json: bool) -> Result<(), String> {
+fn send_transfer(client: &AnyClient, transfer: NewTransfer, as_json: bool) -> Result<(), String> {
     let code = single(
-        target
+        client
             .create_transfers(&[transfer])
             .map_err(|e| e.to_string())?,
     )?;

@@ -20,6 +20,7 @@
 //!
 //! Single transfers from many threads are coalesced into batches by `Client::batcher`.
 
+mod any;
 mod batcher;
 mod cluster;
 mod connection;
@@ -27,6 +28,7 @@ mod routing;
 mod subscription;
 mod transport;
 
+pub use any::AnyClient;
 pub use batcher::Batcher;
 pub use cluster::ClusterClient;
 use connection::{Connection, Reply};
