@@ -28,7 +28,7 @@ fn one_snapshot_per_day_is_kept_and_replay_starts_from_it() {
 
 /// In Raft mode the task asks openraft for the day's snapshot (`RaftTask::daily_snapshot`), and
 /// the days are kept alike. The log is purged behind the snapshots, but keeps the history from
-/// the oldest kept snapshot on (`RaftLogStore::keep_history_behind`), so a replay as of a past
+/// the oldest kept snapshot on (`RaftLogStore::open_keeping_history`), so a replay as of a past
 /// day works from that day's snapshot; one from genesis is refused (those segments are gone).
 #[test]
 fn in_raft_mode_one_snapshot_per_day_is_kept_and_a_replay_as_of_a_past_day_works() {

@@ -118,7 +118,7 @@ pub struct RaftLogStore {
     /// stops this Raft on the first error anyway; a restart reopens the log from disk).
     failed: Option<String>,
     /// The partition's snapshot dir when the log keeps the history behind its oldest snapshot
-    /// for the audit tools (`keep_history_behind`); `None`: a purge deletes what it covers.
+    /// for the audit tools (`open_keeping_history`); `None`: a purge deletes what it covers.
     history_of: Option<PathBuf>,
 }
 
@@ -151,14 +151,19 @@ impl RaftLogStore {
         store
     }
 
-    /// Keeps on disk, through every purge, the log from the oldest snapshot of `snapshot_dir`
-    /// on (looked up again at each purge, as snapshots come and go), so that `wallet audit
-    /// replay --until T` can start from any kept snapshot (daily ones reach days back). The
-    /// writer should have been opened with the same start (`history_from_index`), or its open
-    /// may already have deleted some of it.
-    pub fn keep_history_behind(mut self, snapshot_dir: &Path) -> RaftLogStore {
-        self.history_of = Some(snapshot_dir.to_path_buf());
-        self
+    /// `open`, keeping on disk, through every purge (the open's included), the log from the
+    /// oldest snapshot of `snapshot_dir` on (looked up again at each purge, as snapshots come
+    /// and go), so that `wallet audit replay --until T` can start from any kept snapshot
+    /// (daily ones reach days back).
+    pub async fn open_keeping_history(
+        dir: &Path,
+        mut options: WriterOptions,
+        snapshot_dir: &Path,
+    ) -> Result<RaftLogStore, LogError> {
+        options.history_from_index = history_from_index(snapshot_dir)?;
+        let mut store = RaftLogStore::open(dir, options).await?;
+        store.history_of = Some(snapshot_dir.to_path_buf());
+        Ok(store)
     }
 
     /// Closes the log (everything appended is already durable).

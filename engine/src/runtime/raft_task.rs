@@ -66,7 +66,7 @@
 //!
 //! **Daily snapshots**: the task asks openraft for one when applied log time enters a new UTC
 //! day (`daily_snapshot`); the log keeps the history from the oldest kept snapshot on for the
-//! audit tools (`RaftLogStore::keep_history_behind`).
+//! audit tools (`RaftLogStore::open_keeping_history`).
 //!
 //! **Not in Raft mode yet**: some counters (see `PartitionStats` in `stats`).
 
@@ -87,7 +87,6 @@ use crate::partition::PartitionId;
 use crate::raft::entry_record::{applied_log_index, log_index};
 use crate::raft::log_store::DiskSpace;
 use crate::raft::read_side::{rebuild_window, ReadSide, SharedReadSide};
-use crate::raft::snapshot_files::history_from_index;
 use crate::raft::types::LogId;
 use crate::raft::{EntryData, NodeAddr, RaftLogStore, RaftPartition, WalletRaft};
 use crate::recovery::{log_dir, snapshot_dir};
@@ -294,27 +293,21 @@ impl RaftTask {
         cluster: Rc<C>,
     ) -> Result<RaftTask, StartError> {
         let fail = |reason: String| StartError::Recovery { partition, reason };
-        // With daily snapshots the log keeps the history behind the oldest one for the
-        // audit tools (`RaftLogStore::keep_history_behind`).
-        let keep_history = config.snapshot_daily_days > 0;
-        let history_from_index = if keep_history {
-            history_from_index(&snapshot_dir(dir)).map_err(|e| fail(e.to_string()))?
-        } else {
-            u64::MAX
-        };
         let options = WriterOptions {
             segment_bytes: config.segment_bytes,
             pending_bytes_max: (config.segment_bytes / 4).min(32 << 20) as usize,
             faults: config.faults.clone(),
-            history_from_index,
+            ..WriterOptions::default()
         };
         let entry_items_max = entry_items_max(options.pending_bytes_max, config.group_items_max);
-        let mut store = RaftLogStore::open(&log_dir(dir), options)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        if keep_history {
-            store = store.keep_history_behind(&snapshot_dir(dir));
-        }
+        // With daily snapshots the log keeps the history behind the oldest one for the
+        // audit tools.
+        let opened = if config.snapshot_daily_days > 0 {
+            RaftLogStore::open_keeping_history(&log_dir(dir), options, &snapshot_dir(dir)).await
+        } else {
+            RaftLogStore::open(&log_dir(dir), options).await
+        };
+        let mut store = opened.map_err(|e| fail(e.to_string()))?;
         let space = store.space();
         let history = config.read_model_history_per_account;
         let rebuild = rebuild_window(&mut store, history, config.read_model_rebuild_entries)
