@@ -193,9 +193,6 @@ pub struct RaftTask {
     daily_snapshots: bool,
     /// The UTC day (of log time) of the last snapshot asked for, or of the state at start.
     last_snapshot_day: u64,
-    /// The day's snapshot asked for and not written yet: the log index it must cover, and
-    /// when it was last asked (openraft ignores a trigger while it builds another snapshot).
-    daily_pending: Option<(u64, Instant)>,
     /// Reused encoding buffer.
     body: rkyv::util::AlignedVec<16>,
 }
@@ -411,7 +408,6 @@ impl RaftTask {
             next_timestamp,
             daily_snapshots: config.snapshot_daily_days > 0,
             last_snapshot_day,
-            daily_pending: None,
             body: rkyv::util::AlignedVec::new(),
         })
     }
@@ -466,7 +462,7 @@ impl RaftTask {
                 Event::Tick => {}
             }
             self.finish_ready(&mut in_flight, &mut coordinator);
-            self.daily_snapshot().await;
+            self.daily_snapshot();
             self.lead_changes(
                 &mut leading,
                 &mut last_resend,
@@ -577,36 +573,23 @@ impl RaftTask {
     /// Log time entered a new UTC day since the last snapshot: ask openraft for one, so each
     /// day with entries has a starting point for audits and read models (`SnapshotRetention`
     /// keeps the newest of each of the last `snapshot_daily_days` days, as in local mode).
-    /// Every node does it for itself, followers too: they apply the same entries. A trigger
-    /// that finds another snapshot building is ignored by openraft, so it is repeated (every
-    /// `SNAPSHOT_RETRIGGER`, when this task wakes) until a snapshot covers the day's start.
-    async fn daily_snapshot(&mut self) {
+    /// Every node does it for itself, followers too: they apply the same entries. The wait
+    /// for it (`snapshot_now`, which asks again while openraft builds another snapshot) runs
+    /// beside this task, which goes on meanwhile.
+    fn daily_snapshot(&mut self) {
         if !self.daily_snapshots {
             return;
         }
-        let (day, applied) = {
-            let state = self.state.borrow();
-            (state.last_timestamp() / DAY_NS, state.last_index())
-        };
+        let day = self.state.borrow().last_timestamp() / DAY_NS;
         if day > self.last_snapshot_day {
             self.last_snapshot_day = day;
-            self.daily_pending = Some((applied, Instant::now()));
-        } else {
-            let Some((want, asked)) = self.daily_pending else {
-                return;
-            };
-            let written = applied_log_index(self.raft.metrics().borrow().snapshot.as_ref());
-            if written >= want {
-                self.daily_pending = None;
-                return;
-            }
-            if asked.elapsed() < SNAPSHOT_RETRIGGER {
-                return;
-            }
-            self.daily_pending = Some((want, Instant::now()));
-        }
-        if let Err(e) = self.raft.trigger().snapshot().await {
-            tracing::warn!(error = %e, "the daily snapshot was not started");
+            let raft = self.raft.clone();
+            glommio::spawn_local(async move {
+                if let Err(e) = snapshot_now(&raft).await {
+                    tracing::warn!(error = %e, "the daily snapshot was not written");
+                }
+            })
+            .detach();
         }
     }
 

@@ -36,11 +36,6 @@ impl LinkCluster {
         LinkCluster { config }
     }
 
-    /// What every core's link sent (for the metrics).
-    pub fn counters(&self) -> std::sync::Arc<super::LinkCounters> {
-        self.config.counters.clone()
-    }
-
     /// The fault-injection switch shared by every core's link.
     pub fn filter(&self) -> LinkFilter {
         self.config.filter.clone()

@@ -39,7 +39,7 @@ pub struct LinkConfig {
     /// (the default): plain TCP.
     pub tls: Option<crate::tls::PeerTls>,
     /// What the links made from this config (and its clones: every core's) sent; the
-    /// metrics read it (`RaftLink::stats`, `LinkCluster::counters`).
+    /// metrics read it (`RaftLink::stats`; walletd keeps a clone for `walletd_link_*`).
     pub counters: std::sync::Arc<super::LinkCounters>,
 }
 
