@@ -147,6 +147,19 @@ impl AccountTable {
         (mix(id, self.seed) >> self.shift) as usize
     }
 
+    /// Makes room for `additional` more accounts at once, so inserting them never doubles the
+    /// table (each doubling rehashes and faults in a new table).
+    pub fn reserve(&mut self, additional: usize) {
+        let slots = slots_for(self.len + additional);
+        if slots > self.slots.len() {
+            let mut bigger = AccountTable::with_slots(slots, self.seed);
+            for account in self.values() {
+                bigger.insert(*account);
+            }
+            *self = bigger;
+        }
+    }
+
     fn grow(&mut self) {
         let mut bigger = AccountTable::with_slots(self.slots.len() * 2, self.seed);
         for account in self.values() {

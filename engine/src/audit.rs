@@ -7,13 +7,18 @@
 //! behind its oldest snapshot (`scan_log_history`): a replay as of a past day starts from
 //! that day's snapshot and reads on from there.
 
-use crate::command::{entry_kind, ArchivedNewTransfer};
+use crate::command::{entry_kind, ArchivedNewAccount, ArchivedNewTransfer};
 use crate::digest::{combine_digests, state_digest};
-use crate::log::{body_bytes_of_kind, scan_log_history, LogError, RecordRef};
+use crate::log::{
+    body_bytes_of_kind, scan_log_history, scan_log_history_segments, LogError, RecordRef,
+};
 use crate::recovery::{log_dir, partition_dir, snapshot_dir};
 use crate::snapshot::{list_snapshots, load_snapshot};
 use crate::state_machine::{ApplyOutput, PartitionState};
+use memmap2::Mmap;
+use std::cell::Cell;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
@@ -208,10 +213,17 @@ fn replay_partition(
     let from = state.last_index() + 1;
     // Room for every transfer the log can hold (an upper bound: rejected items take room too),
     // so the index does not rehash and fault in memory again each time it doubles.
-    let transfer_bytes = body_bytes_of_kind(&log_dir(&pdir), from, entry_kind::CREATE_TRANSFERS)?;
-    state.reserve_transfer_index(
-        (transfer_bytes / std::mem::size_of::<ArchivedNewTransfer>() as u64) as usize,
+    let account_bytes = body_bytes_of_kind(&log_dir(&pdir), from, entry_kind::CREATE_ACCOUNTS)?;
+    state.reserve_accounts(
+        (account_bytes / std::mem::size_of::<ArchivedNewAccount>() as u64) as usize,
     );
+    let transfer_bytes = body_bytes_of_kind(&log_dir(&pdir), from, entry_kind::CREATE_TRANSFERS)?;
+    let transfers_max =
+        (transfer_bytes / std::mem::size_of::<ArchivedNewTransfer>() as u64) as usize;
+    state.reserve_transfer_index(transfers_max);
+    // Zero-copy: the transfers applied stay in the mapped segments (`mapped_transfers`)
+    // instead of being copied into ~1 GiB of fresh memory per 12M transfers.
+    state.keep_transfers_in_log(transfers_max);
     let (mut events, mut entries) = (0u64, 0u64);
     let mut out = ApplyOutput::counting_events();
     let mut failure: Option<AuditError> = None;
@@ -220,50 +232,60 @@ fn replay_partition(
     // next, and a log purged past it (a Raft log purges what its snapshots cover) is refused
     // even when no record is left to read (checked after the scan, from its `raft_meta`).
     let mut first_seen: Option<u64> = None;
-    let tail = scan_log_history::<LogError>(&log_dir(&pdir), from, |record| {
-        if first_seen.is_none() {
-            first_seen = Some(record.header.index);
-            if record.header.index != from {
-                failure = Some(AuditError::Purged {
-                    partition,
-                    from,
-                    first: record.header.index,
-                });
+    // A segment just mapped, handed to the state before its first record applies.
+    let next_segment: Cell<Option<Arc<Mmap>>> = Cell::new(None);
+    let tail = scan_log_history_segments::<LogError>(
+        &log_dir(&pdir),
+        from,
+        |segment| next_segment.set(segment.shared_map()),
+        |record| {
+            if let Some(map) = next_segment.take() {
+                state.add_log_segment(map);
             }
-        }
-        // Entries apply in index order, so the first entry past `until` ends the replay (a
-        // later Raft blank or membership entry, stamped 0, must not be applied after a gap).
-        // A command entry counts at the time it is applied at, which a Raft log may have
-        // clamped above its header's (`PartitionState::effective_timestamp`).
-        past_until = past_until
-            || (!entry_kind::is_raft(record.header.kind)
-                && state.effective_timestamp(record.header.timestamp) > until);
-        if failure.is_some() || past_until {
-            return Ok(());
-        }
-        out.clear();
-        match state.apply_entry(
-            record.header.index,
-            record.header.kind,
-            record.body,
-            record.header.timestamp,
-            &mut out,
-        ) {
-            Ok(()) => {
-                events += out.events_emitted;
-                entries += 1;
-                after_entry(&state, &out, record.header.timestamp);
+            if first_seen.is_none() {
+                first_seen = Some(record.header.index);
+                if record.header.index != from {
+                    failure = Some(AuditError::Purged {
+                        partition,
+                        from,
+                        first: record.header.index,
+                    });
+                }
             }
-            Err(e) => {
-                failure = Some(AuditError::Apply {
-                    partition,
-                    index: record.header.index,
-                    reason: e.to_string(),
-                })
+            // Entries apply in index order, so the first entry past `until` ends the replay (a
+            // later Raft blank or membership entry, stamped 0, must not be applied after a gap).
+            // A command entry counts at the time it is applied at, which a Raft log may have
+            // clamped above its header's (`PartitionState::effective_timestamp`).
+            past_until = past_until
+                || (!entry_kind::is_raft(record.header.kind)
+                    && state.effective_timestamp(record.header.timestamp) > until);
+            if failure.is_some() || past_until {
+                return Ok(());
             }
-        }
-        Ok(())
-    })?;
+            out.clear();
+            match state.apply_entry(
+                record.header.index,
+                record.header.kind,
+                record.body,
+                record.header.timestamp,
+                &mut out,
+            ) {
+                Ok(()) => {
+                    events += out.events_emitted;
+                    entries += 1;
+                    after_entry(&state, &out, record.header.timestamp);
+                }
+                Err(e) => {
+                    failure = Some(AuditError::Apply {
+                        partition,
+                        index: record.header.index,
+                        reason: e.to_string(),
+                    })
+                }
+            }
+            Ok(())
+        },
+    )?;
     let first_kept = tail.raft_meta.first_unpurged_index();
     if failure.is_none() && first_seen.is_none() && first_kept > from {
         failure = Some(AuditError::Purged {

@@ -20,6 +20,7 @@ pub mod digest;
 pub mod event;
 pub mod id_hash;
 pub mod log;
+pub mod mapped_transfers;
 pub mod model;
 pub mod partition;
 pub mod prefault;

@@ -154,9 +154,27 @@ impl PartitionState {
     pub fn reserve_transfer_index(&mut self, additional: usize) {
         let mut bigger = TransferStore::with_capacity(self.transfers.len() + additional);
         for transfer in self.transfers.iter() {
-            bigger.push(*transfer);
+            bigger.push(transfer);
         }
         self.transfers = bigger;
+    }
+
+    /// Pre-sizes the account table for `additional` more accounts (a replay that knows how
+    /// many its log can create).
+    pub fn reserve_accounts(&mut self, additional: usize) {
+        self.accounts.reserve(additional);
+    }
+
+    /// From now on, transfers applied from log entries stay in the mapped log instead of being
+    /// copied (`TransferStore::keep_in_log`): for an offline replay of up to `capacity` more
+    /// transfers, which hands every segment over (`add_log_segment`) before its records apply.
+    pub fn keep_transfers_in_log(&mut self, capacity: usize) {
+        self.transfers.keep_in_log(capacity);
+    }
+
+    /// The log segment whose records apply next (after `keep_transfers_in_log`).
+    pub fn add_log_segment(&mut self, map: std::sync::Arc<memmap2::Mmap>) {
+        self.transfers.add_log_segment(map);
     }
 
     pub fn partition(&self) -> PartitionId {
@@ -174,7 +192,7 @@ impl PartitionState {
     pub fn account(&self, id: AccountId) -> Option<&Account> {
         self.accounts.get(id)
     }
-    pub fn transfer(&self, id: u128) -> Option<&Transfer> {
+    pub fn transfer(&self, id: u128) -> Option<Transfer> {
         self.transfers.get(id)
     }
 
@@ -183,7 +201,7 @@ impl PartitionState {
         use crate::model::TransferLookup;
         if let Some(t) = self.transfers.get(id) {
             return Some(TransferLookup {
-                transfer: *t,
+                transfer: t,
                 status: ResultCode::Ok,
             });
         }
@@ -208,11 +226,14 @@ impl PartitionState {
     }
     /// Accounts in id order (deterministic, for digests, snapshots and tests).
     pub fn accounts_sorted(&self) -> Vec<Account> {
-        let mut accounts: Vec<Account> = self.accounts.values().copied().collect();
+        // Sized up front: the table's iterator cannot tell its length, and growing a vector of
+        // a million accounts by doubling copies it and faults in fresh memory each time.
+        let mut accounts = Vec::with_capacity(self.accounts.len());
+        accounts.extend(self.accounts.values().copied());
         accounts.sort_unstable_by_key(|a| a.id);
         accounts
     }
-    pub fn transfers(&self) -> impl Iterator<Item = &Transfer> {
+    pub fn transfers(&self) -> impl Iterator<Item = Transfer> + '_ {
         self.transfers.iter()
     }
 
@@ -462,7 +483,7 @@ impl PartitionState {
         };
         let code = self.try_transfer(&transfer, out);
         if code == ResultCode::Ok {
-            self.transfers.push(transfer);
+            self.transfers.push_applied(transfer, Some(item));
             out.emit(Event::TransferApplied(transfer));
         } else if code == ResultCode::Pending {
             // A TC/C started (event emitted by start_tcc) or a retry of one still running.
@@ -483,7 +504,7 @@ impl PartitionState {
             return ResultCode::IdInvalid;
         }
         if let Some(existing) = self.transfers.get(t.id) {
-            return if same_fields(existing, t) {
+            return if same_fields(&existing, t) {
                 ResultCode::Exists
             } else {
                 ResultCode::ExistsWithDifferentFields

@@ -3,7 +3,12 @@
 //! Records live in fixed-size chunks. A full chunk is never written again, so it is shared
 //! behind an `Arc`: a snapshot takes the full chunks by reference and copies only the open one,
 //! which keeps the shard's pause short however many transfers there are.
+//!
+//! An offline replay files the transfers it applies by their place in the mapped log instead
+//! (`keep_in_log`, see `mapped_transfers`): positions past the copied records are there.
 
+use crate::command::ArchivedNewTransfer;
+use crate::mapped_transfers::MappedTransfers;
 use crate::model::{Transfer, TransferId};
 use crate::prefault;
 use crate::transfer_index::TransferIndex;
@@ -17,6 +22,8 @@ pub struct TransferStore {
     full: Vec<Arc<Vec<Transfer>>>,
     open: Vec<Transfer>,
     index: TransferIndex,
+    /// Transfers after the copied ones, read from the mapped log (offline replays only).
+    mapped: Option<Box<MappedTransfers>>,
 }
 
 /// An immutable view of a store at one moment, cheap to take, safe to send to another thread.
@@ -49,19 +56,41 @@ impl TransferStore {
             full: Vec::new(),
             open: fresh_chunk(),
             index: TransferIndex::with_capacity(capacity),
+            mapped: None,
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// From now on, transfers applied from a log entry are filed by their place in the mapped
+    /// log (`add_log_segment` hands over each segment before its records apply) instead of
+    /// copied: what an offline replay does, with room for `capacity` of them.
+    pub fn keep_in_log(&mut self, capacity: usize) {
+        assert!(self.mapped.is_none(), "keep_in_log is called once");
+        self.mapped = Some(Box::new(MappedTransfers::with_capacity(capacity)));
+    }
+
+    /// The segment whose records apply next (only after `keep_in_log`).
+    pub fn add_log_segment(&mut self, map: Arc<memmap2::Mmap>) {
+        self.mapped
+            .as_mut()
+            .expect("add_log_segment follows keep_in_log")
+            .add_segment(map);
+    }
+
+    /// Records copied into chunks (all of them unless `keep_in_log` was called).
+    fn copied_len(&self) -> usize {
         self.full.len() * CHUNK_RECORDS + self.open.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.copied_len() + self.mapped.as_ref().map_or(0, |m| m.len())
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    pub fn get(&self, id: TransferId) -> Option<&Transfer> {
-        let position = self.index.find(id, |p| self.at(p).id)?;
+    pub fn get(&self, id: TransferId) -> Option<Transfer> {
+        let position = self.index.find(id, |p| self.id_at(p))?;
         Some(self.at(position))
     }
 
@@ -71,12 +100,31 @@ impl TransferStore {
         self.index.prefetch(id);
     }
 
-    fn at(&self, position: u64) -> &Transfer {
-        record_at(&self.full, &self.open, position)
+    fn at(&self, position: u64) -> Transfer {
+        match position.checked_sub(self.copied_len() as u64) {
+            Some(mapped) => self.mapped_part().get(mapped as usize),
+            None => *record_at(&self.full, &self.open, position),
+        }
+    }
+
+    fn id_at(&self, position: u64) -> u128 {
+        id_at(&self.full, &self.open, self.mapped.as_deref(), position)
+    }
+
+    fn mapped_part(&self) -> &MappedTransfers {
+        self.mapped
+            .as_deref()
+            .expect("positions past the copied records are mapped")
     }
 
     /// Appends a transfer whose id is not in the store yet.
     pub fn push(&mut self, transfer: Transfer) {
+        self.push_applied(transfer, None);
+    }
+
+    /// Appends a transfer whose id is not in the store yet, applied from `item` of the log
+    /// entry being applied (kept in place after `keep_in_log`, copied otherwise).
+    pub fn push_applied(&mut self, transfer: Transfer, item: Option<&ArchivedNewTransfer>) {
         let position = self.len() as u64;
         // At most once: the invariant the whole ledger rests on, checked in release builds too
         // (the probe finds the lines `try_transfer`'s lookup just brought into cache).
@@ -84,10 +132,14 @@ impl TransferStore {
             self.get(transfer.id).is_none(),
             "transfer ids are unique in the store"
         );
-        self.open.push(transfer);
-        let (full, open) = (&self.full, &self.open);
+        if let Some(mapped) = self.mapped.as_mut() {
+            mapped.push(transfer, item);
+        } else {
+            self.open.push(transfer);
+        }
+        let (full, open, mapped) = (&self.full, &self.open, self.mapped.as_deref());
         self.index
-            .insert(transfer.id, position, |p| record_at(full, open, p).id);
+            .insert(transfer.id, position, |p| id_at(full, open, mapped, p));
         if self.open.len() == CHUNK_RECORDS {
             let sealed = std::mem::replace(&mut self.open, fresh_chunk());
             self.full.push(Arc::new(sealed));
@@ -95,18 +147,45 @@ impl TransferStore {
     }
 
     /// Every transfer in log order.
-    pub fn iter(&self) -> impl Iterator<Item = &Transfer> {
+    pub fn iter(&self) -> impl Iterator<Item = Transfer> + '_ {
+        let mapped = self.mapped.as_deref().into_iter();
         self.full
             .iter()
             .flat_map(|c| c.iter())
             .chain(self.open.iter())
+            .copied()
+            .chain(mapped.flat_map(|m| (0..m.len()).map(move |p| m.get(p))))
     }
 
+    /// A view for a snapshot. Transfers kept in the log are copied into it (a replay that
+    /// kept them there is not expected to snapshot, but a snapshot of it is still whole).
     pub fn view(&self) -> TransferStoreView {
+        if self.mapped.as_ref().is_some_and(|m| !m.is_empty()) {
+            let mut copy = TransferStore::with_capacity(self.len());
+            for transfer in self.iter() {
+                copy.push(transfer);
+            }
+            return copy.view();
+        }
         TransferStoreView {
             full: self.full.clone(),
             open: self.open.clone(),
         }
+    }
+}
+
+/// The id at `position` of a store made of copied chunks and an optional mapped part.
+#[inline]
+fn id_at(
+    full: &[Arc<Vec<Transfer>>],
+    open: &[Transfer],
+    mapped: Option<&MappedTransfers>,
+    position: u64,
+) -> u128 {
+    let copied = (full.len() * CHUNK_RECORDS + open.len()) as u64;
+    match (position.checked_sub(copied), mapped) {
+        (Some(p), Some(mapped)) => mapped.id_at(p as usize),
+        _ => record_at(full, open, position).id,
     }
 }
 

@@ -51,7 +51,7 @@ pub fn scan_log<E: From<LogError>>(
     from_index: u64,
     visit: impl FnMut(RecordRef<'_>) -> Result<(), E>,
 ) -> Result<LogTail, E> {
-    scan(dir, from_index, false, visit)
+    scan(dir, from_index, false, |_| {}, visit)
 }
 
 /// Like `scan_log`, but purged records still on disk are visited too: the audit tools read
@@ -63,13 +63,25 @@ pub fn scan_log_history<E: From<LogError>>(
     from_index: u64,
     visit: impl FnMut(RecordRef<'_>) -> Result<(), E>,
 ) -> Result<LogTail, E> {
-    scan(dir, from_index, true, visit)
+    scan(dir, from_index, true, |_| {}, visit)
+}
+
+/// `scan_log_history`, showing each segment to `on_segment` before its records are visited: a
+/// replay that reads records in place (`mapped_transfers`) keeps the maps.
+pub fn scan_log_history_segments<E: From<LogError>>(
+    dir: &Path,
+    from_index: u64,
+    on_segment: impl FnMut(&MappedSegment),
+    visit: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+) -> Result<LogTail, E> {
+    scan(dir, from_index, true, on_segment, visit)
 }
 
 fn scan<E: From<LogError>>(
     dir: &Path,
     from_index: u64,
     with_purged: bool,
+    mut on_segment: impl FnMut(&MappedSegment),
     mut visit: impl FnMut(RecordRef<'_>) -> Result<(), E>,
 ) -> Result<LogTail, E> {
     let raft_meta = load_raft_meta(dir)?.unwrap_or_default();
@@ -95,6 +107,7 @@ fn scan<E: From<LogError>>(
             continue;
         }
         let segment = MappedSegment::open(info.clone())?;
+        on_segment(&segment);
         let expected = if tail.last_index == 0 {
             info.first_index
         } else {

@@ -10,6 +10,7 @@ use super::record::{
 };
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const SEGMENT_SUFFIX: &str = ".wlog";
 
@@ -52,7 +53,7 @@ pub fn list_segments(dir: &Path) -> Result<Vec<SegmentInfo>, LogError> {
 /// A segment mapped read-only.
 pub struct MappedSegment {
     pub info: SegmentInfo,
-    map: Option<memmap2::Mmap>,
+    map: Option<Arc<memmap2::Mmap>>,
 }
 
 impl MappedSegment {
@@ -68,13 +69,21 @@ impl MappedSegment {
             // SAFETY: the map is read-only. The writer only appends past the validated end and
             // every record is checksummed before use, so a concurrent append cannot make us
             // trust bytes that were not validated.
-            Some(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LogError::io(&info.path, e))?)
+            let map =
+                unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LogError::io(&info.path, e))?;
+            Some(Arc::new(map))
         };
         Ok(MappedSegment { info, map })
     }
 
     pub fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+        self.map.as_deref().map_or(&[], |m| &m[..])
+    }
+
+    /// The mapping, to keep records readable after this segment is dropped (`None` when the
+    /// file is empty).
+    pub fn shared_map(&self) -> Option<Arc<memmap2::Mmap>> {
+        self.map.clone()
     }
 
     /// Walks the records from offset 0 and stops at the written end or the first bad record.
