@@ -115,6 +115,16 @@ pub fn run_cli(binary: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs the `wallet` CLI `binary` against `addr` with `--json` and `args`, and returns what it
+/// printed; panics, naming the command and its output, unless it exits 0 with JSON.
+pub fn wallet_json(binary: &str, addr: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--addr", addr, "--json"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = run_cli(binary, &all);
+    assert!(ok, "wallet {args:?} at {addr}: {err} {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("wallet {args:?}: {e}: {out}"))
+}
+
 /// Sets (or, with `None`, lifts back to the hard limit) the file-size limit (`RLIMIT_FSIZE`,
 /// through `prlimit`) of a running process: its writes past that offset fail with EFBIG,
 /// which walletd treats like a full disk.

@@ -475,21 +475,12 @@ fn an_isolated_leader_acknowledges_nothing_and_loses_nothing() {
     assert_eq!(preferred, 1);
     let addr = cluster.specs[0].client_addr.clone();
     let started = Instant::now();
-    let (ok, out, err) = walletd_tests::run_cli(
+    let report = walletd_tests::wallet_json(
         WALLET,
-        &[
-            "--addr",
-            &addr,
-            "--json",
-            "cluster",
-            "balance-leaders",
-            "--timeout-secs",
-            "20",
-        ],
+        &addr,
+        &["cluster", "balance-leaders", "--timeout-secs", "20"],
     );
-    assert!(ok, "balance-leaders: {err} {out}");
-    eprintln!("balance-leaders in {:?}: {out}", started.elapsed());
-    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    eprintln!("balance-leaders in {:?}: {report}", started.elapsed());
     let p0 = &report["partitions"][0];
     assert_eq!(p0["preferred"], preferred);
     assert_ne!(p0["leader_before"], preferred, "{report}");
@@ -563,17 +554,8 @@ fn cli_on_a_follower(cluster: &TestCluster) {
         .take(2)
         .collect();
     let (issuer, wallet) = (ids[0].to_string(), ids[1].to_string());
-    let cli = |args: &[&str]| {
-        let mut all = vec!["--addr", addr.as_str(), "--json"];
-        all.extend_from_slice(args);
-        let (ok, out, err) = walletd_tests::run_cli(WALLET, &all);
-        assert!(
-            ok,
-            "wallet {args:?} on follower node {}: {err} {out}",
-            follower + 1
-        );
-        serde_json::from_str::<serde_json::Value>(&out).expect("json")
-    };
+    eprintln!("wallet commands on follower node {}", follower + 1);
+    let cli = |args: &[&str]| walletd_tests::wallet_json(WALLET, &addr, args);
     let created = cli(&[
         "create-account",
         "--id",
@@ -631,10 +613,7 @@ fn check_cluster_status(cluster: &TestCluster) {
                 status.partitions[p].last_index
             })
             .collect();
-        let (ok, out, err) =
-            walletd_tests::run_cli(WALLET, &["--addr", &addr, "--json", "cluster", "status"]);
-        assert!(ok, "cluster status: {err}");
-        let status: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let status = walletd_tests::wallet_json(WALLET, &addr, &["cluster", "status"]);
         let mut caught_up = true;
         for (p, floor) in applied.iter().enumerate() {
             let part = &status["partitions"][p];
@@ -664,12 +643,12 @@ fn check_cluster_status(cluster: &TestCluster) {
             }
         }
         if caught_up {
-            eprintln!("cluster status: {out}");
+            eprintln!("cluster status: {status}");
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "followers did not catch up: {out}"
+            "followers did not catch up: {status}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

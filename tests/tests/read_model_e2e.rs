@@ -19,11 +19,7 @@ fn wallet(addr: &str, args: &[&str]) -> (bool, String, String) {
 }
 
 fn json(addr: &str, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let (ok, out, err) = wallet(addr, &all);
-    assert!(ok, "wallet {args:?}: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"))
+    walletd_tests::wallet_json(WALLET, addr, args)
 }
 
 fn transfer(id: u128, from: u128, to: u128, amount: u64) -> NewTransfer {
