@@ -3,7 +3,7 @@
 //! Batches are rkyv archives. The live path serializes a batch into the log and then applies
 //! the *archived* bytes, exactly as replay does, so live apply and replay share one code path.
 
-use crate::model::{AccountId, Currency, TransferId};
+use crate::model::{AccountId, Currency, Transfer, TransferId};
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Create one account.
@@ -28,6 +28,21 @@ pub struct NewTransfer {
     pub amount: u64,
     pub currency: Currency,
     pub user_data: u64,
+}
+
+impl ArchivedNewTransfer {
+    /// The transfer this item becomes when it applies at `timestamp`.
+    pub fn applied_at(&self, timestamp: u64) -> Transfer {
+        Transfer {
+            id: self.id.to_native(),
+            from: self.from.to_native(),
+            to: self.to.to_native(),
+            amount: self.amount.to_native(),
+            currency: self.currency.to_native(),
+            user_data: self.user_data.to_native(),
+            timestamp,
+        }
+    }
 }
 
 /// Most items in one batch (one log entry). Sized so a batch fits a 1 MiB frame.

@@ -109,15 +109,7 @@ impl MappedTransfers {
         // plain integer, so any bytes are a valid value: even a file changed under the map
         // could not make this read unsound, only wrong (and the digest would show it).
         let item = unsafe { rkyv::access_unchecked::<ArchivedNewTransfer>(bytes) };
-        Transfer {
-            id: item.id.to_native(),
-            from: item.from.to_native(),
-            to: item.to.to_native(),
-            amount: item.amount.to_native(),
-            currency: item.currency.to_native(),
-            user_data: item.user_data.to_native(),
-            timestamp: place.timestamp,
-        }
+        item.applied_at(place.timestamp)
     }
 
     /// The id of the transfer at `position` (what an index probe compares).

@@ -472,15 +472,7 @@ impl PartitionState {
         timestamp: u64,
         out: &mut ApplyOutput,
     ) -> ResultCode {
-        let transfer = Transfer {
-            id: item.id.to_native(),
-            from: item.from.to_native(),
-            to: item.to.to_native(),
-            amount: item.amount.to_native(),
-            currency: item.currency.to_native(),
-            user_data: item.user_data.to_native(),
-            timestamp,
-        };
+        let transfer = item.applied_at(timestamp);
         let code = self.try_transfer(&transfer, out);
         if code == ResultCode::Ok {
             self.transfers.push_applied(transfer, Some(item));
