@@ -9,7 +9,10 @@ use engine::model::Currency;
 use engine::runtime::{EngineConfig, Node, Replication};
 use engine::{CommandBatch, ResultCode};
 use futures::executor::block_on;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod node_support;
+use node_support::wait_tcc_settled;
 
 fn config(dir: &std::path::Path) -> EngineConfig {
     let mut c = EngineConfig::new(dir);
@@ -63,19 +66,6 @@ fn balances(node: &Node, ids: &[u128]) -> Vec<i64> {
         .collect()
 }
 
-fn wait_tcc_settled(node: &Node) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node
-        .all_stats()
-        .unwrap()
-        .iter()
-        .any(|s| s.tcc_in_flight > 0)
-    {
-        assert!(Instant::now() < deadline, "TC/C did not finish");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn raft_mode_moves_money_once_refuses_overdrafts_settles_tcc_and_restarts_identically() {
     let dir = tempfile::tempdir().unwrap();
@@ -127,7 +117,7 @@ fn raft_mode_moves_money_once_refuses_overdrafts_settles_tcc_and_restarts_identi
     // A retry of the whole batch applies nothing again.
     let retry = block_on(node.create_transfers(&batch[..2])).unwrap();
     assert_eq!(retry, vec![Exists, Exists]);
-    wait_tcc_settled(&node);
+    wait_tcc_settled(&node, Duration::from_secs(10));
     let ids = [issuer, a, b, other];
     assert_eq!(balances(&node, &ids), vec![-500, 299, 200, 1]);
     let lookup = block_on(node.lookup_transfers(0, vec![2, 7, 99])).unwrap();
@@ -305,7 +295,7 @@ fn randomized_workload_conserves_money_across_a_restart() {
             assert!(results.iter().all(|c| *c != ResultCode::Pending));
         }
     }
-    wait_tcc_settled(&node);
+    wait_tcc_settled(&node, Duration::from_secs(10));
     let mut all = issuers.to_vec();
     all.extend(&wallets);
     let check = |node: &Node| {

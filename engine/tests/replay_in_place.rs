@@ -14,6 +14,9 @@ use engine::snapshot::list_snapshots;
 use engine::state_machine::PartitionState;
 use engine::ResultCode;
 
+mod node_support;
+use node_support::wait_tcc_settled;
+
 const PARTITIONS: u32 = 2;
 const ACCOUNTS: u128 = 200;
 const BATCHES: usize = 40;
@@ -100,16 +103,7 @@ fn a_replay_that_reads_transfers_in_place_answers_like_the_live_state() {
             "{codes_seen:?}"
         );
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while node
-        .all_stats()
-        .unwrap()
-        .iter()
-        .any(|s| s.tcc_in_flight > 0)
-    {
-        assert!(std::time::Instant::now() < deadline, "TC/C did not finish");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_tcc_settled(&node, std::time::Duration::from_secs(20));
     node.shutdown().unwrap();
 
     // The live state as a restart rebuilds it (from the shutdown snapshot: copied transfers).

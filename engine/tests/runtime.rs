@@ -6,6 +6,9 @@ use engine::model::Currency;
 use engine::runtime::{EngineConfig, Node};
 use engine::ResultCode;
 
+mod node_support;
+use node_support::wait_tcc_settled;
+
 fn config(dir: &std::path::Path) -> EngineConfig {
     let mut c = EngineConfig::new(dir);
     c.cores = vec![0, 1];
@@ -94,17 +97,7 @@ fn transfers_apply_once_and_survive_restart() {
             .map(|acc| acc.unwrap().balance)
             .collect::<Vec<_>>()
     };
-    // The TC/C was answered at its decision; its credit and hold release follow.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while node
-        .all_stats()
-        .unwrap()
-        .iter()
-        .any(|s| s.tcc_in_flight > 0)
-    {
-        assert!(std::time::Instant::now() < deadline, "TC/C did not finish");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_tcc_settled(&node, std::time::Duration::from_secs(10));
     // Balances after the batch: the TC/C to `other` moved 1 and left no hold behind.
     let check_state = |node: &Node| {
         assert_eq!(balances(node), vec![-500, 299, 200]);
