@@ -21,6 +21,27 @@ fn bench(out: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
+/// `run --spawn` on a small workload (2,000 accounts, batches of 256, one connection, 2 s),
+/// plus `extra` arguments.
+fn run_spawn(out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "run",
+        "--spawn",
+        "--walletd",
+        WALLETD,
+        "--accounts",
+        "2000",
+        "--batch",
+        "256",
+        "--connections",
+        "1",
+        "--duration",
+        "2s",
+    ];
+    args.extend_from_slice(extra);
+    bench(out, &args)
+}
+
 /// The fields ../shared/CLI.md promises, and a passed check.
 fn check_summary(summary: &serde_json::Value, mode: &str) {
     assert_eq!(summary["mode"], mode, "{summary}");
@@ -59,21 +80,9 @@ fn run_spawn_writes_the_summary_the_histogram_and_the_report() {
     let out = tempfile::tempdir().unwrap();
     let report = out.path().join("report");
     let hgrm = out.path().join("run.hgrm");
-    let summary = bench(
+    let summary = run_spawn(
         out.path(),
         &[
-            "run",
-            "--spawn",
-            "--walletd",
-            WALLETD,
-            "--accounts",
-            "2000",
-            "--batch",
-            "256",
-            "--connections",
-            "1",
-            "--duration",
-            "2s",
             "--report",
             report.to_str().unwrap(),
             "--hgrm",
@@ -90,45 +99,9 @@ fn run_spawn_writes_the_summary_the_histogram_and_the_report() {
 #[test]
 fn run_spawn_in_open_loop_and_against_three_nodes() {
     let out = tempfile::tempdir().unwrap();
-    let summary = bench(
-        out.path(),
-        &[
-            "run",
-            "--spawn",
-            "--walletd",
-            WALLETD,
-            "--accounts",
-            "2000",
-            "--batch",
-            "256",
-            "--connections",
-            "1",
-            "--duration",
-            "2s",
-            "--rate",
-            "20000",
-        ],
-    );
+    let summary = run_spawn(out.path(), &["--rate", "20000"]);
     check_summary(&summary, "run");
-    let summary = bench(
-        out.path(),
-        &[
-            "run",
-            "--spawn",
-            "--nodes",
-            "3",
-            "--walletd",
-            WALLETD,
-            "--accounts",
-            "2000",
-            "--batch",
-            "256",
-            "--connections",
-            "1",
-            "--duration",
-            "2s",
-        ],
-    );
+    let summary = run_spawn(out.path(), &["--nodes", "3"]);
     check_summary(&summary, "run");
 }
 
