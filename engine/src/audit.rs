@@ -10,7 +10,7 @@
 use crate::command::{entry_kind, ArchivedNewAccount, ArchivedNewTransfer};
 use crate::digest::{combine_digests, state_digest};
 use crate::log::{
-    body_bytes_of_kind, scan_log_history, scan_log_history_segments, LogError, RecordRef,
+    body_bytes_of_kinds, scan_log_history, scan_log_history_segments, LogError, RecordRef,
 };
 use crate::recovery::{log_dir, partition_dir, snapshot_dir};
 use crate::snapshot::{list_snapshots, load_snapshot};
@@ -213,11 +213,14 @@ fn replay_partition(
     let from = state.last_index() + 1;
     // Room for every transfer the log can hold (an upper bound: rejected items take room too),
     // so the index does not rehash and fault in memory again each time it doubles.
-    let account_bytes = body_bytes_of_kind(&log_dir(&pdir), from, entry_kind::CREATE_ACCOUNTS)?;
+    let [account_bytes, transfer_bytes] = body_bytes_of_kinds(
+        &log_dir(&pdir),
+        from,
+        [entry_kind::CREATE_ACCOUNTS, entry_kind::CREATE_TRANSFERS],
+    )?;
     state.reserve_accounts(
         (account_bytes / std::mem::size_of::<ArchivedNewAccount>() as u64) as usize,
     );
-    let transfer_bytes = body_bytes_of_kind(&log_dir(&pdir), from, entry_kind::CREATE_TRANSFERS)?;
     let transfers_max =
         (transfer_bytes / std::mem::size_of::<ArchivedNewTransfer>() as u64) as usize;
     state.reserve_transfer_index(transfers_max);

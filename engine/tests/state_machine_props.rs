@@ -4,7 +4,7 @@
 
 use engine::command::{entry_kind, CommandBatch, NewAccount, NewTransfer};
 use engine::digest::state_digest;
-use engine::log::{body_bytes_of_kind, find_tail, LogWriter, WriterOptions};
+use engine::log::{body_bytes_of_kinds, find_tail, LogWriter, WriterOptions};
 use engine::model::{account_flags, Currency};
 use engine::recovery::{log_dir, recover_partition};
 use engine::state_machine::{ApplyOutput, PartitionState};
@@ -288,11 +288,11 @@ fn replay_through_the_segment_log_reproduces_the_digest() {
     );
     // The sizing hint a replay takes from the headers alone, over several segments.
     let log = log_dir(&partition_dir);
-    let hint = body_bytes_of_kind(&log, 1, entry_kind::CREATE_TRANSFERS).unwrap();
+    let [hint] = body_bytes_of_kinds(&log, 1, [entry_kind::CREATE_TRANSFERS]).unwrap();
     assert_eq!(hint, transfer_body_bytes);
     assert_eq!(
-        body_bytes_of_kind(&log, u64::MAX, entry_kind::CREATE_TRANSFERS).unwrap(),
-        0
+        body_bytes_of_kinds(&log, u64::MAX, [entry_kind::CREATE_TRANSFERS]).unwrap(),
+        [0]
     );
     let recovered = recover_partition(&partition_dir, 0, PARTITIONS).unwrap();
     assert_eq!(recovered.replayed_entries, all.len() as u64);

@@ -22,7 +22,7 @@ pub use raft_meta::{load_raft_meta, save_raft_meta, EntryId, RaftMeta};
 pub use range::read_range;
 pub use record::{RecordError, RecordHeader};
 pub use scan::{
-    body_bytes_of_kind, find_tail, repair_log, scan_log, scan_log_history,
+    body_bytes_of_kinds, find_tail, repair_log, scan_log, scan_log_history,
     scan_log_history_segments, LogTail, TornTail,
 };
 pub use segments::{list_segments, MappedSegment, RecordRef, SegmentInfo};

@@ -192,12 +192,16 @@ pub fn find_tail(dir: &Path) -> Result<LogTail, LogError> {
     scan_log::<LogError>(dir, u64::MAX, |_| Ok(()))
 }
 
-/// Sum of the body lengths of the records of `kind` with an index at or above `from_index`,
-/// read from the headers alone (bodies are neither read nor checked): a sizing hint a replay
-/// takes before it starts, then validates every record as it applies it. The walk of a
-/// segment stops quietly at its first bad header.
-pub fn body_bytes_of_kind(dir: &Path, from_index: u64, kind: u16) -> Result<u64, LogError> {
-    let mut total = 0u64;
+/// For each of `kinds`, the sum of the body lengths of its records with an index at or above
+/// `from_index`, read from the headers alone (bodies are neither read nor checked) in one walk:
+/// a sizing hint a replay takes before it starts, then validates every record as it applies
+/// it. The walk of a segment stops quietly at its first bad header.
+pub fn body_bytes_of_kinds<const N: usize>(
+    dir: &Path,
+    from_index: u64,
+    kinds: [u16; N],
+) -> Result<[u64; N], LogError> {
+    let mut totals = [0u64; N];
     for info in list_segments(dir)? {
         let segment = MappedSegment::open(info)?;
         let bytes = segment.bytes();
@@ -206,13 +210,15 @@ pub fn body_bytes_of_kind(dir: &Path, from_index: u64, kind: u16) -> Result<u64,
             let Ok(Some(header)) = decode_header(&bytes[offset..]) else {
                 break;
             };
-            if header.kind == kind && header.index >= from_index {
-                total += u64::from(header.body_len);
+            if header.index >= from_index {
+                if let Some(k) = kinds.iter().position(|k| *k == header.kind) {
+                    totals[k] += u64::from(header.body_len);
+                }
             }
             offset += record_bytes(header.body_len as usize);
         }
     }
-    Ok(total)
+    Ok(totals)
 }
 
 /// Zeroes `path` from `offset` to its end and syncs it: cuts a torn tail or, on explicit repair,
