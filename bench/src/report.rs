@@ -18,6 +18,7 @@ const HEIGHT: u32 = 420;
 const LINE: RGBColor = RGBColor(31, 119, 180);
 const ACCENT: RGBColor = RGBColor(214, 39, 40);
 const GRID: RGBColor = RGBColor(225, 225, 225);
+const MUTED: RGBColor = RGBColor(150, 150, 150);
 
 pub fn render(inputs: &Inputs<'_>) -> String {
     let s = &inputs.summary;
@@ -169,6 +170,19 @@ The warm-up ({warmup} transfers in the first {warmup_s} s) is not shown and not 
         },
         warmup = thousands(s.warmup_transfers),
         warmup_s = base.config["warmup"].as_f64().unwrap_or(0.0),
+    );
+
+    let _ = write!(
+        page,
+        r#"<h2>Latency over time</h2>
+{svg}
+<p class="how"><b>How to read it.</b> Each second of the measurement has three points, for the batches answered in that second:
+the median (p50), the p99 and the slowest one. The scale is logarithmic: each grid step up is a multiple, not an addition.
+A p99 that tracks the median closely means the tail is steady; a lone spike of the slowest batch is one stall (a slow disk flush, a snapshot, a leader change) and when it happened,
+while a p99 far above the median in every second means the slow batches are spread over the whole run (queueing, contention for the cores).
+A second in which no batch was answered has no point; its batches show as slow ones in the second that answered them.</p>
+"#,
+        svg = latency_over_time_plot(&s.throughput_series, base.seconds).unwrap_or_else(plot_error),
     );
 
     let _ = write!(
@@ -427,6 +441,107 @@ fn throughput_plot(
     Ok(svg)
 }
 
+/// Which of a second's latencies a line draws.
+type PointValue = fn(&crate::run_mode::SeriesPoint) -> u64;
+
+/// Per second of the measurement: the batches' p50, p99 and slowest, on a log scale so that
+/// a one-second stall and a 5 ms median fit on one page.
+fn latency_over_time_plot(
+    series: &[crate::run_mode::SeriesPoint],
+    seconds: f64,
+) -> Result<String, String> {
+    // A second without answers has no latency to draw (its stall shows in the next second).
+    let answered: Vec<&crate::run_mode::SeriesPoint> =
+        series.iter().filter(|p| p.batch_max_us > 0).collect();
+    if answered.is_empty() {
+        return Ok("<p>(no measurement)</p>".into());
+    }
+    let ms = |us: u64| us.max(1) as f64 / 1000.0;
+    let y_min = answered
+        .iter()
+        .map(|p| ms(p.batch_p50_us))
+        .fold(f64::MAX, f64::min)
+        / 2.0;
+    let y_max = answered
+        .iter()
+        .map(|p| ms(p.batch_max_us))
+        .fold(0.0, f64::max)
+        * 2.0;
+    let x_max = seconds.max(answered.last().map_or(1.0, |p| p.t)).max(1.0);
+    let lines: [(&str, RGBColor, PointValue); 3] = [
+        ("slowest", MUTED, |p| p.batch_max_us),
+        ("p99", ACCENT, |p| p.batch_p99_us),
+        ("p50", LINE, |p| p.batch_p50_us),
+    ];
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(20)
+            .caption("Batch latency over time", ("sans-serif", 20))
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(
+                0f64..x_max,
+                (y_min..y_max)
+                    .log_scale()
+                    .with_key_points(one_two_five_between(y_min, y_max)),
+            )
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .light_line_style(WHITE)
+            .bold_line_style(GRID)
+            .x_desc("seconds since the measurement started")
+            .y_desc("batch latency (ms, log scale)")
+            // 1, 2, 5 steps: printed as written (0.5, 2, 50), rounded off float noise.
+            .y_label_formatter(&|y| format!("{}", (y * 1000.0).round() / 1000.0))
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (name, color, value) in lines {
+            let points: Vec<(f64, f64)> = answered.iter().map(|p| (p.t, ms(value(p)))).collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
+                .map_err(|e| e.to_string())?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(GRID)
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+/// 0.1, 0.2, 0.5, 1, 2, 5, 10, ... within `low..=high`: grid lines a reader can add up.
+fn one_two_five_between(low: f64, high: f64) -> Vec<f64> {
+    let mut keys = Vec::new();
+    let mut decade = 10f64.powf(low.log10().floor());
+    while decade <= high {
+        for step in [1.0, 2.0, 5.0] {
+            let key = decade * step;
+            if (low..=high).contains(&key) {
+                keys.push(key);
+            }
+        }
+        decade *= 10.0;
+    }
+    keys
+}
+
 fn results_plot(results: &std::collections::BTreeMap<String, u64>) -> Result<String, String> {
     if results.is_empty() {
         return Ok("<p>(no answers measured)</p>".into());
@@ -613,6 +728,9 @@ mod page_tests {
                 .map(|t| SeriesPoint {
                     t: t as f64,
                     transfers_per_sec: 90_000.0 + 2_000.0 * t as f64,
+                    batch_p50_us: 2_500 + 10 * t,
+                    batch_p99_us: 4_900 + if t == 7 { 40_000 } else { 0 },
+                    batch_max_us: 5_000 + if t == 7 { 60_000 } else { 0 },
                 })
                 .collect(),
             errors: [("timeout".to_string(), 2u64)].into_iter().collect(),
@@ -640,7 +758,7 @@ mod page_tests {
         if let Ok(path) = std::env::var("WALLET_BENCH_SAMPLE_REPORT") {
             std::fs::write(path, &page).unwrap();
         }
-        assert_eq!(page.matches("<svg").count(), 3, "three plots");
+        assert_eq!(page.matches("<svg").count(), 4, "four plots");
         for absent in ["src=\"http", "href=\"http", "<script", "plot failed"] {
             assert!(!page.contains(absent), "page contains {absent}");
         }
@@ -648,6 +766,7 @@ mod page_tests {
             "100,000 transfers/s",
             "PASS",
             "How to read it",
+            "Batch latency over time",
             "99.9%",
             "cross_partition_unsupported",
             "&lt;dir &amp; co&gt;",

@@ -135,7 +135,8 @@ pub struct RunSummary {
     pub partitions: u32,
     /// Transfers acknowledged during the warm-up (not in `transfers`).
     pub warmup_transfers: u64,
-    /// Transfers per second over time, one point per second of the measurement.
+    /// Transfers per second and batch latency over time, one point per second of the
+    /// measurement (a second's batches are those answered in it).
     pub throughput_series: Vec<SeriesPoint>,
     /// Batches that failed after the client's retries, by error (their transfers are in no
     /// result count: their outcome is unknown).
@@ -155,6 +156,12 @@ pub struct SeriesPoint {
     /// End of the interval, seconds since the measurement started.
     pub t: f64,
     pub transfers_per_sec: f64,
+    /// Batch latency percentiles of the batches answered in this second: a stall shows here
+    /// as a spike at the moment it happened, where the run's histogram only says how often.
+    /// All three are 0 for a second in which no batch was answered.
+    pub batch_p50_us: u64,
+    pub batch_p99_us: u64,
+    pub batch_max_us: u64,
 }
 
 #[derive(Serialize, Clone, Copy, Debug, Default)]
@@ -767,6 +774,8 @@ fn aggregate(
     };
     let mut counts = [0u64; 256];
     let mut per_second: Vec<u64> = Vec::new();
+    // Two significant digits are plenty for a per-second line and keep each histogram small.
+    let mut per_second_latency: Vec<Histogram<u64>> = Vec::new();
     let mut last_finish = measure_from;
     let mut fatal: Option<String> = None;
 
@@ -803,8 +812,13 @@ fn aggregate(
                             let second = (done.finished - measure_from).as_secs() as usize;
                             if per_second.len() <= second {
                                 per_second.resize(second + 1, 0);
+                                per_second_latency.resize_with(second + 1, || {
+                                    Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_US, 2)
+                                        .expect("valid histogram bounds")
+                                });
                             }
                             per_second[second] += n;
+                            per_second_latency[second].saturating_record(latency);
                             last_finish = last_finish.max(done.finished);
                         } else {
                             o.warmup_transfers += n;
@@ -837,13 +851,16 @@ fn aggregate(
     }
 
     o.seconds = (last_finish - measure_from).as_secs_f64();
-    for (i, count) in per_second.iter().enumerate() {
+    for (i, (count, latency)) in per_second.iter().zip(&per_second_latency).enumerate() {
         let begin = i as f64;
         let end = (begin + 1.0).min(o.seconds);
         if end - begin > 0.05 {
             o.series.push(SeriesPoint {
                 t: end,
                 transfers_per_sec: *count as f64 / (end - begin),
+                batch_p50_us: latency.value_at_quantile(0.5),
+                batch_p99_us: latency.value_at_quantile(0.99),
+                batch_max_us: latency.max(),
             });
         }
     }
