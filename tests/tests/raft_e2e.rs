@@ -76,6 +76,9 @@ fn walletd_in_raft_mode_keeps_every_acknowledged_transfer_across_a_crash() {
             p.term
         );
     }
+    // Retries once more, so that this run of the server has entries of its own to time.
+    let retried = client.create_transfers(&sent[..500]).unwrap();
+    assert!(retried.iter().all(|c| *c == ResultCode::Exists));
     // And so do the metrics: leader, term, and a log applied through its end.
     let (status, body) = walletd_tests::http_get(&metrics, "/metrics");
     assert!(status.contains("200"), "{status}");
@@ -95,7 +98,16 @@ fn walletd_in_raft_mode_keeps_every_acknowledged_transfer_across_a_crash() {
         // One voter: everything in its log is committed.
         assert_eq!(value("walletd_raft_commit_index", p), last);
         assert_eq!(value("walletd_raft_follower_lag_max_entries", p), 0);
+        // The Raft path's timings: every entry this node proposed since the restart (the
+        // retries' above) was appended and applied on the way.
+        let proposed = value("walletd_group_fsync_seconds_count", p);
+        assert!(value("walletd_log_append_seconds_count", p) >= proposed);
+        assert!(value("walletd_group_apply_seconds_count", p) >= 1.min(proposed));
     }
+    let proposed: u64 = (0..PARTITIONS)
+        .map(|p| value("walletd_group_fsync_seconds_count", p))
+        .sum();
+    assert!(proposed > 0, "the retries were proposed as entries");
     drop(client);
     assert_eq!(server.stop(), Some(0));
 

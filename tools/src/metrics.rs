@@ -246,15 +246,22 @@ pub fn render(node: &Node, link: Option<&LinkCounters>) -> Result<String, String
         &mut out,
         &stats,
         "walletd_group_apply_seconds",
-        "Time from a group commit's start until it is encoded, appended and applied (shard CPU).",
+        "Time from a group commit's start until it is encoded, appended and applied (shard CPU). Raft mode: an apply of committed entries.",
         |s| &s.timing.apply,
     );
     histogram(
         &mut out,
         &stats,
         "walletd_group_fsync_seconds",
-        "Time from a group commit's start until its durable write completed (disk; the apply overlaps it).",
+        "Time from a group commit's start until its durable write completed (disk; the apply overlaps it). Raft mode: from an entry's proposal until committed and applied.",
         |s| &s.timing.fsync,
+    );
+    histogram(
+        &mut out,
+        &stats,
+        "walletd_log_append_seconds",
+        "Raft mode: time from a log append's start until durable, on leaders and followers alike.",
+        |s| &s.timing.append,
     );
     if let Some(link) = link {
         link_metrics(&mut out, link.snapshot());

@@ -45,6 +45,7 @@ use crate::raft::entry_record::{log_index, raft_index, record_fields, to_entry_i
 use crate::raft::log_reader::{read_entries, LogReader, LogView};
 use crate::raft::snapshot_files::history_from_index;
 use crate::raft::types::{Entry, LogId, StorageError, WalletRaft};
+use crate::runtime::timing::{self, SharedTiming};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{LeaderId, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use std::cell::{Cell, RefCell};
@@ -54,7 +55,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often a write waiting for disk space is tried again (the writer throttles its own
 /// retries to the same pace).
@@ -120,6 +121,8 @@ pub struct RaftLogStore {
     /// The partition's snapshot dir when the log keeps the history behind its oldest snapshot
     /// for the audit tools (`open_keeping_history`); `None`: a purge deletes what it covers.
     history_of: Option<PathBuf>,
+    /// Where each append's time until durable goes (`GroupTiming::append`).
+    timing: SharedTiming,
 }
 
 impl RaftLogStore {
@@ -146,6 +149,7 @@ impl RaftLogStore {
             scratch: Vec::new(),
             failed: None,
             history_of: None,
+            timing: SharedTiming::default(),
         };
         store.grow_view();
         store
@@ -175,6 +179,12 @@ impl RaftLogStore {
         self.writer.dir()
     }
 
+    /// Records each append's time until durable in `timing` (the partition's).
+    pub fn with_timing(mut self, timing: SharedTiming) -> RaftLogStore {
+        self.timing = timing;
+        self
+    }
+
     /// The disk-space state this store reports to (and takes `give_up` from).
     pub fn space(&self) -> Rc<DiskSpace> {
         self.space.clone()
@@ -193,7 +203,9 @@ impl RaftLogStore {
     where
         I: IntoIterator<Item = Entry>,
     {
+        let started = Instant::now();
         let result = self.append_durably(entries).await;
+        timing::record(&self.timing, |t| &mut t.append, started.elapsed());
         if let Err(e) = &result {
             if self.writer.durable_index() != self.writer.last_index() {
                 self.failed = Some(e.to_string());

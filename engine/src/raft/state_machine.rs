@@ -41,6 +41,7 @@ use crate::raft::snapshot_files::{
 use crate::raft::snapshot_meta::RaftSnapshotMeta;
 use crate::raft::types::{Entry, GroupResult, LogId, NodeAddr, SnapshotHandle, StorageError};
 use crate::raft::WalletRaft;
+use crate::runtime::timing::{self, SharedTiming};
 use crate::snapshot::{SnapshotCapture, SnapshotError, SnapshotRetention};
 use crate::state_machine::{ApplyOutput, PartitionState};
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -52,7 +53,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long `apply` lets the executor run before it applies command entries (see there).
 const SUBMIT_TURN: Duration = Duration::from_micros(20);
@@ -87,6 +88,8 @@ pub struct RaftPartition {
     out: ApplyOutput,
     /// The read model and the subscribers' wake-ups, shared with the partition's task.
     read: SharedReadSide,
+    /// Where each apply's time goes (`GroupTiming::apply`).
+    timing: SharedTiming,
 }
 
 impl RaftPartition {
@@ -152,6 +155,7 @@ impl RaftPartition {
                 ApplyOutput::counting_events()
             },
             read: Rc::new(RefCell::new(read)),
+            timing: SharedTiming::default(),
         };
         sm.check_applied();
         Ok(sm)
@@ -160,6 +164,12 @@ impl RaftPartition {
     /// Which snapshots survive a new one (default: `SnapshotRetention::default()`).
     pub fn with_retention(mut self, retention: SnapshotRetention) -> RaftPartition {
         self.retention = retention;
+        self
+    }
+
+    /// Records each apply's time in `timing` (the partition's).
+    pub fn with_timing(mut self, timing: SharedTiming) -> RaftPartition {
+        self.timing = timing;
         self
     }
 
@@ -363,6 +373,7 @@ impl RaftStateMachine<WalletRaft> for RaftPartition {
             // whole apply (as `PartitionTask`'s SUBMIT_TURN explains for the local path).
             glommio::timer::sleep(SUBMIT_TURN).await;
         }
+        let started = Instant::now();
         // What an earlier apply deferred goes first (the model takes entries in order).
         self.read.borrow_mut().catch_up();
         let results = entries
@@ -374,6 +385,7 @@ impl RaftStateMachine<WalletRaft> for RaftPartition {
         // soon as the read model has it).
         let applied = self.state.borrow().last_index();
         self.read.borrow_mut().notify(applied);
+        timing::record(&self.timing, |t| &mut t.apply, started.elapsed());
         if self.defer_read_model {
             let read = self.read.clone();
             glommio::spawn_local(async move {

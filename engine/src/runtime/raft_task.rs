@@ -78,7 +78,7 @@ use super::request::{
     self, fill_group, BatchReply, MembershipChange, PartitionStats, RaftMember, RaftRole,
     RaftStatus, ReadFrom, Request,
 };
-use super::timing::GroupTiming;
+use super::timing::{self, SharedTiming};
 use crate::command::{ArchivedNewAccount, ArchivedNewTransfer, CommandBatch, BATCH_ITEMS_MAX};
 use crate::digest::state_digest;
 use crate::log::WriterOptions;
@@ -158,7 +158,8 @@ struct Counters {
     entries_committed: Cell<u64>,
     /// Entries openraft re-applied at start (after the newest snapshot).
     replayed_entries: Cell<u64>,
-    timing: Cell<GroupTiming>,
+    /// Shared with the log store and the state machine (`GroupTiming` says who records what).
+    timing: SharedTiming,
 }
 
 /// Hands TC/C messages to another node's leader (`CoreCluster::forward_tcc`).
@@ -304,7 +305,10 @@ impl RaftTask {
         } else {
             RaftLogStore::open(&log_dir(dir), options).await
         };
-        let mut store = opened.map_err(|e| fail(e.to_string()))?;
+        let timing = SharedTiming::default();
+        let mut store = opened
+            .map_err(|e| fail(e.to_string()))?
+            .with_timing(timing.clone());
         let space = store.space();
         let history = config.read_model_history_per_account;
         let rebuild = rebuild_window(&mut store, history, config.read_model_rebuild_entries)
@@ -323,6 +327,7 @@ impl RaftTask {
             ..Default::default()
         })
         .with_submit_turn()
+        .with_timing(timing.clone())
         .with_deferred_read_model()
         .with_give_up(space.give_up_flag());
         let state = sm.state();
@@ -366,7 +371,10 @@ impl RaftTask {
                 .await
                 .map_err(|e| fail(format!("applying the committed log: {e}")))?;
         }
-        let counters = Rc::new(Counters::default());
+        let counters = Rc::new(Counters {
+            timing,
+            ..Counters::default()
+        });
         let next_timestamp = {
             let state = state.borrow();
             counters
@@ -509,11 +517,11 @@ impl RaftTask {
                         reply,
                         enqueued,
                     } => {
-                        let mut timing = self.counters.timing.get();
-                        timing
-                            .queue
-                            .record(group_started.saturating_duration_since(enqueued));
-                        self.counters.timing.set(timing);
+                        timing::record(
+                            &self.counters.timing,
+                            |t| &mut t.queue,
+                            group_started.saturating_duration_since(enqueued),
+                        );
                         merge(&mut formed, batch, reply, self.entry_items_max);
                     }
                     Request::Tcc { messages } => tcc_in.extend(messages),
@@ -760,9 +768,11 @@ impl RaftTask {
                 return;
             }
         };
-        let mut timing = self.counters.timing.get();
-        timing.fsync.record(entry.proposed.elapsed());
-        self.counters.timing.set(timing);
+        timing::record(
+            &self.counters.timing,
+            |t| &mut t.fsync,
+            entry.proposed.elapsed(),
+        );
         self.counters
             .entries_committed
             .set(self.counters.entries_committed.get() + 1);
@@ -1085,7 +1095,8 @@ async fn serve_reads(
 /// task's committed entries (one leader append + fdatasync each; openraft's own blank and
 /// membership entries and its `raft_meta` saves are not counted); `replayed_entries` are the
 /// entries openraft re-applied at start; `timing.fsync` holds each entry's time from proposal
-/// to committed and applied, `timing.apply` stays empty (the apply runs inside openraft);
+/// to committed and applied, `timing.append` and `timing.apply` the log appends and applies
+/// (`GroupTiming`);
 /// `storage_full` is set while the log waits for disk space; the read model fields are
 /// filled in by the caller (`ReadSide::fill_stats`).
 fn stats(

@@ -35,6 +35,13 @@ impl Histogram {
 }
 
 /// The phases of a group commit, and the wait before it.
+///
+/// In Raft mode the same fields time an entry's path through openraft: `queue` as above;
+/// `append` each log append, from its start until durable (on a leader and on a follower
+/// alike: a follower's appends are its share of a commit); `apply` each apply of committed
+/// entries (the state machine, on every node); `fsync` an entry this node proposed, from the
+/// proposal until committed *and* applied. What `fsync` holds beyond `append` + `apply` is
+/// replication: the round trip to a majority and the followers' appends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GroupTiming {
     /// From a command batch's arrival in the partition's queue until its group started (one
@@ -44,6 +51,23 @@ pub struct GroupTiming {
     pub apply: Histogram,
     /// From the group's start until its durable (O_DSYNC) write completed.
     pub fsync: Histogram,
+    /// Raft mode only: a log append, from its start until durable.
+    pub append: Histogram,
+}
+
+/// One partition's timings, shared by the parts that record them (in Raft mode the task, the
+/// log store and the state machine, all on the partition's core).
+pub type SharedTiming = std::rc::Rc<std::cell::Cell<GroupTiming>>;
+
+/// Adds one sample to the histogram `pick` chooses in `timing`.
+pub fn record(
+    timing: &SharedTiming,
+    pick: fn(&mut GroupTiming) -> &mut Histogram,
+    duration: std::time::Duration,
+) {
+    let mut all = timing.get();
+    pick(&mut all).record(duration);
+    timing.set(all);
 }
 
 #[cfg(test)]
