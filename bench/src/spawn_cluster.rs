@@ -63,14 +63,18 @@ impl SpawnedCluster {
         for node_id in 1..=count {
             let client = format!("127.0.0.1:{}", free_port()?);
             let peer = free_port_run(cores.len())?;
-            nodes.push((node_id, client, peer));
+            let metrics = format!("127.0.0.1:{}", free_port()?);
+            nodes.push((node_id, client, peer, metrics));
         }
-        for (node_id, client, peer) in &nodes {
+        for (node_id, client, peer, metrics) in &nodes {
+            // Each node's metrics (Prometheus text at /metrics) are printed, so the stages of
+            // a slow run can be looked at while it runs.
+            eprintln!("  node {node_id}: clients {client}, metrics http://{metrics}/metrics");
             let mut text = format!(
-                "node_id = {node_id}\npeer_listen = \"127.0.0.1:{peer}\"\npeer_token_file = \"{}\"\n",
+                "node_id = {node_id}\npeer_listen = \"127.0.0.1:{peer}\"\npeer_token_file = \"{}\"\nmetrics_listen = \"{metrics}\"\n",
                 token.display()
             );
-            for (other, other_client, other_peer) in nodes.iter().filter(|n| n.0 != *node_id) {
+            for (other, other_client, other_peer, _) in nodes.iter().filter(|n| n.0 != *node_id) {
                 text.push_str(&format!(
                     "\n[[peers]]\nnode_id = {other}\npeer_addr = \"127.0.0.1:{other_peer}\"\nclient_addr = \"{other_client}\"\n"
                 ));
