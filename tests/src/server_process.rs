@@ -147,7 +147,16 @@ impl ServerProcess {
             .args(&self.extra_args)
             .env(
                 "WALLETD_LOG",
-                std::env::var("WALLETD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                // Warnings only on the test's own stderr; a log file gets walletd's own
+                // default (info), which tests read for what happened (a snapshot installed).
+                std::env::var("WALLETD_TEST_LOG").unwrap_or_else(|_| {
+                    let level = if self.log_file.is_some() {
+                        "info"
+                    } else {
+                        "warn"
+                    };
+                    level.into()
+                }),
             )
             .stdout(Stdio::null())
             .stderr(stderr)

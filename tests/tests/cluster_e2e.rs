@@ -11,6 +11,9 @@
 //!   Then `wallet cluster status` shows each partition's commit index (at least every
 //!   acknowledged write's) and each follower's matched index, and `wallet cluster
 //!   balance-leaders` gives partition 0 back to its preferred node;
+//! - a follower falls behind the leaders' purges while its disk is full (a file size limit
+//!   below the snapshot it needs): the transfers fail and are said so in its log, the
+//!   partitions go on without it, and once space returns it catches up by snapshot;
 //! - the cluster grows from 3 to 5 nodes and shrinks back to 3 under load (each new node
 //!   catches up as a learner before it votes).
 //!
@@ -382,6 +385,91 @@ fn a_leader_killed_under_load_is_replaced_and_catches_up_by_snapshot() {
     check_invariants(&cluster, &load.acknowledged, &load.existing);
     // The checks wrote nothing: the digest is still every node's.
     assert_eq!(cluster.converged_digest(Duration::from_secs(30)), digest);
+}
+
+/// A follower's file size limit while its disk is "full": above what its log segments
+/// reached so far (their appends go on), below the snapshot it will need.
+const FULL_DISK_FILE_SIZE_BYTES: u64 = 1 << 20;
+
+#[test]
+fn a_follower_with_a_full_disk_catches_up_by_snapshot_once_space_returns() {
+    let seed = seed();
+    let root = tempfile::tempdir().unwrap();
+    let logs = root.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let options = ClusterOptions {
+        // As in the snapshot test above: no history rebuild that would keep the log back.
+        extra_config: "read_model_rebuild_entries = 0\n".into(),
+        log_dir: Some(logs),
+    };
+    let cluster = TestCluster::start_with(WALLETD.as_ref(), root.path(), 3, PARTITIONS, options);
+    let map = cluster.init();
+    let client = cluster.cluster_client();
+    setup(&client);
+    let running = Running::start(&cluster, seed);
+    running.wait_batches(20);
+
+    // A node that leads no partition (two partitions, three nodes: there is one), frozen
+    // while the others write far past a snapshot interval and purge what it lacks.
+    let leaders: Vec<u64> = map.partitions.iter().filter_map(|p| p.leader).collect();
+    let victim = (1..=3u64)
+        .find(|n| !leaders.contains(n))
+        .expect("a node without a partition to lead") as usize
+        - 1;
+    let pid = cluster.nodes[victim].as_ref().expect("running").pid();
+    assert!(cluster.pause(victim));
+    walletd_tests::set_file_size_limit(pid, Some(FULL_DISK_FILE_SIZE_BYTES)).expect("prlimit");
+    running.wait_batches(300);
+    assert!(cluster.resume(victim));
+    let started = Instant::now();
+
+    // It needs a snapshot larger than it may write: the transfer fails, here and again (the
+    // leaders resend it), while the others go on.
+    let log = cluster.log_file(victim).expect("the cluster keeps logs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("a snapshot transfer to this node failed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no failed snapshot transfer in {}",
+            log.display()
+        );
+        running.wait_batches(1);
+    }
+    running.wait_batches(20);
+
+    // Space returns: the next transfer succeeds and the node catches up.
+    walletd_tests::set_file_size_limit(pid, None).expect("prlimit");
+    let full_for = started.elapsed();
+    running.wait_batches(20);
+    let load = running.finish();
+    let digest = cluster.converged_digest(Duration::from_secs(60));
+    check_invariants(&cluster, &load.acknowledged, &load.existing);
+    assert_eq!(cluster.converged_digest(Duration::from_secs(30)), digest);
+    // It caught up by a snapshot installed after the failed transfers.
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let failed = text
+        .rfind("a snapshot transfer to this node failed")
+        .expect("the failures are logged");
+    // The leaders paused after each refused transfer (the link's longest reconnect backoff,
+    // 500 ms): a few attempts a second, where resending at once made hundreds. The bound
+    // allows twice the rate.
+    let attempts = text
+        .matches("a snapshot transfer to this node failed")
+        .count();
+    let bound = PARTITIONS as usize * (full_for.as_millis() as usize / 250 + 2);
+    eprintln!("{attempts} failed snapshot transfers while the disk was full for {full_for:?}");
+    assert!(
+        attempts <= bound,
+        "{attempts} failed transfers in {full_for:?} (at most {bound})"
+    );
+    assert!(
+        text[failed..].contains("installed a snapshot from the leader"),
+        "no snapshot installed after the last failed transfer: {}",
+        &text[failed..]
+    );
 }
 
 #[test]

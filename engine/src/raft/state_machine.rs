@@ -454,6 +454,11 @@ impl RaftStateMachine<WalletRaft> for RaftPartition {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.check_applied();
+        tracing::info!(
+            partition,
+            last_index = self.state.borrow().last_index(),
+            "installed a snapshot from the leader"
+        );
         // The entries the snapshot covers never reach this node: the read model starts over
         // from the snapshot's balances, and refuses what lies before it (`read_side`).
         let state = self.state.borrow();

@@ -11,6 +11,7 @@
 //! | ---------------------------------------------- | -------------------------------- |
 //! | not connected / connection lost / filtered     | `Unreachable` (openraft backs off, `backoff()`) |
 //! | the peer has no Raft for the partition, or it stopped | `Unreachable` (same)      |
+//! | the peer could not take a snapshot (full disk) | `Network`, after a pause (below) |
 //! | no reply within `RPCOption::hard_ttl()`        | `Timeout`                        |
 //! | the peer's Raft failed (panic, storage)        | `RemoteError(Fatal)`             |
 //! | a reply that does not decode or fit            | `Network` (retried at once)      |
@@ -24,9 +25,17 @@
 //! file through `Raft::install_full_snapshot` and answers with its vote. The file is read
 //! with blocking `pread`s on the executor: about a millisecond per MiB chunk from the page
 //! cache; moving it to glommio's DMA reads is left for the wiring step.
+//!
+//! A transfer the receiver refused (it could not store the file: a full disk) is reported
+//! only after the link's longest reconnect backoff (`reconnect_backoff_max_ms`), unless the
+//! replication closes first: openraft sends the snapshot again as soon as it hears, and a
+//! follower whose disk is full would otherwise get it hundreds of times a second (each time a
+//! file created, written, failed and deleted, and a warning in its log).
 
 use super::limits::{ENTRIES_PER_APPEND_MAX, MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
-use super::message::{FailureCode, LinkReply, LinkRequest, SnapshotChunk, SnapshotInstall};
+use super::message::{
+    Failure, FailureCode, LinkReply, LinkRequest, SnapshotChunk, SnapshotInstall,
+};
 use super::peer::{CallError, PeerLink};
 use super::LinkShared;
 use bytes::Bytes;
@@ -45,7 +54,7 @@ use openraft::storage::Snapshot;
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError, Vote};
 use std::future::Future;
 use std::os::unix::fs::FileExt;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -171,6 +180,20 @@ impl LinkNetwork {
             .call(self.partition, request.kind(), body, timeout)
             .await
     }
+
+    /// Waits `reconnect_backoff_max_ms` after the receiver refused a snapshot transfer
+    /// (module docs), or until the replication closes.
+    async fn pause_after_refusal(
+        &self,
+        failure: &Failure,
+        cancel: Pin<&mut impl Future<Output = ReplicationClosed>>,
+    ) {
+        if failure.code != FailureCode::SnapshotTransfer {
+            return;
+        }
+        let pause = glommio::timer::sleep(Duration::from_millis(self.config_backoff_ms.1));
+        futures::future::select(pin!(pause), cancel).await;
+    }
 }
 
 impl RaftNetwork<WalletRaft> for LinkNetwork {
@@ -271,7 +294,8 @@ impl RaftNetwork<WalletRaft> for LinkNetwork {
                     return Err(self.streaming_error(chunk_timeout, e));
                 }
                 Ok(LinkReply::Failure(f)) => {
-                    return Err(self.streaming_error(chunk_timeout, CallError::Remote(f)))
+                    self.pause_after_refusal(&f, cancel.as_mut()).await;
+                    return Err(self.streaming_error(chunk_timeout, CallError::Remote(f)));
                 }
                 Ok(other) => return Err(self.streaming_error(chunk_timeout, unexpected(other))),
                 Err(e) => return Err(self.streaming_error(chunk_timeout, e)),
@@ -295,6 +319,7 @@ impl RaftNetwork<WalletRaft> for LinkNetwork {
         match reply {
             Ok(LinkReply::Snapshot(r)) => Ok(r),
             Ok(LinkReply::Failure(f)) => {
+                self.pause_after_refusal(&f, cancel.as_mut()).await;
                 Err(self.streaming_error(self.install_timeout, CallError::Remote(f)))
             }
             Ok(other) => Err(self.streaming_error(self.install_timeout, unexpected(other))),

@@ -120,9 +120,18 @@ pub async fn answer(
         },
         LinkRequest::SnapshotChunk(chunk) => receive_chunk(&raft, transfers, partition, chunk)
             .await
-            .unwrap_or_else(|m| failure(FailureCode::SnapshotTransfer, m)),
+            .unwrap_or_else(|message| {
+                // Said here, where the cause is (a full disk, a broken sender); the leader
+                // only learns that the transfer failed, and sends the snapshot again.
+                tracing::warn!(partition, %message, "a snapshot transfer to this node failed");
+                failure(FailureCode::SnapshotTransfer, message)
+            }),
         LinkRequest::SnapshotInstall(install) => {
-            install_snapshot(&raft, transfers, partition, install).await
+            let reply = install_snapshot(&raft, transfers, partition, install).await;
+            if let LinkReply::Failure(f) = &reply {
+                tracing::warn!(partition, message = %f.message, "a snapshot install on this node failed");
+            }
+            reply
         }
         LinkRequest::TccForward(messages) => match registry.queue(partition) {
             // Never waits: a full queue drops them (their sources send them again).
