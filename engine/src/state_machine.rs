@@ -114,7 +114,9 @@ pub struct PartitionState {
     /// confirmed (in flight, or cancelled and kept to answer retries).
     pub(crate) tcc: Table<TransferId, TccRecord>,
     /// Destination side of TC/C.
-    pub(crate) participants: Table<TransferId, TccParticipant>,
+    /// Keyed by source partition and id: transfer ids are unique per source partition only
+    /// (its idempotency check), so two partitions may both send this one a transfer `X`.
+    pub(crate) participants: Table<ParticipantKey, TccParticipant>,
     /// Index of the last applied log entry (0 = none).
     pub(crate) last_index: u64,
     /// Highest item timestamp used so far (0 = none).
@@ -377,9 +379,10 @@ impl PartitionState {
 
     fn touch_tcc(&self, m: &ArchivedTccMessage) {
         let id = m.id.to_native();
+        let key = (m.source.to_native(), id);
         match m.kind {
             tcc::kind::TRY | tcc::kind::CONFIRM => {
-                std::hint::black_box(self.participants.get(&id));
+                std::hint::black_box(self.participants.get(&key));
                 std::hint::black_box(self.accounts.get(m.to.to_native()));
             }
             tcc::kind::CONFIRM_ACK => {
@@ -388,7 +391,7 @@ impl PartitionState {
                 std::hint::black_box(self.transfers.get(id));
             }
             tcc::kind::CANCEL => {
-                std::hint::black_box(self.participants.get(&id));
+                std::hint::black_box(self.participants.get(&key));
             }
             _ => {
                 std::hint::black_box(self.tcc.get(&id));
@@ -611,6 +614,16 @@ impl PartitionState {
 
     /// Applies one TC/C message (either side).
     fn apply_tcc(&mut self, m: &TccMessage, timestamp: u64, out: &mut ApplyOutput) {
+        // `source` came over the network (another node's link) and names where the answer
+        // goes: a partition this cluster does not have is refused here, deterministically,
+        // before anything is addressed to it.
+        if m.source >= self.partition_count {
+            out.emit(Event::TccIgnored {
+                id: m.id,
+                kind: m.kind,
+            });
+            return;
+        }
         match m.kind {
             tcc::kind::TRY => self.tcc_try(m, out),
             tcc::kind::CONFIRM => self.tcc_confirm(m, out),
@@ -642,7 +655,7 @@ impl PartitionState {
 
     /// Destination, step 2: validate `to` and reserve room for the credit. Idempotent.
     fn tcc_try(&mut self, m: &TccMessage, out: &mut ApplyOutput) {
-        let code = match self.participants.get(&m.id) {
+        let code = match self.participants.get(&(m.source, m.id)) {
             Some(p) => match p.state {
                 tcc::participant::TRIED | tcc::participant::CONFIRMED => ResultCode::Ok,
                 tcc::participant::FAILED => {
@@ -664,7 +677,7 @@ impl PartitionState {
                     tcc::participant::FAILED
                 };
                 self.participants.insert(
-                    m.id,
+                    (m.source, m.id),
                     TccParticipant {
                         id: m.id,
                         source: m.source,
@@ -709,7 +722,7 @@ impl PartitionState {
 
     /// Destination, step 3 (confirm): credit `to`. Idempotent.
     fn tcc_confirm(&mut self, m: &TccMessage, out: &mut ApplyOutput) {
-        let Some(p) = self.participants.get_mut(&m.id) else {
+        let Some(p) = self.participants.get_mut(&(m.source, m.id)) else {
             out.emit(Event::TccIgnored {
                 id: m.id,
                 kind: m.kind,
@@ -752,7 +765,7 @@ impl PartitionState {
     fn tcc_cancel(&mut self, m: &TccMessage, out: &mut ApplyOutput) {
         if self
             .participants
-            .get(&m.id)
+            .get(&(m.source, m.id))
             .is_some_and(|p| p.state == tcc::participant::CONFIRMED)
         {
             // The source only cancels before a confirm; nothing to undo here.
@@ -765,7 +778,7 @@ impl PartitionState {
         let mut ack = *m;
         ack.kind = tcc::kind::CANCEL_ACK;
         out.outbox.push((m.source, ack));
-        match self.participants.get_mut(&m.id) {
+        match self.participants.get_mut(&(m.source, m.id)) {
             Some(p) => match p.state {
                 tcc::participant::TRIED => {
                     p.state = tcc::participant::CANCELLED;
@@ -779,7 +792,7 @@ impl PartitionState {
             },
             None => {
                 self.participants.insert(
-                    m.id,
+                    (m.source, m.id),
                     TccParticipant {
                         id: m.id,
                         source: m.source,
@@ -905,7 +918,8 @@ impl PartitionState {
 
     pub fn participants_sorted(&self) -> Vec<TccParticipant> {
         let mut v: Vec<TccParticipant> = self.participants.values().copied().collect();
-        v.sort_unstable_by_key(|p| p.id);
+        // By id, then source: the order of the digest and of snapshots.
+        v.sort_unstable_by_key(|p| (p.id, p.source));
         v
     }
 
@@ -949,14 +963,17 @@ impl PartitionState {
             accounts: map,
             transfers,
             tcc: table_of(tcc_records, |r| r.transfer.id),
-            participants: table_of(participants, |p| p.id),
+            participants: table_of(participants, |p| (p.source, p.id)),
             last_index,
             last_timestamp,
         }
     }
 }
 
-fn table_of<V>(records: Vec<V>, key: impl Fn(&V) -> TransferId) -> Table<TransferId, V> {
+/// A destination's participant records are per (source partition, transfer id).
+pub(crate) type ParticipantKey = (PartitionId, TransferId);
+
+fn table_of<K: std::hash::Hash + Eq, V>(records: Vec<V>, key: impl Fn(&V) -> K) -> Table<K, V> {
     let mut table = prefault::table_with_capacity(records.len());
     for record in records {
         table.insert(key(&record), record);

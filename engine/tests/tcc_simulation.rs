@@ -5,6 +5,10 @@
 //! healed: no hold remains, money is conserved per currency, no balance is below its floor,
 //! each transfer id has exactly one outcome, and replaying each log reproduces its state.
 //!
+//! Transfer ids are unique per source partition only (that is where their idempotency is
+//! checked), so each partition numbers its transfers from 1: the same id travels from several
+//! sources to one destination at once, which must keep them apart.
+//!
 //! Every run prints its seed; `TCC_SEED=<seed>` replays exactly that run.
 
 use engine::command::{CommandBatch, NewAccount, NewTransfer};
@@ -67,11 +71,12 @@ struct World {
     network: Vec<(u32, TccMessage)>,
     /// Accounts of each partition: (issuer, wallets incl. a frozen one and a USD one).
     accounts: Vec<(u128, Vec<u128>)>,
-    /// Every transfer ever submitted, by id (retries reuse ids).
-    submitted: BTreeMap<u128, NewTransfer>,
-    /// Final outcomes reported to clients, by id: exactly one each.
-    outcomes: HashMap<u128, ResultCode>,
-    next_id: u128,
+    /// Every transfer ever submitted, by source partition and id (retries reuse ids).
+    submitted: BTreeMap<(u32, u128), NewTransfer>,
+    /// Final outcomes reported to clients, by source partition and id: exactly one each.
+    outcomes: HashMap<(u32, u128), ResultCode>,
+    /// The next id of each partition's transfers.
+    next_id: Vec<u128>,
     stats: BTreeMap<&'static str, u64>,
 }
 
@@ -136,7 +141,7 @@ impl World {
             accounts,
             submitted: BTreeMap::new(),
             outcomes: HashMap::new(),
-            next_id: 1,
+            next_id: vec![1; PARTITIONS as usize],
             stats: BTreeMap::new(),
         }
     }
@@ -145,14 +150,15 @@ impl World {
         *self.stats.entry(what).or_default() += 1;
     }
 
-    /// Collects what an apply produced: messages onto the network, final outcomes.
-    fn collect(&mut self, out: &mut ApplyOutput) {
+    /// Collects what an apply on partition `p` produced: messages onto the network, final
+    /// outcomes (of `p`'s own transfers).
+    fn collect(&mut self, p: usize, out: &mut ApplyOutput) {
         self.network.append(&mut out.outbox);
         for (id, code) in out.resolved.drain(..) {
-            let previous = self.outcomes.insert(id, code);
+            let previous = self.outcomes.insert((p as u32, id), code);
             assert!(
                 previous.is_none(),
-                "transfer {id} decided twice ({previous:?}, then {code})"
+                "transfer {id} of partition {p} decided twice ({previous:?}, then {code})"
             );
             self.count(if code == ResultCode::Ok {
                 "tcc confirmed"
@@ -175,11 +181,14 @@ impl World {
         let p = self.rng.usize(..PARTITIONS as usize);
         let mut batch = Vec::new();
         for _ in 0..self.rng.usize(1..8) {
-            let retry = !self.submitted.is_empty() && self.rng.u8(..10) == 0;
+            let own: Vec<NewTransfer> = self
+                .submitted
+                .range((p as u32, 0)..(p as u32 + 1, 0))
+                .map(|(_, t)| *t)
+                .collect();
+            let retry = !own.is_empty() && self.rng.u8(..10) == 0;
             let transfer = if retry {
-                let n = self.rng.usize(..self.submitted.len());
-                let (_, t) = self.submitted.iter().nth(n).unwrap();
-                let mut t = *t;
+                let mut t = own[self.rng.usize(..own.len())];
                 if self.rng.bool() {
                     t.amount += 1; // same id, different fields
                 }
@@ -192,15 +201,15 @@ impl World {
                     to = self.accounts[p].0;
                 }
                 let t = NewTransfer {
-                    id: self.next_id,
+                    id: self.next_id[p],
                     from,
                     to,
                     amount: self.rng.u64(1..400),
                     currency: eur(),
                     user_data: 0,
                 };
-                self.next_id += 1;
-                self.submitted.insert(t.id, t);
+                self.next_id[p] += 1;
+                self.submitted.insert((p as u32, t.id), t);
                 t
             };
             if partition_of(transfer.from, PARTITIONS) == p as u32 {
@@ -210,20 +219,20 @@ impl World {
         let mut out = ApplyOutput::default();
         self.partitions[p].apply(CommandBatch::CreateTransfers(batch.clone()), &mut out);
         for (t, code) in batch.iter().zip(out.results.clone()) {
-            let fresh = !self.outcomes.contains_key(&t.id);
+            let fresh = !self.outcomes.contains_key(&(p as u32, t.id));
             match code {
                 ResultCode::Pending => self.count("pending"),
                 ResultCode::Exists | ResultCode::ExistsWithDifferentFields => {
                     self.count("retry answered")
                 }
                 code if fresh && code == ResultCode::Ok => {
-                    self.outcomes.insert(t.id, ResultCode::Ok);
+                    self.outcomes.insert((p as u32, t.id), ResultCode::Ok);
                     self.count("same-partition ok");
                 }
                 _ => self.count("rejected at once"),
             }
         }
-        self.collect(&mut out);
+        self.collect(p, &mut out);
     }
 
     fn deliver(&mut self, lossy: bool) {
@@ -257,7 +266,7 @@ impl World {
         }
         let mut out = ApplyOutput::default();
         self.partitions[destination as usize].apply(CommandBatch::Tcc(messages), &mut out);
-        self.collect(&mut out);
+        self.collect(destination as usize, &mut out);
         self.count("delivered batches");
     }
 
@@ -276,7 +285,7 @@ impl World {
         abort.kind = tcc::kind::ABORT;
         let mut out = ApplyOutput::default();
         self.partitions[p].apply(CommandBatch::Tcc(vec![abort]), &mut out);
-        self.collect(&mut out);
+        self.collect(p, &mut out);
         self.count("aborts");
     }
 
@@ -321,14 +330,14 @@ impl World {
             }
             self.deliver(false);
         }
-        for p in &self.partitions {
+        for (source, p) in self.partitions.iter().enumerate() {
             for r in p.state.tcc_records_sorted() {
                 if r.phase != tcc::phase::CANCELLED {
                     let q = &self.partitions[r.destination as usize].state;
                     let part = q
                         .participants_sorted()
                         .into_iter()
-                        .find(|x| x.id == r.transfer.id);
+                        .find(|x| x.id == r.transfer.id && x.source == source as u32);
                     eprintln!("stuck: {r:?}\n  participant: {part:?}");
                 }
             }
@@ -360,8 +369,10 @@ impl World {
             assert_eq!(sum, 0, "money not conserved in {currency} (seed {seed})");
         }
         // Exactly one outcome per id, and the state agrees with it.
-        for (id, t) in &self.submitted {
-            let source = &self.partitions[partition_of(t.from, PARTITIONS) as usize].state;
+        for (&(from_partition, id), t) in &self.submitted {
+            let id = &id;
+            assert_eq!(partition_of(t.from, PARTITIONS), from_partition);
+            let source = &self.partitions[from_partition as usize].state;
             let applied = source.transfer(*id).is_some();
             let cancelled = source
                 .tcc_record(*id)
@@ -370,7 +381,7 @@ impl World {
                 !(applied && cancelled),
                 "transfer {id} both applied and cancelled (seed {seed})"
             );
-            match self.outcomes.get(id) {
+            match self.outcomes.get(&(from_partition, *id)) {
                 Some(ResultCode::Ok) => assert!(
                     applied,
                     "transfer {id} reported ok but not applied (seed {seed})"
@@ -386,10 +397,11 @@ impl World {
             }
             if partition_of(t.to, PARTITIONS) != partition_of(t.from, PARTITIONS) && applied {
                 let destination = &self.partitions[partition_of(t.to, PARTITIONS) as usize].state;
-                let credited = destination
-                    .participants_sorted()
-                    .iter()
-                    .any(|p| p.id == *id && p.state == tcc::participant::CONFIRMED);
+                let credited = destination.participants_sorted().iter().any(|p| {
+                    p.id == *id
+                        && p.source == from_partition
+                        && p.state == tcc::participant::CONFIRMED
+                });
                 assert!(
                     credited,
                     "transfer {id} confirmed without its credit (seed {seed})"
@@ -441,4 +453,51 @@ fn tcc_survives_loss_duplication_reordering_and_restarts() {
         totals.get("lost").copied().unwrap_or(0) > 100
             && totals.get("restarts").copied().unwrap_or(0) > 100
     );
+}
+
+/// A message's `source` comes over the network and says where answers go: one naming a
+/// partition the cluster does not have is ignored (nothing reserved, nothing addressed to it).
+#[test]
+fn a_message_from_a_partition_that_does_not_exist_is_ignored() {
+    let mut world = World::new(1);
+    let to = world.accounts[0].1[0];
+    let before = world.partitions[0]
+        .state
+        .accounts_sorted()
+        .into_iter()
+        .find(|a| a.id == to)
+        .expect("the account");
+    let mut out = ApplyOutput::default();
+    for kind in [
+        tcc::kind::TRY,
+        tcc::kind::CONFIRM,
+        tcc::kind::CANCEL,
+        tcc::kind::TRY_RESULT,
+    ] {
+        let message = TccMessage {
+            kind,
+            code: 0,
+            source: PARTITIONS + 7,
+            id: 42,
+            from: world.accounts[1].1[0],
+            to,
+            amount: 5,
+            currency: eur(),
+            user_data: 0,
+        };
+        world.partitions[0].apply(CommandBatch::Tcc(vec![message]), &mut out);
+        assert!(
+            out.outbox.is_empty(),
+            "kind {kind} answered {:?}",
+            out.outbox
+        );
+    }
+    let after = world.partitions[0]
+        .state
+        .accounts_sorted()
+        .into_iter()
+        .find(|a| a.id == to)
+        .expect("the account");
+    assert_eq!(before, after, "nothing reserved or credited");
+    assert!(world.partitions[0].state.participants_sorted().is_empty());
 }
