@@ -112,6 +112,18 @@ impl Account {
     pub fn available(&self) -> i128 {
         self.balance as i128 - self.floor as i128
     }
+
+    /// Whether a credit of `amount` leaves room for everything already in flight here: every
+    /// credit keeps `balance + held + incoming` within an i64, so that a held amount refunded
+    /// by a Cancel or an incoming one credited by a Confirm can never overflow the balance
+    /// (neither is checked when it lands: it cannot be refused then).
+    pub fn has_room_for(&self, amount: i64) -> bool {
+        self.balance
+            .checked_add(self.held)
+            .and_then(|sum| sum.checked_add(self.incoming))
+            .and_then(|sum| sum.checked_add(amount))
+            .is_some()
+    }
 }
 
 /// A transfer that was applied (only applied transfers are remembered: a rejected id was never

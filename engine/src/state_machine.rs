@@ -555,9 +555,11 @@ impl PartitionState {
             Some(b) if b >= from.floor => b,
             _ => return ResultCode::InsufficientFunds,
         };
-        let Some(to_balance) = to.balance.checked_add(amount) else {
+        if !to.has_room_for(amount) {
             return ResultCode::Overflow;
-        };
+        }
+        // `has_room_for` covers `balance + amount` (held and incoming are never negative).
+        let to_balance = to.balance + amount;
         // Both lookups succeeded above and ids differ, so these entries exist.
         if let Some(a) = self.accounts.get_mut(t.from) {
             a.balance = from_balance;
@@ -711,10 +713,8 @@ impl PartitionState {
         if to.is_frozen() {
             return ResultCode::ToAccountFrozen;
         }
-        let room = i64::try_from(m.amount)
-            .ok()
-            .and_then(|amount| to.balance.checked_add(to.incoming)?.checked_add(amount));
-        if room.is_none() {
+        let room = i64::try_from(m.amount).is_ok_and(|amount| to.has_room_for(amount));
+        if !room {
             return ResultCode::Overflow;
         }
         ResultCode::Ok
@@ -734,7 +734,7 @@ impl PartitionState {
                 p.state = tcc::participant::CONFIRMED;
                 let amount = p.amount as i64;
                 if let Some(a) = self.accounts.get_mut(p.to) {
-                    // Reserved at Try: `balance + incoming` had room, so this cannot overflow.
+                    // Every credit since the Try left room for this one (`has_room_for`).
                     a.incoming -= amount;
                     a.balance += amount;
                 }

@@ -501,3 +501,77 @@ fn a_message_from_a_partition_that_does_not_exist_is_ignored() {
     assert_eq!(before, after, "nothing reserved or credited");
     assert!(world.partitions[0].state.participants_sorted().is_empty());
 }
+
+/// A credit must leave room for what is in flight to the same account: a local deposit that
+/// fits the balance alone but not with a confirmed-later incoming amount is refused
+/// (`overflow`), so the Confirm, which cannot be refused, never overflows.
+#[test]
+fn a_credit_leaves_room_for_a_confirm_in_flight() {
+    let mut world = World::new(2);
+    let (a, b) = (world.accounts[0].1[0], world.accounts[1].1[0]);
+    let account = |world: &World, id: u128| {
+        let p = partition_of(id, PARTITIONS) as usize;
+        world.partitions[p]
+            .state
+            .accounts_sorted()
+            .into_iter()
+            .find(|x| x.id == id)
+            .expect("the account")
+    };
+    // An issuer in b's partition that can issue up to i64::MAX.
+    let big_issuer = (1u128..)
+        .filter(|id| partition_of(*id, PARTITIONS) == 1)
+        .nth(20)
+        .unwrap();
+    let mut out = ApplyOutput::default();
+    world.partitions[1].apply(
+        CommandBatch::CreateAccounts(vec![NewAccount {
+            id: big_issuer,
+            currency: eur(),
+            flags: 0,
+            floor: i64::MIN,
+            user_data: 0,
+        }]),
+        &mut out,
+    );
+    assert_eq!(out.results, [ResultCode::Ok]);
+    let transfer = |id, from, to, amount| NewTransfer {
+        id,
+        from,
+        to,
+        amount,
+        currency: eur(),
+        user_data: 0,
+    };
+    // a (partition 0) sends 100 to b (partition 1); b's partition reserves it.
+    world.partitions[0].apply(
+        CommandBatch::CreateTransfers(vec![transfer(1, a, b, 100)]),
+        &mut out,
+    );
+    assert_eq!(out.results, [ResultCode::Pending]);
+    world.collect(0, &mut out);
+    let (destination, try_message) = world.network.pop().expect("the Try");
+    assert_eq!(destination, 1);
+    world.partitions[1].apply(CommandBatch::Tcc(vec![try_message]), &mut out);
+    world.collect(1, &mut out);
+    assert_eq!(account(&world, b).incoming, 100);
+
+    // A deposit that fits b's balance alone, not with the 100 on their way, is refused; one
+    // that leaves room is taken.
+    let room = (i64::MAX - account(&world, b).balance) as u64;
+    world.partitions[1].apply(
+        CommandBatch::CreateTransfers(vec![
+            transfer(2, big_issuer, b, room - 50),
+            transfer(3, big_issuer, b, room - 100),
+        ]),
+        &mut out,
+    );
+    assert_eq!(out.results, [ResultCode::Overflow, ResultCode::Ok]);
+    world.collect(1, &mut out);
+
+    // The decision and the Confirm land without overflow: b holds exactly i64::MAX.
+    world.settle();
+    assert_eq!(account(&world, b).balance, i64::MAX);
+    assert_eq!(account(&world, b).incoming, 0);
+    assert_eq!(world.outcomes.get(&(0, 1)), Some(&ResultCode::Ok));
+}
