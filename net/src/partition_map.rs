@@ -108,6 +108,40 @@ impl PartitionMap {
         }
     }
 
+    /// One map from the maps several nodes of one cluster answered, each partition's leader
+    /// from the map that saw it in the highest term (a known leader winning a tie): a node
+    /// can keep showing itself as leader after the others elected another (its log stuck on
+    /// a full disk, cut off from them), and the term tells whose view is newer. The nodes are
+    /// all the maps list (a leader must be one of them); `None` for no maps or maps whose
+    /// partition counts differ.
+    pub fn newest_of(maps: &[PartitionMap]) -> Option<PartitionMap> {
+        let first = maps.first()?;
+        if maps
+            .iter()
+            .any(|m| m.partitions.len() != first.partitions.len())
+        {
+            return None;
+        }
+        let mut merged = first.clone();
+        for map in &maps[1..] {
+            for node in &map.nodes {
+                if !merged.nodes.iter().any(|n| n.node_id == node.node_id) {
+                    merged.nodes.push(node.clone());
+                }
+            }
+            for (mine, theirs) in merged.partitions.iter_mut().zip(&map.partitions) {
+                let newer = theirs.term > mine.term
+                    || (theirs.term == mine.term
+                        && mine.leader.is_none()
+                        && theirs.leader.is_some());
+                if newer {
+                    *mine = *theirs;
+                }
+            }
+        }
+        Some(merged)
+    }
+
     /// Checks what a decoder cannot: every leader is a listed node, node ids are unique.
     fn validate(&self) -> Result<(), ProtocolError> {
         for (i, node) in self.nodes.iter().enumerate() {
@@ -245,6 +279,39 @@ mod tests {
         assert_eq!(back.sole_leader(), None);
         let single = PartitionMap::single_node(0, 7, "h:1".into(), 4);
         assert_eq!(single.sole_leader().map(|n| n.node_id), Some(7));
+    }
+
+    #[test]
+    fn the_newest_of_several_views_takes_each_leader_from_its_highest_term() {
+        // Node 1 still shows itself leading partition 0 in term 4; node 2 knows node 3 won
+        // term 5; for partition 1 node 1 knows the leader of a term node 2 has no leader of.
+        let stale = three_node_map(&[(Some(1), 4), (Some(2), 6), (Some(3), 2)]);
+        let fresh = three_node_map(&[(Some(3), 5), (None, 6), (None, 3)]);
+        let merged = PartitionMap::newest_of(&[stale.clone(), fresh.clone()]).unwrap();
+        assert_eq!(
+            merged.partitions,
+            three_node_map(&[(Some(3), 5), (Some(2), 6), (None, 3)]).partitions
+        );
+        // The order of the answers does not matter.
+        let other_order = PartitionMap::newest_of(&[fresh, stale.clone()]).unwrap();
+        assert_eq!(other_order.partitions, merged.partitions);
+        // A node only one map lists is kept (a leader must be listed).
+        let mut added = stale.clone();
+        added.nodes.push(MapNode {
+            node_id: 4,
+            client_addr: "127.0.0.1:7404".into(),
+        });
+        added.partitions[2] = PartitionLeader {
+            leader: Some(4),
+            term: 9,
+        };
+        let merged = PartitionMap::newest_of(&[stale.clone(), added]).unwrap();
+        assert_eq!(merged.leader_of(2).map(|n| n.node_id), Some(4));
+        assert!(merged.validate().is_ok());
+        // Maps of different partition counts do not merge; nothing gives nothing.
+        let fewer = three_node_map(&[(Some(1), 4)]);
+        assert_eq!(PartitionMap::newest_of(&[stale, fewer]), None);
+        assert_eq!(PartitionMap::newest_of(&[]), None);
     }
 
     #[test]

@@ -235,6 +235,7 @@ fn retry_later(code: ResultCode) -> bool {
         code,
         ResultCode::NotLeader
             | ResultCode::Busy
+            | ResultCode::StorageFull
             | ResultCode::ShuttingDown
             | ResultCode::Pending
             | ResultCode::StorageError
@@ -470,6 +471,61 @@ fn a_follower_with_a_full_disk_catches_up_by_snapshot_once_space_returns() {
         "no snapshot installed after the last failed transfer: {}",
         &text[failed..]
     );
+}
+
+/// The leader of a partition runs out of disk (a file size limit of one byte: every log
+/// write fails) under load. It cannot commit, and while its append waits for space it sends no
+/// heartbeats: the other two elect a leader, the clients follow it (the stuck node answers
+/// `not_leader` and still shows itself as leader, in an older term), and once space returns the
+/// old leader rejoins as a follower. Nothing acknowledged is lost.
+#[test]
+fn a_leader_whose_disk_fills_up_is_replaced_and_nothing_is_lost() {
+    let seed = seed();
+    let root = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(WALLETD.as_ref(), root.path(), 3, PARTITIONS);
+    let map = cluster.init();
+    let client = cluster.cluster_client();
+    setup(&client);
+    let running = Running::start(&cluster, seed);
+    running.wait_batches(20);
+
+    let old = map.partitions[0].leader.expect("a leader");
+    let pid = cluster.nodes[old as usize - 1]
+        .as_ref()
+        .expect("running")
+        .pid();
+    walletd_tests::set_file_size_limit(pid, Some(1)).expect("prlimit");
+    // The others elect a new leader; the load goes on through it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let views: Vec<Option<u64>> = (1..=3u64)
+            .filter(|n| *n != old)
+            .map(|n| {
+                cluster
+                    .client_of(n as usize - 1)
+                    .partition_map()
+                    .ok()
+                    .and_then(|m| m.partitions[0].leader)
+            })
+            .collect();
+        if views.iter().all(|l| l.is_some_and(|l| l != old)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the others did not replace node {old}: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    running.wait_batches(50);
+
+    // Space returns: the old leader catches up as a follower.
+    walletd_tests::set_file_size_limit(pid, None).expect("prlimit");
+    running.wait_batches(20);
+    let load = running.finish();
+    let digest = cluster.converged_digest(Duration::from_secs(60));
+    check_invariants(&cluster, &load.acknowledged, &load.existing);
+    assert_eq!(cluster.converged_digest(Duration::from_secs(30)), digest);
 }
 
 #[test]

@@ -503,10 +503,18 @@ impl RaftTask {
             };
             for request in arrived.into_iter().chain(group.drain(..)) {
                 match request {
-                    // Refused at once, not queued behind entries that wait for disk space.
+                    // Refused at once, not queued behind entries that wait for disk space. In a
+                    // cluster the answer is `not_leader`: while openraft waits in the append it
+                    // sends no heartbeats, so the others elect a leader whose disk has room,
+                    // and the client should go there (its map refresh takes the newest term).
+                    // Alone, nobody else can take the writes: `storage_full`.
                     Request::Commands { batch, reply, .. } if leading && self.space.is_full() => {
-                        let _ =
-                            reply.send(BatchReply::refused(batch.len(), ResultCode::StorageFull));
+                        let code = if self.multi_node {
+                            ResultCode::NotLeader
+                        } else {
+                            ResultCode::StorageFull
+                        };
+                        let _ = reply.send(BatchReply::refused(batch.len(), code));
                     }
                     Request::Commands { .. } | Request::Tcc { .. } if pipeline_full => {
                         waiting_items += request::group_items(std::slice::from_ref(&request));

@@ -18,6 +18,7 @@ use super::{check_len, Client, ClientConfig, ClientError};
 use crate::partition_map::PartitionMap;
 use engine::partition::PartitionId;
 use engine::{NewAccount, NewTransfer, ResultCode};
+use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -76,8 +77,11 @@ impl ClusterClient {
         self.routes().map.clone()
     }
 
-    /// Asks the map's nodes, then the seeds, for a fresh map and keeps the first one of the
-    /// same cluster; keeps the old map if nobody answers.
+    /// Asks the map's nodes and the seeds (at once) for their maps, and once a majority of
+    /// the map's nodes answered, keeps each partition's leader from the view of the highest
+    /// term (`PartitionMap::newest_of`): a node whose log is stuck (a full disk) or that is
+    /// cut off still shows itself as leader after the others elected another, so the first
+    /// answer alone can be stale. Keeps the old map if nobody of the same cluster answers.
     pub fn refresh(&self) -> Result<Arc<PartitionMap>, ClientError> {
         futures::executor::block_on(self.refresh_async())
     }
@@ -91,32 +95,53 @@ impl ClusterClient {
             .iter()
             .map(|n| n.client_addr.clone())
             .collect();
-        candidates.extend(self.seeds.iter().cloned());
+        for seed in &self.seeds {
+            if !candidates.contains(seed) {
+                candidates.push(seed.clone());
+            }
+        }
+        let majority = current.nodes.len() / 2 + 1;
+        let mut answers: FuturesUnordered<_> = candidates
+            .iter()
+            .map(|addr| {
+                let current = &current;
+                async move {
+                    let fetched = match self.cached_client_at(current, addr) {
+                        Some(client) => client.partition_map_async().await,
+                        None => fetch_map(&self.template, addr).await.map(|(_, map)| map),
+                    };
+                    (addr, fetched)
+                }
+            })
+            .collect();
+        let mut maps = Vec::new();
         let mut last = ClientError::Disconnected("no node answered with a map".into());
-        for addr in candidates {
-            let fetched = match self.cached_client_at(&current, &addr) {
-                Some(client) => client.partition_map_async().await.map(|map| (client, map)),
-                None => fetch_map(&self.template, &addr).await,
-            };
+        while let Some((addr, fetched)) = answers.next().await {
             match fetched {
-                Ok((_, map)) if map.cluster_id != current.cluster_id => {
+                Ok(map) if map.cluster_id != current.cluster_id => {
                     tracing::warn!(%addr, cluster_id = map.cluster_id, "ignoring the map of another cluster");
                 }
-                Ok((_, map)) => {
-                    let map = Arc::new(map);
-                    let mut routes = self.routes();
-                    // Clients of nodes that left the cluster are dropped with their
-                    // connections.
-                    routes
-                        .clients
-                        .retain(|id, _| map.nodes.iter().any(|n| n.node_id == *id));
-                    routes.map = map.clone();
-                    return Ok(map);
+                Ok(map) => {
+                    maps.push(map);
+                    if maps.len() >= majority {
+                        break;
+                    }
                 }
                 Err(e) => last = e,
             }
         }
-        Err(last)
+        drop(answers);
+        let Some(map) = PartitionMap::newest_of(&maps).or_else(|| maps.into_iter().next()) else {
+            return Err(last);
+        };
+        let map = Arc::new(map);
+        let mut routes = self.routes();
+        // Clients of nodes that left the cluster are dropped with their connections.
+        routes
+            .clients
+            .retain(|id, _| map.nodes.iter().any(|n| n.node_id == *id));
+        routes.map = map.clone();
+        Ok(map)
     }
 
     /// The client of the node leading `partition` (for reads, which its leader answers).
