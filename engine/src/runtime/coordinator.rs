@@ -32,11 +32,12 @@ pub(super) struct Running {
 }
 
 /// Whose Try timer is this: a held client batch (slot + generation, so a reused slot is not
-/// mistaken for the old one) or the transfers re-driven at start, which nobody waits for.
+/// mistaken for the old one) or one group of re-driven transfers, which nobody waits for
+/// (index into `Coordinator::redriven`: each group has its own start time).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Timer {
     Batch { slot: usize, generation: u64 },
-    Redriven,
+    Redriven { group: usize },
 }
 
 #[derive(Default)]
@@ -49,8 +50,9 @@ pub(super) struct Coordinator {
     /// Timers in start order, one per held batch (not per transfer), so checking them costs
     /// nothing per transfer.
     timeline: std::collections::VecDeque<(Instant, Timer)>,
-    /// Transfers re-driven after a restart (no client waits for them).
-    redriven: Vec<TransferId>,
+    /// Transfers re-driven after a restart or found running later (no client waits for
+    /// them), in groups that started their timers together.
+    redriven: Vec<Vec<TransferId>>,
     /// Messages to other partitions not yet accepted by their queues.
     pub(super) outbox: Vec<(PartitionId, Vec<TccMessage>)>,
     /// Local messages (aborts) to log in the next group.
@@ -99,16 +101,28 @@ impl Coordinator {
         self.timeline.push_back((Instant::now(), timer));
     }
 
-    /// Tracks transfers re-driven at start (nobody waits for them).
+    /// Tracks transfers re-driven at start, or found running later (a new leader learns of
+    /// Tries of the previous term only as it applies them): nobody waits for them, but their
+    /// Try timer runs from now. Ids already tracked keep their timers.
     pub(super) fn redrive(&mut self, ids: impl Iterator<Item = TransferId>) {
+        let mut group = Vec::new();
         for id in ids {
-            self.running.entry(id).or_insert(Running {
-                waiter: None,
-                more: Vec::new(),
-            });
-            self.redriven.push(id);
+            if let hashbrown::hash_map::Entry::Vacant(slot) = self.running.entry(id) {
+                slot.insert(Running {
+                    waiter: None,
+                    more: Vec::new(),
+                });
+                group.push(id);
+            }
         }
-        self.timeline.push_back((Instant::now(), Timer::Redriven));
+        if group.is_empty() {
+            return;
+        }
+        self.redriven.push(group);
+        let timer = Timer::Redriven {
+            group: self.redriven.len() - 1,
+        };
+        self.timeline.push_back((Instant::now(), timer));
     }
 
     /// Transfers whose timer started before `cutoff` and that still run; their timers restart
@@ -138,10 +152,11 @@ impl Coordinator {
                         );
                     }
                 }
-                Timer::Redriven => {
+                Timer::Redriven { group } => {
                     let running = &self.running;
-                    self.redriven.retain(|id| running.contains_key(id));
-                    due.extend(self.redriven.iter().copied());
+                    let ids = &mut self.redriven[group];
+                    ids.retain(|id| running.contains_key(id));
+                    due.extend(ids.iter().copied());
                 }
             }
             if due.len() > before {
@@ -176,10 +191,38 @@ impl Coordinator {
                         record.destination,
                         TccMessage::about(tcc::kind::CONFIRM, state.partition(), &record.transfer),
                     )]);
+                } else {
+                    // Settled (confirmed, or cancelled with its acknowledgement perhaps still
+                    // to come, which the re-drive resends): no timer left to run. Kept, it
+                    // would keep `has_work` true and the task waking for good.
+                    self.running.remove(&id);
                 }
             } else {
                 self.running.remove(&id);
             }
+        }
+    }
+
+    /// Answers every held client batch now, its still-pending items with `code`, and forgets
+    /// who waited (the transfers themselves stay tracked).
+    pub(super) fn refuse_held(&mut self, code: ResultCode) {
+        for (slot, held) in self.held.iter_mut().enumerate() {
+            let Some(mut held) = held.take() else {
+                continue;
+            };
+            for (position, _) in &held.pending {
+                let result = &mut held.answer.results[*position];
+                if *result == ResultCode::Pending {
+                    *result = code;
+                }
+            }
+            let _ = held.reply.send(held.answer);
+            self.generations[slot] += 1;
+            self.free_slots.push(slot);
+        }
+        for running in self.running.values_mut() {
+            running.waiter = None;
+            running.more.clear();
         }
     }
 
@@ -239,5 +282,132 @@ impl Coordinator {
             }
         }
         self.outbox = kept;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{CommandBatch, NewAccount, NewTransfer};
+    use crate::model::Currency;
+    use crate::partition::partition_of;
+    use crate::state_machine::ApplyOutput;
+
+    fn apply(state: &mut PartitionState, batch: CommandBatch) -> ApplyOutput {
+        let mut body = rkyv::util::AlignedVec::<16>::new();
+        batch.encode_into(&mut body);
+        let mut out = ApplyOutput::default();
+        let index = state.last_index() + 1;
+        let timestamp = state.next_timestamp_floor();
+        state
+            .apply_entry(index, batch.kind(), &body, timestamp, &mut out)
+            .expect("applies");
+        out
+    }
+
+    #[test]
+    fn a_redriven_group_keeps_its_own_timer_and_known_ids_keep_theirs() {
+        let mut c = Coordinator::default();
+        let start = Instant::now();
+        c.redrive([1u128, 2].into_iter());
+        std::thread::sleep(Duration::from_millis(20));
+        let later = Instant::now();
+        // 2 is tracked already: only 3 starts a timer now.
+        c.redrive([2u128, 3].into_iter());
+        assert_eq!(c.running.len(), 3);
+        // At a cutoff between the two groups only the first is due (3 started later).
+        let mut due = c.overdue(start + Duration::from_millis(10), later);
+        due.sort_unstable();
+        assert_eq!(due, [1, 2]);
+        // Everything tracked again changes nothing.
+        c.redrive([1u128, 2, 3].into_iter());
+        assert_eq!(c.redriven.iter().map(Vec::len).sum::<usize>(), 3);
+    }
+
+    #[test]
+    fn refused_held_replies_answer_their_pending_items_and_nothing_else() {
+        let mut c = Coordinator::default();
+        let (reply, mut answered) = oneshot::channel();
+        let answer = BatchReply {
+            results: vec![ResultCode::Ok, ResultCode::Pending, ResultCode::Pending],
+            index: 3,
+            timestamp: 9,
+        };
+        c.hold(reply, answer, vec![(1, 11), (2, 12)]);
+        c.resolve(12, ResultCode::Ok);
+        assert!(answered.try_recv().unwrap().is_none(), "11 still runs");
+        c.refuse_held(ResultCode::StorageError);
+        let got = answered.try_recv().unwrap().expect("answered");
+        assert_eq!(
+            got.results,
+            [ResultCode::Ok, ResultCode::StorageError, ResultCode::Ok]
+        );
+        // The transfer is still tracked, with nobody waiting: a late decision is harmless.
+        assert!(c.running.contains_key(&11));
+        c.resolve(11, ResultCode::Ok);
+        assert!(c.running.is_empty());
+    }
+
+    #[test]
+    fn a_settled_transfer_leaves_the_running_set_at_its_timer() {
+        // A cross-partition transfer from partition 0 of 2, then aborted: CANCELLED, its
+        // CANCEL not acknowledged yet.
+        let mut state = PartitionState::new(0, 2);
+        let ids: Vec<u128> = (1u128..)
+            .filter(|id| partition_of(*id, 2) == 0)
+            .take(2)
+            .collect();
+        let remote = (1u128..).find(|id| partition_of(*id, 2) == 1).unwrap();
+        let eur = Currency::parse("EUR").unwrap();
+        let accounts = ids
+            .iter()
+            .map(|&id| NewAccount {
+                id,
+                currency: eur,
+                flags: 0,
+                floor: if id == ids[0] { -1_000 } else { 0 },
+                user_data: 0,
+            })
+            .collect();
+        apply(&mut state, CommandBatch::CreateAccounts(accounts));
+        let transfer = |id, from, to| NewTransfer {
+            id,
+            from,
+            to,
+            amount: 5,
+            currency: eur,
+            user_data: 0,
+        };
+        apply(
+            &mut state,
+            CommandBatch::CreateTransfers(vec![transfer(1, ids[0], ids[1])]),
+        );
+        let out = apply(
+            &mut state,
+            CommandBatch::CreateTransfers(vec![transfer(7, ids[1], remote)]),
+        );
+        assert_eq!(out.results, [ResultCode::Pending]);
+        let abort = TccMessage::about(
+            tcc::kind::ABORT,
+            0,
+            &state.tcc_record(7).expect("running").transfer,
+        );
+        apply(&mut state, CommandBatch::Tcc(vec![abort]));
+        assert_eq!(
+            state.tcc_record(7).map(|r| r.phase),
+            Some(tcc::phase::CANCELLED)
+        );
+
+        let mut c = Coordinator::default();
+        c.redrive([7u128].into_iter());
+        assert!(c.has_work());
+        std::thread::sleep(Duration::from_millis(5));
+        c.abort_overdue(&state, Duration::from_millis(1));
+        assert!(
+            c.running.is_empty(),
+            "a settled transfer has no timer to run"
+        );
+        assert!(c.local.is_empty(), "and nothing to abort");
+        assert!(!c.has_work());
     }
 }

@@ -165,7 +165,13 @@ impl PartitionTask {
                 None => {}
             }
             fill_group(&requests, &mut group, self.group_items_max);
-            coordinator.abort_overdue(&self.state, self.tcc_try_timeout);
+            // The timers act on the applied state. While a group waits for disk space (or
+            // after the log failed) that state holds decisions that are not durable, and a
+            // CONFIRM sent for one could outlive a crash that forgets the decision; the
+            // overdue timers fire once the log is durable again.
+            if self.writer.durable_index() == self.writer.last_index() && failed.is_none() {
+                coordinator.abort_overdue(&self.state, self.tcc_try_timeout);
+            }
             if full && failed.is_none() {
                 // Retry what waits in the writer (throttled by the writer while still full).
                 match self.writer.flush().await {
@@ -335,6 +341,11 @@ impl PartitionTask {
                         coordinator.resolve(id, code);
                     }
                     coordinator.queue(&emitted);
+                } else {
+                    // No decision of this partition becomes durable any more: the clients
+                    // waiting for running TC/Cs learn that their outcome is unknown now,
+                    // rather than when they time out (a restart decides them).
+                    coordinator.refuse_held(ResultCode::StorageError);
                 }
                 resolved.clear();
                 emitted.clear();

@@ -93,7 +93,7 @@ use crate::recovery::{log_dir, snapshot_dir};
 use crate::result_code::ResultCode;
 use crate::snapshot::{SnapshotRetention, DAY_NS};
 use crate::state_machine::PartitionState;
-use crate::tcc::{ArchivedTccMessage, TccMessage};
+use crate::tcc::{self, ArchivedTccMessage, TccMessage};
 use futures::channel::oneshot;
 use openraft::error::{ClientWriteError, Fatal};
 use openraft::raft::ClientWriteResult;
@@ -662,6 +662,16 @@ impl RaftTask {
             *last_resend = Instant::now();
             let resend = self.state.borrow().tcc_redrive();
             if !resend.is_empty() {
+                // Tries that reached this leader's state only after the re-drive of its
+                // election (entries of the previous term it applied later) get their timers
+                // now, so that they too end in `tcc_timeout` if their destination never
+                // answers. Transfers already tracked keep theirs.
+                coordinator.redrive(
+                    resend
+                        .iter()
+                        .filter(|(_, m)| m.kind == tcc::kind::TRY)
+                        .map(|(_, m)| m.id),
+                );
                 coordinator.queue(&resend);
                 coordinator.ship(&self.peers);
             }
