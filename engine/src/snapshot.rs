@@ -373,7 +373,12 @@ pub fn load_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
                     rkyv::from_bytes::<SnapshotMeta, rkyv::rancor::Error>(record.body)
                         .map_err(bad)?,
                 );
-                transfers = TransferStore::with_capacity(meta.map_or(0, |m| m.transfers as usize));
+                // The count is checked against the records at the end; until then it is only a
+                // hint, and no larger than the file could hold (a damaged or hostile count
+                // must not size an allocation).
+                let could_hold = segment.bytes().len() / std::mem::size_of::<Transfer>();
+                let hinted = meta.map_or(0, |m| m.transfers).min(could_hold as u64);
+                transfers = TransferStore::with_capacity(hinted as usize);
             }
             (kind::ACCOUNTS, true) => {
                 let chunk = rkyv::access::<
@@ -482,6 +487,68 @@ pub fn load_snapshot(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot cut at any length (a copy interrupted, a transfer broken off, a hostile
+    /// peer) is refused with an error: never a panic, never a partial state.
+    #[test]
+    fn a_snapshot_cut_anywhere_is_refused_without_a_panic() {
+        use crate::command::{CommandBatch, NewAccount, NewTransfer};
+        use crate::model::Currency;
+        use crate::state_machine::ApplyOutput;
+        let mut state = PartitionState::new(0, 1);
+        let eur = Currency::parse("EUR").unwrap();
+        let mut apply = |batch: CommandBatch| {
+            let mut body = rkyv::util::AlignedVec::<16>::new();
+            batch.encode_into(&mut body);
+            let mut out = ApplyOutput::default();
+            let index = state.last_index() + 1;
+            let timestamp = state.next_timestamp_floor();
+            state
+                .apply_entry(index, batch.kind(), &body, timestamp, &mut out)
+                .expect("applies");
+        };
+        apply(CommandBatch::CreateAccounts(
+            (1..=3)
+                .map(|id| NewAccount {
+                    id,
+                    currency: eur,
+                    flags: 0,
+                    floor: if id == 1 { -1_000 } else { 0 },
+                    user_data: 0,
+                })
+                .collect(),
+        ));
+        apply(CommandBatch::CreateTransfers(
+            (1..=5)
+                .map(|id| NewTransfer {
+                    id,
+                    from: 1,
+                    to: 2 + id % 2,
+                    amount: 7,
+                    currency: eur,
+                    user_data: 0,
+                })
+                .collect(),
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_snapshot(
+            dir.path(),
+            &mut SnapshotCapture::take(&state, 1),
+            SnapshotRetention::default(),
+        )
+        .unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        assert!(load_snapshot(&path).is_ok());
+        let cut = dir.path().join("cut.bin");
+        for len in 0..whole.len() {
+            std::fs::write(&cut, &whole[..len]).unwrap();
+            assert!(
+                load_snapshot(&cut).is_err(),
+                "cut at {len} of {}",
+                whole.len()
+            );
+        }
+    }
 
     #[test]
     fn retention_keeps_the_newest_and_one_per_recent_day() {

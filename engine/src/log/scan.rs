@@ -235,15 +235,20 @@ pub fn zero_range(path: &Path, offset: u64, end: u64) -> Result<(), LogError> {
         .open(path)
         .map_err(|e| LogError::io(path, e))?;
     let len = file.metadata().map_err(|e| LogError::io(path, e))?.len();
-    file.seek(SeekFrom::Start(offset))
-        .map_err(|e| LogError::io(path, e))?;
+    // Back to front: a crash part way leaves zeros at the end and records from `offset` on,
+    // which a restart reads as a clean log up to where the zeros begin (those records were
+    // being dropped, and are dropped again). Front to back, it would leave zeros at `offset`
+    // and records after them, which is damage in the middle of the log and stops the start.
     let zeros = vec![0u8; 1 << 20];
-    let mut left = len.min(end).saturating_sub(offset);
-    while left > 0 {
-        let n = left.min(zeros.len() as u64) as usize;
+    let mut chunk_end = len.min(end);
+    while chunk_end > offset {
+        let chunk_start = chunk_end.saturating_sub(zeros.len() as u64).max(offset);
+        let n = (chunk_end - chunk_start) as usize;
+        file.seek(SeekFrom::Start(chunk_start))
+            .map_err(|e| LogError::io(path, e))?;
         file.write_all(&zeros[..n])
             .map_err(|e| LogError::io(path, e))?;
-        left -= n as u64;
+        chunk_end = chunk_start;
     }
     file.sync_all().map_err(|e| LogError::io(path, e))
 }
@@ -280,5 +285,33 @@ pub fn repair_log(dir: &Path) -> Result<Option<(PathBuf, u64)>, LogError> {
             Ok(Some((path, offset)))
         }
         Err(other) => Err(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Over several 1 MiB chunks, unaligned: exactly `offset..end` becomes zero.
+    #[test]
+    fn zero_range_zeroes_exactly_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        let len = (3 << 20) + 777;
+        std::fs::write(&path, vec![0xA5u8; len]).unwrap();
+        let (offset, end) = (12_345u64, (2u64 << 20) + 4_097);
+        zero_range(&path, offset, end).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), len);
+        for (i, b) in bytes.iter().enumerate() {
+            let zeroed = (offset..end).contains(&(i as u64));
+            assert_eq!(*b == 0, zeroed, "byte {i}");
+        }
+        // Past the end of the file: up to its end, never longer.
+        zero_from(&path, (3 << 20) + 700).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), len);
+        assert!(bytes[(3 << 20) + 700..].iter().all(|b| *b == 0));
+        assert_eq!(bytes[(3 << 20) + 699], 0xA5);
     }
 }

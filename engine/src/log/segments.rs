@@ -136,7 +136,9 @@ impl<'a> Iterator for SegmentRecords<'a> {
         let offset = self.offset;
         match decode_record(&self.bytes[offset..]) {
             Ok(Some((header, body))) => {
-                self.offset += record_bytes(body.len());
+                // A file may end right after a body, without its padding (a snapshot cut
+                // short): the next call then sees the end, not a slice past it.
+                self.offset = (self.offset + record_bytes(body.len())).min(self.bytes.len());
                 Some(RecordRef {
                     offset: offset as u64,
                     header,
