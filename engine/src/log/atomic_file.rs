@@ -17,10 +17,15 @@ const CHECKSUM_BYTES: usize = 4;
 /// Replaces `dir/name` with `payload` and its checksum, durably (see the module doc), with
 /// blocking std::fs: for tools and tests, off any executor's hot path.
 pub fn save_checked(dir: &Path, name: &str, payload: &[u8]) -> Result<(), LogError> {
+    save_plain(dir, name, &checked_bytes(payload))
+}
+
+/// Replaces `dir/name` with `bytes` as they are (no checksum: the small text files a person
+/// reads, such as the data dir's partition count), by the same durable steps.
+pub fn save_plain(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), LogError> {
     let tmp = dir.join(format!("{name}.tmp"));
-    let bytes = checked_bytes(payload);
     let mut file = std::fs::File::create(&tmp).map_err(|e| LogError::io(&tmp, e))?;
-    file.write_all(&bytes).map_err(|e| LogError::io(&tmp, e))?;
+    file.write_all(bytes).map_err(|e| LogError::io(&tmp, e))?;
     file.sync_all().map_err(|e| LogError::io(&tmp, e))?;
     let path = dir.join(name);
     std::fs::rename(&tmp, &path).map_err(|e| LogError::io(&path, e))?;

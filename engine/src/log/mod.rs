@@ -3,7 +3,7 @@
 //! the vote is persisted beside it, and the log can be purged from the front (logically, through
 //! `raft_meta`, then whole segments).
 
-mod atomic_file;
+pub(crate) mod atomic_file;
 pub mod error;
 pub mod fault;
 pub mod offset_hints;

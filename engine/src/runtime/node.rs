@@ -456,9 +456,14 @@ fn check_replication(config: &EngineConfig, fresh: bool) -> Result<(), StartErro
             } else {
                 Replication::Local
             };
-            std::fs::write(&path, format!("{}\n", mode.name())).map_err(io)?;
-            crate::log::scan::sync_dir(&config.data_dir)
-                .map_err(|e| StartError::Config(e.to_string()))?;
+            // Durably (temp file, fsync, rename, directory fsync): an empty file after a
+            // power loss would stop every later start.
+            crate::log::atomic_file::save_plain(
+                &config.data_dir,
+                REPLICATION_FILE,
+                format!("{}\n", mode.name()).as_bytes(),
+            )
+            .map_err(|e| StartError::Config(e.to_string()))?;
             mode
         }
         Err(e) => return Err(io(e)),
@@ -499,9 +504,21 @@ fn check_partition_count(config: &EngineConfig) -> Result<bool, StartError> {
             Ok(false)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(&path, format!("{}\n", config.partitions)).map_err(io)?;
-            crate::log::scan::sync_dir(&config.data_dir)
-                .map_err(|e| StartError::Config(e.to_string()))?;
+            crate::log::atomic_file::save_plain(
+                &config.data_dir,
+                PARTITION_COUNT_FILE,
+                format!("{}\n", config.partitions).as_bytes(),
+            )
+            .map_err(|e| StartError::Config(e.to_string()))?;
+            // The data dir itself may be new: its entry in its parent must last too.
+            if let Some(parent) = config
+                .data_dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                crate::log::scan::sync_dir(parent)
+                    .map_err(|e| StartError::Config(e.to_string()))?;
+            }
             Ok(true)
         }
         Err(e) => Err(io(e)),
