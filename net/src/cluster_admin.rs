@@ -20,6 +20,7 @@
 //! ```
 
 use crate::operation::ProtocolError;
+use crate::partition_map::{NODE_ADDR_BYTES_MAX, NO_LEADER};
 use bytes::{Buf, BufMut, BytesMut};
 
 /// Longest address or message, in bytes.
@@ -194,6 +195,16 @@ pub fn decode_change(mut body: &[u8]) -> Result<ClusterChange, ProtocolError> {
     if body.has_remaining() {
         return Err(ProtocolError::MalformedBody);
     }
+    // A node added here lands in every partition's membership and from there in every
+    // partition map, whose format holds no longer address and reserves id `NO_LEADER`:
+    // refused now, not when a map is encoded (on every node, for as long as it is a member).
+    let member_fits = client_addr.len() <= NODE_ADDR_BYTES_MAX
+        && peer_addr.len() <= NODE_ADDR_BYTES_MAX
+        && node_id != NO_LEADER
+        && node_id != 0;
+    if action == Action::AddNode && !member_fits {
+        return Err(ProtocolError::MalformedBody);
+    }
     Ok(ClusterChange {
         action,
         node_id,
@@ -297,6 +308,33 @@ mod tests {
         assert!(decode_change(&out[..10]).is_err(), "truncated");
         // A reply that claims more outcomes than it carries.
         assert!(decode_outcomes(&[255, 255, 255, 255, 0]).is_err());
+    }
+
+    /// A node that a partition map could not hold is refused at the door: its address longer
+    /// than a map's, or an id the map reserves (or 0, which no node has).
+    #[test]
+    fn an_added_node_must_fit_the_partition_map() {
+        let add = |node_id: u64, peer: usize, client: usize| {
+            let mut out = BytesMut::new();
+            encode_change(
+                &mut out,
+                &ClusterChange {
+                    action: Action::AddNode,
+                    node_id,
+                    peer_addr: "p".repeat(peer),
+                    client_addr: "c".repeat(client),
+                },
+            );
+            decode_change(&out)
+        };
+        assert!(add(4, NODE_ADDR_BYTES_MAX, NODE_ADDR_BYTES_MAX).is_ok());
+        assert!(
+            add(4, 10, NODE_ADDR_BYTES_MAX + 1).is_err(),
+            "client address"
+        );
+        assert!(add(4, NODE_ADDR_BYTES_MAX + 1, 10).is_err(), "peer address");
+        assert!(add(NO_LEADER, 10, 10).is_err(), "the reserved id");
+        assert!(add(0, 10, 10).is_err(), "node id 0");
     }
 
     #[test]

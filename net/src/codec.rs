@@ -16,6 +16,9 @@ pub const ID_BYTES: usize = 16;
 pub const ACCOUNT_REPLY_BYTES: usize = 72;
 pub const TRANSFER_REPLY_BYTES: usize = 80;
 pub const TOKEN_BYTES_MAX: usize = 256;
+/// The largest handshake body (16 fixed bytes and the token): all an unauthenticated
+/// connection may send, on the client port and on the node link.
+pub const HANDSHAKE_BODY_BYTES_MAX: usize = 16 + TOKEN_BYTES_MAX;
 
 /// Little-endian field readers over a record (bounds are guaranteed by the record size).
 struct Reader<'a>(&'a [u8]);

@@ -550,6 +550,26 @@ fn an_unknown_operation_is_refused_but_the_connection_stays_usable() {
     server.assert_alive("unknown operations");
 }
 
+/// Before the token is checked a connection may announce no more than a handshake's bytes:
+/// a header announcing 1 MiB is answered at once, its body never awaited (nor its bytes
+/// reserved from the core's read budget).
+#[test]
+fn a_first_frame_larger_than_a_handshake_is_refused_before_its_body() {
+    let mut server = Server::start();
+    for (operation, expected) in [
+        (Operation::Handshake, ProtocolError::FrameTooLarge),
+        (Operation::CreateTransfers, ProtocolError::HandshakeRequired),
+    ] {
+        let mut header = frame(operation as u8, 5, &[]);
+        header[16..20].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        reseal(&mut header);
+        let mut stream = connect_raw(&server.addr);
+        stream.write_all(&header).expect("send the header alone");
+        expect_error_then_close(&mut stream, expected, operation as u8, 5);
+    }
+    server.assert_alive("first frames announcing 1 MiB");
+}
+
 #[test]
 fn the_first_frame_must_be_a_handshake() {
     let mut server = Server::start();

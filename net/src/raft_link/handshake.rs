@@ -15,9 +15,7 @@ use crate::server::connection::{constant_time_eq, error_frame};
 use bytes::BytesMut;
 use futures::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-/// The largest handshake body (16 fixed bytes and the token): all an unauthenticated
-/// connection may send.
-pub const HANDSHAKE_BODY_BYTES_MAX: usize = 16 + TOKEN_BYTES_MAX;
+pub use crate::codec::HANDSHAKE_BODY_BYTES_MAX;
 
 /// Dialer side: presents `token`, returns the acceptor's node id.
 pub async fn offer<R, W>(

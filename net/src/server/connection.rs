@@ -12,7 +12,7 @@
 
 use super::handler::handle;
 use super::CoreContext;
-use crate::codec::{self, role};
+use crate::codec::{self, role, HANDSHAKE_BODY_BYTES_MAX};
 use crate::frame::{self, FrameHeader, HEADER_BYTES};
 use crate::operation::{Operation, ProtocolError};
 use bytes::BytesMut;
@@ -131,7 +131,11 @@ async fn serve_split<R, W>(
             }
         }
         drop(writer_gone_tx);
-        let _ = writer.close().await;
+        // Bounded too: closing a TLS stream first flushes what it buffered, which never ends
+        // while the peer reads nothing, and this task (with the reply queue and the
+        // connection's slot) would live as long as the peer keeps the socket open.
+        let close = pin!(writer.close());
+        let _ = futures::future::select(close, pin!(glommio::timer::sleep(stall))).await;
     });
     let requests = Rc::new(glommio::sync::Semaphore::new(
         ctx.config.requests_in_flight_per_connection_max,
@@ -240,6 +244,27 @@ where
             Ok(h) => h,
             Err(e) => return Some(Err(error_frame(0, 0, e.into(), &e.to_string()))),
         };
+        // Before the token is checked a connection may send a handshake and nothing larger:
+        // a 1 MiB frame would reserve (and zero) 1 MiB of the core's read budget for the
+        // whole handshake timeout, and a few hundred such connections would stall the core's
+        // logged-in clients.
+        if header.body_len as usize > HANDSHAKE_BODY_BYTES_MAX {
+            let message = format!(
+                "a {}-byte first frame; a handshake has at most {HANDSHAKE_BODY_BYTES_MAX}",
+                header.body_len
+            );
+            let error = if header.operation == Operation::Handshake as u8 {
+                ProtocolError::FrameTooLarge
+            } else {
+                ProtocolError::HandshakeRequired
+            };
+            return Some(Err(error_frame(
+                header.operation,
+                header.request_id,
+                error.into(),
+                &message,
+            )));
+        }
         // The body's bytes count against the core's budget like any request's.
         let _bytes_permit = ctx
             .bytes_in_flight
