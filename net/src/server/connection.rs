@@ -261,7 +261,7 @@ where
             return Some(Err(error_frame(
                 header.operation,
                 header.request_id,
-                error.into(),
+                error,
                 &message,
             )));
         }
