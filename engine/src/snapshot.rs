@@ -498,14 +498,8 @@ mod tests {
         let mut state = PartitionState::new(0, 1);
         let eur = Currency::parse("EUR").unwrap();
         let mut apply = |batch: CommandBatch| {
-            let mut body = rkyv::util::AlignedVec::<16>::new();
-            batch.encode_into(&mut body);
             let mut out = ApplyOutput::default();
-            let index = state.last_index() + 1;
-            let timestamp = state.next_timestamp_floor();
-            state
-                .apply_entry(index, batch.kind(), &body, timestamp, &mut out)
-                .expect("applies");
+            state.apply_next(&batch, &mut out).expect("applies");
         };
         apply(CommandBatch::CreateAccounts(
             (1..=3)

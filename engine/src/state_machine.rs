@@ -251,6 +251,19 @@ impl PartitionState {
         timestamp.max(self.next_timestamp_floor())
     }
 
+    /// Encodes `batch` and applies it as the next entry, at the smallest timestamp allowed:
+    /// for tests and tools that drive a state without a log (one allocation per call).
+    pub fn apply_next(
+        &mut self,
+        batch: &crate::command::CommandBatch,
+        out: &mut ApplyOutput,
+    ) -> Result<(), ApplyError> {
+        let mut body = rkyv::util::AlignedVec::<16>::new();
+        batch.encode_into(&mut body);
+        let (index, timestamp) = (self.last_index + 1, self.next_timestamp_floor());
+        self.apply_entry(index, batch.kind(), &body, timestamp, out)
+    }
+
     /// Applies log entry `index` (kind + archived body) at `effective_timestamp(timestamp)`,
     /// appending one result per item to `out.results` and the derived events to `out.events`.
     /// A Raft blank or membership entry only takes up `index` (a blank's body must be empty;

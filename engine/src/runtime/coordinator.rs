@@ -294,14 +294,8 @@ mod tests {
     use crate::state_machine::ApplyOutput;
 
     fn apply(state: &mut PartitionState, batch: CommandBatch) -> ApplyOutput {
-        let mut body = rkyv::util::AlignedVec::<16>::new();
-        batch.encode_into(&mut body);
         let mut out = ApplyOutput::default();
-        let index = state.last_index() + 1;
-        let timestamp = state.next_timestamp_floor();
-        state
-            .apply_entry(index, batch.kind(), &body, timestamp, &mut out)
-            .expect("applies");
+        state.apply_next(&batch, &mut out).expect("applies");
         out
     }
 
