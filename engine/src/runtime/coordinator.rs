@@ -33,11 +33,11 @@ pub(super) struct Running {
 
 /// Whose Try timer is this: a held client batch (slot + generation, so a reused slot is not
 /// mistaken for the old one) or one group of re-driven transfers, which nobody waits for
-/// (index into `Coordinator::redriven`: each group has its own start time).
+/// (key into `Coordinator::redriven`: each group has its own start time).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Timer {
     Batch { slot: usize, generation: u64 },
-    Redriven { group: usize },
+    Redriven { group: u64 },
 }
 
 #[derive(Default)]
@@ -51,8 +51,10 @@ pub(super) struct Coordinator {
     /// nothing per transfer.
     timeline: std::collections::VecDeque<(Instant, Timer)>,
     /// Transfers re-driven after a restart or found running later (no client waits for
-    /// them), in groups that started their timers together.
-    redriven: Vec<Vec<TransferId>>,
+    /// them), in groups that started their timers together; a group goes when its last
+    /// transfer finished, so a long-lived leader does not collect empty ones.
+    redriven: HashMap<u64, Vec<TransferId>>,
+    next_group: u64,
     /// Messages to other partitions not yet accepted by their queues.
     pub(super) outbox: Vec<(PartitionId, Vec<TccMessage>)>,
     /// Local messages (aborts) to log in the next group.
@@ -118,9 +120,10 @@ impl Coordinator {
         if group.is_empty() {
             return;
         }
-        self.redriven.push(group);
+        self.next_group += 1;
+        self.redriven.insert(self.next_group, group);
         let timer = Timer::Redriven {
-            group: self.redriven.len() - 1,
+            group: self.next_group,
         };
         self.timeline.push_back((Instant::now(), timer));
     }
@@ -154,9 +157,14 @@ impl Coordinator {
                 }
                 Timer::Redriven { group } => {
                     let running = &self.running;
-                    let ids = &mut self.redriven[group];
-                    ids.retain(|id| running.contains_key(id));
-                    due.extend(ids.iter().copied());
+                    if let Some(ids) = self.redriven.get_mut(&group) {
+                        ids.retain(|id| running.contains_key(id));
+                        if ids.is_empty() {
+                            self.redriven.remove(&group);
+                        } else {
+                            due.extend(ids.iter().copied());
+                        }
+                    }
                 }
             }
             if due.len() > before {
@@ -315,7 +323,14 @@ mod tests {
         assert_eq!(due, [1, 2]);
         // Everything tracked again changes nothing.
         c.redrive([1u128, 2, 3].into_iter());
-        assert_eq!(c.redriven.iter().map(Vec::len).sum::<usize>(), 3);
+        assert_eq!(c.redriven.values().map(Vec::len).sum::<usize>(), 3);
+        // A group whose transfers all finished goes when its timer comes round.
+        c.resolve(1, ResultCode::Ok);
+        c.resolve(2, ResultCode::Ok);
+        c.resolve(3, ResultCode::Ok);
+        assert!(c.overdue(Instant::now(), Instant::now()).is_empty());
+        assert!(c.redriven.is_empty(), "empty groups are dropped");
+        assert!(c.timeline.is_empty());
     }
 
     #[test]
