@@ -33,6 +33,16 @@ fn transfer(id: u128, from: u128, to: u128, amount: u64) -> NewTransfer {
     }
 }
 
+/// Finished snapshot files in `dir` (not temp files of one being written).
+fn snapshot_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "wsnap"))
+            .count()
+    })
+}
+
 #[test]
 fn history_and_balance_at_through_cli_and_client_survive_a_crash_and_a_clean_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -166,8 +176,20 @@ fn history_and_balance_at_through_cli_and_client_survive_a_crash_and_a_clean_res
     assert!(ok && out.contains("read model lag 0 entries"), "{out}");
     assert!(out.contains("leader node 1 (term 0)"), "{out}");
 
-    // A crash: no snapshot was written, so recovery replays the log into the read model and
-    // the history comes back the same.
+    // A crash: no snapshot was written since the day's first one (at the first entry), so
+    // recovery replays the log into the read model and the history comes back the same. That
+    // first snapshot is written on a helper thread: wait for it, or a kill during its write
+    // leaves only a temp file, and after the clean restart below nothing older than the
+    // shutdown's snapshot would be left to rebuild the history from (seen under load).
+    let snapshot_dir = dir.path().join("partition-00000/snapshots");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while snapshot_files(&snapshot_dir) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the day's first snapshot was never written"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     drop(client);
     server.kill();
     server.restart();
@@ -179,12 +201,10 @@ fn history_and_balance_at_through_cli_and_client_survive_a_crash_and_a_clean_res
     // (`read_model_rebuild_entries`) and replays the history back, instead of starting it
     // afresh at that last snapshot.
     assert_eq!(server.stop(), Some(0));
-    let snapshots = std::fs::read_dir(dir.path().join("partition-00000/snapshots"))
-        .unwrap()
-        .count();
+    let snapshots = snapshot_files(&snapshot_dir);
     assert!(
         snapshots >= 2,
-        "the shutdown wrote a snapshot ({snapshots} files)"
+        "the shutdown wrote a snapshot ({snapshots} snapshots)"
     );
     server.restart();
     let after_clean = json(&addr, &["history", "2", "--limit", "10"]);
