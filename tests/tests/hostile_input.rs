@@ -550,6 +550,43 @@ fn an_unknown_operation_is_refused_but_the_connection_stays_usable() {
     server.assert_alive("unknown operations");
 }
 
+/// A subscription's start count must be 1, or (for all changes) 1 per partition: any other
+/// count is refused, where the server once quietly used the first start for every partition.
+#[test]
+fn a_subscription_with_the_wrong_number_of_starts_is_refused() {
+    let mut server = Server::start();
+    let subscribe = |account: Option<u128>, from: Vec<u64>| {
+        let mut body = BytesMut::new();
+        codec::encode_subscribe(&mut body, &codec::Subscribe { account, from });
+        frame(Operation::Subscribe as u8, 7, &body)
+    };
+    // The server has one partition: two starts fit neither an account nor all changes.
+    for (account, from) in [(Some(1), vec![0, 0]), (None, vec![0, 0])] {
+        let mut stream = handshaken(&server.addr);
+        stream.write_all(&subscribe(account, from)).expect("send");
+        expect_error_frame(
+            &mut stream,
+            ProtocolError::MalformedBody,
+            Operation::Subscribe as u8,
+            7,
+        );
+    }
+    // The control: one start for all changes is accepted.
+    let mut stream = handshaken(&server.addr);
+    stream.write_all(&subscribe(None, vec![0])).expect("send");
+    match read_frame(&mut stream) {
+        Ok(Some((header, body))) => assert_eq!(
+            header.flags,
+            flags::REPLY,
+            "a valid subscription was refused: {:?}",
+            codec::decode_error(&body)
+        ),
+        other => panic!("no reply to a valid subscription: {other:?}"),
+    }
+    drop(stream);
+    server.assert_alive("subscriptions with the wrong number of starts");
+}
+
 /// Before the token is checked a connection may announce no more than a handshake's bytes:
 /// a header announcing 1 MiB is answered at once, its body never awaited (nor its bytes
 /// reserved from the core's read budget).

@@ -14,7 +14,7 @@ use super::connection::Reply;
 use super::CoreContext;
 use crate::codec::{self, Subscribe};
 use crate::frame::{self, FrameHeader};
-use crate::operation::Operation;
+use crate::operation::{Operation, ProtocolError};
 use bytes::BytesMut;
 use engine::read_model::{QueryError, EVENTS_PAGE_MAX, FROM_NOW};
 use glommio::channels::local_channel::LocalSender;
@@ -73,6 +73,16 @@ pub(crate) async fn serve(ctx: &CoreContext, header: FrameHeader, body: &[u8], o
             return;
         }
     };
+    if let Err(message) = check_start_count(&request, ctx.node.partition_count()) {
+        let error = super::connection::error_frame(
+            header.operation,
+            id,
+            ProtocolError::MalformedBody,
+            &message,
+        );
+        let _ = outlet.replies.send((error, None)).await;
+        return;
+    }
     let mut cursors = match start(ctx, &request).await {
         Ok(Ok(cursors)) => cursors,
         Ok(Err(why)) => {
@@ -141,6 +151,24 @@ pub(crate) async fn serve(ctx: &CoreContext, header: FrameHeader, body: &[u8], o
                 glommio::timer::sleep(POLL_FALLBACK).await;
             }
         }
+    }
+}
+
+/// An account's subscription starts at one position (its partition's); one for all changes
+/// starts either each partition at its own position or all at the same one. Any other count
+/// is refused rather than guessed at: taking the first start for every partition would send a
+/// resuming subscriber changes it already had, or skip some.
+fn check_start_count(request: &Subscribe, partition_count: u32) -> Result<(), String> {
+    let count = request.from.len();
+    match request.account {
+        Some(_) if count != 1 => Err(format!(
+            "an account's subscription takes 1 start position, not {count}"
+        )),
+        None if count != 1 && count != partition_count as usize => Err(format!(
+            "a subscription to all changes takes 1 start position or 1 per partition \
+             ({partition_count}), not {count}"
+        )),
+        _ => Ok(()),
     }
 }
 
