@@ -19,6 +19,7 @@
 //! reply    count u32 | count × (partition u32 | outcome u8 | u16 len + message)
 //! ```
 
+use crate::frame::BODY_BYTES_MAX;
 use crate::operation::ProtocolError;
 use crate::partition_map::{NODE_ADDR_BYTES_MAX, NO_LEADER};
 use bytes::{Buf, BufMut, BytesMut};
@@ -98,10 +99,15 @@ pub struct PartitionOutcome {
     pub message: String,
 }
 
-fn put_text(out: &mut BytesMut, s: &str) {
-    let bytes = &s.as_bytes()[..s.len().min(TEXT_BYTES_MAX)];
-    out.put_u16_le(bytes.len() as u16);
-    out.put_slice(bytes);
+/// Writes `s`, cut to at most `bytes_max` bytes (and `TEXT_BYTES_MAX`) at a character
+/// boundary: a cut inside a character would make the whole reply undecodable.
+fn put_text(out: &mut BytesMut, s: &str, bytes_max: usize) {
+    let mut len = s.len().min(bytes_max).min(TEXT_BYTES_MAX);
+    while !s.is_char_boundary(len) {
+        len -= 1;
+    }
+    out.put_u16_le(len as u16);
+    out.put_slice(&s.as_bytes()[..len]);
 }
 
 fn get_text(body: &mut &[u8]) -> Result<String, ProtocolError> {
@@ -128,8 +134,8 @@ pub fn encode_change(out: &mut BytesMut, change: &ClusterChange) {
     out.put_u8(change.action as u8);
     out.put_slice(&[0; 7]);
     out.put_u64_le(change.node_id);
-    put_text(out, &change.peer_addr);
-    put_text(out, &change.client_addr);
+    put_text(out, &change.peer_addr, TEXT_BYTES_MAX);
+    put_text(out, &change.client_addr, TEXT_BYTES_MAX);
 }
 
 /// The body of an `Elect` of `partitions`. Panics past `OUTCOMES_MAX` partitions (a caller
@@ -213,14 +219,30 @@ pub fn decode_change(mut body: &[u8]) -> Result<ClusterChange, ProtocolError> {
     })
 }
 
+/// Bytes of an outcome besides its message: partition u32, outcome u8, message length u16.
+const OUTCOME_FIXED_BYTES: usize = 7;
+
+/// The reply fits one frame whatever the messages say: when they would not fit whole, each
+/// gets an equal share of the body (`TEXT_BYTES_MAX` at most), the rest of it cut.
 pub fn encode_outcomes(out: &mut BytesMut, outcomes: &[PartitionOutcome]) {
     assert!(outcomes.len() <= OUTCOMES_MAX);
+    let start = out.len();
+    let whole_bytes: usize = outcomes
+        .iter()
+        .map(|o| OUTCOME_FIXED_BYTES + o.message.len().min(TEXT_BYTES_MAX))
+        .sum();
+    let message_bytes_max = if 4 + whole_bytes <= BODY_BYTES_MAX {
+        TEXT_BYTES_MAX
+    } else {
+        ((BODY_BYTES_MAX - 4) / outcomes.len()).saturating_sub(OUTCOME_FIXED_BYTES)
+    };
     out.put_u32_le(outcomes.len() as u32);
     for o in outcomes {
         out.put_u32_le(o.partition);
         out.put_u8(o.outcome as u8);
-        put_text(out, &o.message);
+        put_text(out, &o.message, message_bytes_max);
     }
+    assert!(out.len() - start <= BODY_BYTES_MAX);
 }
 
 pub fn decode_outcomes(mut body: &[u8]) -> Result<Vec<PartitionOutcome>, ProtocolError> {
@@ -228,8 +250,8 @@ pub fn decode_outcomes(mut body: &[u8]) -> Result<Vec<PartitionOutcome>, Protoco
         return Err(ProtocolError::MalformedBody);
     }
     let count = body.get_u32_le() as usize;
-    // Each outcome takes at least 7 bytes: check before allocating.
-    if count > OUTCOMES_MAX || count.saturating_mul(7) > body.remaining() {
+    // Each outcome takes at least its fixed bytes: check before allocating.
+    if count > OUTCOMES_MAX || count.saturating_mul(OUTCOME_FIXED_BYTES) > body.remaining() {
         return Err(ProtocolError::MalformedBody);
     }
     let mut outcomes = Vec::with_capacity(count);
@@ -287,6 +309,34 @@ mod tests {
         let mut out = BytesMut::new();
         encode_outcomes(&mut out, &outcomes);
         assert_eq!(decode_outcomes(&out).unwrap(), outcomes);
+    }
+
+    #[test]
+    fn a_reply_of_every_partition_with_long_messages_fits_a_frame_and_decodes() {
+        // "€" is three bytes: a cut at `TEXT_BYTES_MAX` (1024) would split one.
+        let message = "€".repeat(TEXT_BYTES_MAX);
+        for count in [1, 3, 1000, OUTCOMES_MAX] {
+            let outcomes: Vec<PartitionOutcome> = (0..count as u32)
+                .map(|partition| PartitionOutcome {
+                    partition,
+                    outcome: Outcome::Failed,
+                    message: message.clone(),
+                })
+                .collect();
+            let mut out = BytesMut::new();
+            encode_outcomes(&mut out, &outcomes);
+            assert!(
+                out.len() <= BODY_BYTES_MAX,
+                "{count} outcomes: {} bytes",
+                out.len()
+            );
+            let decoded = decode_outcomes(&out).expect("the reply decodes");
+            assert_eq!(decoded.len(), count);
+            for d in &decoded {
+                assert!(message.starts_with(&d.message));
+                assert!(!d.message.is_empty());
+            }
+        }
     }
 
     #[test]
