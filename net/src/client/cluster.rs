@@ -107,21 +107,30 @@ impl ClusterClient {
                 let current = &current;
                 async move {
                     let fetched = match self.cached_client_at(current, addr) {
-                        Some(client) => client.partition_map_async().await,
-                        None => fetch_map(&self.template, addr).await.map(|(_, map)| map),
+                        Some(client) => client
+                            .partition_map_async()
+                            .await
+                            .map(|map| (client.node_id(), map)),
+                        None => fetch_map(&self.template, addr)
+                            .await
+                            .map(|(client, map)| (client.node_id(), map)),
                     };
                     (addr, fetched)
                 }
             })
             .collect();
         let mut maps = Vec::new();
+        // A seed may name a node the map lists under another address: a majority counts nodes.
+        let mut answered: Vec<u64> = Vec::new();
         let mut last = ClientError::Disconnected("no node answered with a map".into());
         while let Some((addr, fetched)) = answers.next().await {
             match fetched {
-                Ok(map) if map.cluster_id != current.cluster_id => {
+                Ok((_, map)) if map.cluster_id != current.cluster_id => {
                     tracing::warn!(%addr, cluster_id = map.cluster_id, "ignoring the map of another cluster");
                 }
-                Ok(map) => {
+                Ok((node_id, _)) if answered.contains(&node_id) => {}
+                Ok((node_id, map)) => {
+                    answered.push(node_id);
                     maps.push(map);
                     if maps.len() >= majority {
                         break;

@@ -37,6 +37,7 @@ pub struct Connection {
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
     partitions: u32,
+    node_id: u64,
     timeout_ms: u64,
 }
 
@@ -114,12 +115,18 @@ impl Connection {
             next_id: AtomicU64::new(1),
             alive,
             partitions: hello.partitions,
+            node_id: hello.node_id,
             timeout_ms: config.timeout_ms,
         })
     }
 
     pub fn partitions(&self) -> u32 {
         self.partitions
+    }
+
+    /// The id of the node that answered the handshake.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
     }
 
     pub fn is_alive(&self) -> bool {

@@ -126,6 +126,7 @@ pub struct Client {
     pool: Mutex<Vec<Option<Arc<Connection>>>>,
     next: AtomicUsize,
     partitions: u32,
+    node_id: u64,
 }
 
 /// Node status as reported by `Client::status`.
@@ -162,6 +163,7 @@ impl Client {
             }
         };
         let partitions = first.partitions();
+        let node_id = first.node_id();
         let mut pool = vec![None; size];
         pool[0] = Some(Arc::new(first));
         Ok(Client {
@@ -169,12 +171,19 @@ impl Client {
             pool: Mutex::new(pool),
             next: AtomicUsize::new(0),
             partitions,
+            node_id,
         })
     }
 
     /// Partition count of the node (from the handshake).
     pub fn partitions(&self) -> u32 {
         self.partitions
+    }
+
+    /// Id of the node (from the first connection's handshake): two addresses of one node
+    /// answer with the same id.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
     }
 
     fn connection(&self) -> Result<Arc<Connection>, ClientError> {
