@@ -5,7 +5,7 @@
 use crate::machine;
 use crate::summary::{Check, Latency, Summary};
 use crate::workload::{Accounts, TransferGenerator};
-use engine::runtime::{EngineConfig, Node, Replication, SubmitError};
+use engine::runtime::{EngineConfig, Node, Replication};
 use engine::{CommandBatch, NewTransfer, ResultCode};
 use futures::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
@@ -272,7 +272,7 @@ async fn drive(
                 }
                 done += reply.results.len() as u64;
             }
-            Err(SubmitError::Busy) | Err(SubmitError::ShuttingDown) => break,
+            Err(_) => break,
         }
         let now = Instant::now();
         if now.duration_since(last_report) >= Duration::from_secs(1) {

@@ -24,7 +24,8 @@ use engine::model::Currency;
 use engine::partition::partition_of;
 use engine::{NewAccount, NewTransfer, ResultCode};
 use net::cluster_admin::{Action, ClusterChange};
-use net::ClusterClient;
+use net::operation::ProtocolError;
+use net::{ClientError, ClusterClient};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -735,6 +736,21 @@ fn cli_on_a_follower(cluster: &TestCluster) {
     let found = cli(&["lookup-transfer", &transfer_id]);
     assert_eq!(found["status"], "applied", "{found}");
     assert_eq!(found["amount"], 250);
+
+    // A plain client's lookup (a read of the leader's state) on the follower is refused with
+    // `not_leader`, naming the partition that refused and its leader.
+    let wallet_id: u128 = ids[1];
+    match cluster.client_of(follower).lookup_accounts(&[wallet_id]) {
+        Err(ClientError::Refused {
+            error: ProtocolError::NotLeader,
+            message,
+        }) => assert!(
+            message.contains(&format!("partition {partition} "))
+                && message.contains(&format!("node {leader}")),
+            "the refusal names another partition or leader: {message}"
+        ),
+        other => panic!("a leader read on a follower was not refused as not_leader: {other:?}"),
+    }
 }
 
 /// `wallet cluster status --json`: every partition's leader answers with a commit index at

@@ -23,6 +23,6 @@ pub use cluster::{ClusterHook, CoreCluster, SingleNode};
 pub use config::{Clock, EngineConfig, Replication};
 pub use node::{Node, StartError, SubmitError};
 pub use request::{
-    BatchReply, MembershipChange, PartitionStats, PartitionTotals, RaftMember, RaftRole,
+    BatchReply, MembershipChange, NotLeader, PartitionStats, PartitionTotals, RaftMember, RaftRole,
     RaftStatus, ReadFrom, Request,
 };

@@ -4,7 +4,7 @@ use super::cluster::{ClusterHook, CoreCluster, SingleNode};
 use super::config::{EngineConfig, Replication};
 use super::partition_task::PartitionTask;
 use super::raft_task::RaftTask;
-use super::request::{BatchReply, PartitionStats, PartitionTotals, ReadFrom, Request};
+use super::request::{BatchReply, NotLeader, PartitionStats, PartitionTotals, ReadFrom, Request};
 use crate::command::CommandBatch;
 use crate::log::{LogWriter, WriterOptions};
 use crate::model::{Account, AccountId, TransferId, TransferLookup};
@@ -47,6 +47,12 @@ pub enum SubmitError {
     Busy,
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// A lookup from the leader's state reached a partition this node does not lead.
+    #[error("this node does not lead partition {partition} (leader: {})", leader.map_or("none known".to_string(), |l| format!("node {l}")))]
+    NotLeader {
+        partition: PartitionId,
+        leader: Option<u64>,
+    },
 }
 
 impl SubmitError {
@@ -54,6 +60,7 @@ impl SubmitError {
         match self {
             SubmitError::Busy => ResultCode::Busy,
             SubmitError::ShuttingDown => ResultCode::ShuttingDown,
+            SubmitError::NotLeader { .. } => ResultCode::NotLeader,
         }
     }
 }
@@ -256,7 +263,8 @@ impl Node {
             read,
             reply,
         })
-        .await
+        .await?
+        .map_err(|NotLeader { leader }| SubmitError::NotLeader { partition, leader })
     }
 
     pub async fn lookup_transfers(
@@ -280,7 +288,8 @@ impl Node {
             read,
             reply,
         })
-        .await
+        .await?
+        .map_err(|NotLeader { leader }| SubmitError::NotLeader { partition, leader })
     }
 
     /// A page of `query.account`'s history from its partition's read model.

@@ -479,18 +479,16 @@ impl PartitionTask {
                 unreachable!("not reads")
             }
             Request::LookupAccounts { ids, reply, .. } => {
-                let _ = reply.send(
-                    ids.iter()
-                        .map(|id| self.state.account(*id).copied())
-                        .collect(),
-                );
+                let _ = reply.send(Ok(ids
+                    .iter()
+                    .map(|id| self.state.account(*id).copied())
+                    .collect()));
             }
             Request::LookupTransfers { ids, reply, .. } => {
-                let _ = reply.send(
-                    ids.iter()
-                        .map(|id| self.state.lookup_transfer(*id))
-                        .collect(),
-                );
+                let _ = reply.send(Ok(ids
+                    .iter()
+                    .map(|id| self.state.lookup_transfer(*id))
+                    .collect()));
             }
             Request::History { query, reply } => {
                 let answer = match &self.read_model {

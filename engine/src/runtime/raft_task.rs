@@ -75,8 +75,8 @@ use super::config::{Clock, EngineConfig};
 use super::coordinator::Coordinator;
 use super::node::StartError;
 use super::request::{
-    self, fill_group, BatchReply, MembershipChange, PartitionStats, RaftMember, RaftRole,
-    RaftStatus, ReadFrom, Request,
+    self, fill_group, BatchReply, MembershipChange, NotLeader, PartitionStats, RaftMember,
+    RaftRole, RaftStatus, ReadFrom, Request,
 };
 use super::timing::{self, SharedTiming};
 use crate::command::{ArchivedNewAccount, ArchivedNewTransfer, CommandBatch, BATCH_ITEMS_MAX};
@@ -1046,9 +1046,12 @@ async fn serve_reads(
         } else {
             Ok(())
         };
-        if let Err(e) = &linearizable {
+        let linearizable = linearizable.map_err(|e| {
             tracing::debug!(error = %e, "lookups on a partition this node cannot confirm it leads");
-        }
+            NotLeader {
+                leader: raft.metrics().borrow().current_leader,
+            }
+        });
         for read in reads {
             match read {
                 Request::Commands { .. }
@@ -1057,18 +1060,24 @@ async fn serve_reads(
                 | Request::Membership { .. }
                 | Request::Watch { .. } => unreachable!("not reads"),
                 Request::LookupAccounts { ids, read, reply } => {
-                    if read == ReadFrom::Local || linearizable.is_ok() {
-                        let state = state.borrow();
-                        let _ =
-                            reply.send(ids.iter().map(|id| state.account(*id).copied()).collect());
-                    }
+                    let answer = match (read, linearizable) {
+                        (ReadFrom::Leader, Err(not_leader)) => Err(not_leader),
+                        _ => {
+                            let state = state.borrow();
+                            Ok(ids.iter().map(|id| state.account(*id).copied()).collect())
+                        }
+                    };
+                    let _ = reply.send(answer);
                 }
                 Request::LookupTransfers { ids, read, reply } => {
-                    if read == ReadFrom::Local || linearizable.is_ok() {
-                        let state = state.borrow();
-                        let _ =
-                            reply.send(ids.iter().map(|id| state.lookup_transfer(*id)).collect());
-                    }
+                    let answer = match (read, linearizable) {
+                        (ReadFrom::Leader, Err(not_leader)) => Err(not_leader),
+                        _ => {
+                            let state = state.borrow();
+                            Ok(ids.iter().map(|id| state.lookup_transfer(*id)).collect())
+                        }
+                    };
+                    let _ = reply.send(answer);
                 }
                 // Read-model queries are answered from this node's model, leader or follower,
                 // with or without FOLLOWER_READ: the model is eventually consistent by design

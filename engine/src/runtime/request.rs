@@ -183,6 +183,15 @@ pub enum MembershipChange {
     Elect,
 }
 
+/// A lookup from the leader's state that a partition refused: its Raft on this node could not
+/// confirm it leads (a lookup answered from a deposed leader's state could miss a write the
+/// new leader acknowledged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotLeader {
+    /// The leader this node knows of, if any.
+    pub leader: Option<u64>,
+}
+
 pub enum Request {
     Commands {
         batch: CommandBatch,
@@ -193,12 +202,12 @@ pub enum Request {
     LookupAccounts {
         ids: Vec<AccountId>,
         read: ReadFrom,
-        reply: oneshot::Sender<Vec<Option<Account>>>,
+        reply: oneshot::Sender<Result<Vec<Option<Account>>, NotLeader>>,
     },
     LookupTransfers {
         ids: Vec<TransferId>,
         read: ReadFrom,
-        reply: oneshot::Sender<Vec<Option<TransferLookup>>>,
+        reply: oneshot::Sender<Result<Vec<Option<TransferLookup>>, NotLeader>>,
     },
     /// A page of an account's history from the read model.
     History {

@@ -30,23 +30,17 @@ fn reply_frame(op: u8, id: u64, body: BytesMut) -> BytesMut {
 
 type Answer = Result<BytesMut, (ProtocolError, String)>;
 
-/// Why a lookup got no answer: a partition whose Raft on this node is not the leader drops
-/// lookups (it cannot confirm its state is current), which is `not_leader`, not a shutdown.
-async fn lookup_failed(ctx: &CoreContext, e: SubmitError) -> (ProtocolError, String) {
-    for p in 0..ctx.node.partition_count() {
-        if let Ok(stats) = ctx.node.counters(p).await {
-            if let Some(raft) = stats.raft.filter(|r| !r.is_leader) {
-                let leader = raft
-                    .leader
-                    .map_or("none known".to_string(), |l| format!("node {l}"));
-                return (
-                    ProtocolError::NotLeader,
-                    format!("this node does not lead partition {p} (leader: {leader}); see the partition map"),
-                );
-            }
-        }
+/// Why a lookup got no answer: a partition whose Raft on this node could not confirm it leads
+/// refuses lookups of the leader's state (`not_leader`, naming the partition that refused);
+/// otherwise the node is stopping.
+fn lookup_failed(e: SubmitError) -> (ProtocolError, String) {
+    match e {
+        SubmitError::NotLeader { .. } => (
+            ProtocolError::NotLeader,
+            format!("{e}; see the partition map"),
+        ),
+        SubmitError::Busy | SubmitError::ShuttingDown => shutting_down(e),
     }
-    shutting_down(e)
 }
 
 fn shutting_down(_: SubmitError) -> (ProtocolError, String) {
@@ -151,7 +145,7 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8], read: ReadFrom) -> Answe
             let ids: Vec<u128> = decode_all(body, codec::ID_BYTES, codec::decode_id)?;
             let found = match ctx.node.lookup_accounts_routed_from(&ids, read).await {
                 Ok(found) => found,
-                Err(e) => return Err(lookup_failed(ctx, e).await),
+                Err(e) => return Err(lookup_failed(e)),
             };
             codec::encode_account_replies(&mut out, &found);
         }
@@ -159,7 +153,7 @@ async fn answer(ctx: &CoreContext, op: u8, body: &[u8], read: ReadFrom) -> Answe
             let ids: Vec<u128> = decode_all(body, codec::ID_BYTES, codec::decode_id)?;
             let found = match ctx.node.lookup_transfers_any_from(&ids, read).await {
                 Ok(found) => found,
-                Err(e) => return Err(lookup_failed(ctx, e).await),
+                Err(e) => return Err(lookup_failed(e)),
             };
             codec::encode_transfer_replies(&mut out, &found);
         }
