@@ -156,7 +156,7 @@ pub fn run(args: EngineArgs) -> Result<(), String> {
         setup_started.elapsed().as_secs_f64()
     );
 
-    let outcome = futures::executor::block_on(drive(&node, &accounts, &args, duration));
+    let outcome = futures::executor::block_on(drive(&node, &accounts, &args, duration))?;
     let check = futures::executor::block_on(check(&node, &accounts, &outcome))?;
     let fsyncs: u64 = node
         .all_stats()
@@ -215,7 +215,7 @@ async fn drive(
     accounts: &Accounts,
     args: &EngineArgs,
     duration: Option<Duration>,
-) -> Outcome {
+) -> Result<Outcome, String> {
     let partitions = args.partitions as usize;
     let mut generators: Vec<TransferGenerator> = (0..partitions)
         .map(|p| {
@@ -224,7 +224,12 @@ async fn drive(
             g
         })
         .collect();
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    // 1 us to 1 hour: a stall of any length is recorded, not a panic.
+    let mut histogram =
+        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
+    // Set when the engine refuses a batch (it is stopping): nothing more is sent, and the
+    // batches in flight are still awaited so that every applied transfer is counted.
+    let mut stopped: Option<String> = None;
     let mut counts = [0u64; 256];
     let mut ok_sample = Vec::new();
     let mut sent = 0u64;
@@ -259,9 +264,7 @@ async fn drive(
     }
     while let Some((p, ready_at, ids, reply)) = in_flight.next().await {
         let latency = ready_at.elapsed().as_micros() as u64;
-        histogram
-            .record(latency.max(1))
-            .expect("latency within bounds");
+        histogram.saturating_record(latency.max(1));
         match reply {
             Ok(reply) => {
                 for (i, code) in reply.results.iter().enumerate() {
@@ -272,7 +275,10 @@ async fn drive(
                 }
                 done += reply.results.len() as u64;
             }
-            Err(_) => break,
+            Err(e) => {
+                stopped.get_or_insert_with(|| e.to_string());
+                continue;
+            }
         }
         let now = Instant::now();
         if now.duration_since(last_report) >= Duration::from_secs(1) {
@@ -288,12 +294,17 @@ async fn drive(
             transfers_at_last_report = done;
         }
         let time_left = deadline.is_none_or(|d| now < d);
-        if time_left && sent < limit {
+        if time_left && sent < limit && stopped.is_none() {
             let n = (limit - sent).min(args.batch as u64) as usize;
             generators[p].fill(accounts, n, &mut batch);
             sent += n as u64;
             in_flight.push(submit(p, std::mem::take(&mut batch)));
         }
+    }
+    if let Some(reason) = stopped {
+        return Err(format!(
+            "the engine refused a batch during the run: {reason}"
+        ));
     }
     let elapsed = started.elapsed();
     let mut results = BTreeMap::new();
@@ -302,14 +313,14 @@ async fn drive(
             results.insert(code.name().to_string(), counts[*code as usize]);
         }
     }
-    Outcome {
+    Ok(Outcome {
         transfers: done,
         elapsed,
         batch_latency_us: histogram,
         ok: counts[ResultCode::Ok as usize],
         results,
         ok_sample,
-    }
+    })
 }
 
 /// Conservation over every account, floors, and acknowledged transfers present.
@@ -317,8 +328,9 @@ async fn check(node: &Node, accounts: &Accounts, outcome: &Outcome) -> Result<Ch
     // Cross-partition transfers are answered when decided; credits and hold releases follow
     // by one message. Wait (bounded) until no TC/C is running so the sums are exact.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut running;
     loop {
-        let mut running = 0;
+        running = 0;
         for p in 0..node.partition_count() {
             running += node
                 .counters(p)
@@ -372,13 +384,25 @@ async fn check(node: &Node, accounts: &Accounts, outcome: &Outcome) -> Result<Ch
                 .lookup_transfers(p as u32, chunk.to_vec())
                 .await
                 .map_err(|e| e.to_string())?;
-            missing += found.iter().filter(|t| t.is_none()).count() as u64;
+            missing += crate::summary::not_applied(&found);
         }
+    }
+    let mut unsettled = 0u64;
+    for p in 0..node.partition_count() {
+        unsettled += node
+            .counters(p)
+            .await
+            .map_err(|e| e.to_string())?
+            .tcc_in_flight;
+    }
+    if running > 0 {
+        eprintln!("wallet-bench: FAIL: {unsettled} cross-partition transfers still running 30 s after the load");
     }
     Ok(Check {
         conserved: total == 0,
         negative_balances: below_floor,
         missing_acks: missing,
+        unsettled_holds: unsettled,
     })
 }
 

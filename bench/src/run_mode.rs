@@ -118,10 +118,9 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 }
 
 const FUNDING_PER_ACCOUNT: u64 = 1_000_000_000;
-/// Acknowledged-ok transfers are all looked up afterwards below this many, else every 64th.
-const CHECK_ALL_ACKS_BELOW: usize = 100_000;
-/// A power of two.
-const CHECK_ACK_STRIDE: u64 = 64;
+/// How long the check waits for cross-partition transfers to settle (no hold left) before it
+/// counts the accounts still holding money as a failure.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Latency histograms: 1 us to 1 hour, 3 significant digits.
 const LATENCY_MAX_US: u64 = 3_600_000_000;
 
@@ -145,7 +144,7 @@ pub struct RunSummary {
     pub open_loop: Option<OpenLoopStats>,
     /// Transfers acknowledged `ok`, warm-up included.
     pub acknowledged_ok: u64,
-    /// Acknowledged-ok transfers looked up by the check.
+    /// Acknowledged-ok transfers looked up by the check (all of them).
     pub checked_acks: u64,
     /// The run was cut short by Ctrl-C.
     pub interrupted: bool,
@@ -369,9 +368,9 @@ pub fn run(mut args: RunArgs) -> Result<(), String> {
     eprintln!(
         "checking: looking up {} accounts and {} acknowledged transfers...",
         accounts.wallets() + accounts.issuers.len() as u64,
-        outcome.ok_sample().len()
+        outcome.ok_ids.len()
     );
-    let check = check(&client, &accounts, outcome.ok_sample(), concurrency)?;
+    let check = check(&client, &accounts, &outcome.ok_ids, concurrency)?;
     drop(client);
     drop(cluster.take());
     if let Some(mut server) = server.take() {
@@ -402,7 +401,7 @@ pub fn run(mut args: RunArgs) -> Result<(), String> {
         errors: outcome.errors.clone(),
         open_loop: outcome.open_loop,
         acknowledged_ok: outcome.ok_acks,
-        checked_acks: outcome.ok_sample().len() as u64,
+        checked_acks: outcome.ok_ids.len() as u64,
         interrupted: interrupted.load(Ordering::Relaxed),
     };
     summary.summary.print_human();
@@ -532,20 +531,9 @@ struct Outcome {
     series: Vec<SeriesPoint>,
     open_loop: Option<OpenLoopStats>,
     ok_acks: u64,
-    /// Every acknowledged-ok id while there are fewer than `CHECK_ALL_ACKS_BELOW`.
-    ok_all: Vec<u128>,
-    /// Every 64th acknowledged-ok id.
-    ok_strided: Vec<u128>,
-}
-
-impl Outcome {
-    fn ok_sample(&self) -> &[u128] {
-        if (self.ok_acks as usize) < CHECK_ALL_ACKS_BELOW {
-            &self.ok_all
-        } else {
-            &self.ok_strided
-        }
-    }
+    /// Every acknowledged-ok id (16 bytes each: 160 MB for 10 million), all looked up by the
+    /// check.
+    ok_ids: Vec<u128>,
 }
 
 fn drive(
@@ -769,8 +757,7 @@ fn aggregate(
         series: Vec::new(),
         open_loop: None,
         ok_acks: 0,
-        ok_all: Vec::new(),
-        ok_strided: Vec::new(),
+        ok_ids: Vec::new(),
     };
     let mut counts = [0u64; 256];
     let mut per_second: Vec<u64> = Vec::new();
@@ -790,13 +777,8 @@ fn aggregate(
                     Ok(codes) => {
                         for (t, code) in done.batch.iter().zip(codes) {
                             if *code == ResultCode::Ok {
-                                if o.ok_acks & (CHECK_ACK_STRIDE - 1) == 0 {
-                                    o.ok_strided.push(t.id);
-                                }
                                 o.ok_acks += 1;
-                                if o.ok_all.len() < CHECK_ALL_ACKS_BELOW {
-                                    o.ok_all.push(t.id);
-                                }
+                                o.ok_ids.push(t.id);
                             }
                         }
                         completed_all += n;
@@ -878,19 +860,20 @@ fn is_fatal(e: &ClientError) -> bool {
     !matches!(e, ClientError::Timeout(_) | ClientError::Disconnected(_))
 }
 
-/// Through the protocol: every account (conservation, floors) and the sampled acknowledged
-/// transfers (present).
+/// Through the protocol: every account (conservation, floors, settled holds) and every
+/// acknowledged transfer (present and applied).
 fn check(
     client: &AnyClient,
     accounts: &Accounts,
-    ok_sample: &[u128],
+    ok_ids: &[u128],
     concurrency: usize,
 ) -> Result<Check, String> {
     let ids = accounts.all_ids();
     // Cross-partition transfers are answered when decided; the destination's credit and the
     // release of the source's hold follow by one message. Sums are exact once no hold remains,
-    // so wait for that (bounded), then check.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // so wait for that (bounded), then check; a hold left after that is a failure of its own
+    // (with the money in `held`, the sum alone would not show a credit that never came).
+    let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
     let replies = loop {
         let replies: Vec<_> = futures::executor::block_on(
             futures::stream::iter(ids.chunks(BATCH_ITEMS_MAX))
@@ -910,6 +893,7 @@ fn check(
     let mut total: i128 = 0;
     let mut below_floor = 0u64;
     let mut missing_accounts = 0u64;
+    let mut unsettled = 0u64;
     for reply in replies {
         for account in reply.map_err(|e| format!("check: account lookup failed: {e}"))? {
             match account {
@@ -917,6 +901,9 @@ fn check(
                     total += a.balance as i128 + a.held as i128;
                     if a.balance < a.floor {
                         below_floor += 1;
+                    }
+                    if a.held != 0 {
+                        unsettled += 1;
                     }
                 }
                 None => missing_accounts += 1,
@@ -928,21 +915,29 @@ fn check(
             "wallet-bench: FAIL: {missing_accounts} accounts created by the bench are missing"
         );
     }
-    let replies: Vec<_> = futures::executor::block_on(
-        futures::stream::iter(ok_sample.chunks(BATCH_ITEMS_MAX))
-            .map(|chunk| client.lookup_transfers_async(chunk))
-            .buffer_unordered(concurrency)
-            .collect(),
-    );
-    let mut missing = 0u64;
-    for reply in replies {
-        let found = reply.map_err(|e| format!("check: transfer lookup failed: {e}"))?;
-        missing += found.iter().filter(|t| t.is_none()).count() as u64;
+    if unsettled > 0 {
+        eprintln!(
+            "wallet-bench: FAIL: {unsettled} accounts still hold money {} s after the load",
+            SETTLE_TIMEOUT.as_secs()
+        );
     }
+    // Counted as the answers come (not collected): there may be millions of ids.
+    let mut missing = 0u64;
+    futures::executor::block_on(async {
+        let mut answers = futures::stream::iter(ok_ids.chunks(BATCH_ITEMS_MAX))
+            .map(|chunk| client.lookup_transfers_async(chunk))
+            .buffer_unordered(concurrency);
+        while let Some(found) = answers.next().await {
+            let found = found.map_err(|e| format!("check: transfer lookup failed: {e}"))?;
+            missing += crate::summary::not_applied(&found);
+        }
+        Ok::<(), String>(())
+    })?;
     Ok(Check {
         // A missing account's money is missing too.
         conserved: total == 0 && missing_accounts == 0,
         negative_balances: below_floor,
         missing_acks: missing,
+        unsettled_holds: unsettled,
     })
 }

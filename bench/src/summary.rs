@@ -45,14 +45,31 @@ pub struct Check {
     pub conserved: bool,
     /// Accounts below their floor (must be 0).
     pub negative_balances: u64,
-    /// Transfers acknowledged `ok` that the engine does not have.
+    /// Transfers acknowledged `ok` that the engine does not have as applied (absent, or a
+    /// cross-partition transfer found pending or cancelled).
     pub missing_acks: u64,
+    /// Accounts still holding money for a cross-partition transfer once the check gave them
+    /// time to settle (must be 0: a Confirm that never landed leaves its amount held, where
+    /// the sum of balances plus holds alone would not show it).
+    pub unsettled_holds: u64,
 }
 
 impl Check {
     pub fn passed(&self) -> bool {
-        self.conserved && self.negative_balances == 0 && self.missing_acks == 0
+        self.conserved
+            && self.negative_balances == 0
+            && self.missing_acks == 0
+            && self.unsettled_holds == 0
     }
+}
+
+/// How many of a lookup's answers are not an applied transfer: absent, or a cross-partition
+/// transfer still pending or cancelled. For acknowledged-`ok` ids that count must be 0.
+pub fn not_applied(found: &[Option<engine::model::TransferLookup>]) -> u64 {
+    found
+        .iter()
+        .filter(|t| t.is_none_or(|t| t.status != engine::ResultCode::Ok))
+        .count() as u64
 }
 
 impl Summary {
@@ -72,10 +89,11 @@ impl Summary {
             .collect();
         println!("results: {}", results.join(" "));
         println!(
-            "check: conserved={} negative_balances={} missing_acks={} -> {}",
+            "check: conserved={} negative_balances={} missing_acks={} unsettled_holds={} -> {}",
             self.check.conserved,
             self.check.negative_balances,
             self.check.missing_acks,
+            self.check.unsettled_holds,
             if self.check.passed() { "PASS" } else { "FAIL" }
         );
         println!(

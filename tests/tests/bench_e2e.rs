@@ -73,6 +73,13 @@ fn check_summary(summary: &serde_json::Value, mode: &str) {
     assert_eq!(check["conserved"], true, "{check}");
     assert_eq!(check["negative_balances"], 0, "{check}");
     assert_eq!(check["missing_acks"], 0, "{check}");
+    assert_eq!(check["unsettled_holds"], 0, "{check}");
+    if summary["mode"] == "run" {
+        assert_eq!(
+            summary["checked_acks"], summary["acknowledged_ok"],
+            "every acknowledged transfer is looked up"
+        );
+    }
 }
 
 #[test]
@@ -87,6 +94,9 @@ fn run_spawn_writes_the_summary_the_histogram_and_the_report() {
             report.to_str().unwrap(),
             "--hgrm",
             hgrm.to_str().unwrap(),
+            // Cross-partition transfers too: their holds must settle for the check to pass.
+            "--cross-partition-ratio",
+            "0.2",
         ],
     );
     check_summary(&summary, "run");
@@ -123,6 +133,8 @@ fn engine_mode_writes_the_same_summary() {
             "0",
             "--partitions",
             "2",
+            "--cross-partition-ratio",
+            "0.2",
             "--data-dir",
             data.to_str().unwrap(),
         ],
