@@ -75,12 +75,18 @@ fn sigkill_during_cross_partition_transfers_leaves_no_hold() {
         .all(|c| *c == ResultCode::Ok));
 
     // Load: batches of cross-partition transfers, both directions, until the server dies.
+    // Every transfer sent is kept (`sent`), so that after the restart the fate of the ones in
+    // flight at the kill can be looked up and every balance recomputed.
+    let sent: Arc<Mutex<Vec<NewTransfer>>> = Arc::default();
     let acked: Arc<Mutex<Vec<u128>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
+    let failed_before_kill: Arc<Mutex<Option<String>>> = Arc::default();
     let loader = {
-        let (acked, stop, wallets, addr) = (
+        let (sent, acked, stop, failed, wallets, addr) = (
+            sent.clone(),
             acked.clone(),
             stop.clone(),
+            failed_before_kill.clone(),
             wallets.clone(),
             server.addr.clone(),
         );
@@ -109,6 +115,7 @@ fn sigkill_during_cross_partition_transfers_leaves_no_hold() {
                     })
                     .collect();
                 n += 1;
+                sent.lock().unwrap().extend(batch.iter().copied());
                 match client.create_transfers(&batch) {
                     Ok(results) => {
                         let mut acked = acked.lock().unwrap();
@@ -121,7 +128,14 @@ fn sigkill_during_cross_partition_transfers_leaves_no_hold() {
                             acked.push(t.id);
                         }
                     }
-                    Err(_) => break, // the server was killed
+                    Err(e) => {
+                        // Expected once the kill began; before it, the crash would hit an idle
+                        // server and prove nothing.
+                        if !stop.load(Ordering::SeqCst) {
+                            *failed.lock().unwrap() = Some(e.to_string());
+                        }
+                        break;
+                    }
                 }
             }
         })
@@ -132,10 +146,19 @@ fn sigkill_during_cross_partition_transfers_leaves_no_hold() {
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(rng.u64(..500)));
+    assert!(
+        !loader.is_finished(),
+        "the load stopped before the kill: {:?} (seed {seed})",
+        failed_before_kill.lock().unwrap()
+    );
+    stop.store(true, Ordering::SeqCst);
     server.kill();
-    stop.store(true, Ordering::Relaxed);
     loader.join().unwrap();
+    if let Some(e) = failed_before_kill.lock().unwrap().as_ref() {
+        panic!("a batch failed before the kill: {e} (seed {seed})");
+    }
     let acked = acked.lock().unwrap().clone();
+    let sent = sent.lock().unwrap().clone();
     println!(
         "{} cross-partition transfers acknowledged before SIGKILL",
         acked.len()
@@ -176,10 +199,68 @@ fn sigkill_during_cross_partition_transfers_leaves_no_hold() {
         accounts.iter().all(|a| a.balance >= a.floor),
         "no balance below its floor (seed {seed})"
     );
-    for chunk in acked.chunks(8190) {
-        let found = client.lookup_transfers(chunk).unwrap();
-        let missing = found.iter().filter(|t| t.is_none()).count();
-        assert_eq!(missing, 0, "acknowledged transfers lost (seed {seed})");
+    // Every acknowledged transfer is applied as sent; one in flight at the kill is applied
+    // or not (cancelled or absent), never left pending. Every balance is the deposits plus
+    // the applied transfers, exactly.
+    let acked: std::collections::HashSet<u128> = acked.into_iter().collect();
+    let mut expected: std::collections::HashMap<u128, i64> = std::collections::HashMap::new();
+    for d in &deposits {
+        *expected.entry(d.to).or_default() += d.amount as i64;
+        *expected.entry(d.from).or_default() -= d.amount as i64;
+    }
+    let mut in_flight_applied = 0;
+    for chunk in sent.chunks(8190) {
+        let ids: Vec<u128> = chunk.iter().map(|t| t.id).collect();
+        let found = client.lookup_transfers(&ids).unwrap();
+        for (t, found) in chunk.iter().zip(found) {
+            let applied = match found {
+                Some(f) if f.status == ResultCode::Ok => {
+                    assert_eq!(
+                        (f.transfer.from, f.transfer.to, f.transfer.amount),
+                        (t.from, t.to, t.amount),
+                        "transfer {} applied with other fields (seed {seed})",
+                        t.id
+                    );
+                    true
+                }
+                Some(f) => {
+                    assert_ne!(
+                        f.status,
+                        ResultCode::Pending,
+                        "transfer {} still pending after the holds drained (seed {seed})",
+                        t.id
+                    );
+                    false
+                }
+                None => false,
+            };
+            if acked.contains(&t.id) {
+                assert!(
+                    applied,
+                    "acknowledged transfer {} is not applied after the restart (seed {seed})",
+                    t.id
+                );
+            } else if applied {
+                in_flight_applied += 1;
+            }
+            if applied {
+                *expected.entry(t.to).or_default() += t.amount as i64;
+                *expected.entry(t.from).or_default() -= t.amount as i64;
+            }
+        }
+    }
+    println!(
+        "{} sent, {} acknowledged, {in_flight_applied} unacknowledged ones applied",
+        sent.len(),
+        acked.len()
+    );
+    for a in &accounts {
+        assert_eq!(
+            a.balance,
+            expected.get(&a.id).copied().unwrap_or(0),
+            "account {}: balance differs from the deposits plus the applied transfers (seed {seed})",
+            a.id
+        );
     }
     assert_eq!(server.stop(), Some(0));
 }
