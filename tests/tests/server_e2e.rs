@@ -403,6 +403,8 @@ fn batches_of_8190_pipelined_over_one_connection_all_come_back() {
             })
             .collect()
     };
+    let prepared: Vec<Vec<NewTransfer>> = (0..batches).map(|_| make_batch()).collect();
+    let all_sent: Vec<NewTransfer> = prepared.iter().flatten().copied().collect();
     let started = Instant::now();
     let mut total = 0usize;
     let mut ok = 0usize;
@@ -415,7 +417,6 @@ fn batches_of_8190_pipelined_over_one_connection_all_come_back() {
         };
         let mut pending = FuturesUnordered::new();
         let mut sent = 0;
-        let prepared: Vec<Vec<NewTransfer>> = (0..batches).map(|_| make_batch()).collect();
         let mut prepared = prepared.into_iter();
         while sent < in_flight {
             let batch = prepared.next().unwrap();
@@ -440,11 +441,42 @@ fn batches_of_8190_pipelined_over_one_connection_all_come_back() {
         total as f64 / seconds,
         if cfg!(debug_assertions) { "debug" } else { "release" }
     );
-    // Every acknowledged transfer is there.
-    let found = client
-        .lookup_transfers(&(1_000_001u128..1_000_001 + 8190).collect::<Vec<_>>())
-        .unwrap();
-    assert!(found.iter().all(|t| t.is_some()));
+    // Every acknowledged transfer (all were `ok`) is there as sent, and every balance is the
+    // deposits plus those transfers.
+    let mut expected: std::collections::HashMap<u128, i64> = std::collections::HashMap::new();
+    for t in deposits.iter().chain(&all_sent) {
+        *expected.entry(t.to).or_default() += t.amount as i64;
+        *expected.entry(t.from).or_default() -= t.amount as i64;
+    }
+    for chunk in all_sent.chunks(8190) {
+        let ids: Vec<u128> = chunk.iter().map(|t| t.id).collect();
+        let found = client.lookup_transfers(&ids).unwrap();
+        for (t, found) in chunk.iter().zip(found) {
+            let found = found.unwrap_or_else(|| panic!("acknowledged transfer {} lost", t.id));
+            assert_eq!(found.status, ResultCode::Ok, "transfer {}", t.id);
+            assert_eq!(
+                (
+                    found.transfer.from,
+                    found.transfer.to,
+                    found.transfer.amount
+                ),
+                (t.from, t.to, t.amount),
+                "transfer {} stored with other fields",
+                t.id
+            );
+        }
+    }
+    for chunk in ids.chunks(8190) {
+        let found = client.lookup_accounts(chunk).unwrap();
+        for (id, account) in chunk.iter().zip(found) {
+            let account = account.unwrap_or_else(|| panic!("account {id} lost"));
+            assert_eq!(
+                account.balance,
+                expected.get(id).copied().unwrap_or(0),
+                "account {id}: balance differs from the acknowledged transfers"
+            );
+        }
+    }
 }
 
 #[test]
