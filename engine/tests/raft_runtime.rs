@@ -260,6 +260,7 @@ fn randomized_workload_conserves_money_across_a_restart() {
         .iter()
         .all(|c| *c == ResultCode::Ok));
     let mut sent: Vec<NewTransfer> = Vec::new();
+    let mut applied: std::collections::BTreeMap<u128, NewTransfer> = Default::default();
     let mut next_id = 1u128;
     for _round in 0..30 {
         let batches: Vec<Vec<NewTransfer>> = (0..rng.usize(1..6))
@@ -293,13 +294,53 @@ fn randomized_workload_conserves_money_across_a_restart() {
             let results = results.unwrap();
             assert_eq!(results.len(), batch.len());
             assert!(results.iter().all(|c| *c != ResultCode::Pending));
+            for (t, code) in batch.iter().zip(results) {
+                if code == ResultCode::Ok {
+                    assert!(
+                        applied.insert(t.id, *t).is_none(),
+                        "seed {seed}: transfer {} answered ok twice",
+                        t.id
+                    );
+                }
+            }
         }
     }
+    // The workload did move money, across partitions too: a run that refused everything
+    // would pass the sums below on an empty ledger.
+    let cross = applied
+        .values()
+        .filter(|t| node.partition_of(t.from) != node.partition_of(t.to))
+        .count();
+    println!(
+        "{} transfers sent, {} applied, {cross} of them across partitions",
+        sent.len(),
+        applied.len()
+    );
+    assert!(
+        applied.len() * 3 > sent.len() && cross > 0,
+        "seed {seed}: too few transfers applied to test anything"
+    );
     wait_tcc_settled(&node, Duration::from_secs(10));
     let mut all = issuers.to_vec();
     all.extend(&wallets);
+    // Each balance is the sum of the transfers answered `ok`, exactly.
+    let mut expected = vec![0i64; all.len()];
+    for t in applied.values() {
+        for (i, id) in all.iter().enumerate() {
+            if *id == t.from {
+                expected[i] -= t.amount as i64;
+            }
+            if *id == t.to {
+                expected[i] += t.amount as i64;
+            }
+        }
+    }
     let check = |node: &Node| {
         let balances = balances(node, &all);
+        assert_eq!(
+            balances, expected,
+            "seed {seed}: balances are the transfers answered ok"
+        );
         assert_eq!(
             balances.iter().sum::<i64>(),
             0,

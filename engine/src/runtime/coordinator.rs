@@ -234,11 +234,25 @@ impl Coordinator {
         }
     }
 
+    /// Answers the waiters of a decided transfer. The first waiter is the request that started
+    /// it (or, after a restart or a refusal, the first retry since): it gets `code`. Later ones
+    /// are retries of the same id that found it running; like a retry of an applied transfer
+    /// they get `exists` when it was confirmed (a client counting `ok` answers would count the
+    /// transfer twice otherwise), and the same code when it was cancelled.
     pub(super) fn resolve(&mut self, id: TransferId, code: ResultCode) {
         let Some(running) = self.running.remove(&id) else {
             return;
         };
-        for (slot, position) in running.waiter.into_iter().chain(running.more) {
+        let retry_code = match code {
+            ResultCode::Ok => ResultCode::Exists,
+            other => other,
+        };
+        let waiters = running
+            .waiter
+            .map(|w| (w, code))
+            .into_iter()
+            .chain(running.more.into_iter().map(|w| (w, retry_code)));
+        for ((slot, position), code) in waiters {
             let slot = slot as usize;
             let Some(held) = self.held[slot].as_mut() else {
                 continue;
@@ -331,6 +345,37 @@ mod tests {
         assert!(c.overdue(Instant::now(), Instant::now()).is_empty());
         assert!(c.redriven.is_empty(), "empty groups are dropped");
         assert!(c.timeline.is_empty());
+    }
+
+    #[test]
+    fn a_retry_that_waited_for_a_running_transfer_answers_exists_or_its_cancel() {
+        let mut c = Coordinator::default();
+        let batch = |n: usize| BatchReply {
+            results: vec![ResultCode::Pending; n],
+            index: 1,
+            timestamp: 1,
+        };
+        // The original request of transfer 5, then a retry of it in another batch (and one
+        // inside the same batch), all waiting; then transfer 6 with a retry, cancelled.
+        let (reply, mut original) = oneshot::channel();
+        c.hold(reply, batch(2), vec![(0, 5), (1, 5)]);
+        let (reply, mut retry) = oneshot::channel();
+        c.hold(reply, batch(1), vec![(0, 5)]);
+        c.resolve(5, ResultCode::Ok);
+        let original = original.try_recv().unwrap().expect("answered");
+        assert_eq!(original.results, [ResultCode::Ok, ResultCode::Exists]);
+        let retry = retry.try_recv().unwrap().expect("answered");
+        assert_eq!(retry.results, [ResultCode::Exists]);
+
+        let (reply, mut first) = oneshot::channel();
+        c.hold(reply, batch(1), vec![(0, 6)]);
+        let (reply, mut again) = oneshot::channel();
+        c.hold(reply, batch(1), vec![(0, 6)]);
+        c.resolve(6, ResultCode::TccTimeout);
+        for answered in [&mut first, &mut again] {
+            let got = answered.try_recv().unwrap().expect("answered");
+            assert_eq!(got.results, [ResultCode::TccTimeout]);
+        }
     }
 
     #[test]
