@@ -57,8 +57,10 @@ pub(crate) fn plan(
 /// - An item whose node answered `not_leader`, or whose partition had no leader in the map,
 ///   is sent again after a refresh; if no round finds its leader it ends as `not_leader`.
 /// - An item whose node could not be reached or timed out (it may or may not have applied)
-///   is sent again too; if its last attempt still failed that way, the whole call fails with
-///   that error, as `Client` does, and the caller retries with the same ids.
+///   is sent again too; if it has no final answer after the last round, the whole call fails
+///   with that error, as `Client` does, and the caller retries with the same ids (even when
+///   later rounds found no leader for it: an item that may have applied never ends as a bare
+///   `not_leader`).
 /// - Any other error (a refused request, a malformed reply) fails the call at once.
 pub(crate) async fn route<T: Copy, N: Nodes<T>>(
     nodes: &N,
@@ -67,7 +69,9 @@ pub(crate) async fn route<T: Copy, N: Nodes<T>>(
 ) -> Result<Vec<ResultCode>, ClientError> {
     let mut results = vec![ResultCode::NotLeader; items.len()];
     let mut todo: Vec<usize> = (0..items.len()).collect();
+    // The last attempt error of an item whose outcome it left unknown, and which items that is.
     let mut lost: Option<ClientError> = None;
+    let mut maybe_applied = vec![false; items.len()];
     for round in 0..ROUTE_ROUNDS_MAX {
         if round > 0 {
             nodes.refresh(round).await;
@@ -82,7 +86,6 @@ pub(crate) async fn route<T: Copy, N: Nodes<T>>(
             nodes.send(*node, positions.iter().map(|&i| items[i]).collect())
         });
         let answers = futures::future::join_all(sends).await;
-        lost = None;
         for ((_, positions), answer) in by_node.into_iter().zip(answers) {
             match answer {
                 Ok(codes) if codes.len() == positions.len() => {
@@ -95,6 +98,9 @@ pub(crate) async fn route<T: Copy, N: Nodes<T>>(
                 }
                 Ok(_) => return Err(ClientError::BadReply),
                 Err(e) if e.is_transient() => {
+                    for &position in &positions {
+                        maybe_applied[position] = true;
+                    }
                     again.extend_from_slice(&positions);
                     lost = Some(e);
                 }
@@ -108,8 +114,8 @@ pub(crate) async fn route<T: Copy, N: Nodes<T>>(
         todo = again;
     }
     match lost {
-        Some(e) => Err(e),
-        None => Ok(results),
+        Some(e) if todo.iter().any(|&i| maybe_applied[i]) => Err(e),
+        _ => Ok(results),
     }
 }
 
@@ -293,6 +299,21 @@ mod tests {
             .iter()
             .all(|&c| c == ResultCode::Ok || c == ResultCode::Exists));
         assert_eq!(cluster.applied.borrow().len(), items.len());
+    }
+
+    #[test]
+    fn an_item_whose_send_was_lost_never_ends_as_a_bare_not_leader() {
+        // Node 2 led partition 1 and vanished with the first send to it (the items may have
+        // applied); since then partition 1 has had no leader. Answering those items
+        // `not_leader` would read as "not applied": the call must fail as a lost send does.
+        let seen = map(&[Some(1), Some(2), Some(3), Some(1)], 1);
+        let truth = map(&[Some(1), None, Some(3), Some(1)], 2);
+        let cluster = FakeCluster::new(truth, seen);
+        cluster.down.set(Some(2));
+        let items = ids(100);
+        let error = run(route(&cluster, &items, |&id| id as AccountId))
+            .expect_err("the outcome of partition 1's items is unknown");
+        assert!(matches!(error, ClientError::Disconnected(_)), "{error}");
     }
 
     #[test]
