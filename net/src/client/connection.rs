@@ -22,7 +22,12 @@ pub struct Reply {
     pub body: BytesMut,
 }
 
-type Waiter = (Instant, oneshot::Sender<Result<Reply, ClientError>>);
+/// A request waiting for its reply: when it was sent, its deadline, and who waits.
+struct Waiter {
+    sent: Instant,
+    deadline: Instant,
+    tx: oneshot::Sender<Result<Reply, ClientError>>,
+}
 
 /// Frames waiting for the writer thread of a connection.
 const OUTGOING_FRAMES_MAX: usize = 64;
@@ -52,6 +57,8 @@ impl Connection {
         };
         let mut transport = Transport::open(config)?;
         let hello = handshake(&mut transport, config)?;
+        // The last byte heard so far: the handshake's reply.
+        let handshaken = Instant::now();
 
         let pending: Arc<Mutex<HashMap<u64, Waiter>>> = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
@@ -67,7 +74,7 @@ impl Connection {
                 reader
                     .set_read_timeout(Some(Duration::from_millis(REAPER_TICK_MS)))
                     .map_err(|e| connect_error(e.to_string()))?;
-                spawn_reader(reader, reader_pending, reader_alive)
+                spawn_reader(reader, reader_pending, reader_alive, handshaken)
                     .map_err(|e| connect_error(e.to_string()))?;
                 let mut writer = stream
                     .try_clone()
@@ -98,7 +105,7 @@ impl Connection {
                     conn.clone(),
                     outgoing.downgrade(),
                 );
-                spawn_reader(reader, reader_pending, reader_alive)
+                spawn_reader(reader, reader_pending, reader_alive, handshaken)
                     .map_err(|e| connect_error(e.to_string()))?;
                 let writer = sock.try_clone().map_err(|e| connect_error(e.to_string()))?;
                 std::thread::Builder::new()
@@ -145,12 +152,17 @@ impl Connection {
             return Err(ClientError::Disconnected("connection closed".into()));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        let deadline = Instant::now() + Duration::from_millis(self.timeout_ms);
+        let (tx, mut rx) = oneshot::channel();
+        let sent = Instant::now();
+        let waiter = Waiter {
+            sent,
+            deadline: sent + Duration::from_millis(self.timeout_ms),
+            tx,
+        };
         self.pending
             .lock()
             .map_err(|_| ClientError::Disconnected("poisoned".into()))?
-            .insert(id, (deadline, tx));
+            .insert(id, waiter);
         // The reader may have failed every pending request between the check above and the
         // insert (it marks the connection dead first, then drains under the lock): then
         // nobody would ever answer this one, and its caller would wait forever.
@@ -162,7 +174,24 @@ impl Connection {
         }
         let mut frame = BytesMut::with_capacity(HEADER_BYTES + body.len());
         frame::encode_frame(&mut frame, operation as u8, flags, id, body);
-        if self.outgoing.send_async(frame).await.is_err() {
+        // The queue may stay full (a server that stopped reading): the reader expires the
+        // request at its deadline meanwhile, which ends this wait too.
+        let queued = {
+            let send = self.outgoing.send_async(frame);
+            futures::pin_mut!(send);
+            match futures::future::select(send, &mut rx).await {
+                futures::future::Either::Left((queued, _)) => queued.is_ok(),
+                futures::future::Either::Right((answer, _)) => {
+                    return Err(match answer {
+                        Ok(Err(e)) => e,
+                        // A reply to a request never sent: the server is confused.
+                        Ok(Ok(_)) => ClientError::BadReply,
+                        Err(_) => ClientError::Disconnected("connection closed".into()),
+                    });
+                }
+            }
+        };
+        if !queued {
             self.alive.store(false, Ordering::Release);
             if let Ok(mut p) = self.pending.lock() {
                 p.remove(&id);
@@ -272,10 +301,11 @@ fn spawn_reader<R: Read + Send + 'static>(
     reader: R,
     pending: Arc<Mutex<HashMap<u64, Waiter>>>,
     alive: Arc<AtomicBool>,
+    last_byte: Instant,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("walletd-client-reader".into())
-        .spawn(move || read_loop(reader, pending, alive))
+        .spawn(move || read_loop(reader, pending, alive, last_byte))
         .map(|_| ())
 }
 
@@ -314,18 +344,30 @@ fn tls_write_loop(
     }
 }
 
+/// What the reader knows of the connection's traffic, for expiring requests.
+struct Reaper {
+    /// When a byte last arrived.
+    last_byte: Instant,
+    /// When overdue requests were last expired.
+    expired_at: Instant,
+}
+
 /// Reads exactly `buf`, waking every tick to expire overdue requests.
 fn read_full<R: Read>(
     stream: &mut R,
     buf: &mut [u8],
     pending: &Mutex<HashMap<u64, Waiter>>,
     alive: &AtomicBool,
+    reaper: &mut Reaper,
 ) -> std::io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         match stream.read(&mut buf[filled..]) {
             Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => filled += n,
+            Ok(n) => {
+                filled += n;
+                reaper.last_byte = Instant::now();
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -335,7 +377,7 @@ fn read_full<R: Read>(
                 if !alive.load(Ordering::Acquire) {
                     return Err(std::io::ErrorKind::NotConnected.into());
                 }
-                expire(pending);
+                expire(pending, reaper)?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -344,20 +386,37 @@ fn read_full<R: Read>(
     Ok(())
 }
 
-fn expire(pending: &Mutex<HashMap<u64, Waiter>>) {
+/// Fails the requests whose deadline passed with `Timeout`. When one of them heard nothing at
+/// all from the server while it waited (not a byte since it was sent), the connection itself
+/// is taken for dead (a host that vanished without a reset looks alive to TCP for many
+/// minutes): the error ends the reader, which fails the other requests as disconnected, and
+/// the client opens a fresh connection for its retries.
+fn expire(pending: &Mutex<HashMap<u64, Waiter>>, reaper: &mut Reaper) -> std::io::Result<()> {
     let now = Instant::now();
+    reaper.expired_at = now;
+    let mut silent_ms = None;
     if let Ok(mut p) = pending.lock() {
         let overdue: Vec<u64> = p
             .iter()
-            .filter(|(_, (deadline, _))| *deadline <= now)
+            .filter(|(_, w)| w.deadline <= now)
             .map(|(id, _)| *id)
             .collect();
         for id in overdue {
-            if let Some((deadline, tx)) = p.remove(&id) {
-                let waited = now.duration_since(deadline - Duration::ZERO).as_millis() as u64;
-                let _ = tx.send(Err(ClientError::Timeout(waited)));
+            if let Some(w) = p.remove(&id) {
+                let waited_ms = w.deadline.duration_since(w.sent).as_millis() as u64;
+                if reaper.last_byte < w.sent {
+                    silent_ms = Some(waited_ms);
+                }
+                let _ = w.tx.send(Err(ClientError::Timeout(waited_ms)));
             }
         }
+    }
+    match silent_ms {
+        Some(ms) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the server sent nothing for {ms} ms while a request waited"),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -365,10 +424,25 @@ fn read_loop<R: Read>(
     mut stream: R,
     pending: Arc<Mutex<HashMap<u64, Waiter>>>,
     alive: Arc<AtomicBool>,
+    last_byte: Instant,
 ) {
+    // Overdue requests are also expired between frames, at most once a tick: a connection
+    // whose other replies keep arriving never goes quiet for a tick, and a request stuck on
+    // the server would otherwise wait for good.
+    // (`last_byte` comes from the handshake, not from this thread's start: a request may
+    // leave before this thread first runs.)
+    let mut reaper = Reaper {
+        last_byte,
+        expired_at: Instant::now(),
+    };
     let reason = loop {
+        if reaper.expired_at.elapsed() >= Duration::from_millis(REAPER_TICK_MS) {
+            if let Err(e) = expire(&pending, &mut reaper) {
+                break e.to_string();
+            }
+        }
         let mut header = [0u8; HEADER_BYTES];
-        if let Err(e) = read_full(&mut stream, &mut header, &pending, &alive) {
+        if let Err(e) = read_full(&mut stream, &mut header, &pending, &alive, &mut reaper) {
             break e.to_string();
         }
         let header = match FrameHeader::decode(&header) {
@@ -376,7 +450,7 @@ fn read_loop<R: Read>(
             Err(e) => break e.to_string(),
         };
         let mut body = BytesMut::zeroed(header.body_len as usize);
-        if let Err(e) = read_full(&mut stream, &mut body, &pending, &alive) {
+        if let Err(e) = read_full(&mut stream, &mut body, &pending, &alive, &mut reaper) {
             break e.to_string();
         }
         if let Err(e) = header.check_body(&body) {
@@ -396,8 +470,8 @@ fn read_loop<R: Read>(
             Ok(Reply { body })
         };
         match waiter {
-            Some((_, tx)) => {
-                let _ = tx.send(result);
+            Some(w) => {
+                let _ = w.tx.send(result);
             }
             None if header.request_id == 0 => {
                 // A connection-level error frame (e.g. the server is closing us).
@@ -410,8 +484,8 @@ fn read_loop<R: Read>(
     };
     alive.store(false, Ordering::Release);
     if let Ok(mut p) = pending.lock() {
-        for (_, (_, tx)) in p.drain() {
-            let _ = tx.send(Err(ClientError::Disconnected(reason.clone())));
+        for (_, w) in p.drain() {
+            let _ = w.tx.send(Err(ClientError::Disconnected(reason.clone())));
         }
     }
 }

@@ -186,20 +186,31 @@ impl Client {
         self.node_id
     }
 
+    /// The connection of the next slot, opened afresh when it died. The pool is not locked
+    /// while a connection opens (a round trip, or up to `timeout_ms` for a node that does not
+    /// answer): callers whose slots are healthy go on meanwhile.
     fn connection(&self) -> Result<Arc<Connection>, ClientError> {
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.config.connections.max(1);
-        let mut pool = self
-            .pool
-            .lock()
-            .map_err(|_| ClientError::Disconnected("pool poisoned".into()))?;
-        if let Some(c) = &pool[slot] {
+        let lock = || {
+            self.pool
+                .lock()
+                .map_err(|_| ClientError::Disconnected("pool poisoned".into()))
+        };
+        if let Some(c) = &lock()?[slot] {
             if c.is_alive() {
                 return Ok(c.clone());
             }
         }
         let fresh = Arc::new(Connection::open(&self.config)?);
-        pool[slot] = Some(fresh.clone());
-        Ok(fresh)
+        let mut pool = lock()?;
+        match &pool[slot] {
+            // Another caller replaced it first: use theirs, drop ours.
+            Some(c) if c.is_alive() => Ok(c.clone()),
+            _ => {
+                pool[slot] = Some(fresh.clone());
+                Ok(fresh)
+            }
+        }
     }
 
     /// Sends one request and waits for its reply body, retrying transient failures.

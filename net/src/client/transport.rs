@@ -24,16 +24,18 @@ pub(super) enum Transport {
 }
 
 impl Transport {
-    /// Connects, sets TCP_NODELAY and a read timeout of `timeout_ms`, and completes the TLS
-    /// handshake when `config.tls` is set (bounded by the same timeout).
+    /// Connects (each resolved address within `timeout_ms`), sets TCP_NODELAY and a read
+    /// timeout of `timeout_ms`, and completes the TLS handshake when `config.tls` is set
+    /// (bounded by the same timeout).
     pub(super) fn open(config: &ClientConfig) -> Result<Transport, ClientError> {
         let connect_error = |e: io::Error| ClientError::Connect {
             addr: config.addr.clone(),
             reason: e.to_string(),
         };
-        let mut stream = TcpStream::connect(&config.addr).map_err(connect_error)?;
+        let timeout_ms = Duration::from_millis(config.timeout_ms.max(1));
+        let mut stream = connect(&config.addr, timeout_ms).map_err(connect_error)?;
         stream.set_nodelay(true).map_err(connect_error)?;
-        let timeout = Some(Duration::from_millis(config.timeout_ms.max(1)));
+        let timeout = Some(timeout_ms);
         stream.set_read_timeout(timeout).map_err(connect_error)?;
         let Some(tls) = &config.tls else {
             return Ok(Transport::Plain(stream));
@@ -52,6 +54,23 @@ impl Transport {
             Transport::Tls(s) => &s.sock,
         }
     }
+}
+
+/// `TcpStream::connect` with a bound: a host that drops packets (powered off, firewalled)
+/// would otherwise hold the caller in the kernel's SYN retries for about two minutes.
+fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
+    use std::net::ToSocketAddrs;
+    let mut last = io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "the address resolved to nothing",
+    );
+    for resolved in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&resolved, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 impl Read for Transport {
