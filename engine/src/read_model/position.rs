@@ -1,8 +1,9 @@
 //! Positions: one `u64` per event that orders the events of a partition.
 //!
 //! `position = entry_index << 16 | ordinal`, where `ordinal` is the event's place among the
-//! events of its log entry. An entry holds at most `BATCH_ITEMS_MAX` (8190) items and an item
-//! emits at most one event, so 16 bits are enough. Positions come from the log alone (entry
+//! events of its log entry. An item emits at most one event and the writers keep entries
+//! below 65,535 items (`BATCH_ITEMS_MAX` in local mode, for client batches and the TC/C
+//! messages of a group alike; `entry_items_max` in Raft mode), so 16 bits are enough. Positions come from the log alone (entry
 //! index + the deterministic events of `apply_entry`), so they are the same after a restart
 //! and on every replica.
 

@@ -12,7 +12,7 @@ use super::config::Clock;
 use super::coordinator::Coordinator;
 use super::request::{fill_group, BatchReply, PartitionStats, PartitionTotals, Request};
 use super::timing::GroupTiming;
-use crate::command::CommandBatch;
+use crate::command::{CommandBatch, BATCH_ITEMS_MAX};
 use crate::digest::state_digest;
 use crate::log::LogWriter;
 use crate::model::TransferId;
@@ -227,8 +227,12 @@ impl PartitionTask {
                     other => reads.push(other),
                 }
             }
-            if !tcc_in.is_empty() {
-                let batch = CommandBatch::Tcc(tcc_in);
+            // Entries of at most BATCH_ITEMS_MAX messages each: an event's position carries its
+            // ordinal in 16 bits (read_model/position.rs), and one entry of everything a busy
+            // group received (nine peers' batches of 8190) would overflow it.
+            while !tcc_in.is_empty() {
+                let rest = tcc_in.split_off(tcc_in.len().min(BATCH_ITEMS_MAX));
+                let batch = CommandBatch::Tcc(std::mem::replace(&mut tcc_in, rest));
                 match self
                     .append(
                         &batch,
