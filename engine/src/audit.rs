@@ -9,10 +9,13 @@
 
 use crate::command::{entry_kind, ArchivedNewAccount, ArchivedNewTransfer};
 use crate::digest::{combine_digests, state_digest};
+use crate::event::Event;
 use crate::log::{
     body_bytes_of_kinds, scan_log_history, scan_log_history_segments, LogError, RecordRef,
 };
+use crate::model::Transfer;
 use crate::recovery::{log_dir, partition_dir, snapshot_dir};
+use crate::result_code::ResultCode;
 use crate::snapshot::{list_snapshots, load_snapshot};
 use crate::state_machine::{ApplyOutput, PartitionState};
 use memmap2::Mmap;
@@ -139,6 +142,7 @@ pub fn replay(
                         count,
                         until,
                         from_genesis,
+                        false,
                         |_, _, _| {},
                     )
                 })
@@ -195,6 +199,7 @@ fn replay_partition(
     count: u32,
     until: u64,
     from_genesis: bool,
+    keep_events: bool,
     mut after_entry: impl FnMut(&PartitionState, &ApplyOutput, u64),
 ) -> Result<PartitionReplay, AuditError> {
     let pdir = partition_dir(data_dir, partition);
@@ -228,7 +233,12 @@ fn replay_partition(
     // instead of being copied into ~1 GiB of fresh memory per 12M transfers.
     state.keep_transfers_in_log(transfers_max);
     let (mut events, mut entries) = (0u64, 0u64);
-    let mut out = ApplyOutput::counting_events();
+    // A replay for balances only counts events; a trace compares them.
+    let mut out = if keep_events {
+        ApplyOutput::default()
+    } else {
+        ApplyOutput::counting_events()
+    };
     let mut failure: Option<AuditError> = None;
     let mut past_until = false;
     // Never a silent partial replay: the first record read must be the one the state needs
@@ -342,6 +352,7 @@ pub fn trace(
             count,
             u64::MAX,
             true,
+            true,
             |state, out, timestamp| {
                 if let Some(previous) = pending.take() {
                     line(&previous);
@@ -365,6 +376,11 @@ pub fn trace(
     Ok(())
 }
 
+/// Everything an entry's apply said to the outside, chained onto `previous`: result codes,
+/// every field of every TC/C message (a build that sends a Confirm to the wrong account
+/// changes neither partition's replayed state: each replays its own log), the resolved
+/// transfers, and the events (what read models and subscribers see). Fields are hashed one by
+/// one in a fixed order, so the digest does not depend on how a build lays out its types.
 fn outputs_digest(previous: u128, out: &ApplyOutput) -> u128 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(&previous.to_le_bytes());
@@ -376,13 +392,162 @@ fn outputs_digest(previous: u128, out: &ApplyOutput) -> u128 {
     for (destination, m) in &out.outbox {
         h.update(&destination.to_le_bytes());
         h.update(&[m.kind, m.code]);
-        h.update(&m.id.to_le_bytes());
+        h.update(&m.source.to_le_bytes());
+        for id in [m.id, m.from, m.to] {
+            h.update(&id.to_le_bytes());
+        }
         h.update(&m.amount.to_le_bytes());
+        h.update(&m.currency.0.to_le_bytes());
+        h.update(&m.user_data.to_le_bytes());
     }
     h.update(&(out.resolved.len() as u64).to_le_bytes());
     for (id, code) in &out.resolved {
         h.update(&id.to_le_bytes());
         h.update(&[*code as u8]);
     }
+    h.update(&(out.events.len() as u64).to_le_bytes());
+    for event in &out.events {
+        hash_event(&mut h, event);
+    }
     h.digest128()
+}
+
+fn hash_event(h: &mut xxhash_rust::xxh3::Xxh3, event: &Event) {
+    let transfer = |h: &mut xxhash_rust::xxh3::Xxh3, t: &Transfer| {
+        for id in [t.id, t.from, t.to] {
+            h.update(&id.to_le_bytes());
+        }
+        for n in [t.amount, t.user_data, t.timestamp] {
+            h.update(&n.to_le_bytes());
+        }
+        h.update(&t.currency.0.to_le_bytes());
+    };
+    let code = |h: &mut xxhash_rust::xxh3::Xxh3, id: u128, code: ResultCode| {
+        h.update(&id.to_le_bytes());
+        h.update(&[code as u8]);
+    };
+    match event {
+        Event::AccountCreated(a) => {
+            h.update(&[1]);
+            h.update(&a.id.to_le_bytes());
+            h.update(&a.currency.0.to_le_bytes());
+            h.update(&a.flags.to_le_bytes());
+            for n in [a.balance, a.held, a.incoming, a.floor] {
+                h.update(&n.to_le_bytes());
+            }
+            h.update(&a.user_data.to_le_bytes());
+        }
+        Event::AccountRejected { id, code: c } => {
+            h.update(&[2]);
+            code(h, *id, *c);
+        }
+        Event::TransferApplied(t) => {
+            h.update(&[3]);
+            transfer(h, t);
+        }
+        Event::TransferRejected {
+            id,
+            code: c,
+            timestamp,
+        } => {
+            h.update(&[4]);
+            code(h, *id, *c);
+            h.update(&timestamp.to_le_bytes());
+        }
+        Event::TccTried(t) => {
+            h.update(&[5]);
+            transfer(h, t);
+        }
+        Event::TccParticipantTried { id, code: c } => {
+            h.update(&[6]);
+            code(h, *id, *c);
+        }
+        Event::TccCredited {
+            id,
+            from,
+            to,
+            amount,
+        } => {
+            h.update(&[7]);
+            for id in [*id, *from, *to] {
+                h.update(&id.to_le_bytes());
+            }
+            h.update(&amount.to_le_bytes());
+        }
+        Event::TccCancelled {
+            id,
+            from,
+            to,
+            amount,
+            code: c,
+        } => {
+            h.update(&[8]);
+            for id in [*from, *to] {
+                h.update(&id.to_le_bytes());
+            }
+            h.update(&amount.to_le_bytes());
+            code(h, *id, *c);
+        }
+        Event::TccCancelledBeforeTry { id } => {
+            h.update(&[9]);
+            h.update(&id.to_le_bytes());
+        }
+        Event::TccIgnored { id, kind } => {
+            h.update(&[10]);
+            h.update(&id.to_le_bytes());
+            h.update(&[*kind]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Currency;
+    use crate::tcc::{kind, TccMessage};
+
+    fn transfer() -> Transfer {
+        Transfer {
+            id: 7,
+            from: 1,
+            to: 2,
+            amount: 5,
+            currency: Currency(1),
+            user_data: 0,
+            timestamp: 9,
+        }
+    }
+
+    /// Every field the outside sees counts: a Confirm to another account, or an event with
+    /// another amount, is a divergence even when every result code is the same.
+    #[test]
+    fn outputs_that_differ_in_any_message_or_event_field_differ_in_digest() {
+        let mut base = ApplyOutput::default();
+        base.results.push(ResultCode::Pending);
+        base.outbox
+            .push((1, TccMessage::about(kind::CONFIRM, 0, &transfer())));
+        base.events.push(Event::TccTried(transfer()));
+        let digest = outputs_digest(0, &base);
+        assert_eq!(digest, outputs_digest(0, &base), "deterministic");
+
+        let mut other_to = ApplyOutput::default();
+        other_to.results = base.results.clone();
+        other_to.outbox = base.outbox.clone();
+        other_to.outbox[0].1.to = 3;
+        other_to.events = base.events.clone();
+        assert_ne!(digest, outputs_digest(0, &other_to), "the message's `to`");
+
+        let mut other_event = ApplyOutput::default();
+        other_event.results = base.results.clone();
+        other_event.outbox = base.outbox.clone();
+        other_event.events = vec![Event::TccTried(Transfer {
+            amount: 6,
+            ..transfer()
+        })];
+        assert_ne!(
+            digest,
+            outputs_digest(0, &other_event),
+            "the event's amount"
+        );
+    }
 }
