@@ -119,8 +119,9 @@ pub struct ReplayReport {
     pub states: Vec<PartitionState>,
 }
 
-/// Rebuilds every partition from its log, as of `until` (ns since the epoch: every log entry
-/// whose timestamp is at or before it; `None` = everything). A snapshot is used as the
+/// Rebuilds every partition from its log, as of `until` (ns since the epoch: every item whose
+/// time is at or before it, item `i` of an entry being at the entry's time + `i`, as the read
+/// model's balance-as-of counts; `None` = everything). A snapshot is used as the
 /// starting point when it lies before `until` (`from_genesis` forces a full replay).
 /// Partitions are independent, so each replays on its own thread (the partitions of one core
 /// would otherwise wait for each other); the result does not depend on thread timing.
@@ -269,21 +270,27 @@ fn replay_partition(
             // later Raft blank or membership entry, stamped 0, must not be applied after a gap).
             // A command entry counts at the time it is applied at, which a Raft log may have
             // clamped above its header's (`PartitionState::effective_timestamp`).
-            past_until = past_until
-                || (!entry_kind::is_raft(record.header.kind)
-                    && state.effective_timestamp(record.header.timestamp) > until);
+            let applied_at = state.effective_timestamp(record.header.timestamp);
+            past_until =
+                past_until || (!entry_kind::is_raft(record.header.kind) && applied_at > until);
             if failure.is_some() || past_until {
                 return Ok(());
             }
+            // Item `i` of an entry happened at `applied_at + i`: the entry `until` falls inside
+            // counts up to its item at `until`, as the read model's balance-as-of does.
+            let items_max = usize::try_from(until.saturating_sub(applied_at).saturating_add(1))
+                .unwrap_or(usize::MAX);
             out.clear();
-            match state.apply_entry(
+            match state.apply_entry_prefix(
                 record.header.index,
                 record.header.kind,
                 record.body,
                 record.header.timestamp,
+                items_max,
                 &mut out,
             ) {
-                Ok(()) => {
+                Ok(items) => {
+                    past_until = items > items_max;
                     events += out.events_emitted;
                     entries += 1;
                     after_entry(&state, &out, record.header.timestamp);
@@ -467,12 +474,14 @@ fn hash_event(h: &mut xxhash_rust::xxh3::Xxh3, event: &Event) {
             from,
             to,
             amount,
+            timestamp,
         } => {
             h.update(&[7]);
             for id in [*id, *from, *to] {
                 h.update(&id.to_le_bytes());
             }
             h.update(&amount.to_le_bytes());
+            h.update(&timestamp.to_le_bytes());
         }
         Event::TccCancelled {
             id,
@@ -480,6 +489,7 @@ fn hash_event(h: &mut xxhash_rust::xxh3::Xxh3, event: &Event) {
             to,
             amount,
             code: c,
+            timestamp,
         } => {
             h.update(&[8]);
             for id in [*from, *to] {
@@ -487,6 +497,7 @@ fn hash_event(h: &mut xxhash_rust::xxh3::Xxh3, event: &Event) {
             }
             h.update(&amount.to_le_bytes());
             code(h, *id, *c);
+            h.update(&timestamp.to_le_bytes());
         }
         Event::TccCancelledBeforeTry { id } => {
             h.update(&[9]);

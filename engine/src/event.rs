@@ -26,20 +26,24 @@ pub enum Event {
         id: u128,
         code: ResultCode,
     },
-    /// Destination: credited (`from` is the source account, in another partition).
+    /// Destination: credited (`from` is the source account, in another partition), at
+    /// `timestamp` (the time of the Confirm that credited it).
     TccCredited {
         id: u128,
         from: u128,
         to: u128,
         amount: u64,
+        timestamp: u64,
     },
-    /// Source: cancelled, `amount` refunded from the hold to `from`, with the final code.
+    /// Source: cancelled, `amount` refunded from the hold to `from`, with the final code, at
+    /// `timestamp` (the time of the message that decided it).
     TccCancelled {
         id: u128,
         from: u128,
         to: u128,
         amount: u64,
         code: ResultCode,
+        timestamp: u64,
     },
     /// Destination: a Cancel came before its Try (the late Try will fail).
     TccCancelledBeforeTry {

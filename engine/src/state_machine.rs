@@ -276,6 +276,23 @@ impl PartitionState {
         timestamp: u64,
         out: &mut ApplyOutput,
     ) -> Result<(), ApplyError> {
+        self.apply_entry_prefix(index, kind, body, timestamp, usize::MAX, out)
+            .map(|_| ())
+    }
+
+    /// `apply_entry` of the entry's first `items_max` items only (an audit's replay "as of"
+    /// a moment inside an entry: item `i` happened at `timestamp + i`). Returns how many
+    /// items the entry holds. A state that applied a prefix is a view of that moment, not
+    /// one to apply the next entry to.
+    pub fn apply_entry_prefix(
+        &mut self,
+        index: u64,
+        kind: u16,
+        body: &[u8],
+        timestamp: u64,
+        items_max: usize,
+        out: &mut ApplyOutput,
+    ) -> Result<usize, ApplyError> {
         assert_eq!(index, self.last_index + 1, "entries apply in index order");
         match kind {
             entry_kind::BLANK if !body.is_empty() => {
@@ -286,28 +303,31 @@ impl PartitionState {
             }
             entry_kind::BLANK | entry_kind::MEMBERSHIP => {
                 self.last_index = index;
-                return Ok(());
+                return Ok(0);
             }
             _ => {}
         }
         let timestamp = self.effective_timestamp(timestamp);
-        match kind {
+        let items = match kind {
             entry_kind::CREATE_ACCOUNTS => {
                 let items =
                     rkyv::access::<ArchivedVec<ArchivedNewAccount>, rkyv::rancor::Error>(body)
                         .map_err(|e| ApplyError::InvalidArchive(e.to_string()))?;
-                for (i, item) in items.iter().enumerate() {
+                let applied = items.len().min(items_max);
+                for (i, item) in items[..applied].iter().enumerate() {
                     let code = self.create_account(item, timestamp + i as u64, out);
                     out.results.push(code);
                 }
-                self.advance(index, timestamp, items.len());
+                self.advance(index, timestamp, applied);
+                items.len()
             }
             entry_kind::CREATE_TRANSFERS => {
                 let items =
                     rkyv::access::<ArchivedVec<ArchivedNewTransfer>, rkyv::rancor::Error>(body)
                         .map_err(|e| ApplyError::InvalidArchive(e.to_string()))?;
+                let applied = items.len().min(items_max);
                 self.apply_prefetching(
-                    items,
+                    &items[..applied],
                     timestamp,
                     out,
                     |state, t| {
@@ -318,24 +338,27 @@ impl PartitionState {
                         out.results.push(code);
                     },
                 );
-                self.advance(index, timestamp, items.len());
+                self.advance(index, timestamp, applied);
+                items.len()
             }
             entry_kind::TCC_MESSAGES => {
                 let items =
                     rkyv::access::<ArchivedVec<ArchivedTccMessage>, rkyv::rancor::Error>(body)
                         .map_err(|e| ApplyError::InvalidArchive(e.to_string()))?;
+                let applied = items.len().min(items_max);
                 self.apply_prefetching(
-                    items,
+                    &items[..applied],
                     timestamp,
                     out,
                     |state, m| state.touch_tcc(m),
                     |state, m, at, out| state.apply_tcc(&m.to_native(), at, out),
                 );
-                self.advance(index, timestamp, items.len());
+                self.advance(index, timestamp, applied);
+                items.len()
             }
             other => return Err(ApplyError::UnknownKind(other)),
-        }
-        Ok(())
+        };
+        Ok(items)
     }
 
     /// Moves the applied index up to `index` without applying anything in between. Only for a
@@ -641,16 +664,16 @@ impl PartitionState {
         }
         match m.kind {
             tcc::kind::TRY => self.tcc_try(m, out),
-            tcc::kind::CONFIRM => self.tcc_confirm(m, out),
+            tcc::kind::CONFIRM => self.tcc_confirm(m, timestamp, out),
             tcc::kind::CANCEL => self.tcc_cancel(m, out),
-            tcc::kind::TRY_RESULT => self.tcc_try_result(m, out),
+            tcc::kind::TRY_RESULT => self.tcc_try_result(m, timestamp, out),
             tcc::kind::ABORT => {
                 if self
                     .tcc
                     .get(&m.id)
                     .is_some_and(|r| r.phase == tcc::phase::TRYING)
                 {
-                    self.tcc_decide_cancel(m.id, ResultCode::TccTimeout, out);
+                    self.tcc_decide_cancel(m.id, ResultCode::TccTimeout, timestamp, out);
                 }
             }
             tcc::kind::CONFIRM_ACK => self.tcc_confirm_ack(m, timestamp, out),
@@ -734,7 +757,7 @@ impl PartitionState {
     }
 
     /// Destination, step 3 (confirm): credit `to`. Idempotent.
-    fn tcc_confirm(&mut self, m: &TccMessage, out: &mut ApplyOutput) {
+    fn tcc_confirm(&mut self, m: &TccMessage, timestamp: u64, out: &mut ApplyOutput) {
         let Some(p) = self.participants.get_mut(&(m.source, m.id)) else {
             out.emit(Event::TccIgnored {
                 id: m.id,
@@ -756,6 +779,7 @@ impl PartitionState {
                     from: m.from,
                     to: m.to,
                     amount: m.amount,
+                    timestamp,
                 });
             }
             tcc::participant::CONFIRMED => {}
@@ -822,7 +846,7 @@ impl PartitionState {
     }
 
     /// Source: the destination's verdict decides Confirm or Cancel (once).
-    fn tcc_try_result(&mut self, m: &TccMessage, out: &mut ApplyOutput) {
+    fn tcc_try_result(&mut self, m: &TccMessage, timestamp: u64, out: &mut ApplyOutput) {
         let Some(record) = self.tcc.get_mut(&m.id) else {
             return; // already confirmed and filed: a duplicate
         };
@@ -842,12 +866,18 @@ impl PartitionState {
             ));
         } else {
             let code = ResultCode::from_u8(m.code).unwrap_or(ResultCode::TccCancelled);
-            self.tcc_decide_cancel(m.id, code, out);
+            self.tcc_decide_cancel(m.id, code, timestamp, out);
         }
     }
 
     /// Source: refund the hold, file the final code, tell the destination.
-    fn tcc_decide_cancel(&mut self, id: TransferId, code: ResultCode, out: &mut ApplyOutput) {
+    fn tcc_decide_cancel(
+        &mut self,
+        id: TransferId,
+        code: ResultCode,
+        timestamp: u64,
+        out: &mut ApplyOutput,
+    ) {
         let Some(record) = self.tcc.get_mut(&id) else {
             return;
         };
@@ -866,6 +896,7 @@ impl PartitionState {
             to: t.to,
             amount: t.amount,
             code,
+            timestamp,
         });
         out.outbox.push((
             destination,

@@ -220,7 +220,9 @@ fn log_events(index: u64, applied_at: u64, events: &[Event], into: &mut Vec<Logg
         let own = match event {
             Event::AccountCreated(a) => a.timestamp,
             Event::TransferApplied(t) | Event::TccTried(t) => t.timestamp,
-            Event::TransferRejected { timestamp, .. } => *timestamp,
+            Event::TransferRejected { timestamp, .. }
+            | Event::TccCredited { timestamp, .. }
+            | Event::TccCancelled { timestamp, .. } => *timestamp,
             _ => 0,
         };
         clock = clock.max(own);
@@ -307,6 +309,7 @@ fn changes_of(
                 from,
                 to,
                 amount,
+                ..
             } if to == account => (id, from, amount as i64, 0, HistoryKind::TccCredit),
             Event::TccCancelled {
                 id,

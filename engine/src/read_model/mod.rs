@@ -166,8 +166,9 @@ impl ReadModel {
             return;
         }
         debug_assert_eq!(entry_index, self.last_index + 1, "entries apply in order");
-        // The time of an event: its item's timestamp when it carries one; TC/C steps carry
-        // none (or an older one), so they take the latest time seen in the entry.
+        // The time of an event: its item's timestamp when it carries one (credits and refunds
+        // carry the time of the message that made them); the others (a settle carries its
+        // transfer's older time) take the latest time seen in the entry.
         let mut clock = entry_timestamp;
         // A window at a time: first touch what each event will write (the lookups of different
         // events are independent, so their cache misses overlap), then apply them in order.
@@ -282,7 +283,9 @@ impl ReadModel {
                 from,
                 to,
                 amount,
+                timestamp,
             } => {
+                *clock = (*clock).max(timestamp);
                 let units = amount;
                 let amount = amount as i64;
                 if let Some(account) = self.accounts.get_mut(&to) {
@@ -303,8 +306,10 @@ impl ReadModel {
                 from,
                 to,
                 amount,
+                timestamp,
                 ..
             } => {
+                *clock = (*clock).max(timestamp);
                 let units = amount;
                 let amount = amount as i64;
                 if let Some(account) = self.accounts.get_mut(&from) {
