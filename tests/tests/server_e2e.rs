@@ -764,3 +764,19 @@ fn cluster_client_routes_by_the_partition_map() {
     assert_eq!(map.nodes[0].client_addr, "walletd-1.example:7400");
     assert_eq!(map.partition_count(), 1);
 }
+
+/// A bad config file is refused with one line naming the file, line and column (toml's own
+/// message spans several lines).
+#[test]
+fn a_bad_config_file_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("walletd.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\n\nno_such_setting = 3\n").unwrap();
+    let (ok, _, stderr) = walletd_tests::run_cli(WALLETD, &["--config", config.to_str().unwrap()]);
+    assert!(!ok, "walletd started with an unknown setting");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("walletd.toml:3:1:") && stderr.contains("no_such_setting"),
+        "{stderr}"
+    );
+}

@@ -231,12 +231,27 @@ pub fn main() {
     }
 }
 
+/// A config file's error on one line (`file:line:column: message`): toml's own rendering
+/// spans several lines (the offending line and a caret).
+fn config_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("{}:{line}:{column}: {message}", path.display())
+        }
+        None => format!("{}: {message}", path.display()),
+    }
+}
+
 fn run(args: Args) -> Result<(), String> {
     let file: FileConfig = match &args.config {
         Some(path) => {
             let text =
                 std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            toml::from_str(&text).map_err(|e| config_error(path, &text, &e))?
         }
         None => FileConfig::default(),
     };
@@ -355,6 +370,14 @@ fn run(args: Args) -> Result<(), String> {
     // go, which stalls the partition for a noticeable time. Address space only until used.
     engine.transfers_capacity_per_partition =
         file.transfers_capacity_per_partition.unwrap_or(16 << 20);
+    // Before the node starts (its recovery can replay the log for minutes) and before the port
+    // opens: a SIGTERM from then on stops the node cleanly (exit 0) once it is up, instead of
+    // killing it with the default disposition. Signals that come early wait in the iterator.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("installing signal handlers: {e}"))?;
     let node = match &cluster {
         Some((link, _)) => Node::start_with(engine, net::raft_link::LinkCluster::new(link.clone())),
         None => Node::start(engine),
@@ -378,14 +401,6 @@ fn run(args: Args) -> Result<(), String> {
     server_config.advertise_addr = args.advertise_addr.or(file.advertise_addr);
     let link_counters = cluster.as_ref().map(|(link, _)| link.counters.clone());
     server_config.cluster = cluster.map(|(_, setup)| setup);
-    // Before the port opens: clients are served as soon as `start` returns, and a SIGTERM sent
-    // after that must stop the server cleanly, not kill it with the default disposition (a
-    // race the tests hit on a loaded machine). Signals that come early wait in the iterator.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .map_err(|e| format!("installing signal handlers: {e}"))?;
     // Metrics before the client port: whoever waits for the client port (scripts, tests) then
     // finds the metrics port open too.
     if let Some(addr) = args.metrics_listen.or(file.metrics_listen) {
