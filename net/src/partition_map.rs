@@ -192,7 +192,12 @@ pub fn decode_partition_map(body: &[u8]) -> Result<PartitionMap, ProtocolError> 
     let reserved = u16::from_le_bytes([header[10], header[11]]);
     let partition_count =
         u32::from_le_bytes(header[12..16].try_into().map_err(|_| malformed)?) as usize;
-    if reserved != 0 || node_count > MAP_NODES_MAX || partition_count > MAP_PARTITIONS_MAX {
+    // A map of no partitions routes nothing (and `partition_of` has nothing to hash into).
+    if reserved != 0
+        || node_count > MAP_NODES_MAX
+        || partition_count == 0
+        || partition_count > MAP_PARTITIONS_MAX
+    {
         return Err(malformed);
     }
     let mut at = HEADER_BYTES;
@@ -341,6 +346,13 @@ mod tests {
         let mut map = three_nodes();
         map.nodes[2].node_id = 1;
         map.partitions[2].leader = Some(1);
+        let mut out = BytesMut::new();
+        encode_partition_map(&mut out, &map);
+        assert!(decode_partition_map(&out).is_err());
+
+        // No partitions: a client routing by it would hash accounts into nothing (a panic).
+        let mut map = three_nodes();
+        map.partitions.clear();
         let mut out = BytesMut::new();
         encode_partition_map(&mut out, &map);
         assert!(decode_partition_map(&out).is_err());

@@ -780,3 +780,22 @@ fn a_bad_config_file_is_refused_in_one_line() {
         "{stderr}"
     );
 }
+
+/// An advertised address longer than a partition map holds is refused at start (it went into
+/// every map the node served, and each map request then panicked the network core).
+#[test]
+fn an_advertised_address_longer_than_a_map_holds_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = format!("{}:7400", "h".repeat(300));
+    let (ok, _, stderr) = walletd_tests::run_cli(
+        WALLETD,
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--advertise-addr",
+            &long,
+        ],
+    );
+    assert!(!ok, "walletd started with a 305-byte advertise_addr");
+    assert!(stderr.contains("advertise_addr"), "{stderr}");
+}

@@ -231,6 +231,15 @@ pub fn main() {
     }
 }
 
+/// A client address goes into partition maps, which hold at most `NODE_ADDR_BYTES_MAX` bytes.
+fn check_map_addr(what: &str, addr: &str) -> Result<(), String> {
+    let max = net::partition_map::NODE_ADDR_BYTES_MAX;
+    if addr.len() > max {
+        return Err(format!("{what} is {} bytes; at most {max}", addr.len()));
+    }
+    Ok(())
+}
+
 /// A config file's error on one line (`file:line:column: message`): toml's own rendering
 /// spans several lines (the offending line and a caret).
 fn config_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> String {
@@ -399,6 +408,17 @@ fn run(args: Args) -> Result<(), String> {
     server_config.cluster_id = file.cluster_id.unwrap_or(0);
     server_config.node_id = node_id;
     server_config.advertise_addr = args.advertise_addr.or(file.advertise_addr);
+    // Both go into every partition map this node serves, whose encoding bounds them.
+    if node_id == net::partition_map::NO_LEADER {
+        return Err(format!("node_id must be below {}", u64::MAX));
+    }
+    check_map_addr(
+        "advertise_addr",
+        server_config
+            .advertise_addr
+            .as_deref()
+            .unwrap_or(&listen.to_string()),
+    )?;
     let link_counters = cluster.as_ref().map(|(link, _)| link.counters.clone());
     server_config.cluster = cluster.map(|(_, setup)| setup);
     // Metrics before the client port: whoever waits for the client port (scripts, tests) then
@@ -463,9 +483,14 @@ fn cluster_setup(
                 peer.node_id
             ));
         }
-        if peer.node_id == 0 {
-            return Err("a peer's node_id must be at least 1".into());
+        if peer.node_id == 0 || peer.node_id == net::partition_map::NO_LEADER {
+            return Err(format!(
+                "a peer's node_id must be 1..{}, not {}",
+                u64::MAX,
+                peer.node_id
+            ));
         }
+        check_map_addr("a peer's client_addr", &peer.client_addr)?;
         nodes.push(net::ClusterNode {
             node_id: peer.node_id,
             peer_addr: peer.peer_addr,
