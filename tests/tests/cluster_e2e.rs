@@ -358,24 +358,36 @@ fn a_leader_killed_under_load_is_replaced_and_catches_up_by_snapshot() {
     // The read model stays on (a follower's is restarted by the snapshot it installs), but a
     // restart does not rebuild its history: that would keep the log back to the previous
     // snapshot, and the dead node would catch up from the log instead.
+    let logs = root.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
     let options = ClusterOptions {
         extra_config: "read_model_rebuild_entries = 0\n".into(),
-        ..Default::default()
+        log_dir: Some(logs),
     };
     let mut cluster =
         TestCluster::start_with(WALLETD.as_ref(), root.path(), 3, PARTITIONS, options);
-    let map = cluster.init();
+    cluster.init();
     let client = cluster.cluster_client();
     setup(&client);
 
     let running = Running::start(&cluster, seed);
     running.wait_batches(20);
 
-    // SIGKILL the leader of partition 0 under load.
-    let victim = map.partitions[0].leader.expect("a leader") as usize - 1;
+    // SIGKILL the leader of partition 0 under load (as it is now: leadership may have moved
+    // since `init`).
+    let before = cluster.wait_for_leaders(Duration::from_secs(10));
+    let victim = before.partitions[0].leader.expect("a leader") as usize - 1;
     cluster.kill(victim);
     let map = cluster.wait_for_leaders(Duration::from_secs(30));
-    assert_ne!(map.partitions[0].leader, Some(victim as u64 + 1));
+    assert!(
+        map.partitions[0].term > before.partitions[0].term,
+        "no new election for partition 0: {map:?}"
+    );
+    // A routing client whose map still names the dead leader reads on: its lookups refresh
+    // the map and ask the new leader (they failed on the dead node's address before).
+    let accounts = futures::executor::block_on(client.lookup_accounts_async(&all_accounts()))
+        .expect("lookups through a map naming a dead leader");
+    assert!(accounts.iter().all(|a| a.is_some()));
     // Clients go on; meanwhile more than a snapshot interval of entries is written, so the
     // leaders purge what the dead node misses.
     running.wait_batches(100);
@@ -383,6 +395,21 @@ fn a_leader_killed_under_load_is_replaced_and_catches_up_by_snapshot() {
     running.wait_batches(20);
     let load = running.finish();
     assert!(load.acknowledged.len() > 100 * BATCH);
+    // The restarted node caught up by a snapshot (the leaders had purged what it missed).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let log = cluster.log_file(victim).expect("the cluster keeps logs");
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("installed a snapshot from the leader")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node {} never installed a snapshot: {}",
+            victim + 1,
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let digest = cluster.converged_digest(Duration::from_secs(60));
     check_invariants(&cluster, &load.acknowledged, &load.existing);
     // The checks wrote nothing: the digest is still every node's.

@@ -13,13 +13,13 @@
 //! println!("{} partitions", cluster.map().partition_count());
 //! ```
 
-use super::routing::{route, Nodes};
+use super::routing::{leader_may_have_moved, route, Nodes, ROUTE_ROUNDS_MAX};
 use super::{check_len, Client, ClientConfig, ClientError};
 use crate::partition_map::PartitionMap;
 use engine::partition::PartitionId;
 use engine::{NewAccount, NewTransfer, ResultCode};
 use futures::stream::{FuturesUnordered, StreamExt};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -188,50 +188,113 @@ impl ClusterClient {
         futures::executor::block_on(self.create_transfers_async(items))
     }
 
-    /// Accounts from the leaders of their partitions (linearizable reads), in order.
+    /// Accounts from the leaders of their partitions (linearizable reads), in order. The
+    /// partitions are asked at once; one whose leader moved (`not_leader`), is not known, or
+    /// could not be reached is asked again after a map refresh, for `ROUTE_ROUNDS_MAX` rounds
+    /// at most (a read is safe to repeat), as writes are routed.
     pub async fn lookup_accounts_async(
         &self,
         ids: &[u128],
     ) -> Result<Vec<Option<engine::model::Account>>, ClientError> {
         check_len(ids.len())?;
-        let map = self.map();
         let mut out = vec![None; ids.len()];
-        for p in 0..map.partition_count() {
-            let at: Vec<usize> = (0..ids.len())
-                .filter(|&i| map.partition_of(ids[i]) == p)
-                .collect();
-            if at.is_empty() {
-                continue;
+        let mut todo: Vec<usize> = (0..ids.len()).collect();
+        let mut last = ClientError::Disconnected("no round ran".into());
+        for round in 0..ROUTE_ROUNDS_MAX {
+            if round > 0 {
+                <ClusterClient as Nodes<NewAccount>>::refresh(self, round).await;
             }
-            let part: Vec<u128> = at.iter().map(|&i| ids[i]).collect();
-            let found = self.leader_client(p)?.lookup_accounts_async(&part).await?;
-            for (i, account) in at.into_iter().zip(found) {
-                out[i] = account;
+            let map = self.map();
+            let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+            for &i in &todo {
+                by_partition
+                    .entry(map.partition_of(ids[i]))
+                    .or_default()
+                    .push(i);
             }
+            let asks = by_partition.into_iter().map(|(p, at)| async move {
+                let part: Vec<u128> = at.iter().map(|&i| ids[i]).collect();
+                let found = match self.leader_client(p) {
+                    Ok(client) => client.lookup_accounts_async(&part).await,
+                    Err(e) => Err(e),
+                };
+                (at, found)
+            });
+            let mut again = Vec::new();
+            for (at, found) in futures::future::join_all(asks).await {
+                match found {
+                    Ok(found) if found.len() == at.len() => {
+                        for (i, account) in at.into_iter().zip(found) {
+                            out[i] = account;
+                        }
+                    }
+                    Ok(_) => return Err(ClientError::BadReply),
+                    Err(e) if leader_may_have_moved(&e) => {
+                        again.extend(at);
+                        last = e;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if again.is_empty() {
+                return Ok(out);
+            }
+            todo = again;
         }
-        Ok(out)
+        Err(last)
     }
 
     /// Transfers by id, from every node's applied state (follower reads): a transfer lives
     /// in its source account's partition, which the id does not tell, and no node need lead
     /// every partition. Each partition's leader has all of its committed transfers, and no
     /// node shows an uncommitted one, so a transfer found on any node is committed.
+    ///
+    /// The nodes are asked at once, and a node that does not answer is skipped while the
+    /// answers still settle every id: a found transfer's answer is taken from the leader of
+    /// its partition when that leader answered (a lagging follower may still show a TC/C as
+    /// `pending` that its leader has decided), else the most final one; an id found nowhere
+    /// is "not found" only if every partition's leader answered, else the call fails.
     pub async fn lookup_transfers_anywhere_async(
         &self,
         ids: &[u128],
     ) -> Result<Vec<Option<engine::model::TransferLookup>>, ClientError> {
         check_len(ids.len())?;
         let map = self.map();
-        let mut out = vec![None; ids.len()];
-        for node in &map.nodes {
-            let found = self
-                .client(node.node_id)?
-                .lookup_transfers_follower_async(ids)
-                .await?;
-            for (slot, transfer) in out.iter_mut().zip(found) {
-                if slot.is_none() {
-                    *slot = transfer;
-                }
+        let asks = map.nodes.iter().map(|node| async move {
+            let found = match self.client(node.node_id) {
+                Ok(client) => client.lookup_transfers_follower_async(ids).await,
+                Err(e) => Err(e),
+            };
+            (node.node_id, found)
+        });
+        let mut answered: Vec<(u64, Vec<Option<engine::model::TransferLookup>>)> = Vec::new();
+        let mut last = ClientError::Disconnected("the map lists no node".into());
+        for (node_id, found) in futures::future::join_all(asks).await {
+            match found {
+                Ok(found) if found.len() == ids.len() => answered.push((node_id, found)),
+                Ok(_) => return Err(ClientError::BadReply),
+                Err(e) => last = e,
+            }
+        }
+        let leads = |node_id: u64, t: &engine::model::TransferLookup| {
+            map.leader_of(map.partition_of(t.transfer.from))
+                .is_some_and(|leader| leader.node_id == node_id)
+        };
+        let every_leader_answered = (0..map.partition_count()).all(|p| {
+            map.leader_of(p)
+                .is_some_and(|leader| answered.iter().any(|(n, _)| *n == leader.node_id))
+        });
+        let mut out = Vec::with_capacity(ids.len());
+        for i in 0..ids.len() {
+            let found = answered
+                .iter()
+                .filter_map(|(node_id, found)| found[i].map(|t| (*node_id, t)));
+            let best = found
+                .max_by_key(|(node_id, t)| (leads(*node_id, t), t.status != ResultCode::Pending));
+            match best {
+                Some((_, t)) => out.push(Some(t)),
+                None if every_leader_answered => out.push(None),
+                None => return Err(last),
             }
         }
         Ok(out)

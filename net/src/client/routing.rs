@@ -8,6 +8,7 @@
 //! `exists` the second time, never applies twice.
 
 use super::ClientError;
+use crate::operation::ProtocolError;
 use crate::partition_map::PartitionMap;
 use engine::model::AccountId;
 use engine::ResultCode;
@@ -51,13 +52,28 @@ pub(crate) fn plan(
     (by_node, leaderless)
 }
 
+/// An error after which a request is worth sending again, to the partition's leader of a
+/// fresh map: its node could not be reached or did not answer (the outcome is unknown), it
+/// answers that it does not lead, or it is stopping (a rolling restart: entries it proposed
+/// may still commit under the next leader, so the outcome is unknown too).
+pub(crate) fn leader_may_have_moved(e: &ClientError) -> bool {
+    e.is_transient()
+        || matches!(
+            e,
+            ClientError::Refused {
+                error: ProtocolError::NotLeader | ProtocolError::ShuttingDown,
+                ..
+            }
+        )
+}
+
 /// Routes `items` (owned by the partition of `key(item)`) until every item has an answer
 /// other than `not_leader`, or `ROUTE_ROUNDS_MAX` rounds have passed.
 ///
 /// - An item whose node answered `not_leader`, or whose partition had no leader in the map,
 ///   is sent again after a refresh; if no round finds its leader it ends as `not_leader`.
-/// - An item whose node could not be reached or timed out (it may or may not have applied)
-///   is sent again too; if it has no final answer after the last round, the whole call fails
+/// - An item whose node could not be reached, timed out, or is stopping (it may or may not
+///   have applied) is sent again too; if it has no final answer after the last round, the whole call fails
 ///   with that error, as `Client` does, and the caller retries with the same ids (even when
 ///   later rounds found no leader for it: an item that may have applied never ends as a bare
 ///   `not_leader`).
@@ -91,13 +107,15 @@ pub(crate) async fn route<T: Copy, N: Nodes<T>>(
                 Ok(codes) if codes.len() == positions.len() => {
                     for (&position, code) in positions.iter().zip(codes) {
                         results[position] = code;
-                        if code == ResultCode::NotLeader {
+                        // A stopping leader answers what it proposed but did not apply with
+                        // `shutting_down`: like `not_leader`, ask the next leader.
+                        if code == ResultCode::NotLeader || code == ResultCode::ShuttingDown {
                             again.push(position);
                         }
                     }
                 }
                 Ok(_) => return Err(ClientError::BadReply),
-                Err(e) if e.is_transient() => {
+                Err(e) if leader_may_have_moved(&e) => {
                     for &position in &positions {
                         maybe_applied[position] = true;
                     }
@@ -138,6 +156,9 @@ mod tests {
         refreshes: Cell<u32>,
         /// Node that is unreachable (its sends fail as disconnected).
         down: Cell<Option<u64>>,
+        /// Node that is stopping: it refuses its first send with `shutting_down`, and its
+        /// partitions move to the next node.
+        stopping: Cell<Option<u64>>,
     }
 
     fn map(leaders: &[Option<u64>], term: u64) -> PartitionMap {
@@ -155,6 +176,7 @@ mod tests {
                 sends: Cell::new(0),
                 refreshes: Cell::new(0),
                 down: Cell::new(None),
+                stopping: Cell::new(None),
             }
         }
     }
@@ -171,6 +193,20 @@ mod tests {
             self.sends.set(self.sends.get() + 1);
             if self.down.get() == Some(node) {
                 return Err(ClientError::Disconnected("node down".into()));
+            }
+            if self.stopping.get() == Some(node) {
+                self.stopping.set(None);
+                let mut truth = self.truth.borrow_mut();
+                for p in &mut truth.partitions {
+                    if p.leader == Some(node) {
+                        p.leader = Some(node % 3 + 1);
+                        p.term += 1;
+                    }
+                }
+                return Err(ClientError::Refused {
+                    error: ProtocolError::ShuttingDown,
+                    message: "the node is shutting down".into(),
+                });
             }
             let truth = self.truth.borrow().clone();
             let codes = items
@@ -314,6 +350,19 @@ mod tests {
         let error = run(route(&cluster, &items, |&id| id as AccountId))
             .expect_err("the outcome of partition 1's items is unknown");
         assert!(matches!(error, ClientError::Disconnected(_)), "{error}");
+    }
+
+    #[test]
+    fn a_leader_that_is_stopping_is_failed_over() {
+        // A rolling restart: node 2 refuses with `shutting_down` and hands its partitions on.
+        let leaders = [Some(1), Some(2), Some(3), Some(2)];
+        let cluster = FakeCluster::new(map(&leaders, 1), map(&leaders, 1));
+        cluster.stopping.set(Some(2));
+        let items = ids(100);
+        let results = run(route(&cluster, &items, |&id| id as AccountId)).expect("routes");
+        assert!(results.iter().all(|&c| c == ResultCode::Ok), "{results:?}");
+        assert!(cluster.applied.borrow().values().all(|&n| n == 1));
+        assert_eq!(cluster.applied.borrow().len(), items.len());
     }
 
     #[test]
