@@ -121,6 +121,12 @@ fn history_and_balance_at_through_cli_and_client_survive_a_crash_and_a_clean_res
     let at = middle["timestamp"].as_u64().unwrap().to_string();
     let b = json(&addr, &["balance", "2", "--at", &at]);
     assert_eq!(b["balance"], 750);
+    // The fields `balance ID` promises (../shared/CLI.md), as of then.
+    assert_eq!(
+        b["available"].as_i64().unwrap(),
+        750 - b["floor"].as_i64().unwrap(),
+        "{b}"
+    );
     let pos = middle["position"].as_u64().unwrap().to_string();
     assert_eq!(
         json(&addr, &["balance", "2", "--at-position", &pos])["balance"],

@@ -306,6 +306,17 @@ fn cli_and_client_move_money_and_it_survives_restarts() {
         ok && out.contains("checksums and continuity ok"),
         "{out} {err}"
     );
+    // With --json: one object, every partition in it.
+    let (ok, out, err) = wallet(&addr, &["--json", "log", "verify", "--data-dir", data]);
+    let verified: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+    assert!(ok && verified["ok"] == true, "{verified}");
+    assert!(
+        verified["partitions"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()),
+        "{verified}"
+    );
     let replay = |extra: &[&str]| -> serde_json::Value {
         let mut args = vec!["--json", "audit", "replay", "--data-dir", data];
         args.extend_from_slice(extra);

@@ -23,28 +23,36 @@ pub fn log(action: LogAction, as_json: bool) -> Result<(), String> {
     match action {
         LogAction::Verify { data_dir } => {
             let reports = engine::audit::verify(&data_dir).map_err(|e| e.to_string())?;
-            for r in &reports {
-                let torn = r
-                    .torn_tail
+            let torn_of = |r: &engine::audit::LogReport| {
+                r.torn_tail
                     .as_ref()
-                    .map(|(file, offset)| format!("{file} at offset {offset}"));
-                if as_json {
-                    println!(
-                        "{}",
+                    .map(|(file, offset)| format!("{file} at offset {offset}"))
+            };
+            if as_json {
+                // One object (../shared/CLI.md): a failure is an error exit, so `ok` is true.
+                let partitions: Vec<serde_json::Value> = reports
+                    .iter()
+                    .map(|r| {
                         json!({"partition": r.partition, "segments": r.segments, "records": r.records,
-                               "first_index": r.first_index, "last_index": r.last_index, "torn_tail": torn, "ok": true})
-                    );
-                } else {
-                    println!(
-                        "partition {}: {} records in {} segments (index {}..={}), checksums and continuity ok{}",
-                        r.partition,
-                        r.records,
-                        r.segments,
-                        r.first_index,
-                        r.last_index,
-                        torn.map(|t| format!("; torn tail (cut at next start): {t}")).unwrap_or_default()
-                    );
-                }
+                               "first_index": r.first_index, "last_index": r.last_index,
+                               "torn_tail": torn_of(r)})
+                    })
+                    .collect();
+                println!("{}", json!({"ok": true, "partitions": partitions}));
+                return Ok(());
+            }
+            for r in &reports {
+                println!(
+                    "partition {}: {} records in {} segments (index {}..={}), checksums and continuity ok{}",
+                    r.partition,
+                    r.records,
+                    r.segments,
+                    r.first_index,
+                    r.last_index,
+                    torn_of(r)
+                        .map(|t| format!("; torn tail (cut at next start): {t}"))
+                        .unwrap_or_default()
+                );
             }
             Ok(())
         }

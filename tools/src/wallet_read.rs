@@ -123,18 +123,30 @@ pub fn balance_at(client: &Client, id: u128, at: At, as_json: bool) -> Result<()
         At::Timestamp(t) => ("timestamp", t),
         At::Position(p) => ("position", p),
     };
+    // The floor never changes after creation, so any node's copy of the account gives what
+    // was available then (as `balance ID` reports it now).
+    let floor = client
+        .lookup_accounts_follower(&[id])
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next()
+        .flatten()
+        .ok_or(format!("account {id} not found"))?
+        .floor;
+    let available = b.balance as i128 - floor as i128;
     if as_json {
         println!(
             "{}",
             json!({
                 "id": b.account, "currency": b.currency.code(), "balance": b.balance,
-                "held": b.held, "at": {at_kind: at_value}, "position": b.position,
+                "available": available, "held": b.held, "floor": floor,
+                "at": {at_kind: at_value}, "position": b.position,
                 "timestamp": b.timestamp, "read_position": b.read_position,
             })
         );
     } else {
         println!(
-            "account {} as of {at_kind} {at_value}: {} {} (held {}; last change at timestamp {}, position {})",
+            "account {} as of {at_kind} {at_value}: {} {} (available {available}, held {}; last change at timestamp {}, position {})",
             b.account, b.balance, b.currency, b.held, b.timestamp, b.position
         );
     }
