@@ -39,6 +39,14 @@ pub enum AuditError {
         from: u64,
         first: u64,
     },
+    /// The log's first segment starts later than anything was purged: segments are missing
+    /// from the front (deleted or not copied), which no checksum inside the others shows.
+    #[error("partition {partition}: the log starts at entry {first}, but nothing before entry {expected} was purged: entries {expected}..{first} are missing (a deleted or uncopied segment)")]
+    MissingStart {
+        partition: u32,
+        expected: u64,
+        first: u64,
+    },
     #[error("partition {partition}, log entry {index}: {reason}")]
     Apply {
         partition: u32,
@@ -78,6 +86,16 @@ pub fn verify(data_dir: &Path) -> Result<Vec<LogReport>, AuditError> {
             records += 1;
             Ok(())
         })?;
+        // A local log is never purged (it starts at 1); a Raft log holds everything after
+        // its last purge (a purge deletes whole segments, so it may hold a little before too).
+        let expected = tail.raft_meta.first_unpurged_index();
+        if records > 0 && tail.first_index > expected {
+            return Err(AuditError::MissingStart {
+                partition,
+                expected,
+                first: tail.first_index,
+            });
+        }
         reports.push(LogReport {
             partition,
             segments: tail.segments.len(),
