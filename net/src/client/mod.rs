@@ -225,6 +225,18 @@ impl Client {
         flags: u16,
         body: &[u8],
     ) -> Result<Reply, ClientError> {
+        self.call_retrying(operation, flags, body, self.config.retries)
+            .await
+    }
+
+    /// Sends one request, retrying transient failures up to `retries` times.
+    async fn call_retrying(
+        &self,
+        operation: Operation,
+        flags: u16,
+        body: &[u8],
+        retries: u32,
+    ) -> Result<Reply, ClientError> {
         let mut attempt = 0;
         loop {
             let result = match self.connection() {
@@ -237,7 +249,7 @@ impl Client {
                 Err(e) => Err(e),
             };
             match result {
-                Err(e) if e.is_transient() && attempt < self.config.retries => {
+                Err(e) if e.is_transient() && attempt < retries => {
                     attempt += 1;
                     tracing::debug!(error = %e, attempt, "retrying on a fresh connection");
                     std::thread::sleep(std::time::Duration::from_millis(20 * attempt as u64));
@@ -505,7 +517,11 @@ impl Client {
     ) -> Result<Vec<crate::cluster_admin::PartitionOutcome>, ClientError> {
         let mut body = BytesMut::new();
         crate::cluster_admin::encode_change(&mut body, change);
-        let reply = futures::executor::block_on(self.call(Operation::ClusterChange, &body))?;
+        // Never resent by the client: a membership change may outlast the timeout while it
+        // goes on (a learner catching up), and a second copy would race it. The caller
+        // decides (`wallet cluster` asks each leader again until every partition answered).
+        let reply =
+            futures::executor::block_on(self.call_retrying(Operation::ClusterChange, 0, &body, 0))?;
         crate::cluster_admin::decode_outcomes(&reply.body).map_err(|_| ClientError::BadReply)
     }
 
@@ -521,7 +537,8 @@ impl Client {
     ) -> Result<Vec<crate::cluster_admin::PartitionOutcome>, ClientError> {
         let mut body = BytesMut::new();
         crate::cluster_admin::encode_elect(&mut body, partitions);
-        let reply = futures::executor::block_on(self.call(Operation::ClusterChange, &body))?;
+        let reply =
+            futures::executor::block_on(self.call_retrying(Operation::ClusterChange, 0, &body, 0))?;
         crate::cluster_admin::decode_outcomes(&reply.body).map_err(|_| ClientError::BadReply)
     }
 
