@@ -780,10 +780,16 @@ fn random_garbage_gets_an_error_or_a_close_never_a_hang() {
 /// per-connection limit; the 256 MiB per-core byte limit is far off at 32 x 576 KiB = 18 MiB),
 /// each a 576 KiB body plus two decoded copies (~0.65 MiB each): about 60 MiB. Add 64 queued
 /// replies of 8 KiB, the log writer's pending buffer (at most 32 MiB), glommio I/O memory
-/// (3 MiB): about 100 MiB. 512 MiB leaves ample room for
-/// allocator slack while staying far below what buffering the flood would cost (the flooder
-/// pushes over 300 MiB).
-const FLOOD_RSS_MAX_KIB: u64 = 512 * 1024;
+/// (3 MiB): about 100 MiB (88-91 MiB measured). 256 MiB leaves room for allocator slack, and
+/// the flood goes on until it pushed more than that (`FLOOD_BYTES_MIN`), so a server that
+/// buffered what it was sent could not stay under the bound. (This server reads about 320 MiB
+/// of it, applying the batches, before its unread replies stop it reading.)
+const FLOOD_RSS_MAX_KIB: u64 = 256 * 1024;
+/// The flood lasts until this much was sent (or `FLOOD_TIME_MAX`); less fails the test as too
+/// small to tell.
+const FLOOD_BYTES_MIN: u64 = (FLOOD_RSS_MAX_KIB + 16 * 1024) * 1024;
+const FLOOD_TIME_MAX: Duration = Duration::from_secs(15);
+const FLOOD_TIME_MIN: Duration = Duration::from_secs(3);
 /// Each ping or lookup of the well-behaved client while the flood goes on. Starvation would
 /// last as long as the flood; 5 s leaves room for a machine shared with other test binaries
 /// (3.08 s was seen once with a second full test run beside it).
@@ -832,12 +838,15 @@ fn a_client_that_floods_and_never_reads_starves_no_one() {
     let mut body = BytesMut::new();
     codec::encode_new_transfers(&mut body, &transfers);
     let mut template = frame(Operation::CreateTransfers as u8, 0, &body);
-    let flood_for = Duration::from_secs(3);
     let flood = std::thread::spawn(move || {
-        let deadline = Instant::now() + flood_for;
+        // At least `FLOOD_TIME_MIN`, long enough for the server to stop reading (the unread
+        // replies), and at least `FLOOD_BYTES_MIN`.
+        let started = Instant::now();
         let (mut frames, mut bytes, mut stalls) = (0u64, 0u64, 0u64);
         let mut at = template.len();
-        while Instant::now() < deadline {
+        while started.elapsed() < FLOOD_TIME_MAX
+            && (started.elapsed() < FLOOD_TIME_MIN || bytes < FLOOD_BYTES_MIN)
+        {
             if at == template.len() {
                 frames += 1;
                 template[8..16].copy_from_slice(&(frames + 1).to_le_bytes());
@@ -869,7 +878,11 @@ fn a_client_that_floods_and_never_reads_starves_no_one() {
     let started = Instant::now();
     let (mut probes, mut worst) = (0u32, Duration::ZERO);
     let mut rss_peak = (0u64, 0u64, 0u64);
-    while started.elapsed() < flood_for + Duration::from_secs(2) {
+    let mut flood_ended: Option<Instant> = None;
+    while flood_ended.is_none_or(|ended| ended.elapsed() < Duration::from_secs(2)) {
+        if flood.is_finished() {
+            flood_ended.get_or_insert_with(Instant::now);
+        }
         let t = Instant::now();
         client
             .ping()
@@ -924,8 +937,9 @@ fn a_client_that_floods_and_never_reads_starves_no_one() {
         rss_peak.2 / 1024
     );
     assert!(
-        frames > 0,
-        "the flooding client could not send a single frame"
+        bytes >= FLOOD_BYTES_MIN,
+        "the flood pushed only {} MiB in {FLOOD_TIME_MAX:?}: too little to tell a bounded server from one that buffers it",
+        bytes >> 20
     );
 
     drop(slow);
