@@ -52,8 +52,9 @@ impl HistoryKind {
 pub struct HistoryEntry {
     /// Position of the event (see `position`); unique per account.
     pub position: u64,
-    /// Time of the event (ns): its item's timestamp, or for TC/C steps the time of their log
-    /// entry; never decreasing along positions.
+    /// Time of the event (ns): the time of the item that caused it (a TC/C credit or refund:
+    /// of the message that made it), or for a settle the latest time seen in its log entry;
+    /// never decreasing along positions.
     pub timestamp: u64,
     pub transfer_id: u128,
     /// The other account of the transfer.
@@ -187,7 +188,8 @@ impl AccountHistory {
             }
         } else if self.entries.capacity() == 0 {
             // One allocation per account, at its first change: the ring never grows again (no
-            // copying while it fills, no allocation per transfer).
+            // copying while it fills, no allocation per transfer; growing by doubling cut a
+            // benchmark's throughput by a third, docs/ARCHITECTURE.md).
             self.entries.reserve_exact(max);
         }
         let (before_balance, before_held) = match self.entries.back() {
