@@ -240,6 +240,7 @@ fn replay_partition(
     let [account_bytes, transfer_bytes] = body_bytes_of_kinds(
         &log_dir(&pdir),
         from,
+        until,
         [entry_kind::CREATE_ACCOUNTS, entry_kind::CREATE_TRANSFERS],
     )?;
     state.reserve_accounts(

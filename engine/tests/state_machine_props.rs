@@ -288,10 +288,15 @@ fn replay_through_the_segment_log_reproduces_the_digest() {
     );
     // The sizing hint a replay takes from the headers alone, over several segments.
     let log = log_dir(&partition_dir);
-    let [hint] = body_bytes_of_kinds(&log, 1, [entry_kind::CREATE_TRANSFERS]).unwrap();
+    let [hint] = body_bytes_of_kinds(&log, 1, u64::MAX, [entry_kind::CREATE_TRANSFERS]).unwrap();
     assert_eq!(hint, transfer_body_bytes);
     assert_eq!(
-        body_bytes_of_kinds(&log, u64::MAX, [entry_kind::CREATE_TRANSFERS]).unwrap(),
+        body_bytes_of_kinds(&log, u64::MAX, u64::MAX, [entry_kind::CREATE_TRANSFERS]).unwrap(),
+        [0]
+    );
+    // Nothing stamped at or before time 0: a replay as of then reserves nothing.
+    assert_eq!(
+        body_bytes_of_kinds(&log, 1, 0, [entry_kind::CREATE_TRANSFERS]).unwrap(),
         [0]
     );
     let recovered = recover_partition(&partition_dir, 0, PARTITIONS).unwrap();

@@ -193,12 +193,15 @@ pub fn find_tail(dir: &Path) -> Result<LogTail, LogError> {
 }
 
 /// For each of `kinds`, the sum of the body lengths of its records with an index at or above
-/// `from_index`, read from the headers alone (bodies are neither read nor checked) in one walk:
-/// a sizing hint a replay takes before it starts, then validates every record as it applies
-/// it. The walk of a segment stops quietly at its first bad header.
+/// `from_index` and a timestamp at or before `until_timestamp`, read from the headers alone
+/// (bodies are neither read nor checked) in one walk: a sizing hint a replay takes before it
+/// starts, then validates every record as it applies it. (A record applies at its header's
+/// timestamp or later, so one stamped after `until_timestamp` is not replayed as of it.) The
+/// walk of a segment stops quietly at its first bad header.
 pub fn body_bytes_of_kinds<const N: usize>(
     dir: &Path,
     from_index: u64,
+    until_timestamp: u64,
     kinds: [u16; N],
 ) -> Result<[u64; N], LogError> {
     let mut totals = [0u64; N];
@@ -210,7 +213,7 @@ pub fn body_bytes_of_kinds<const N: usize>(
             let Ok(Some(header)) = decode_header(&bytes[offset..]) else {
                 break;
             };
-            if header.index >= from_index {
+            if header.index >= from_index && header.timestamp <= until_timestamp {
                 if let Some(k) = kinds.iter().position(|k| *k == header.kind) {
                     totals[k] += u64::from(header.body_len);
                 }
