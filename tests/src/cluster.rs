@@ -172,6 +172,25 @@ impl TestCluster {
         Some(dir.join(format!("node{}.log", self.specs[i].node_id)))
     }
 
+    /// Waits until node `i`'s log (the cluster must keep logs) contains `text`, calling
+    /// `between` between looks; panics after `timeout`.
+    pub fn wait_for_log(&self, i: usize, text: &str, timeout: Duration, mut between: impl FnMut()) {
+        let log = self.log_file(i).expect("the cluster keeps logs");
+        let deadline = Instant::now() + timeout;
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(text)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {}: no {text:?} in {} within {timeout:?}",
+                self.specs[i].node_id,
+                log.display()
+            );
+            between();
+        }
+    }
+
     /// `wallet cluster init` as the CLI does it: every node initializes its share of the
     /// partitions (so leaders start spread over the nodes); then waits until every partition
     /// has a leader.

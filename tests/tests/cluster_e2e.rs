@@ -396,20 +396,12 @@ fn a_leader_killed_under_load_is_replaced_and_catches_up_by_snapshot() {
     let load = running.finish();
     assert!(load.acknowledged.len() > 100 * BATCH);
     // The restarted node caught up by a snapshot (the leaders had purged what it missed).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let log = cluster.log_file(victim).expect("the cluster keeps logs");
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("installed a snapshot from the leader")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "node {} never installed a snapshot: {}",
-            victim + 1,
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    cluster.wait_for_log(
+        victim,
+        "installed a snapshot from the leader",
+        Duration::from_secs(30),
+        || std::thread::sleep(Duration::from_millis(200)),
+    );
     let digest = cluster.converged_digest(Duration::from_secs(60));
     check_invariants(&cluster, &load.acknowledged, &load.existing);
     // The checks wrote nothing: the digest is still every node's.
@@ -454,19 +446,12 @@ fn a_follower_with_a_full_disk_catches_up_by_snapshot_once_space_returns() {
 
     // It needs a snapshot larger than it may write: the transfer fails, here and again (the
     // leaders resend it), while the others go on.
-    let log = cluster.log_file(victim).expect("the cluster keeps logs");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("a snapshot transfer to this node failed")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no failed snapshot transfer in {}",
-            log.display()
-        );
-        running.wait_batches(1);
-    }
+    cluster.wait_for_log(
+        victim,
+        "a snapshot transfer to this node failed",
+        Duration::from_secs(60),
+        || running.wait_batches(1),
+    );
     running.wait_batches(20);
 
     // Space returns: the next transfer succeeds and the node catches up.
@@ -478,6 +463,7 @@ fn a_follower_with_a_full_disk_catches_up_by_snapshot_once_space_returns() {
     check_invariants(&cluster, &load.acknowledged, &load.existing);
     assert_eq!(cluster.converged_digest(Duration::from_secs(30)), digest);
     // It caught up by a snapshot installed after the failed transfers.
+    let log = cluster.log_file(victim).expect("the cluster keeps logs");
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let failed = text
         .rfind("a snapshot transfer to this node failed")
