@@ -48,9 +48,10 @@ pub struct Check {
     /// Transfers acknowledged `ok` that the engine does not have as applied (absent, or a
     /// cross-partition transfer found pending or cancelled).
     pub missing_acks: u64,
-    /// Accounts still holding money for a cross-partition transfer once the check gave them
-    /// time to settle (must be 0: a Confirm that never landed leaves its amount held, where
-    /// the sum of balances plus holds alone would not show it).
+    /// Cross-partition transfers not settled once the check gave them 30 s (must be 0: a
+    /// Confirm that never landed leaves its amount held, where the sum of balances plus holds
+    /// alone would not show it). `run` counts the accounts still holding money (what the
+    /// protocol shows); `engine` counts the TC/C transfers still in flight.
     pub unsettled_holds: u64,
 }
 

@@ -462,6 +462,7 @@ fn hash_event(h: &mut xxhash_rust::xxh3::Xxh3, event: &Event) {
                 h.update(&n.to_le_bytes());
             }
             h.update(&a.user_data.to_le_bytes());
+            h.update(&a.timestamp.to_le_bytes());
         }
         Event::AccountRejected { id, code: c } => {
             h.update(&[2]);

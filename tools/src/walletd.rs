@@ -309,6 +309,18 @@ fn run(args: Args) -> Result<(), String> {
 
     let peers = file.peers.clone().unwrap_or_default();
     let node_id = args.node_id.or(file.node_id).unwrap_or(1);
+    // Both go into every partition map this node serves, whose encoding bounds them: checked
+    // before anything starts (a recovery can take minutes).
+    if node_id == net::partition_map::NO_LEADER {
+        return Err(format!("node_id must be below {}", u64::MAX));
+    }
+    check_map_addr(
+        "advertise_addr",
+        args.advertise_addr
+            .as_deref()
+            .or(file.advertise_addr.as_deref())
+            .unwrap_or(&listen.to_string()),
+    )?;
     let replication = match (args.replication, &file.replication) {
         (Some(mode), _) => mode,
         (None, Some(name)) => name.parse()?,
@@ -408,17 +420,6 @@ fn run(args: Args) -> Result<(), String> {
     server_config.cluster_id = file.cluster_id.unwrap_or(0);
     server_config.node_id = node_id;
     server_config.advertise_addr = args.advertise_addr.or(file.advertise_addr);
-    // Both go into every partition map this node serves, whose encoding bounds them.
-    if node_id == net::partition_map::NO_LEADER {
-        return Err(format!("node_id must be below {}", u64::MAX));
-    }
-    check_map_addr(
-        "advertise_addr",
-        server_config
-            .advertise_addr
-            .as_deref()
-            .unwrap_or(&listen.to_string()),
-    )?;
     let link_counters = cluster.as_ref().map(|(link, _)| link.counters.clone());
     server_config.cluster = cluster.map(|(_, setup)| setup);
     // Metrics before the client port: whoever waits for the client port (scripts, tests) then

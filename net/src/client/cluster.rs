@@ -249,55 +249,66 @@ impl ClusterClient {
     /// every partition. Each partition's leader has all of its committed transfers, and no
     /// node shows an uncommitted one, so a transfer found on any node is committed.
     ///
-    /// The nodes are asked at once, and a node that does not answer is skipped while the
-    /// answers still settle every id: a found transfer's answer is taken from the leader of
-    /// its partition when that leader answered (a lagging follower may still show a TC/C as
-    /// `pending` that its leader has decided), else the most final one; an id found nowhere
-    /// is "not found" only if every partition's leader answered, else the call fails.
+    /// The nodes are asked at once. A found transfer's answer is a final one when any node
+    /// has it final (a status never goes back to `pending`, and a lagging follower may still
+    /// show a TC/C as `pending` that its leader decided), else the map's leader's. An id
+    /// found nowhere is "not found" only when every node, or every partition's leader,
+    /// answered; otherwise the map is refreshed and the nodes asked again (bounded rounds, as
+    /// for account lookups), then the call fails with the last error.
     pub async fn lookup_transfers_anywhere_async(
         &self,
         ids: &[u128],
     ) -> Result<Vec<Option<engine::model::TransferLookup>>, ClientError> {
         check_len(ids.len())?;
-        let map = self.map();
-        let asks = map.nodes.iter().map(|node| async move {
-            let found = match self.client(node.node_id) {
-                Ok(client) => client.lookup_transfers_follower_async(ids).await,
-                Err(e) => Err(e),
+        let mut last: Option<ClientError> = None;
+        for round in 0..ROUTE_ROUNDS_MAX {
+            if round > 0 {
+                <ClusterClient as Nodes<NewAccount>>::refresh(self, round).await;
+            }
+            let map = self.map();
+            let asks = map.nodes.iter().map(|node| async move {
+                let found = match self.client(node.node_id) {
+                    Ok(client) => client.lookup_transfers_follower_async(ids).await,
+                    Err(e) => Err(e),
+                };
+                (node.node_id, found)
+            });
+            let mut answered: Vec<(u64, Vec<Option<engine::model::TransferLookup>>)> = Vec::new();
+            for (node_id, found) in futures::future::join_all(asks).await {
+                match found {
+                    Ok(found) if found.len() == ids.len() => answered.push((node_id, found)),
+                    Ok(_) => return Err(ClientError::BadReply),
+                    Err(e) => last = Some(e),
+                }
+            }
+            let every_leader_answered = (0..map.partition_count()).all(|p| {
+                map.leader_of(p)
+                    .is_some_and(|leader| answered.iter().any(|(n, _)| *n == leader.node_id))
+            });
+            let complete = answered.len() == map.nodes.len() || every_leader_answered;
+            let leads = |node_id: u64, t: &engine::model::TransferLookup| {
+                map.leader_of(map.partition_of(t.transfer.from))
+                    .is_some_and(|leader| leader.node_id == node_id)
             };
-            (node.node_id, found)
-        });
-        let mut answered: Vec<(u64, Vec<Option<engine::model::TransferLookup>>)> = Vec::new();
-        let mut last = ClientError::Disconnected("the map lists no node".into());
-        for (node_id, found) in futures::future::join_all(asks).await {
-            match found {
-                Ok(found) if found.len() == ids.len() => answered.push((node_id, found)),
-                Ok(_) => return Err(ClientError::BadReply),
-                Err(e) => last = e,
+            let mut out = Vec::with_capacity(ids.len());
+            for i in 0..ids.len() {
+                let best = answered
+                    .iter()
+                    .filter_map(|(node_id, found)| found[i].map(|t| (*node_id, t)))
+                    .max_by_key(|(node_id, t)| {
+                        (t.status != ResultCode::Pending, leads(*node_id, t))
+                    });
+                out.push(best.map(|(_, t)| t));
+            }
+            if complete || out.iter().all(Option::is_some) {
+                return Ok(out);
             }
         }
-        let leads = |node_id: u64, t: &engine::model::TransferLookup| {
-            map.leader_of(map.partition_of(t.transfer.from))
-                .is_some_and(|leader| leader.node_id == node_id)
-        };
-        let every_leader_answered = (0..map.partition_count()).all(|p| {
-            map.leader_of(p)
-                .is_some_and(|leader| answered.iter().any(|(n, _)| *n == leader.node_id))
-        });
-        let mut out = Vec::with_capacity(ids.len());
-        for i in 0..ids.len() {
-            let found = answered
-                .iter()
-                .filter_map(|(node_id, found)| found[i].map(|t| (*node_id, t)));
-            let best = found
-                .max_by_key(|(node_id, t)| (leads(*node_id, t), t.status != ResultCode::Pending));
-            match best {
-                Some((_, t)) => out.push(Some(t)),
-                None if every_leader_answered => out.push(None),
-                None => return Err(last),
-            }
-        }
-        Ok(out)
+        Err(last.unwrap_or_else(|| {
+            ClientError::Disconnected(
+                "no round heard from every partition's leader (elections running)".into(),
+            )
+        }))
     }
 
     fn routes(&self) -> MutexGuard<'_, Routes> {

@@ -2,9 +2,10 @@
 //!
 //! One `Client` holds a small pool of pipelined connections. Every call has an async form
 //! (`*_async`, usable from any runtime: tokio, glommio, or `futures::executor`) and a blocking
-//! form for plain threads. Calls time out (`timeout_ms`) and are retried on a fresh connection
-//! after a disconnect or timeout: this is safe because accounts and transfers carry
-//! client-chosen ids, so a repeat answers `exists` instead of applying twice.
+//! form for plain threads. Calls time out (`timeout_ms`) and are retried after a disconnect or
+//! timeout (on a fresh connection when the old one died, or heard nothing while the request
+//! waited): this is safe because accounts and transfers carry client-chosen ids, so a repeat
+//! answers `exists` instead of applying twice.
 //!
 //! ```no_run
 //! use net::{Client, ClientConfig};
@@ -517,11 +518,22 @@ impl Client {
     ) -> Result<Vec<crate::cluster_admin::PartitionOutcome>, ClientError> {
         let mut body = BytesMut::new();
         crate::cluster_admin::encode_change(&mut body, change);
-        // Never resent by the client: a membership change may outlast the timeout while it
-        // goes on (a learner catching up), and a second copy would race it. The caller
+        // A membership change is never resent by the client: it may outlast the timeout while
+        // it goes on (a learner catching up), and a second copy would race it; the caller
         // decides (`wallet cluster` asks each leader again until every partition answered).
-        let reply =
-            futures::executor::block_on(self.call_retrying(Operation::ClusterChange, 0, &body, 0))?;
+        // The other actions are harmless to repeat (`init` of an initialized partition
+        // answers `failed`).
+        use crate::cluster_admin::Action;
+        let retries = match change.action {
+            Action::AddNode | Action::RemoveNode => 0,
+            _ => self.config.retries,
+        };
+        let reply = futures::executor::block_on(self.call_retrying(
+            Operation::ClusterChange,
+            0,
+            &body,
+            retries,
+        ))?;
         crate::cluster_admin::decode_outcomes(&reply.body).map_err(|_| ClientError::BadReply)
     }
 
@@ -537,8 +549,7 @@ impl Client {
     ) -> Result<Vec<crate::cluster_admin::PartitionOutcome>, ClientError> {
         let mut body = BytesMut::new();
         crate::cluster_admin::encode_elect(&mut body, partitions);
-        let reply =
-            futures::executor::block_on(self.call_retrying(Operation::ClusterChange, 0, &body, 0))?;
+        let reply = futures::executor::block_on(self.call(Operation::ClusterChange, &body))?;
         crate::cluster_admin::decode_outcomes(&reply.body).map_err(|_| ClientError::BadReply)
     }
 
