@@ -16,7 +16,7 @@ use crate::log::{
 use crate::model::Transfer;
 use crate::recovery::{log_dir, partition_dir, snapshot_dir};
 use crate::result_code::ResultCode;
-use crate::snapshot::{list_snapshots, load_snapshot};
+use crate::snapshot::{list_snapshots, load_snapshot, snapshot_timestamp};
 use crate::state_machine::{ApplyOutput, PartitionState};
 use memmap2::Mmap;
 use std::cell::Cell;
@@ -225,11 +225,24 @@ fn replay_partition(
     let mut state = PartitionState::new(partition, count);
     if !from_genesis {
         for (_, path) in list_snapshots(&snapshot_dir(&pdir))?.into_iter().rev() {
-            if let Ok(loaded) = load_snapshot(&path) {
-                if loaded.state.last_timestamp() <= until && loaded.state.partition_count() == count
+            // The header says when it was taken: a snapshot after `until` is not loaded (it
+            // may be gigabytes) just to learn that.
+            if snapshot_timestamp(&path).is_some_and(|t| t > until) {
+                continue;
+            }
+            match load_snapshot(&path) {
+                Ok(loaded)
+                    if loaded.state.last_timestamp() <= until
+                        && loaded.state.partition_count() == count
+                        && loaded.state.partition() == partition =>
                 {
                     state = loaded.state;
                     break;
+                }
+                Ok(_) => {}
+                // An older snapshot (or genesis) gives the same answer, only slower.
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "skipping a snapshot that does not load")
                 }
             }
         }
