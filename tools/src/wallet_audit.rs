@@ -63,12 +63,23 @@ pub fn log(action: LogAction, as_json: bool) -> Result<(), String> {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let mut failure: Option<String> = None;
+            // Per partition: the last item time used, so that each entry prints the time the
+            // state machine applies it at (a Raft leader's stamp may be clamped above).
+            let mut last_used: std::collections::HashMap<u32, u64> = Default::default();
             engine::audit::visit_records(&data_dir, |p, record| {
                 if failure.is_some() || partition.is_some_and(|only| only != p) {
                     return;
                 }
-                if let Err(e) = dump_record(&mut out, p, record, as_json) {
-                    failure = Some(e);
+                let last = last_used.entry(p).or_insert(0);
+                let applied_at = if entry_kind::is_raft(record.header.kind) {
+                    0
+                } else {
+                    record.header.timestamp.max(*last + 1)
+                };
+                match dump_record(&mut out, p, record, applied_at, as_json) {
+                    Ok(items) if applied_at > 0 => *last = applied_at + items.max(1) as u64 - 1,
+                    Ok(_) => {}
+                    Err(e) => failure = Some(e),
                 }
             })
             .map_err(|e| e.to_string())?;
@@ -78,12 +89,17 @@ pub fn log(action: LogAction, as_json: bool) -> Result<(), String> {
     }
 }
 
+/// Prints one record, item by item at `applied_at + i` (the time the state machine applies item
+/// `i` at: the entry's stamp, or just above the previous entry's last item); returns how many
+/// items it holds. (A dump of a log purged after a snapshot starts without the snapshot's last
+/// time, so its first entries show their stamps.)
 fn dump_record(
     out: &mut impl Write,
     partition: u32,
     r: &RecordRef<'_>,
+    applied_at: u64,
     as_json: bool,
-) -> Result<(), String> {
+) -> Result<usize, String> {
     let h = &r.header;
     let mut line = |value: serde_json::Value, text: String| -> Result<(), String> {
         if as_json {
@@ -93,11 +109,11 @@ fn dump_record(
         }
         .map_err(|e| e.to_string())
     };
-    let at = format!("p{partition} #{} t={} ts={}", h.index, h.term, h.timestamp);
+    let at = format!("p{partition} #{} t={} ts={applied_at}", h.index, h.term);
     let bad = |e: rkyv::rancor::Error| {
         format!("partition {partition}, entry {}: bad archive: {e}", h.index)
     };
-    match h.kind {
+    let count = match h.kind {
         entry_kind::CREATE_ACCOUNTS => {
             let items =
                 rkyv::access::<ArchivedVec<ArchivedNewAccount>, rkyv::rancor::Error>(r.body)
@@ -110,11 +126,12 @@ fn dump_record(
                     a.flags.to_native(),
                 );
                 line(
-                    json!({"partition": partition, "index": h.index, "item": i, "timestamp": h.timestamp + i as u64,
+                    json!({"partition": partition, "index": h.index, "item": i, "timestamp": applied_at + i as u64,
                            "kind": "create_account", "id": id, "currency": currency.code(), "floor": floor, "flags": flags}),
                     format!("{at} create_account id={id} {currency} floor={floor} flags={flags}"),
                 )?;
             }
+            items.len()
         }
         entry_kind::CREATE_TRANSFERS => {
             let items =
@@ -129,11 +146,12 @@ fn dump_record(
                     t.currency.to_native(),
                 );
                 line(
-                    json!({"partition": partition, "index": h.index, "item": i, "timestamp": h.timestamp + i as u64,
+                    json!({"partition": partition, "index": h.index, "item": i, "timestamp": applied_at + i as u64,
                            "kind": "transfer", "id": id, "from": from, "to": to, "amount": amount, "currency": currency.code()}),
                     format!("{at} transfer id={id} {from}->{to} {amount} {currency}"),
                 )?;
             }
+            items.len()
         }
         entry_kind::TCC_MESSAGES => {
             let items =
@@ -143,7 +161,7 @@ fn dump_record(
                 let m = m.to_native();
                 let kind = tcc_kind_name(m.kind);
                 line(
-                    json!({"partition": partition, "index": h.index, "item": i, "timestamp": h.timestamp + i as u64,
+                    json!({"partition": partition, "index": h.index, "item": i, "timestamp": applied_at + i as u64,
                            "kind": format!("tcc_{kind}"), "id": m.id, "from": m.from, "to": m.to, "amount": m.amount,
                            "source": m.source, "code": engine::ResultCode::from_u8(m.code).map(|c| c.name())}),
                     format!(
@@ -152,11 +170,15 @@ fn dump_record(
                     ),
                 )?;
             }
+            items.len()
         }
-        entry_kind::BLANK => line(
-            json!({"partition": partition, "index": h.index, "kind": "raft_blank"}),
-            format!("{at} raft blank"),
-        )?,
+        entry_kind::BLANK => {
+            line(
+                json!({"partition": partition, "index": h.index, "kind": "raft_blank"}),
+                format!("{at} raft blank"),
+            )?;
+            0
+        }
         entry_kind::MEMBERSHIP => {
             let membership = engine::raft::membership::decode_membership(r.body)
                 .map_err(|e| format!("partition {partition}, entry {}: {e}", h.index))?;
@@ -170,14 +192,18 @@ fn dump_record(
                 json!({"partition": partition, "index": h.index, "kind": "raft_membership",
                        "voters": configs, "nodes": nodes}),
                 format!("{at} raft membership voters={configs:?} nodes={nodes:?}"),
-            )?
+            )?;
+            0
         }
-        other => line(
-            json!({"partition": partition, "index": h.index, "timestamp": h.timestamp, "kind": other, "bytes": r.body.len()}),
-            format!("{at} kind={other} ({} bytes)", r.body.len()),
-        )?,
-    }
-    Ok(())
+        other => {
+            line(
+                json!({"partition": partition, "index": h.index, "timestamp": h.timestamp, "kind": other, "bytes": r.body.len()}),
+                format!("{at} kind={other} ({} bytes)", r.body.len()),
+            )?;
+            0
+        }
+    };
+    Ok(count)
 }
 
 fn tcc_kind_name(kind: u8) -> &'static str {
