@@ -29,13 +29,15 @@ fn accounts() -> Vec<(u128, Vec<u128>)> {
         .collect()
 }
 
-/// Deposits, then random transfers within and across the partitions (ids from `first_id`).
-fn write_batches(addr: &str, first_id: u128, batches: usize, seed: u64) {
+/// Deposits, then random transfers within and across the partitions (ids from `first_id`);
+/// returns the transfers answered `ok`.
+fn write_batches(addr: &str, first_id: u128, batches: usize, seed: u64) -> Vec<NewTransfer> {
     let client = Client::connect(ClientConfig::new(addr)).unwrap();
     let accounts = accounts();
     let all: Vec<u128> = accounts.iter().flat_map(|(_, w)| w.clone()).collect();
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut id = first_id;
+    let mut acked = Vec::new();
     for _ in 0..batches {
         let transfers: Vec<NewTransfer> = (0..rng.usize(1..20))
             .map(|_| {
@@ -55,8 +57,16 @@ fn write_batches(addr: &str, first_id: u128, batches: usize, seed: u64) {
                 }
             })
             .collect();
-        client.create_transfers(&transfers).unwrap();
+        let codes = client.create_transfers(&transfers).unwrap();
+        acked.extend(
+            transfers
+                .iter()
+                .zip(codes)
+                .filter(|(_, code)| *code == ResultCode::Ok)
+                .map(|(t, _)| *t),
+        );
     }
+    acked
 }
 
 type Seen = BTreeMap<u32, Vec<ChangeEvent>>;
@@ -122,7 +132,7 @@ fn a_resuming_subscriber_sees_every_change_exactly_once() {
         read(&mut sub, &mut seen, 7 + round, Duration::from_millis(50)).unwrap();
         sub = resume(&config, &sub); // the old connection is dropped: a disconnect
     }
-    writer.join().unwrap();
+    let mut acked = writer.join().unwrap();
 
     // Everything so far, as one uninterrupted subscription from the start sees it.
     while read(&mut sub, &mut seen, usize::MAX, idle).unwrap() > 0 {}
@@ -152,7 +162,7 @@ fn a_resuming_subscriber_sees_every_change_exactly_once() {
         read(&mut sub, &mut seen, 11 + round, Duration::from_millis(50)).unwrap();
         sub = resume(&config, &sub);
     }
-    writer.join().unwrap();
+    acked.extend(writer.join().unwrap());
     // Drain: until nothing comes for a while (TC/C steps settle meanwhile).
     while read(&mut sub, &mut seen, usize::MAX, idle).unwrap() > 0 {}
 
@@ -169,6 +179,24 @@ fn a_resuming_subscriber_sees_every_change_exactly_once() {
         );
     }
     assert_eq!(seen, reference, "every change exactly once, in order");
+    // And the reference is complete: every transfer answered `ok` is in it once, as the
+    // change that moved the money to its destination (a local transfer, or a TC/C credit in
+    // the destination's partition). Compared with the client's answers, not the server's
+    // own stream, so a change the server lost would show here.
+    for t in &acked {
+        let to = partition_of(t.to, 2);
+        let kind = if partition_of(t.from, 2) == to {
+            engine::read_model::HistoryKind::Transfer
+        } else {
+            engine::read_model::HistoryKind::TccCredit
+        };
+        let found = reference[&to]
+            .iter()
+            .filter(|c| c.transfer_id == t.id && c.kind == kind)
+            .count();
+        assert_eq!(found, 1, "transfer {} ({kind:?}) in the changes", t.id);
+    }
+    assert!(acked.len() > 300, "{} transfers answered ok", acked.len());
     assert!(
         reference
             .values()
