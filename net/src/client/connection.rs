@@ -377,7 +377,7 @@ fn read_full<R: Read>(
                 if !alive.load(Ordering::Acquire) {
                     return Err(std::io::ErrorKind::NotConnected.into());
                 }
-                expire(pending, reaper)?;
+                expire(pending, reaper, alive)?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -391,19 +391,27 @@ fn read_full<R: Read>(
 /// is taken for dead (a host that vanished without a reset looks alive to TCP for many
 /// minutes): the error ends the reader, which fails the other requests as disconnected, and
 /// the client opens a fresh connection for its retries.
-fn expire(pending: &Mutex<HashMap<u64, Waiter>>, reaper: &mut Reaper) -> std::io::Result<()> {
+fn expire(
+    pending: &Mutex<HashMap<u64, Waiter>>,
+    reaper: &mut Reaper,
+    alive: &AtomicBool,
+) -> std::io::Result<()> {
     let now = Instant::now();
     reaper.expired_at = now;
     let mut silent_ms = None;
     if let Ok(mut p) = pending.lock() {
-        let overdue: Vec<u64> = p
+        let overdue: Vec<(u64, u64)> = p
             .iter()
             .filter(|(_, w)| w.deadline <= now)
-            .map(|(id, _)| *id)
+            .map(|(id, w)| (*id, w.deadline.duration_since(w.sent).as_millis() as u64))
             .collect();
-        for id in overdue {
+        // Dead before anyone hears of the timeout: a caller that retries at once must find
+        // the connection gone (and open a fresh one), not send into it as the reader stops.
+        if overdue.iter().any(|(id, _)| p[id].sent > reaper.last_byte) {
+            alive.store(false, Ordering::Release);
+        }
+        for (id, waited_ms) in overdue {
             if let Some(w) = p.remove(&id) {
-                let waited_ms = w.deadline.duration_since(w.sent).as_millis() as u64;
                 if reaper.last_byte < w.sent {
                     silent_ms = Some(waited_ms);
                 }
@@ -437,7 +445,7 @@ fn read_loop<R: Read>(
     };
     let reason = loop {
         if reaper.expired_at.elapsed() >= Duration::from_millis(REAPER_TICK_MS) {
-            if let Err(e) = expire(&pending, &mut reaper) {
+            if let Err(e) = expire(&pending, &mut reaper, &alive) {
                 break e.to_string();
             }
         }
