@@ -59,7 +59,19 @@ impl ServerProcess {
             log_file: None,
             child: None,
         };
-        server.launch();
+        // The port was free when `free_port` checked it, but something may take it before
+        // walletd binds it (seen once in CI: "Address already in use"): the harness picked it,
+        // so it picks another. A walletd that fails for any other reason fails three times.
+        for attempt in 1.. {
+            match server.try_launch() {
+                Ok(()) => break,
+                Err(e) if attempt < 3 => {
+                    eprintln!("{e}; starting again on another port");
+                    server.addr = format!("127.0.0.1:{}", free_port());
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
         server
     }
 
@@ -129,6 +141,13 @@ impl ServerProcess {
     }
 
     fn launch(&mut self) {
+        if let Err(e) = self.try_launch() {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts the process and waits until it answers; `Err` if it exited during start-up.
+    fn try_launch(&mut self) -> Result<(), String> {
         let stderr = match &self.log_file {
             Some(path) => Stdio::from(
                 std::fs::OpenOptions::new()
@@ -181,7 +200,8 @@ impl ServerProcess {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("walletd exited during start-up: {status}");
+                self.child = None;
+                return Err(format!("walletd exited during start-up: {status}"));
             }
             assert!(
                 Instant::now() < deadline,
@@ -190,6 +210,7 @@ impl ServerProcess {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {
