@@ -101,6 +101,17 @@ pub fn batch(first_id: u128, size: usize, seed: u64) -> Vec<NewTransfer> {
         .collect()
 }
 
+/// A randomized test's seed: from the environment variable `var` when set (to replay a run),
+/// else fresh; printed as `VAR=seed` so a failure can be replayed.
+pub fn seed_from_env(var: &str) -> u64 {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("{var}={seed}");
+    seed
+}
+
 /// Runs a command-line binary (the `wallet` CLI in the tests) with `args`; returns whether it
 /// exited 0, and its stdout and stderr, trimmed.
 pub fn run_cli(binary: &str, args: &[&str]) -> (bool, String, String) {

@@ -343,12 +343,7 @@ fn change(action: Action, node_id: u64) -> ClusterChange {
 }
 
 fn seed() -> u64 {
-    let seed = std::env::var("WALLETD_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    eprintln!("seed {seed} (WALLETD_TEST_SEED={seed} repeats it)");
-    seed
+    walletd_tests::seed_from_env("WALLETD_TEST_SEED")
 }
 
 #[test]

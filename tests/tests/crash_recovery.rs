@@ -63,11 +63,7 @@ fn run_and_kill(dir: &Path, first_id: u128, seed: u64, kill_after_ms: u64) -> Ve
 
 #[test]
 fn sigkill_at_random_points_loses_nothing_acknowledged() {
-    let seed: u64 = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("CRASH_SEED={seed}");
+    let seed = walletd_tests::seed_from_env("CRASH_SEED");
     let mut rng = fastrand::Rng::with_seed(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut all_acked: Vec<(u128, usize)> = Vec::new();

@@ -663,11 +663,7 @@ struct GarbageOutcomes {
 
 #[test]
 fn random_garbage_gets_an_error_or_a_close_never_a_hang() {
-    let seed: u64 = std::env::var("HOSTILE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("HOSTILE_SEED={seed}");
+    let seed = walletd_tests::seed_from_env("HOSTILE_SEED");
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut server = Server::start();
     let mut outcomes = GarbageOutcomes::default();

@@ -15,25 +15,32 @@ fn all_ok(codes: &[ResultCode]) -> bool {
     codes.iter().all(|c| *c == ResultCode::Ok)
 }
 
-#[test]
-fn walletd_in_raft_mode_keeps_every_acknowledged_transfer_across_a_crash() {
-    let dir = tempfile::tempdir().unwrap();
+/// A `walletd --replication raft` on cores 0 and 1 with `PARTITIONS` partitions (plus
+/// `extra` arguments), its accounts created and funded.
+fn funded_raft_node(dir: &std::path::Path, extra: &[&str]) -> ServerProcess {
     let partitions = PARTITIONS.to_string();
-    let metrics = format!("127.0.0.1:{}", walletd_tests::server_process::free_port());
-    let args = [
+    let mut args = vec![
         "--replication",
         "raft",
         "--partitions",
         &partitions,
         "--cores",
         "0,1",
-        "--metrics-listen",
-        &metrics,
     ];
-    let mut server = ServerProcess::start(std::path::Path::new(WALLETD), dir.path(), &args);
+    args.extend_from_slice(extra);
+    let server = ServerProcess::start(std::path::Path::new(WALLETD), dir, &args);
     let client = Client::connect(ClientConfig::new(server.addr.clone())).unwrap();
     assert!(all_ok(&client.create_accounts(&creations()).unwrap()));
     assert!(all_ok(&client.create_transfers(&funding()).unwrap()));
+    server
+}
+
+#[test]
+fn walletd_in_raft_mode_keeps_every_acknowledged_transfer_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", walletd_tests::server_process::free_port());
+    let mut server = funded_raft_node(dir.path(), &["--metrics-listen", &metrics]);
+    let client = Client::connect(ClientConfig::new(server.addr.clone())).unwrap();
     let mut sent = Vec::new();
     for n in 0..20u64 {
         let transfers = batch(1_000 + u128::from(n) * 100, 100, n + 1);
@@ -132,26 +139,9 @@ fn a_sigkill_under_load_in_raft_mode_loses_nothing_acknowledged() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
-    let seed: u64 = std::env::var("RAFT_E2E_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("RAFT_E2E_SEED={seed}");
+    let seed = walletd_tests::seed_from_env("RAFT_E2E_SEED");
     let dir = tempfile::tempdir().unwrap();
-    let partitions = PARTITIONS.to_string();
-    let args = [
-        "--replication",
-        "raft",
-        "--partitions",
-        &partitions,
-        "--cores",
-        "0,1",
-    ];
-    let mut server = ServerProcess::start(std::path::Path::new(WALLETD), dir.path(), &args);
-    let client = Client::connect(ClientConfig::new(server.addr.clone())).unwrap();
-    assert!(all_ok(&client.create_accounts(&creations()).unwrap()));
-    assert!(all_ok(&client.create_transfers(&funding()).unwrap()));
-    drop(client);
+    let mut server = funded_raft_node(dir.path(), &[]);
 
     let acked: Arc<Mutex<Vec<u128>>> = Arc::default();
     let killing = Arc::new(AtomicBool::new(false));

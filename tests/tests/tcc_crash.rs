@@ -22,11 +22,7 @@ fn eur() -> Currency {
 
 #[test]
 fn sigkill_during_cross_partition_transfers_leaves_no_hold() {
-    let seed: u64 = std::env::var("TCC_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("TCC_CRASH_SEED={seed}");
+    let seed = walletd_tests::seed_from_env("TCC_CRASH_SEED");
     let mut rng = fastrand::Rng::with_seed(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(
