@@ -400,22 +400,27 @@ fn expire(
     reaper.expired_at = now;
     let mut silent_ms = None;
     if let Ok(mut p) = pending.lock() {
-        let overdue: Vec<(u64, u64)> = p
+        let overdue: Vec<u64> = p
             .iter()
             .filter(|(_, w)| w.deadline <= now)
-            .map(|(id, w)| (*id, w.deadline.duration_since(w.sent).as_millis() as u64))
+            .map(|(id, _)| *id)
             .collect();
+        let waited_ms = |w: &Waiter| w.deadline.duration_since(w.sent).as_millis() as u64;
+        silent_ms = overdue
+            .iter()
+            .map(|id| &p[id])
+            .filter(|w| w.sent > reaper.last_byte)
+            .map(waited_ms)
+            .max();
         // Dead before anyone hears of the timeout: a caller that retries at once must find
         // the connection gone (and open a fresh one), not send into it as the reader stops.
-        if overdue.iter().any(|(id, _)| p[id].sent > reaper.last_byte) {
+        if silent_ms.is_some() {
             alive.store(false, Ordering::Release);
         }
-        for (id, waited_ms) in overdue {
+        for id in overdue {
             if let Some(w) = p.remove(&id) {
-                if reaper.last_byte < w.sent {
-                    silent_ms = Some(waited_ms);
-                }
-                let _ = w.tx.send(Err(ClientError::Timeout(waited_ms)));
+                let waited = waited_ms(&w);
+                let _ = w.tx.send(Err(ClientError::Timeout(waited)));
             }
         }
     }
