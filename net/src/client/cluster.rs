@@ -202,7 +202,7 @@ impl ClusterClient {
         let mut last = ClientError::Disconnected("no round ran".into());
         for round in 0..ROUTE_ROUNDS_MAX {
             if round > 0 {
-                <ClusterClient as Nodes<NewAccount>>::refresh(self, round).await;
+                self.refresh_after_pause(round).await;
             }
             let map = self.map();
             let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
@@ -263,7 +263,7 @@ impl ClusterClient {
         let mut last: Option<ClientError> = None;
         for round in 0..ROUTE_ROUNDS_MAX {
             if round > 0 {
-                <ClusterClient as Nodes<NewAccount>>::refresh(self, round).await;
+                self.refresh_after_pause(round).await;
             }
             let map = self.map();
             let asks = map.nodes.iter().map(|node| async move {
@@ -309,6 +309,18 @@ impl ClusterClient {
                 "no round heard from every partition's leader (elections running)".into(),
             )
         }))
+    }
+
+    /// Before the `round`-th attempt of a routed call or a lookup: a pause growing with the
+    /// round, then a map refresh (on failure the old map stays).
+    async fn refresh_after_pause(&self, round: u32) {
+        let pause_ms = (REFRESH_BACKOFF_MS * round as u64).min(REFRESH_BACKOFF_MAX_MS);
+        // Blocking, like `Client`'s own retry pause: the client library runs on any executor
+        // and has no timer of its own.
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        if let Err(e) = self.refresh_async().await {
+            tracing::debug!(error = %e, round, "partition map refresh failed; routing by the old one");
+        }
     }
 
     fn routes(&self) -> MutexGuard<'_, Routes> {
@@ -359,13 +371,7 @@ impl<T: Copy + Routed> Nodes<T> for ClusterClient {
     }
 
     async fn refresh(&self, round: u32) {
-        let pause_ms = (REFRESH_BACKOFF_MS * round as u64).min(REFRESH_BACKOFF_MAX_MS);
-        // Blocking, like `Client`'s own retry pause: the client library runs on any executor
-        // and has no timer of its own.
-        std::thread::sleep(Duration::from_millis(pause_ms));
-        if let Err(e) = ClusterClient::refresh_async(self).await {
-            tracing::debug!(error = %e, round, "partition map refresh failed; routing by the old one");
-        }
+        self.refresh_after_pause(round).await;
     }
 
     async fn send(&self, node_id: u64, items: Vec<T>) -> Result<Vec<ResultCode>, ClientError> {
