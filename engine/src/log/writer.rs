@@ -7,7 +7,9 @@
 //! once its data (and the metadata needed to read it back) is on stable storage: one I/O
 //! instead of a write followed by an `fdatasync`, and the caller can keep the CPU busy (apply
 //! the entries) while that single I/O is in flight. Segments are preallocated to their fixed
-//! size, so a full disk shows up when a segment is created, not in the middle of a write.
+//! size, so a full disk shows up when a segment is created, not in the middle of a write, and a
+//! background task writes zeros just ahead of the records (`zero_ahead.rs`), so that each
+//! record write is a plain overwrite of written blocks (fast, nothing for the journal).
 //!
 //! Two kinds of failure:
 //! - **Out of space** (ENOSPC, or EFBIG from `RLIMIT_FSIZE`, when preallocating or writing): the
@@ -30,6 +32,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod purge;
+mod zero_ahead;
+
+use zero_ahead::ZeroAhead;
 
 /// O_DIRECT writes are whole, aligned blocks.
 const BLOCK_BYTES: u64 = 4096;
@@ -71,6 +76,8 @@ pub struct LogWriter {
     segments: Vec<SegmentInfo>,
     /// The segment being appended to (`None` before the first record of an empty log).
     active: Option<DmaFile>,
+    /// The background task writing zeros ahead of the records in `active` (`zero_ahead.rs`).
+    zero_ahead: Option<ZeroAhead>,
     /// Bytes written (and durable) in the active segment.
     active_end: u64,
     /// The bytes of the active segment's last, partial block: rewritten with the next write.
@@ -126,6 +133,7 @@ impl LogWriter {
             options,
             segments: start.segments,
             active: None,
+            zero_ahead: None,
             active_end: 0,
             tail_block: Vec::new(),
             pending: Vec::new(),
@@ -152,6 +160,11 @@ impl LogWriter {
             writer.active_end = tail.end_offset;
             writer.tail_block = read_tail_block(&last.path, tail.end_offset)?;
             writer.active = Some(file);
+            writer.zero_ahead = Some(ZeroAhead::start(
+                last.path.clone(),
+                tail.end_offset,
+                writer.options.segment_bytes,
+            ));
         }
         Ok(writer)
     }
@@ -333,6 +346,9 @@ impl LogWriter {
                 return Err(LogError::io(&path, injected(libc::ENOSPC)));
             }
         }
+        if let Some(zero_ahead) = &self.zero_ahead {
+            zero_ahead.before_write(start, start + len as u64).await;
+        }
         let mut buffer = file.alloc_dma_buffer(len);
         fill_image(buffer.as_bytes_mut(), 0, &self.tail_block, bytes);
         let mut written = file
@@ -386,11 +402,7 @@ impl LogWriter {
 
     /// Creates, preallocates and syncs a new segment (and its directory entry).
     async fn open_segment(&mut self, first_index: u64) -> Result<(), LogError> {
-        if let Some(old) = self.active.take() {
-            old.close()
-                .await
-                .map_err(|e| LogError::glommio(self.active_path(), e))?;
-        }
+        self.close_active().await?;
         let path = segment_path(&self.dir, first_index);
         let file = OpenOptions::new()
             .read(true)
@@ -425,6 +437,11 @@ impl LogWriter {
             .await
             .map_err(|e| LogError::glommio(&path, e))?;
         sync_dir(&self.dir)?;
+        self.zero_ahead = Some(ZeroAhead::start(
+            path.clone(),
+            0,
+            self.options.segment_bytes,
+        ));
         self.segments.push(SegmentInfo { first_index, path });
         self.active = Some(file);
         self.active_end = 0;
@@ -557,8 +574,12 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Closes the active segment (if one is open); appends need `reopen` afterwards.
+    /// Closes the active segment (if one is open) after its zeroing task stopped; appends
+    /// need `reopen` or a new segment afterwards.
     async fn close_active(&mut self) -> Result<(), LogError> {
+        if let Some(zero_ahead) = self.zero_ahead.take() {
+            zero_ahead.stop().await;
+        }
         if let Some(active) = self.active.take() {
             active
                 .close()
