@@ -180,6 +180,11 @@ impl Node {
         partition_of(account, self.config.partitions)
     }
 
+    /// The CPU core whose shard runs `partition` (partitions are dealt to `cores` in turn).
+    pub fn core_of(&self, partition: PartitionId) -> usize {
+        self.config.cores[partition as usize % self.config.cores.len()]
+    }
+
     /// Sends a batch to `partition` and waits (asynchronously) for its durable reply. Waits for
     /// queue space when the queue is full.
     pub async fn submit(

@@ -128,6 +128,14 @@ impl Node {
         items: usize,
         batches: impl Iterator<Item = (PartitionId, CommandBatch, Vec<usize>)>,
     ) -> Result<Vec<ResultCode>, SubmitError> {
+        // The partitions run by this thread's core go last. Handing a batch to a shard wakes
+        // it, and a shard woken on this core takes the core from this thread at once: it
+        // applies its batch, answers, feeds its read model, and only then does this thread get
+        // to hand the other partitions theirs (measured: 2.5 ms late, a quarter of the slowest
+        // batches at 500,000 transfers/s). Shards on other cores start at once either way.
+        let here = current_core();
+        let mut batches: Vec<_> = batches.collect();
+        batches.sort_by_key(|(partition, _, _)| Some(self.core_of(*partition)) == here);
         let mut positions = Vec::new();
         let mut pending = Vec::new();
         for (partition, batch, at) in batches {
@@ -145,4 +153,12 @@ impl Node {
         self.results().record(&results);
         Ok(results)
     }
+}
+
+/// The CPU this thread runs on now (`None` if the kernel does not say). Network executors are
+/// pinned, so for them it is their core.
+fn current_core() -> Option<usize> {
+    // SAFETY: sched_getcpu takes no arguments and touches no memory of ours.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).ok()
 }
