@@ -222,10 +222,11 @@ fn queue_job(job: Job) -> bool {
     true
 }
 
-/// Populate jobs queued or running.
+/// Jobs (populate, or `vec_in_background`) queued or running.
 static JOBS_PENDING: AtomicUsize = AtomicUsize::new(0);
 
-/// Waits until every queued range is resident, or `timeout` passes; true if it is all done.
+/// Waits until every queued range is resident (and every `vec_in_background` made), or
+/// `timeout` passes; true if it is all done.
 /// A benchmark calls this after its setup so that the measured run starts from steady state
 /// (the one-time cost of zeroing the reserved memory is reported as setup).
 pub fn wait_until_resident(timeout: Duration) -> bool {
@@ -270,7 +271,12 @@ fn prefault_thread() -> Option<&'static SyncSender<Job>> {
                         Job::Populate(range) => {
                             populate(range);
                         }
-                        Job::Run(make) => make(),
+                        Job::Run(make) => {
+                            // A job that panics (an allocation too big) must not take the
+                            // thread, and every later prefault, with it; its caller sees
+                            // nothing arrive and makes the memory itself.
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(make));
+                        }
                     }
                     JOBS_PENDING.fetch_sub(1, Ordering::SeqCst);
                 }

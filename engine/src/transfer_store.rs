@@ -148,7 +148,7 @@ impl TransferStore {
         // a host fault: ~9 ms of CPU per chunk on the project's VM). Made here when this one is
         // full, its pages were faulted in by the shard itself, inside a group commit: one in 16
         // took 5-15 ms instead of 1 at 500,000 transfers/s.
-        if self.open.len() == CHUNK_RECORDS / 2 {
+        if self.open.len() == CHUNK_RECORDS / 2 && self.mapped.is_none() {
             self.spare.request();
         }
         if self.open.len() == CHUNK_RECORDS {
@@ -218,19 +218,29 @@ fn record_at<'a>(
 
 /// The next chunk, being made on the prefault thread.
 #[derive(Default)]
-struct SpareChunk(Option<std::sync::mpsc::Receiver<Vec<Transfer>>>);
+struct SpareChunk {
+    made: Option<std::sync::mpsc::Receiver<Vec<Transfer>>>,
+    /// Chunks that came from here (for tests).
+    taken: u64,
+}
 
 impl SpareChunk {
     fn request(&mut self) {
-        if self.0.is_none() {
-            self.0 = prefault::vec_in_background(CHUNK_RECORDS);
+        if self.made.is_none() {
+            self.made = prefault::vec_in_background(CHUNK_RECORDS);
         }
     }
 
-    /// The chunk if it is ready (`None`: never asked for, or not made yet).
+    /// The chunk if it is ready (`None`: never asked for, or not made yet; one not made yet
+    /// is kept coming, for the chunk after).
     fn take(&mut self) -> Option<Vec<Transfer>> {
-        let chunk = self.0.take()?.try_recv().ok()?;
+        let made = self.made.as_ref()?.try_recv();
+        if !matches!(made, Err(std::sync::mpsc::TryRecvError::Empty)) {
+            self.made = None;
+        }
+        let chunk = made.ok()?;
         assert!(chunk.is_empty() && chunk.capacity() >= CHUNK_RECORDS);
+        self.taken += 1;
         Some(chunk)
     }
 }
@@ -238,7 +248,7 @@ impl SpareChunk {
 impl Clone for SpareChunk {
     /// A copy of the store makes its own next chunk.
     fn clone(&self) -> SpareChunk {
-        SpareChunk(None)
+        SpareChunk::default()
     }
 }
 
@@ -275,19 +285,24 @@ mod tests {
         let total = 3 * CHUNK_RECORDS as u64 + 5;
         let mut store = TransferStore::with_capacity(total as usize);
         for n in 0..total {
-            if n == CHUNK_RECORDS as u64 - 1 {
-                // The spare was asked for halfway through the first chunk: let it arrive.
+            if n == CHUNK_RECORDS as u64 - 1 || n == 2 * CHUNK_RECORDS as u64 - 1 {
+                // The spare was asked for halfway through this chunk: let it arrive.
                 assert!(prefault::wait_until_resident(
                     std::time::Duration::from_secs(10)
                 ));
-                assert!(store.spare.0.is_some(), "the spare is asked for at half");
+                assert!(store.spare.made.is_some(), "the spare is asked for at half");
             }
-            if n == 2 * CHUNK_RECORDS as u64 - 1 {
+            if n == 3 * CHUNK_RECORDS as u64 - 1 {
+                assert_eq!(store.spare.taken, 2, "both switches took the spare");
                 store = store.clone(); // its spare is gone: the next chunk is made on the spot
-                assert!(store.spare.0.is_none());
+                assert!(store.spare.made.is_none());
             }
             store.push(transfer(n));
         }
+        assert_eq!(
+            store.spare.taken, 0,
+            "the copy had no spare ready at its switch"
+        );
         assert_eq!(store.len() as u64, total);
         assert_eq!(store.full.len(), 3);
         assert!(store.full.iter().all(|chunk| chunk.len() == CHUNK_RECORDS));

@@ -16,7 +16,7 @@ const SEGMENT_BYTES: u64 = 8 << 20;
 
 /// `FS_IOC_FIEMAP` (`_IOWR('f', 11, struct fiemap)`), and the extent flag for space that is
 /// allocated but reads as zeros until written.
-const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+const FS_IOC_FIEMAP: libc::Ioctl = 0xC020_660B_u32 as libc::Ioctl;
 const FIEMAP_FLAG_SYNC: u32 = 1;
 const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
 const EXTENTS_MAX: usize = 256;
@@ -129,7 +129,7 @@ fn the_segment_ahead_of_the_records_gets_written_with_zeros() {
 /// whatever the zeroing did meanwhile, and nothing follows the last one.
 #[test]
 fn zeroing_never_touches_a_record() {
-    let seed = walletd_seed();
+    let seed = seed();
     eprintln!("seed {seed} (ZERO_AHEAD_SEED reruns it)");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("log");
@@ -175,7 +175,7 @@ fn zeroing_never_touches_a_record() {
     assert!(terms(&checked).iter().all(|(_, term)| *term == 1));
 }
 
-fn walletd_seed() -> u64 {
+fn seed() -> u64 {
     std::env::var("ZERO_AHEAD_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -160,11 +160,11 @@ impl LogWriter {
             writer.active_end = tail.end_offset;
             writer.tail_block = read_tail_block(&last.path, tail.end_offset)?;
             writer.active = Some(file);
-            writer.zero_ahead = Some(ZeroAhead::start(
+            writer.zero_ahead = ZeroAhead::start(
                 last.path.clone(),
                 tail.end_offset,
                 writer.options.segment_bytes,
-            ));
+            );
         }
         Ok(writer)
     }
@@ -437,11 +437,7 @@ impl LogWriter {
             .await
             .map_err(|e| LogError::glommio(&path, e))?;
         sync_dir(&self.dir)?;
-        self.zero_ahead = Some(ZeroAhead::start(
-            path.clone(),
-            0,
-            self.options.segment_bytes,
-        ));
+        self.zero_ahead = ZeroAhead::start(path.clone(), 0, self.options.segment_bytes);
         self.segments.push(SegmentInfo { first_index, path });
         self.active = Some(file);
         self.active_end = 0;
@@ -577,9 +573,10 @@ impl LogWriter {
     /// Closes the active segment (if one is open) after its zeroing task stopped; appends
     /// need `reopen` or a new segment afterwards.
     async fn close_active(&mut self) -> Result<(), LogError> {
-        if let Some(zero_ahead) = self.zero_ahead.take() {
+        if let Some(zero_ahead) = self.zero_ahead.as_mut() {
             zero_ahead.stop().await;
         }
+        self.zero_ahead = None;
         if let Some(active) = self.active.take() {
             active
                 .close()

@@ -182,7 +182,7 @@ impl Node {
 
     /// The CPU core whose shard runs `partition` (partitions are dealt to `cores` in turn).
     pub fn core_of(&self, partition: PartitionId) -> usize {
-        self.config.cores[partition as usize % self.config.cores.len()]
+        self.config.core_of(partition)
     }
 
     /// Sends a batch to `partition` and waits (asynchronously) for its durable reply. Waits for

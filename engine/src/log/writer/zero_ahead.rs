@@ -25,7 +25,7 @@
 use glommio::io::OpenOptions;
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
@@ -60,8 +60,12 @@ struct Shared {
 
 impl ZeroAhead {
     /// Starts zeroing `path` (a segment of `segment_bytes`) from `writer_end` on. Must run on a
-    /// glommio executor (the writer's).
-    pub(super) fn start(path: PathBuf, writer_end: u64, segment_bytes: u64) -> ZeroAhead {
+    /// glommio executor (the writer's). `None` on file systems where zeros would not help or
+    /// would hurt (`worth_zeroing`).
+    pub(super) fn start(path: PathBuf, writer_end: u64, segment_bytes: u64) -> Option<ZeroAhead> {
+        if !worth_zeroing(&path) {
+            return None;
+        }
         let writer_end = writer_end.next_multiple_of(super::BLOCK_BYTES);
         let shared = Rc::new(Shared {
             writer_end: Cell::new(writer_end),
@@ -73,16 +77,21 @@ impl ZeroAhead {
             writer_waker: RefCell::new(None),
         });
         let task = glommio::spawn_local(zero_segment(path, shared.clone()));
-        ZeroAhead {
+        Some(ZeroAhead {
             shared,
             task: Some(task),
-        }
+        })
     }
 
-    /// Called before the writer writes `start..end`: waits while the task's write in flight
-    /// overlaps that range, then records that records may reach `end`.
+    /// Called before the writer writes `start..end`: records that records may reach `end`
+    /// (first, so that the task claims no chunk below it from now on), then waits while the
+    /// task's write in flight overlaps that range (at most the one chunk).
     pub(super) async fn before_write(&self, start: u64, end: u64) {
         let shared = &self.shared;
+        if end > shared.writer_end.get() {
+            shared.writer_end.set(end);
+            shared.wake_task();
+        }
         poll_fn(|cx| match shared.in_flight.get() {
             Some((from, to)) if from < end && start < to => {
                 *shared.writer_waker.borrow_mut() = Some(cx.waker().clone());
@@ -91,21 +100,50 @@ impl ZeroAhead {
             _ => Poll::Ready(()),
         })
         .await;
-        if end > shared.writer_end.get() {
-            shared.writer_end.set(end);
-            shared.wake_task();
-        }
     }
 
     /// Stops the task and waits for its write in flight (at most one chunk), so nothing it
-    /// does can land after the writer lets go of the segment.
-    pub(super) async fn stop(mut self) {
+    /// does can land after the writer lets go of the segment. If this wait is itself
+    /// cancelled, the handle still guards the writer's writes (the caller drops it only after
+    /// this returns).
+    pub(super) async fn stop(&mut self) {
+        self.shared.stop.set(true);
+        self.shared.wake_task();
+        if let Some(task) = self.task.as_mut() {
+            task.await;
+        }
+        self.task = None;
+    }
+}
+
+impl Drop for ZeroAhead {
+    /// Without `stop` (a writer dropped without `close`): the task is told to stop and left to
+    /// finish its write in flight, not cancelled: a cancelled task's submitted write still
+    /// completes, later, with nothing waiting for it.
+    fn drop(&mut self) {
         self.shared.stop.set(true);
         self.shared.wake_task();
         if let Some(task) = self.task.take() {
-            task.await;
+            task.detach();
         }
     }
+}
+
+/// Zeroing ahead is for file systems that keep preallocated space unwritten and overwrite in
+/// place: ext4 and XFS. On a copy-on-write one (btrfs) it would use up the preallocated space
+/// and make a full disk show in the middle of a segment; elsewhere (tmpfs) it gains nothing.
+fn worth_zeroing(path: &Path) -> bool {
+    const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+    const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we pass and reads the NUL-terminated path.
+    let mut info: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut info) } != 0 {
+        return false;
+    }
+    matches!(info.f_type as i64, EXT4_SUPER_MAGIC | XFS_SUPER_MAGIC)
 }
 
 impl Shared {
@@ -132,6 +170,9 @@ impl Shared {
 /// The task: zero chunk after chunk while the writer moves on, until told to stop or a write
 /// fails (then the rest of the segment is simply written the slower way).
 async fn zero_segment(path: PathBuf, shared: Rc<Shared>) {
+    if shared.stop.get() {
+        return; // stopped before it ran (a writer opened and closed at once)
+    }
     // A descriptor of its own, O_DSYNC like the writer's: each chunk's conversion is committed
     // by the chunk's own write, so the record writes after it find nothing left to commit.
     let file = match OpenOptions::new()
@@ -142,10 +183,14 @@ async fn zero_segment(path: PathBuf, shared: Rc<Shared>) {
     {
         Ok(file) => file,
         Err(e) => {
-            tracing::debug!(path = %path.display(), error = %e, "not zeroing ahead: open failed");
+            tracing::warn!(path = %path.display(), error = %e, "not zeroing the log segment ahead of its records (slower writes): open failed");
             return;
         }
     };
+    // One buffer of zeros for every chunk: the device reads it, nothing writes it again.
+    let mut zeros = file.alloc_dma_buffer(CHUNK_BYTES as usize);
+    zeros.as_bytes_mut().fill(0);
+    let zeros = Rc::new(zeros);
     loop {
         let next = poll_fn(|cx| {
             if shared.stop.get() {
@@ -164,19 +209,24 @@ async fn zero_segment(path: PathBuf, shared: Rc<Shared>) {
         // Claimed before the first await: the writer checks it before each write.
         shared.in_flight.set(Some((from, to)));
         let len = (to - from) as usize;
-        let mut zeros = file.alloc_dma_buffer(len);
-        zeros.as_bytes_mut().fill(0);
-        let written = file.write_at(zeros, from).await;
+        let written = if len == zeros.len() {
+            file.write_rc_at(zeros.clone(), from).await
+        } else {
+            // The segment's last, shorter chunk.
+            let mut tail = file.alloc_dma_buffer(len);
+            tail.as_bytes_mut().fill(0);
+            file.write_at(tail, from).await
+        };
         shared.in_flight.set(None);
         shared.wake_writer();
         match written {
             Ok(n) if n == len => shared.zeroed_end.set(to),
             Ok(n) => {
-                tracing::debug!(path = %path.display(), written = n, len, "zeroing ahead stopped: short write");
+                tracing::warn!(path = %path.display(), written = n, len, "zeroing the log segment ahead stopped (slower writes): short write");
                 break;
             }
             Err(e) => {
-                tracing::debug!(path = %path.display(), error = %e, "zeroing ahead stopped");
+                tracing::warn!(path = %path.display(), error = %e, "zeroing the log segment ahead stopped (slower writes)");
                 break;
             }
         }
