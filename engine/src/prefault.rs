@@ -154,12 +154,22 @@ fn zeroed_value<T: ZeroIsValid>() -> T {
 /// Has the whole uninitialized spare capacity of `vec` made resident in the background (for
 /// buffers that are filled on the hot path, such as the transfer store's open chunk).
 pub fn prefault_spare_capacity<T>(vec: &mut Vec<T>) {
-    let spare = vec.spare_capacity_mut();
-    let bytes = std::mem::size_of_val(spare);
-    if bytes >= PREFAULT_MIN_BYTES {
-        // SAFETY: the spare capacity is owned, writable and uninitialized.
-        unsafe { prefault(spare.as_mut_ptr().cast::<u8>(), bytes) };
+    if std::mem::size_of_val(vec.spare_capacity_mut()) < PREFAULT_MIN_BYTES {
+        return;
     }
+    if let Some((begin, end)) = spare_pages(vec) {
+        queue_job(Job::Populate(PopulateJob { begin, end }));
+    }
+}
+
+/// The whole pages of `vec`'s (owned, uninitialized) spare capacity, asked to be backed by
+/// huge pages.
+fn spare_pages<T>(vec: &mut Vec<T>) -> Option<(usize, usize)> {
+    let spare = vec.spare_capacity_mut();
+    huge_page_range(
+        spare.as_mut_ptr().cast::<u8>(),
+        std::mem::size_of_val(spare),
+    )
 }
 
 /// An empty `Vec` with room for `capacity` values, allocated and made resident on the prefault
@@ -172,9 +182,7 @@ pub fn vec_in_background<T: Send + 'static>(capacity: usize) -> Option<Receiver<
     let (done, made) = sync_channel(1);
     let job = Job::Run(Box::new(move || {
         let mut vec = Vec::with_capacity(capacity);
-        let spare = vec.spare_capacity_mut();
-        let bytes = std::mem::size_of_val(spare);
-        if let Some((begin, end)) = huge_page_range(spare.as_mut_ptr().cast::<u8>(), bytes) {
+        if let Some((begin, end)) = spare_pages(&mut vec) {
             populate(PopulateJob { begin, end });
         }
         let _ = done.send(vec);

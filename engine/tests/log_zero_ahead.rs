@@ -75,17 +75,10 @@ fn unwritten_bytes(path: &Path, start: u64, end: u64) -> Option<u64> {
     )
 }
 
-/// True when this directory is on ext4 or XFS (the file systems the writer zeroes ahead on)
-/// and its preallocated space reads back as unwritten extents (so zeroing can be seen).
+/// True when the writer zeroes ahead in this directory (ext4, XFS) and its preallocated space
+/// reads back as unwritten extents (so zeroing can be seen).
 fn has_unwritten_extents(dir: &Path) -> bool {
-    const EXT4_SUPER_MAGIC: i64 = 0xEF53;
-    const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
-    let c_dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: statfs writes into the zeroed struct and reads the NUL-terminated path.
-    let mut info: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_dir.as_ptr(), &mut info) } != 0
-        || !matches!(info.f_type as i64, EXT4_SUPER_MAGIC | XFS_SUPER_MAGIC)
-    {
+    if !engine::log::writer::zeroes_ahead(dir) {
         return false;
     }
     let path = dir.join("probe");

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 mod purge;
 mod zero_ahead;
 
+pub use zero_ahead::zeroes_ahead;
 use zero_ahead::ZeroAhead;
 
 /// O_DIRECT writes are whole, aligned blocks.

@@ -61,9 +61,9 @@ struct Shared {
 impl ZeroAhead {
     /// Starts zeroing `path` (a segment of `segment_bytes`) from `writer_end` on. Must run on a
     /// glommio executor (the writer's). `None` on file systems where zeros would not help or
-    /// would hurt (`worth_zeroing`).
+    /// would hurt (`zeroes_ahead`).
     pub(super) fn start(path: PathBuf, writer_end: u64, segment_bytes: u64) -> Option<ZeroAhead> {
-        if !worth_zeroing(&path) {
+        if !zeroes_ahead(&path) {
             return None;
         }
         let writer_end = writer_end.next_multiple_of(super::BLOCK_BYTES);
@@ -129,10 +129,11 @@ impl Drop for ZeroAhead {
     }
 }
 
-/// Zeroing ahead is for file systems that keep preallocated space unwritten and overwrite in
-/// place: ext4 and XFS. On a copy-on-write one (btrfs) it would use up the preallocated space
-/// and make a full disk show in the middle of a segment; elsewhere (tmpfs) it gains nothing.
-fn worth_zeroing(path: &Path) -> bool {
+/// True when the writer zeroes segments at `path` ahead of their records: on file systems that
+/// keep preallocated space unwritten and overwrite in place, ext4 and XFS. On a copy-on-write
+/// one (btrfs) it would use up the preallocated space and make a full disk show in the middle
+/// of a segment; elsewhere (tmpfs) it gains nothing.
+pub fn zeroes_ahead(path: &Path) -> bool {
     const EXT4_SUPER_MAGIC: i64 = 0xEF53;
     const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
     let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
