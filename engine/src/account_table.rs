@@ -26,6 +26,9 @@ const SLOTS_MIN: usize = 1024;
 const LOAD_NUMERATOR: usize = 1;
 const LOAD_DENOMINATOR: usize = 2;
 
+/// Slots `prefetch` brings in from the home slot on.
+const PREFETCH_SLOTS: usize = 2;
+
 // SAFETY: every field of an account is an integer (the currency a `u32`); all zero is the
 // empty slot.
 unsafe impl ZeroIsValid for Account {}
@@ -116,12 +119,17 @@ impl AccountTable {
         self.slots.iter().filter(|a| a.id != 0)
     }
 
-    /// Asks the CPU to bring `id`'s home slot into cache without waiting for it. Changes
-    /// nothing; a wrong guess (the account sits further along) costs one wasted fetch.
+    /// Asks the CPU to bring `id`'s home slot and the one after it into cache without waiting
+    /// for them. Changes nothing. At the table's load (up to 1/2), about a third of the
+    /// accounts sit past their home slot, nearly all of them in the next one: fetching only
+    /// the home slot left that many lookups to miss on the apply pass (69 % of a replay's
+    /// time in `get` waited on the second probe).
     #[inline]
     pub fn prefetch(&self, id: AccountId) {
         let slot = &self.slots[self.home(id)] as *const Account as *const u8;
-        prefetch_lines(slot, std::mem::size_of::<Account>());
+        // Past the last slot the probe wraps to the first: a prefetch there is wasted, never
+        // a fault (`prefetch_lines` only hints).
+        prefetch_lines(slot, PREFETCH_SLOTS * std::mem::size_of::<Account>());
     }
 
     fn find(&self, id: AccountId) -> Option<usize> {

@@ -261,9 +261,9 @@ fn replay_partition(
     );
     let transfers_max =
         (transfer_bytes / std::mem::size_of::<ArchivedNewTransfer>() as u64) as usize;
-    state.reserve_transfer_index(transfers_max);
     // Zero-copy: the transfers applied stay in the mapped segments (`mapped_transfers`)
-    // instead of being copied into ~1 GiB of fresh memory per 12M transfers.
+    // instead of being copied into ~1 GiB of fresh memory per 12M transfers; the index is
+    // sized for them once.
     state.keep_transfers_in_log(transfers_max);
     let (mut events, mut entries) = (0u64, 0u64);
     // A replay for balances only counts events; a trace compares them.

@@ -28,11 +28,17 @@ pub fn prefetch_lines(start: *const u8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: prefetching is a hint that never faults, whatever the address.
-        unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(start as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(bytes - 1) as *const i8);
+        const LINE_BYTES: usize = 64;
+        let end = start.wrapping_add(bytes.max(1) - 1);
+        let mut at = start;
+        // One address in each line the range starts in or crosses, and its last byte.
+        while (at as usize) < (end as usize) {
+            // SAFETY: prefetching is a hint that never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(at as *const i8) };
+            at = at.wrapping_add(LINE_BYTES);
         }
+        // SAFETY: as above.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(end as *const i8) };
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -142,23 +142,17 @@ impl PartitionState {
     /// The TC/C tables are pre-sized too (the source's holds only running transfers; the
     /// destination's grows with every cross-partition transfer received).
     pub fn reserve_transfers(&mut self, additional: usize) {
-        self.reserve_transfer_index(additional);
+        let mut bigger = TransferStore::with_capacity(self.transfers.len() + additional);
+        for transfer in self.transfers.iter() {
+            bigger.push(transfer);
+        }
+        self.transfers = bigger;
         self.tcc.reserve(additional.min(1 << 16));
         // Every cross-partition transfer into this partition leaves a participant record, and
         // growing a table of millions rehashes it on the shard (a stall of about a second was
         // measured with room for only a quarter of the transfers): room for all of them, up to
         // 4 Mi records (512 MiB, made resident in the background by `prefault`).
         self.participants.reserve(additional.min(4 << 20));
-    }
-
-    /// Pre-sizes only the idempotency index (a replay that knows how many transfers its log
-    /// holds: growing by doubling would rehash and fault in about twice the memory).
-    pub fn reserve_transfer_index(&mut self, additional: usize) {
-        let mut bigger = TransferStore::with_capacity(self.transfers.len() + additional);
-        for transfer in self.transfers.iter() {
-            bigger.push(transfer);
-        }
-        self.transfers = bigger;
     }
 
     /// Pre-sizes the account table for `additional` more accounts (a replay that knows how
@@ -170,6 +164,8 @@ impl PartitionState {
     /// From now on, transfers applied from log entries stay in the mapped log instead of being
     /// copied (`TransferStore::keep_in_log`): for an offline replay of up to `capacity` more
     /// transfers, which hands every segment over (`add_log_segment`) before its records apply.
+    /// The idempotency index is sized for them once (growing by doubling would rehash and
+    /// fault in about twice the memory).
     pub fn keep_transfers_in_log(&mut self, capacity: usize) {
         self.transfers.keep_in_log(capacity);
     }

@@ -65,9 +65,17 @@ impl TransferStore {
 
     /// From now on, transfers applied from a log entry are filed by their place in the mapped
     /// log (`add_log_segment` hands over each segment before its records apply) instead of
-    /// copied: what an offline replay does, with room for `capacity` of them.
+    /// copied: what an offline replay does, with room for `capacity` of them. The index is
+    /// rebuilt once, packed for exactly that many more (`TransferIndex::with_fixed_capacity`).
     pub fn keep_in_log(&mut self, capacity: usize) {
         assert!(self.mapped.is_none(), "keep_in_log is called once");
+        let mut index = TransferIndex::with_fixed_capacity(self.len() + capacity);
+        let (full, open) = (&self.full, &self.open);
+        for position in 0..self.copied_len() as u64 {
+            let id = record_at(full, open, position).id;
+            index.insert(id, position, |p| record_at(full, open, p).id);
+        }
+        self.index = index;
         self.mapped = Some(Box::new(MappedTransfers::with_capacity(capacity)));
     }
 
@@ -166,7 +174,7 @@ impl TransferStore {
             .flat_map(|c| c.iter())
             .chain(self.open.iter())
             .copied()
-            .chain(mapped.flat_map(|m| (0..m.len()).map(move |p| m.get(p))))
+            .chain(mapped.flat_map(|m| m.iter()))
     }
 
     /// A view for a snapshot. Transfers kept in the log are copied into it (a replay that
