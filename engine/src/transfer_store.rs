@@ -76,7 +76,7 @@ impl TransferStore {
             index.insert(id, position, |p| record_at(full, open, p).id);
         }
         self.index = index;
-        self.mapped = Some(Box::new(MappedTransfers::with_capacity(capacity)));
+        self.mapped = Some(Box::new(MappedTransfers::new()));
     }
 
     /// The segment whose records apply next (only after `keep_in_log`).
