@@ -117,8 +117,9 @@ fn map_zeroed(bytes: usize) -> Result<NonNull<[u8]>, AllocError> {
 /// Every field must be an integer or a type for which all-zero bytes are valid.
 pub unsafe trait ZeroIsValid: Copy {}
 
-// SAFETY: an integer.
+// SAFETY: integers.
 unsafe impl ZeroIsValid for u64 {}
+unsafe impl ZeroIsValid for u32 {}
 
 /// `len` zeroed values, allocated zeroed instead of written: a big table costs no time on the
 /// thread that makes it (a write of every slot would fault in and zero the whole block right

@@ -9,19 +9,28 @@
 //! transfer is at most 21 bytes (at the lowest load after a doubling) instead of 48 in a
 //! general map.
 //!
+//! An index sized once for a known number of transfers (`with_fixed_capacity`: an offline
+//! replay) of at most 16 Mi slots uses `u32` slots instead: a position needs only
+//! `log2(slots)` bits there (a position is below the count, and the count below the slots),
+//! which leaves a tag of 8 bits or more. A tag matches by chance one probe in 256 or fewer,
+//! and a match costs one read of the store; half the table costs far more on a VM, where
+//! every fresh page is a host fault (64 MiB per 6.5M transfers).
+//!
 //! Entries are never removed: linear probing, no tombstones, 0 = empty. The index doubles a
 //! few slots per insert (`MIGRATE_SLOTS_PER_INSERT`), never all at once.
 
 use crate::id_hash::{mix, prefetch_lines, process_seed};
-use crate::prefault::{self, Prefaulted};
+use crate::prefault::{self, Prefaulted, ZeroIsValid};
 use allocator_api2::vec::Vec as AllocVec;
 
 /// Positions this index can hold: 2^40 - 1 per partition.
-pub const POSITIONS_MAX: u64 = (1 << POSITION_BITS) - 1;
+pub const POSITIONS_MAX: u64 = (1 << WIDE_POSITION_BITS) - 1;
 
-const POSITION_BITS: u32 = 40;
-const POSITION_MASK: u64 = (1 << POSITION_BITS) - 1;
-const TAG_MASK: u64 = (1 << (64 - POSITION_BITS)) - 1;
+/// Position bits of a `u64` slot; the other 24 are the tag.
+const WIDE_POSITION_BITS: u32 = 40;
+
+/// Fewest tag bits a `u32` slot keeps (else the index uses `u64` slots).
+const NARROW_TAG_BITS_MIN: u32 = 8;
 
 /// The index doubles before it is more than three quarters full. A slot is 8 bytes, so the
 /// ~8 slots an insert probes on average at that load are one or two cache lines.
@@ -35,10 +44,10 @@ const LOAD_DENOMINATOR: usize = 4;
 const FIXED_LOAD_NUMERATOR: usize = 7;
 const FIXED_LOAD_DENOMINATOR: usize = 8;
 
-/// Bytes `prefetch` brings in from the home slot on: 16 slots, what a probe reads on average
-/// near the highest load (a fixed-capacity index at 3/4 to 7/8 probes 8 to 32 slots for a new
-/// id, linear probing's `(1 + 1 / (1 - load)^2) / 2`).
-const PREFETCH_BYTES: usize = 16 * 8;
+/// Slots `prefetch` brings in from the home slot on: what a probe reads on average near the
+/// highest load (a fixed-capacity index at 3/4 to 7/8 probes 8 to 32 slots for a new id,
+/// linear probing's `(1 + 1 / (1 - load)^2) / 2`).
+const PREFETCH_SLOTS: usize = 16;
 
 /// Slots in the smallest index.
 const SLOTS_MIN: usize = 1024;
@@ -52,17 +61,17 @@ const MIGRATE_SLOTS_PER_INSERT: usize = 4;
 #[derive(Clone)]
 pub struct TransferIndex {
     /// Receives every insert.
-    table: Slots,
+    table: Table,
     /// While the index doubles: the previous table and the next of its slots to move. Every
     /// entry not moved yet is still there, so a lookup that misses `table` asks it too.
     /// Growing a step per insert instead of all at once keeps the partition answering: a
     /// one-go rehash of 12 Mi entries stalled it for about a second.
-    old: Option<(Slots, usize)>,
+    old: Option<(Table, usize)>,
     /// The table of the next doubling, reserved at 5/8 load so that the prefault thread has
     /// made it resident by the time it is needed at 3/4: the inserts of a doubling land at
     /// random places all over it, and faulting its pages in on the shard (a huge page zeroed
     /// per fault) stalled the partition for 0.1-0.5 s.
-    reserved: Option<Slots>,
+    reserved: Option<Table>,
     len: usize,
     /// The length at which `table` doubles.
     grow_at: usize,
@@ -70,14 +79,50 @@ pub struct TransferIndex {
     reserve_at: usize,
 }
 
+/// One open-addressing table, of `u64` slots or (sized once, small enough) `u32` ones.
+#[derive(Clone)]
+enum Table {
+    Wide(Slots<u64>),
+    Narrow(Slots<u32>),
+}
+
 /// One open-addressing table of slots.
 #[derive(Clone)]
-struct Slots {
-    /// A power-of-two number of slots: `tag << 40 | (position + 1)`, or 0 when empty.
-    slots: AllocVec<u64, Prefaulted>,
+struct Slots<W> {
+    /// A power-of-two number of slots: `tag << position_bits | (position + 1)`, 0 when empty.
+    slots: AllocVec<W, Prefaulted>,
+    position_bits: u32,
     /// `64 - log2(slots)`: the home slot is the top bits of the hash, the tag its low bits.
     shift: u32,
     seed: u64,
+}
+
+/// The integer a slot is.
+trait SlotWord: ZeroIsValid + Eq {
+    const BITS: u32;
+    fn to_u64(self) -> u64;
+    /// `entry` fits (`Slots::encode` built it for this width).
+    fn from_u64(entry: u64) -> Self;
+}
+
+impl SlotWord for u64 {
+    const BITS: u32 = 64;
+    fn to_u64(self) -> u64 {
+        self
+    }
+    fn from_u64(entry: u64) -> Self {
+        entry
+    }
+}
+
+impl SlotWord for u32 {
+    const BITS: u32 = 32;
+    fn to_u64(self) -> u64 {
+        u64::from(self)
+    }
+    fn from_u64(entry: u64) -> Self {
+        entry as u32
+    }
 }
 
 impl Default for TransferIndex {
@@ -91,7 +136,7 @@ impl TransferIndex {
     pub fn with_capacity(transfers: usize) -> TransferIndex {
         let slots = slots_for(transfers, LOAD_NUMERATOR, LOAD_DENOMINATOR);
         TransferIndex {
-            table: Slots::new(slots, process_seed()),
+            table: Table::wide(slots, process_seed()),
             old: None,
             reserved: None,
             len: 0,
@@ -105,8 +150,14 @@ impl TransferIndex {
     pub fn with_fixed_capacity(transfers: usize) -> TransferIndex {
         let slots = slots_for(transfers, FIXED_LOAD_NUMERATOR, FIXED_LOAD_DENOMINATOR);
         let grow_at = slots * FIXED_LOAD_NUMERATOR / FIXED_LOAD_DENOMINATOR;
+        let position_bits = slots.trailing_zeros();
+        let table = if u32::BITS - position_bits >= NARROW_TAG_BITS_MIN {
+            Table::Narrow(Slots::new(slots, position_bits, process_seed()))
+        } else {
+            Table::wide(slots, process_seed())
+        };
         TransferIndex {
-            table: Slots::new(slots, process_seed()),
+            table,
             old: None,
             reserved: None,
             len: 0,
@@ -139,20 +190,20 @@ impl TransferIndex {
             position < POSITIONS_MAX,
             "a partition holds at most 2^40 transfers"
         );
-        let slots = self.table.slots.len();
+        let slots = self.table.slots();
         if self.old.is_some() {
             self.migrate_step(&id_at);
         } else if self.len + 1 > self.grow_at {
             let bigger = self
                 .reserved
                 .take()
-                .unwrap_or_else(|| Slots::new(slots * 2, self.table.seed));
+                .unwrap_or_else(|| Table::wide(slots * 2, self.table.seed()));
             self.old = Some((std::mem::replace(&mut self.table, bigger), 0));
             self.grow_at = slots * 2 * LOAD_NUMERATOR / LOAD_DENOMINATOR;
             self.reserve_at = slots * 2 * 5 / 8;
             self.migrate_step(&id_at);
         } else if self.reserved.is_none() && self.len + 1 > self.reserve_at {
-            self.reserved = Some(Slots::new(slots * 2, self.table.seed));
+            self.reserved = Some(Table::wide(slots * 2, self.table.seed()));
         }
         assert!(self.len < self.grow_at, "the index grows before it fills");
         self.table.place(id, position);
@@ -174,23 +225,79 @@ impl TransferIndex {
         let Some((old, next)) = &mut self.old else {
             return;
         };
-        let end = (*next + MIGRATE_SLOTS_PER_INSERT).min(old.slots.len());
-        for &entry in old.slots[*next..end].iter().filter(|e| **e != 0) {
-            let position = (entry & POSITION_MASK) - 1;
-            self.table.place(id_at(position), position);
+        let end = (*next + MIGRATE_SLOTS_PER_INSERT).min(old.slots());
+        for slot in *next..end {
+            if let Some(position) = old.position_at(slot) {
+                self.table.place(id_at(position), position);
+            }
         }
         *next = end;
-        if end == old.slots.len() {
+        if end == old.slots() {
             self.old = None;
         }
     }
 }
 
-impl Slots {
-    fn new(slots: usize, seed: u64) -> Slots {
+impl Table {
+    /// A table of `u64` slots (positions up to `POSITIONS_MAX`): every index that grows.
+    fn wide(slots: usize, seed: u64) -> Table {
+        Table::Wide(Slots::new(slots, WIDE_POSITION_BITS, seed))
+    }
+
+    fn slots(&self) -> usize {
+        match self {
+            Table::Wide(t) => t.slots.len(),
+            Table::Narrow(t) => t.slots.len(),
+        }
+    }
+
+    fn seed(&self) -> u64 {
+        match self {
+            Table::Wide(t) => t.seed,
+            Table::Narrow(t) => t.seed,
+        }
+    }
+
+    fn find(&self, id: u128, id_at: &impl Fn(u64) -> u128) -> Option<u64> {
+        match self {
+            Table::Wide(t) => t.find(id, id_at),
+            Table::Narrow(t) => t.find(id, id_at),
+        }
+    }
+
+    fn place(&mut self, id: u128, position: u64) {
+        match self {
+            Table::Wide(t) => t.place(id, position),
+            Table::Narrow(t) => t.place(id, position),
+        }
+    }
+
+    #[inline]
+    fn prefetch(&self, id: u128) {
+        match self {
+            Table::Wide(t) => t.prefetch(id),
+            Table::Narrow(t) => t.prefetch(id),
+        }
+    }
+
+    /// The position filed in `slot`, if any.
+    fn position_at(&self, slot: usize) -> Option<u64> {
+        match self {
+            Table::Wide(t) => t.position_at(slot),
+            Table::Narrow(t) => t.position_at(slot),
+        }
+    }
+}
+
+impl<W: SlotWord> Slots<W> {
+    fn new(slots: usize, position_bits: u32, seed: u64) -> Slots<W> {
         assert!(slots.is_power_of_two() && slots >= SLOTS_MIN);
+        // Every position below the slot count fits (`position + 1` too: the count stays
+        // below the slots), with a tag beside it.
+        assert!(position_bits >= slots.trailing_zeros() && position_bits < W::BITS);
         Slots {
             slots: prefault::zeroed_vec(slots),
+            position_bits,
             shift: 64 - slots.trailing_zeros(),
             seed,
         }
@@ -200,12 +307,12 @@ impl Slots {
         let (mut slot, tag) = self.home_and_tag(id);
         let mask = self.slots.len() - 1;
         loop {
-            let entry = self.slots[slot];
+            let entry = self.slots[slot].to_u64();
             if entry == 0 {
                 return None;
             }
-            if entry >> POSITION_BITS == tag {
-                let position = (entry & POSITION_MASK) - 1;
+            if entry >> self.position_bits == tag {
+                let position = self.position_of(entry);
                 if id_at(position) == id {
                     return Some(position);
                 }
@@ -215,24 +322,41 @@ impl Slots {
     }
 
     fn place(&mut self, id: u128, position: u64) {
+        assert!(
+            position + 1 < 1 << self.position_bits,
+            "a position fits its slot"
+        );
         let (mut slot, tag) = self.home_and_tag(id);
         let mask = self.slots.len() - 1;
-        while self.slots[slot] != 0 {
+        while self.slots[slot].to_u64() != 0 {
             slot = (slot + 1) & mask;
         }
-        self.slots[slot] = tag << POSITION_BITS | (position + 1);
+        self.slots[slot] = W::from_u64(tag << self.position_bits | (position + 1));
     }
 
     #[inline]
     fn prefetch(&self, id: u128) {
         let (slot, _) = self.home_and_tag(id);
-        prefetch_lines((&self.slots[slot] as *const u64).cast(), PREFETCH_BYTES);
+        prefetch_lines(
+            (&self.slots[slot] as *const W).cast(),
+            PREFETCH_SLOTS * std::mem::size_of::<W>(),
+        );
+    }
+
+    fn position_at(&self, slot: usize) -> Option<u64> {
+        let entry = self.slots[slot].to_u64();
+        (entry != 0).then(|| self.position_of(entry))
+    }
+
+    fn position_of(&self, entry: u64) -> u64 {
+        (entry & ((1 << self.position_bits) - 1)) - 1
     }
 
     #[inline]
     fn home_and_tag(&self, id: u128) -> (usize, u64) {
         let hash = mix(id, self.seed);
-        ((hash >> self.shift) as usize, hash & TAG_MASK)
+        let tag_mask = (1 << (W::BITS - self.position_bits)) - 1;
+        ((hash >> self.shift) as usize, hash & tag_mask)
     }
 }
 
@@ -258,7 +382,7 @@ mod tests {
             index.insert(id, position as u64, |p| ids[p as usize]);
         }
         assert_eq!(index.len(), ids.len());
-        assert!(index.table.slots.len() * 3 >= 4 * ids.len());
+        assert!(index.table.slots() * 3 >= 4 * ids.len());
         for (position, &id) in ids.iter().enumerate() {
             index.prefetch(id);
             assert_eq!(index.find(id, |p| ids[p as usize]), Some(position as u64));
@@ -276,7 +400,7 @@ mod tests {
             let was_moving = index.old.is_some();
             index.insert(id, position as u64, |p| ids[p as usize]);
             match &index.old {
-                Some((old, _)) if !was_moving => doublings.push((old.slots.len(), 1)),
+                Some((old, _)) if !was_moving => doublings.push((old.slots(), 1)),
                 Some(_) => doublings.last_mut().expect("running").1 += 1,
                 None => {}
             }
@@ -307,8 +431,9 @@ mod tests {
     fn a_fixed_capacity_index_packs_denser_and_still_grows_past_it() {
         let ids: Vec<u128> = (1..=20_000u128).map(|i| i * 104_729).collect();
         let mut index = TransferIndex::with_fixed_capacity(7_000);
-        // 7,000 at 3/4 would need 16 Ki slots; at 7/8, 8 Ki.
-        assert_eq!(index.table.slots.len(), 8 * 1024);
+        // 7,000 at 3/4 would need 16 Ki slots; at 7/8, 8 Ki, of 4 bytes each.
+        assert_eq!(index.table.slots(), 8 * 1024);
+        assert!(matches!(index.table, Table::Narrow(_)));
         for (position, &id) in ids.iter().enumerate() {
             index.insert(id, position as u64, |p| ids[p as usize]);
             if position < 7_000 {
@@ -318,7 +443,8 @@ mod tests {
                 );
             }
         }
-        assert!(index.table.slots.len() > 8 * 1024, "grew past the promise");
+        assert!(index.table.slots() > 8 * 1024, "grew past the promise");
+        assert!(matches!(index.table, Table::Wide(_)));
         for (position, &id) in ids.iter().enumerate() {
             assert_eq!(index.find(id, |p| ids[p as usize]), Some(position as u64));
         }
@@ -328,12 +454,16 @@ mod tests {
     #[test]
     fn a_tag_match_is_confirmed_against_the_stored_id() {
         // Every stored id reads back as something else: nothing may be found.
-        let mut index = TransferIndex::default();
-        for position in 0..100u64 {
-            index.insert(position as u128 + 1, position, |p| p as u128 + 1);
+        for mut index in [
+            TransferIndex::default(),
+            TransferIndex::with_fixed_capacity(100),
+        ] {
+            for position in 0..100u64 {
+                index.insert(position as u128 + 1, position, |p| p as u128 + 1);
+            }
+            assert_eq!(index.find(5, |_| 0), None);
+            assert_eq!(index.find(5, |p| p as u128 + 1), Some(4));
         }
-        assert_eq!(index.find(5, |_| 0), None);
-        assert_eq!(index.find(5, |p| p as u128 + 1), Some(4));
     }
 
     proptest::proptest! {
@@ -345,8 +475,10 @@ mod tests {
         fn behaves_like_a_map(
             ids in proptest::collection::vec(
                 proptest::prop_oneof![0u128..3000, 0u128..u128::MAX], 1..4000),
+            fixed_capacity in proptest::option::of(0usize..5000),
         ) {
-            let mut index = TransferIndex::default();
+            // A fixed capacity below the ids' count grows from `u32` slots to `u64` ones.
+            let mut index = fixed_capacity.map_or_else(TransferIndex::default, TransferIndex::with_fixed_capacity);
             let mut store: Vec<u128> = Vec::new();
             let mut model = std::collections::HashMap::new();
             for &id in &ids {
