@@ -26,22 +26,41 @@ pub fn process_seed() -> u64 {
 #[inline]
 pub fn prefetch_lines(start: *const u8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
-    {
+    for offset in line_offsets(bytes) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        const LINE_BYTES: usize = 64;
-        let end = start.wrapping_add(bytes.max(1) - 1);
-        let mut at = start;
-        // One address in each line the range starts in or crosses, and its last byte.
-        while (at as usize) < (end as usize) {
-            // SAFETY: prefetching is a hint that never faults, whatever the address.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(at as *const i8) };
-            at = at.wrapping_add(LINE_BYTES);
-        }
-        // SAFETY: as above.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(end as *const i8) };
+        // SAFETY: prefetching is a hint that never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset) as *const i8) };
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (start, bytes);
+    }
+}
+
+/// Offsets into a range of `bytes` bytes, one in each cache line the range starts in or
+/// crosses, wherever it starts: every 64 bytes from its first byte, and its last byte.
+#[inline]
+fn line_offsets(bytes: usize) -> impl Iterator<Item = usize> {
+    const LINE_BYTES: usize = 64;
+    let last = bytes.max(1) - 1;
+    (0..last).step_by(LINE_BYTES).chain(std::iter::once(last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_offsets;
+
+    #[test]
+    fn line_offsets_touch_every_line_of_the_range() {
+        for start in 0..200usize {
+            for bytes in 1..400usize {
+                let touched: std::collections::BTreeSet<usize> =
+                    line_offsets(bytes).map(|o| (start + o) / 64).collect();
+                let expected: std::collections::BTreeSet<usize> =
+                    (start / 64..=(start + bytes - 1) / 64).collect();
+                assert_eq!(touched, expected, "start {start} bytes {bytes}");
+                assert!(line_offsets(bytes).all(|o| o < bytes));
+            }
+        }
     }
 }
