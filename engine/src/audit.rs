@@ -182,7 +182,24 @@ pub fn replay(
         states.push(r.state);
     }
     let seconds = started.elapsed().as_secs_f64();
-    let digests: Vec<u128> = states.iter().map(state_digest).collect();
+    // Each digest walks a whole partition (and sorts its accounts): one thread per partition,
+    // as the replay itself, combined in partition order.
+    // (A state is not `Sync`: each moves to its thread and back.)
+    let (states, digests): (Vec<PartitionState>, Vec<u128>) = std::thread::scope(|scope| {
+        let workers: Vec<_> = states
+            .into_iter()
+            .map(|state| {
+                scope.spawn(move || {
+                    let digest = state_digest(&state);
+                    (state, digest)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a digest thread panicked"))
+            .unzip()
+    });
     let balances_total = states
         .iter()
         .flat_map(|s| s.totals_by_currency())
