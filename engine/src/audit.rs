@@ -151,26 +151,16 @@ pub fn replay(
     let count = partition_count(data_dir)?;
     let started = Instant::now();
     let until = until.unwrap_or(u64::MAX);
-    let replayed: Vec<Result<PartitionReplay, AuditError>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..count)
-            .map(|partition| {
-                scope.spawn(move || {
-                    replay_partition(
-                        data_dir,
-                        partition,
-                        count,
-                        until,
-                        from_genesis,
-                        false,
-                        |_, _, _| {},
-                    )
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("a replay thread panicked"))
-            .collect()
+    let replayed = each_on_its_own_thread(0..count, |partition| {
+        replay_partition(
+            data_dir,
+            partition,
+            count,
+            until,
+            from_genesis,
+            false,
+            |_, _, _| {},
+        )
     });
     let mut events = 0u64;
     let mut entries = 0u64;
@@ -183,23 +173,15 @@ pub fn replay(
     }
     let seconds = started.elapsed().as_secs_f64();
     // Each digest walks a whole partition (and sorts its accounts): one thread per partition,
-    // as the replay itself, combined in partition order.
-    // (A state is not `Sync`: each moves to its thread and back.)
-    let (states, digests): (Vec<PartitionState>, Vec<u128>) = std::thread::scope(|scope| {
-        let workers: Vec<_> = states
-            .into_iter()
-            .map(|state| {
-                scope.spawn(move || {
-                    let digest = state_digest(&state);
-                    (state, digest)
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("a digest thread panicked"))
-            .unzip()
-    });
+    // as the replay itself, combined in partition order. (A state is not `Sync`: each moves
+    // to its thread and back.)
+    let (states, digests): (Vec<PartitionState>, Vec<u128>) =
+        each_on_its_own_thread(states, |state| {
+            let digest = state_digest(&state);
+            (state, digest)
+        })
+        .into_iter()
+        .unzip();
     let balances_total = states
         .iter()
         .flat_map(|s| s.totals_by_currency())
@@ -217,6 +199,24 @@ pub fn replay(
         digest: combine_digests(&digests),
         balances_total,
         states,
+    })
+}
+
+/// `work(item)` for every item, each on a thread of its own; the results in item order.
+fn each_on_its_own_thread<T: Send, R: Send>(
+    items: impl IntoIterator<Item = T>,
+    work: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
+    let work = &work;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .into_iter()
+            .map(|item| scope.spawn(move || work(item)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("an audit thread panicked"))
+            .collect()
     })
 }
 

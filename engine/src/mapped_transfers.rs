@@ -350,6 +350,15 @@ mod tests {
             "{} runs",
             store.runs.len()
         );
+        // About a bit per item: a run's words cover its items (filed and rejected, about 8/7
+        // of those filed), plus at most one part-used word per run.
+        assert!(
+            store.filed.len() * 64 <= 2 * filed.len() + 64 * store.runs.len(),
+            "{} words for {} transfers in {} runs",
+            store.filed.len(),
+            filed.len(),
+            store.runs.len()
+        );
     }
 
     /// Items filed against their order (never the state machine's way, but nothing here may
