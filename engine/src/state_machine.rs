@@ -123,6 +123,20 @@ pub struct PartitionState {
     pub(crate) last_timestamp: u64,
 }
 
+/// The timestamp a command entry stamped `stamp` is applied at, when the last timestamp used
+/// before it is `last_timestamp`: the stamp, or just above the last one if it is not above
+/// it. Item `i` of the entry then happens at the result + `i`. (Also what `wallet log dump`
+/// prints, so that it shows the times a replay applies items at.)
+pub fn entry_timestamp(last_timestamp: u64, stamp: u64) -> u64 {
+    stamp.max(last_timestamp + 1)
+}
+
+/// The last timestamp a command entry of `items` items applied at `applied_at` uses. An empty
+/// entry still consumes its timestamp, so that the next one is strictly above it.
+pub fn last_timestamp_of(applied_at: u64, items: usize) -> u64 {
+    applied_at + items.max(1) as u64 - 1
+}
+
 impl PartitionState {
     pub fn new(partition: PartitionId, partition_count: u32) -> PartitionState {
         assert!(partition < partition_count);
@@ -244,7 +258,7 @@ impl PartitionState {
     /// last one used when it is not above it (see the module doc). A pure function of the
     /// state, so every replica picks the same one.
     pub fn effective_timestamp(&self, timestamp: u64) -> u64 {
-        timestamp.max(self.next_timestamp_floor())
+        entry_timestamp(self.last_timestamp, timestamp)
     }
 
     /// Encodes `batch` and applies it as the next entry, at the smallest timestamp allowed:
@@ -433,8 +447,7 @@ impl PartitionState {
 
     fn advance(&mut self, index: u64, timestamp: u64, items: usize) {
         self.last_index = index;
-        // An empty entry still consumes its timestamp so the next one is strictly above it.
-        self.last_timestamp = timestamp + items.max(1) as u64 - 1;
+        self.last_timestamp = last_timestamp_of(timestamp, items);
     }
 
     fn create_account(

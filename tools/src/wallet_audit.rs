@@ -3,6 +3,7 @@
 
 use engine::command::{entry_kind, ArchivedNewAccount, ArchivedNewTransfer};
 use engine::log::RecordRef;
+use engine::state_machine::{entry_timestamp, last_timestamp_of};
 use engine::tcc::ArchivedTccMessage;
 use rkyv::vec::ArchivedVec;
 use serde_json::json;
@@ -61,31 +62,57 @@ pub fn log(action: LogAction, as_json: bool) -> Result<(), String> {
             partition,
         } => {
             let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut dump = Dump::new(std::io::BufWriter::new(stdout.lock()), as_json);
             let mut failure: Option<String> = None;
-            // Per partition: the last item time used, so that each entry prints the time the
-            // state machine applies it at (a Raft leader's stamp may be clamped above).
-            let mut last_used: std::collections::HashMap<u32, u64> = Default::default();
             engine::audit::visit_records(&data_dir, |p, record| {
                 if failure.is_some() || partition.is_some_and(|only| only != p) {
                     return;
                 }
-                let last = last_used.entry(p).or_insert(0);
-                let applied_at = if entry_kind::is_raft(record.header.kind) {
-                    0
-                } else {
-                    record.header.timestamp.max(*last + 1)
-                };
-                match dump_record(&mut out, p, record, applied_at, as_json) {
-                    Ok(items) if applied_at > 0 => *last = applied_at + items.max(1) as u64 - 1,
-                    Ok(_) => {}
-                    Err(e) => failure = Some(e),
+                if let Err(e) = dump.record(p, record) {
+                    failure = Some(e);
                 }
             })
             .map_err(|e| e.to_string())?;
+            let mut out = dump.out;
             out.flush().map_err(|e| e.to_string())?;
             failure.map_or(Ok(()), Err)
         }
+    }
+}
+
+/// `wallet log dump`'s printer: records in log order, each item at the time the state machine
+/// applies it, which is the entry's stamp only if that is above the partition's last time
+/// used (a Raft leader's stamp may be clamped above it: `state_machine::entry_timestamp`).
+struct Dump<W: Write> {
+    out: W,
+    as_json: bool,
+    /// Per partition, the last timestamp used so far (0: none yet).
+    last_used: std::collections::BTreeMap<u32, u64>,
+}
+
+impl<W: Write> Dump<W> {
+    fn new(out: W, as_json: bool) -> Dump<W> {
+        Dump {
+            out,
+            as_json,
+            last_used: Default::default(),
+        }
+    }
+
+    /// Prints `record` of `partition` (the next record of that partition's log).
+    fn record(&mut self, partition: u32, record: &RecordRef<'_>) -> Result<(), String> {
+        let last = self.last_used.entry(partition).or_insert(0);
+        // Raft's own records take no time.
+        let applied_at = if entry_kind::is_raft(record.header.kind) {
+            0
+        } else {
+            entry_timestamp(*last, record.header.timestamp)
+        };
+        let items = dump_record(&mut self.out, partition, record, applied_at, self.as_json)?;
+        if applied_at > 0 {
+            *last = last_timestamp_of(applied_at, items);
+        }
+        Ok(())
     }
 }
 
@@ -266,4 +293,114 @@ pub fn replay(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::command::{CommandBatch, NewAccount, NewTransfer};
+    use engine::log::RecordHeader;
+    use engine::model::Currency;
+    use engine::state_machine::{ApplyOutput, PartitionState};
+    use std::collections::BTreeMap;
+
+    fn transfers(ids: std::ops::Range<u128>) -> CommandBatch {
+        CommandBatch::CreateTransfers(
+            ids.map(|id| NewTransfer {
+                id,
+                from: 1,
+                to: 2,
+                amount: 5,
+                currency: Currency::parse("EUR").unwrap(),
+                user_data: 0,
+            })
+            .collect(),
+        )
+    }
+
+    /// The dump prints every item at the time a replay of the same log applies it, clamped
+    /// stamps included (a stamp at or below the previous entry's last time, an empty entry,
+    /// a Raft record between them).
+    #[test]
+    fn dump_times_are_the_times_a_replay_applies_items_at() {
+        let eur = Currency::parse("EUR").unwrap();
+        let accounts = CommandBatch::CreateAccounts(vec![
+            NewAccount {
+                id: 1,
+                currency: eur,
+                flags: 0,
+                floor: -1_000_000,
+                user_data: 0,
+            },
+            NewAccount {
+                id: 2,
+                currency: eur,
+                flags: 0,
+                floor: 0,
+                user_data: 0,
+            },
+        ]);
+        // (kind, body, stamp): accounts at 1000-1001; then a stamp below the last time used
+        // (clamped to 1002), a Raft blank, an empty entry consuming 2000, a stamp equal to it
+        // (clamped to 2001), and one far above.
+        let mut entries: Vec<(u16, Option<CommandBatch>, u64)> = vec![
+            (entry_kind::CREATE_ACCOUNTS, Some(accounts), 1000),
+            (entry_kind::CREATE_TRANSFERS, Some(transfers(10..13)), 999),
+            (entry_kind::BLANK, None, 0),
+            (entry_kind::CREATE_TRANSFERS, Some(transfers(0..0)), 2000),
+            (entry_kind::CREATE_TRANSFERS, Some(transfers(13..15)), 2000),
+            (entry_kind::CREATE_TRANSFERS, Some(transfers(15..16)), 5000),
+        ];
+        let mut state = PartitionState::new(0, 1);
+        let mut out = ApplyOutput::default();
+        let mut dump = Dump::new(Vec::new(), true);
+        for (i, (kind, batch, stamp)) in entries.drain(..).enumerate() {
+            let mut body = rkyv::util::AlignedVec::<16>::new();
+            if let Some(batch) = &batch {
+                batch.encode_into(&mut body);
+            }
+            let index = i as u64 + 1;
+            state
+                .apply_entry(index, kind, &body, stamp, &mut out)
+                .unwrap();
+            let header = RecordHeader {
+                body_checksum: 0,
+                body_len: body.len() as u32,
+                index,
+                term: 1,
+                timestamp: stamp,
+                kind,
+            };
+            let record = RecordRef {
+                offset: 0,
+                header,
+                body: &body,
+            };
+            dump.record(0, &record).unwrap();
+        }
+        let printed: BTreeMap<u128, u64> = String::from_utf8(dump.out)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|v| v["kind"] == "transfer")
+            .map(|v| {
+                (
+                    v["id"].as_u64().unwrap() as u128,
+                    v["timestamp"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let replayed: BTreeMap<u128, u64> =
+            state.transfers().map(|t| (t.id, t.timestamp)).collect();
+        assert_eq!(printed, replayed);
+        let expected = [
+            (10, 1002),
+            (11, 1003),
+            (12, 1004),
+            (13, 2001),
+            (14, 2002),
+            (15, 5000),
+        ];
+        assert_eq!(printed, BTreeMap::from(expected));
+    }
 }
