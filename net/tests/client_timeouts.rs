@@ -1,7 +1,9 @@
 //! The client library's time bounds against servers that misbehave in time rather than in
 //! bytes: one that answers some requests and sits on others, one that goes silent after the
 //! handshake (a host that vanished without a reset), one whose listen queue is full (SYNs
-//! dropped, as for a powered-off host). Each fake server speaks just enough of the protocol.
+//! dropped, as for a powered-off host), one that drops the connection on a cluster change
+//! (which the client resends only when a copy cannot race the first). Each fake server
+//! speaks just enough of the protocol.
 
 use bytes::BytesMut;
 use engine::model::Currency;
@@ -22,7 +24,12 @@ enum Behaviour {
     PingsOnly,
     /// Answers nothing at all.
     Silent,
+    /// Closes the connection on a cluster change, unanswered (counted in `CHANGES_SEEN`).
+    DropsClusterChanges,
 }
+
+/// Cluster-change requests the `DropsClusterChanges` servers received (one test uses them).
+static CHANGES_SEEN: AtomicUsize = AtomicUsize::new(0);
 
 /// A fake server on a free loopback port; counts the connections it accepted.
 fn fake_server(behaviour: Behaviour) -> (String, Arc<AtomicUsize>) {
@@ -80,7 +87,13 @@ fn serve(mut stream: TcpStream, behaviour: Behaviour) {
             Behaviour::PingsOnly if header.operation == Operation::Ping as u8 => {
                 reply(&mut stream, &header, &[]);
             }
-            Behaviour::PingsOnly | Behaviour::Silent => {}
+            Behaviour::DropsClusterChanges
+                if header.operation == Operation::ClusterChange as u8 =>
+            {
+                CHANGES_SEEN.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            Behaviour::PingsOnly | Behaviour::Silent | Behaviour::DropsClusterChanges => {}
         }
     }
 }
@@ -191,4 +204,35 @@ fn connecting_to_a_host_that_does_not_answer_gives_up_within_the_timeout() {
     );
     assert!(waited < Duration::from_secs(3), "gave up after {waited:?}");
     drop(listener);
+}
+
+/// A membership change whose connection drops before the answer is not sent again (a second
+/// copy could race the first, which may still be going on); an `init` is, up to the
+/// configured retries (repeating it is harmless).
+#[test]
+fn a_lost_membership_change_is_not_resent_and_a_lost_init_is() {
+    use net::cluster_admin::{Action, ClusterChange};
+    const RETRIES: u32 = 2;
+    let (addr, _) = fake_server(Behaviour::DropsClusterChanges);
+    let client = Client::connect(ClientConfig {
+        retries: RETRIES,
+        ..config(&addr, 2_000)
+    })
+    .expect("connect");
+    let change = |action| ClusterChange {
+        action,
+        node_id: 4,
+        peer_addr: "127.0.0.1:1".into(),
+        client_addr: "127.0.0.1:2".into(),
+    };
+    for (action, sent) in [
+        (Action::AddNode, 1),
+        (Action::RemoveNode, 1),
+        (Action::Init, 1 + RETRIES as usize),
+    ] {
+        CHANGES_SEEN.store(0, Ordering::SeqCst);
+        let result = client.cluster_change(&change(action));
+        assert!(result.is_err(), "{action:?}: {result:?}");
+        assert_eq!(CHANGES_SEEN.load(Ordering::SeqCst), sent, "{action:?}");
+    }
 }
