@@ -810,3 +810,36 @@ fn an_advertised_address_longer_than_a_map_holds_is_refused_at_start() {
     assert!(!ok, "walletd started with a 305-byte advertise_addr");
     assert!(stderr.contains("advertise_addr"), "{stderr}");
 }
+
+/// A SIGTERM that comes while the node is still starting (its partitions recovering, the port
+/// not open yet) stops it cleanly once it is up: exit 0 and a clean stop, not death by the
+/// signal's default disposition (the handlers were once installed only after the start).
+#[test]
+fn a_sigterm_during_start_up_stops_the_node_cleanly() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = format!("127.0.0.1:{}", walletd_tests::server_process::free_port());
+    let mut child = std::process::Command::new(WALLETD)
+        .args(["--listen", &addr, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn walletd");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok);
+    let starting = lines
+        .by_ref()
+        .find(|line| line.contains("recovering the partitions"));
+    assert!(starting.is_some(), "walletd never said it was starting");
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let rest: Vec<String> = lines.collect();
+    let status = child.wait().expect("wait for walletd");
+    assert_eq!(status.code(), Some(0), "{status:?}: {rest:#?}");
+    assert!(
+        rest.iter().any(|line| line.contains("stopped cleanly")),
+        "{rest:#?}"
+    );
+}

@@ -399,6 +399,7 @@ fn run(args: Args) -> Result<(), String> {
         signal_hook::consts::SIGINT,
     ])
     .map_err(|e| format!("installing signal handlers: {e}"))?;
+    tracing::info!(data_dir = %data_dir.display(), partitions, "starting: recovering the partitions (a SIGTERM from now on stops the node once it is up)");
     let node = match &cluster {
         Some((link, _)) => Node::start_with(engine, net::raft_link::LinkCluster::new(link.clone())),
         None => Node::start(engine),
