@@ -119,26 +119,7 @@ impl ClusterClient {
                 }
             })
             .collect();
-        let mut maps = Vec::new();
-        // A seed may name a node the map lists under another address: a majority counts nodes.
-        let mut answered: Vec<u64> = Vec::new();
-        let mut last = ClientError::Disconnected("no node answered with a map".into());
-        while let Some((addr, fetched)) = answers.next().await {
-            match fetched {
-                Ok((_, map)) if map.cluster_id != current.cluster_id => {
-                    tracing::warn!(%addr, cluster_id = map.cluster_id, "ignoring the map of another cluster");
-                }
-                Ok((node_id, _)) if answered.contains(&node_id) => {}
-                Ok((node_id, map)) => {
-                    answered.push(node_id);
-                    maps.push(map);
-                    if maps.len() >= majority {
-                        break;
-                    }
-                }
-                Err(e) => last = e,
-            }
-        }
+        let (maps, last) = maps_of_a_majority(&mut answers, current.cluster_id, majority).await;
         drop(answers);
         let Some(map) = PartitionMap::newest_of(&maps).or_else(|| maps.into_iter().next()) else {
             return Err(last);
@@ -407,4 +388,63 @@ async fn fetch_map(
     })?);
     let map = client.partition_map_async().await?;
     Ok((client, map))
+}
+
+/// Takes map answers (address, then node id and map, or the error) as they come until maps
+/// from `majority` distinct nodes of cluster `cluster_id` are in; returns those maps and the
+/// last error seen. A node answering under two addresses (a seed naming it differently from
+/// the map) counts once: counting it twice could stop before a second node's newer view.
+async fn maps_of_a_majority<A: std::fmt::Display>(
+    answers: &mut (impl futures::Stream<Item = (A, Result<(u64, PartitionMap), ClientError>)> + Unpin),
+    cluster_id: u64,
+    majority: usize,
+) -> (Vec<PartitionMap>, ClientError) {
+    let mut maps = Vec::new();
+    let mut answered: Vec<u64> = Vec::new();
+    let mut last = ClientError::Disconnected("no node answered with a map".into());
+    while let Some((addr, fetched)) = answers.next().await {
+        match fetched {
+            Ok((_, map)) if map.cluster_id != cluster_id => {
+                tracing::warn!(%addr, cluster_id = map.cluster_id, "ignoring the map of another cluster");
+            }
+            Ok((node_id, _)) if answered.contains(&node_id) => {}
+            Ok((node_id, map)) => {
+                answered.push(node_id);
+                maps.push(map);
+                if maps.len() >= majority {
+                    break;
+                }
+            }
+            Err(e) => last = e,
+        }
+    }
+    (maps, last)
+}
+
+#[cfg(test)]
+mod majority_tests {
+    use super::*;
+    use crate::partition_map::three_node_map;
+
+    /// Node 1 answers first under two addresses with an old view; node 2 answers later with
+    /// the newer one. A majority of the three needs node 2's answer, so its leader wins.
+    #[test]
+    fn a_node_answering_under_two_addresses_counts_once_toward_the_majority() {
+        let stale = three_node_map(&[(Some(1), 3)]);
+        let newer = three_node_map(&[(Some(2), 4)]);
+        let answers = vec![
+            ("127.0.0.1:7401", Ok((1, stale.clone()))),
+            ("localhost:7401", Ok((1, stale.clone()))),
+            (
+                "127.0.0.1:7403",
+                Err(ClientError::Disconnected("down".into())),
+            ),
+            ("127.0.0.1:7402", Ok((2, newer.clone()))),
+        ];
+        let mut stream = futures::stream::iter(answers);
+        let (maps, _) =
+            futures::executor::block_on(maps_of_a_majority(&mut stream, stale.cluster_id, 2));
+        assert_eq!(maps, vec![stale, newer.clone()]);
+        assert_eq!(PartitionMap::newest_of(&maps), Some(newer));
+    }
 }
