@@ -122,6 +122,8 @@ struct FileConfig {
     transfers_capacity_per_partition: Option<usize>,
     connections_per_core_max: Option<usize>,
     requests_in_flight_per_connection_max: Option<u64>,
+    /// Pin the network threads to `cores` beside the shards (default: they float).
+    pin_network_threads: Option<bool>,
     cluster_id: Option<u64>,
     node_id: Option<u64>,
     read_model_history_per_account: Option<usize>,
@@ -417,6 +419,9 @@ fn run(args: Args) -> Result<(), String> {
     }
     if let Some(v) = file.requests_in_flight_per_connection_max {
         server_config.requests_in_flight_per_connection_max = v;
+    }
+    if let Some(v) = file.pin_network_threads {
+        server_config.pin_network_threads = v;
     }
     server_config.cluster_id = file.cluster_id.unwrap_or(0);
     server_config.node_id = node_id;

@@ -155,8 +155,8 @@ impl Node {
     }
 }
 
-/// The CPU this thread runs on now (`None` if the kernel does not say). Network executors are
-/// pinned, so for them it is their core.
+/// The CPU this thread runs on now (`None` if the kernel does not say): a pinned network
+/// executor's core, or where a floating one runs at the moment.
 fn current_core() -> Option<usize> {
     // SAFETY: sched_getcpu takes no arguments and touches no memory of ours.
     let cpu = unsafe { libc::sched_getcpu() };

@@ -46,6 +46,15 @@ pub struct ServerConfig {
     /// port speaks nothing else.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub io_memory_bytes: usize,
+    /// Pin network executor `i` to `cores[i]` (the shard of that core then shares it with
+    /// it). `false` (the default): the network executors float, one per shard core, and the
+    /// kernel runs each where a CPU is free. A network thread does little per request (decode,
+    /// split, hand over, encode), but it must run *when* a shard answers; pinned beside a
+    /// busy shard it waited for its core (p90 1.35 ms from the shard's answer to the request
+    /// resuming, measured at 500,000 transfers/s on 2 cores), and floating it took ~1 ms off
+    /// the batch p99 (docs/BENCHMARKS.md). Pin them when the machine gives them cores of
+    /// their own to be pinned to.
+    pub pin_network_threads: bool,
     /// The `host:port` clients should use for this node, as the partition map tells them
     /// (`None`: the listen address, which is wrong when listening on 0.0.0.0).
     pub advertise_addr: Option<String>,
@@ -94,6 +103,7 @@ impl ServerConfig {
             handshake_timeout_ms: 10_000,
             tls: None,
             io_memory_bytes: 1 << 20,
+            pin_network_threads: false,
             advertise_addr: None,
             cluster: None,
         }
@@ -128,7 +138,12 @@ impl Server {
             let config = config.clone();
             let stop = stop_rx.clone();
             let ready = ready_tx.clone();
-            let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
+            let placement = if config.pin_network_threads {
+                Placement::Fixed(core)
+            } else {
+                Placement::Unbound
+            };
+            let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("net-{core}"))
                 .io_memory(config.io_memory_bytes)
                 .spawn(move || accept_loop(node, config, stop, ready))
