@@ -51,9 +51,9 @@ pub struct ServerConfig {
     /// kernel runs each where a CPU is free. A network thread does little per request (decode,
     /// split, hand over, encode), but it must run *when* a shard answers; pinned beside a
     /// busy shard it waited for its core (p90 1.35 ms from the shard's answer to the request
-    /// resuming, measured at 500,000 transfers/s on 2 cores), and floating it took ~1 ms off
-    /// the batch p99 (docs/BENCHMARKS.md). Pin them when the machine gives them cores of
-    /// their own to be pinned to.
+    /// resuming, measured at 500,000 transfers/s on 2 cores); floating, the median batch p99
+    /// of fifteen runs went from 10.0 to 9.5 ms (docs/BENCHMARKS.md). Pin them when the
+    /// machine gives them cores of their own to be pinned to.
     pub pin_network_threads: bool,
     /// The `host:port` clients should use for this node, as the partition map tells them
     /// (`None`: the listen address, which is wrong when listening on 0.0.0.0).
