@@ -422,7 +422,7 @@ async fn maps_of_a_majority<A: std::fmt::Display>(
 }
 
 #[cfg(test)]
-mod majority_tests {
+mod tests {
     use super::*;
     use crate::partition_map::three_node_map;
 
