@@ -24,27 +24,34 @@ enum Behaviour {
     PingsOnly,
     /// Answers nothing at all.
     Silent,
-    /// Closes the connection on a cluster change, unanswered (counted in `CHANGES_SEEN`).
+    /// Closes the connection on a cluster change, unanswered (counted).
     DropsClusterChanges,
 }
 
-/// Cluster-change requests the `DropsClusterChanges` servers received (one test uses them).
-static CHANGES_SEEN: AtomicUsize = AtomicUsize::new(0);
+/// What a fake server counted: connections it accepted, cluster changes it received.
+struct Counts {
+    accepted: AtomicUsize,
+    changes: AtomicUsize,
+}
 
-/// A fake server on a free loopback port; counts the connections it accepted.
-fn fake_server(behaviour: Behaviour) -> (String, Arc<AtomicUsize>) {
+/// A fake server on a free loopback port, and what it counts.
+fn fake_server(behaviour: Behaviour) -> (String, Arc<Counts>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
+    let counts = Arc::new(Counts {
+        accepted: AtomicUsize::new(0),
+        changes: AtomicUsize::new(0),
+    });
+    let counter = counts.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
-            counter.fetch_add(1, Ordering::SeqCst);
-            std::thread::spawn(move || serve(stream, behaviour));
+            counter.accepted.fetch_add(1, Ordering::SeqCst);
+            let counts = counter.clone();
+            std::thread::spawn(move || serve(stream, behaviour, &counts));
         }
     });
-    (addr, accepted)
+    (addr, counts)
 }
 
 fn read_frame(stream: &mut TcpStream) -> Option<(FrameHeader, Vec<u8>)> {
@@ -68,7 +75,7 @@ fn reply(stream: &mut TcpStream, header: &FrameHeader, body: &[u8]) {
     let _ = stream.write_all(&out);
 }
 
-fn serve(mut stream: TcpStream, behaviour: Behaviour) {
+fn serve(mut stream: TcpStream, behaviour: Behaviour, counts: &Counts) {
     let Some((hello, _)) = read_frame(&mut stream) else {
         return;
     };
@@ -90,7 +97,7 @@ fn serve(mut stream: TcpStream, behaviour: Behaviour) {
             Behaviour::DropsClusterChanges
                 if header.operation == Operation::ClusterChange as u8 =>
             {
-                CHANGES_SEEN.fetch_add(1, Ordering::SeqCst);
+                counts.changes.fetch_add(1, Ordering::SeqCst);
                 return;
             }
             Behaviour::PingsOnly | Behaviour::Silent | Behaviour::DropsClusterChanges => {}
@@ -153,9 +160,9 @@ fn a_request_times_out_while_other_replies_keep_arriving() {
 /// sending into the dead one.
 #[test]
 fn a_connection_that_heard_nothing_while_a_request_waited_is_replaced() {
-    let (addr, accepted) = fake_server(Behaviour::Silent);
+    let (addr, counts) = fake_server(Behaviour::Silent);
     let client = Client::connect(config(&addr, 200)).expect("connect");
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 1);
     let result = client.ping();
     assert!(
         matches!(result, Err(ClientError::Timeout(200))),
@@ -169,7 +176,7 @@ fn a_connection_that_heard_nothing_while_a_request_waited_is_replaced() {
         "{result:?}"
     );
     assert_eq!(
-        accepted.load(Ordering::SeqCst),
+        counts.accepted.load(Ordering::SeqCst),
         2,
         "the second ping went out on a fresh connection"
     );
@@ -213,7 +220,7 @@ fn connecting_to_a_host_that_does_not_answer_gives_up_within_the_timeout() {
 fn a_lost_membership_change_is_not_resent_and_a_lost_init_is() {
     use net::cluster_admin::{Action, ClusterChange};
     const RETRIES: u32 = 2;
-    let (addr, _) = fake_server(Behaviour::DropsClusterChanges);
+    let (addr, counts) = fake_server(Behaviour::DropsClusterChanges);
     let client = Client::connect(ClientConfig {
         retries: RETRIES,
         ..config(&addr, 2_000)
@@ -230,9 +237,10 @@ fn a_lost_membership_change_is_not_resent_and_a_lost_init_is() {
         (Action::RemoveNode, 1),
         (Action::Init, 1 + RETRIES as usize),
     ] {
-        CHANGES_SEEN.store(0, Ordering::SeqCst);
+        let before = counts.changes.load(Ordering::SeqCst);
         let result = client.cluster_change(&change(action));
         assert!(result.is_err(), "{action:?}: {result:?}");
-        assert_eq!(CHANGES_SEEN.load(Ordering::SeqCst), sent, "{action:?}");
+        let seen = counts.changes.load(Ordering::SeqCst) - before;
+        assert_eq!(seen, sent, "{action:?}");
     }
 }

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 /// How long a raw connection waits for the server to answer or close before calling it a hang.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The flooding tests measure latency and memory of a server pinned to core 0, as every
-/// server of this file is: they run one at a time so they do not disturb each other.
+/// The flooding tests measure latency and memory of a server whose shard is pinned to core 0
+/// (its network thread floats), as every server of this file is: they run one at a time so
+/// they do not disturb each other.
 fn heavy_test() -> std::sync::MutexGuard<'static, ()> {
     static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
     HEAVY

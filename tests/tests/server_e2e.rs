@@ -5,7 +5,7 @@
 use engine::model::Currency;
 use engine::{NewAccount, NewTransfer, ResultCode};
 use net::{Client, ClientConfig};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use walletd_tests::server_process::ServerProcess;
 use walletd_tests::{eur_account, http_get};
 
@@ -822,9 +822,20 @@ fn a_sigterm_during_start_up_stops_the_node_cleanly() {
     let mut child = std::process::Command::new(WALLETD)
         .args(["--listen", &addr, "--data-dir"])
         .arg(dir.path().join("data"))
+        .env("WALLETD_LOG", "info")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn walletd");
+    // A walletd that never says it starts, or never stops, fails the test instead of hanging
+    // it: after a minute the watchdog kills it (exit by SIGKILL, not 0).
+    let pid = child.id() as i32;
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(Duration::from_secs(60)).is_err() {
+            // SAFETY: a plain kill(2) of the child this test started (still unwaited).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
     let stderr = child.stderr.take().expect("piped stderr");
     let mut lines = std::io::BufReader::new(stderr)
         .lines()
@@ -832,11 +843,17 @@ fn a_sigterm_during_start_up_stops_the_node_cleanly() {
     let starting = lines
         .by_ref()
         .find(|line| line.contains("recovering the partitions"));
-    assert!(starting.is_some(), "walletd never said it was starting");
+    if starting.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("walletd never said it was starting");
+    }
     // SAFETY: a plain kill(2) of our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let rest: Vec<String> = lines.collect();
     let status = child.wait().expect("wait for walletd");
+    let _ = done.send(());
+    watchdog.join().expect("the watchdog");
     assert_eq!(status.code(), Some(0), "{status:?}: {rest:#?}");
     assert!(
         rest.iter().any(|line| line.contains("stopped cleanly")),

@@ -343,7 +343,7 @@ mod tests {
         // (kind, body, stamp): accounts at 1000-1001; then a stamp below the last time used
         // (clamped to 1002), a Raft blank, an empty entry consuming 2000, a stamp equal to it
         // (clamped to 2001), and one far above.
-        let mut entries: Vec<(u16, Option<CommandBatch>, u64)> = vec![
+        let entries: Vec<(u16, Option<CommandBatch>, u64)> = vec![
             (entry_kind::CREATE_ACCOUNTS, Some(accounts), 1000),
             (entry_kind::CREATE_TRANSFERS, Some(transfers(10..13)), 999),
             (entry_kind::BLANK, None, 0),
@@ -354,7 +354,7 @@ mod tests {
         let mut state = PartitionState::new(0, 1);
         let mut out = ApplyOutput::default();
         let mut dump = Dump::new(Vec::new(), true);
-        for (i, (kind, batch, stamp)) in entries.drain(..).enumerate() {
+        for (i, (kind, batch, stamp)) in entries.into_iter().enumerate() {
             let mut body = rkyv::util::AlignedVec::<16>::new();
             if let Some(batch) = &batch {
                 batch.encode_into(&mut body);

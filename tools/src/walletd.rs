@@ -23,7 +23,8 @@ struct Args {
     listen: Option<SocketAddr>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// CPU ids to pin one shard (and one network executor) to, e.g. 0,1.
+    /// CPU ids to pin one shard to, e.g. 0,1 (one network executor each, floating unless
+    /// `pin_network_threads` in the config file).
     #[arg(long, value_delimiter = ',')]
     cores: Option<Vec<usize>>,
     /// Partition count; fixed when the data dir is created (read back from it later).

@@ -1,6 +1,6 @@
-//! The glommio TCP server. One network executor per configured core (pinned beside that core's
-//! shard executor) listens on the same address with SO_REUSEPORT, so the kernel spreads
-//! connections over cores. Each connection pipelines requests; each request is split by
+//! The glommio TCP server. One network executor per configured core (floating, or pinned beside
+//! that core's shard executor: `ServerConfig::pin_network_threads`) listens on the same address
+//! with SO_REUSEPORT, so the kernel spreads connections over them. Each connection pipelines requests; each request is split by
 //! partition and forwarded to the owning shards in batches (`engine::runtime::Node`).
 //!
 //! Limits: requests in flight per connection, bytes in flight per core, connections per core.
@@ -51,9 +51,10 @@ pub struct ServerConfig {
     /// kernel runs each where a CPU is free. A network thread does little per request (decode,
     /// split, hand over, encode), but it must run *when* a shard answers; pinned beside a
     /// busy shard it waited for its core (p90 1.35 ms from the shard's answer to the request
-    /// resuming, measured at 500,000 transfers/s on 2 cores); floating, the median batch p99
-    /// of fifteen runs went from 10.0 to 9.5 ms (docs/BENCHMARKS.md). Pin them when the
-    /// machine gives them cores of their own to be pinned to.
+    /// resuming, measured at 500,000 transfers/s on 2 cores); floating, the batch p50 fell in
+    /// 14 of 15 alternating runs (3.41 to 3.18 ms on average; docs/BENCHMARKS.md). Pin them
+    /// when the machine gives them cores of their own, and under `isolcpus=`, where the
+    /// kernel does not move threads between isolated CPUs.
     pub pin_network_threads: bool,
     /// The `host:port` clients should use for this node, as the partition map tells them
     /// (`None`: the listen address, which is wrong when listening on 0.0.0.0).
