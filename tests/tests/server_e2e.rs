@@ -846,6 +846,8 @@ fn a_sigterm_during_start_up_stops_the_node_cleanly() {
     if starting.is_none() {
         let _ = child.kill();
         let _ = child.wait();
+        // Reaped: the watchdog must not signal its pid (which may be reused) any more.
+        let _ = done.send(());
         panic!("walletd never said it was starting");
     }
     // SAFETY: a plain kill(2) of our own child.

@@ -1,7 +1,8 @@
 //! The glommio TCP server. One network executor per configured core (floating, or pinned beside
 //! that core's shard executor: `ServerConfig::pin_network_threads`) listens on the same address
-//! with SO_REUSEPORT, so the kernel spreads connections over them. Each connection pipelines requests; each request is split by
-//! partition and forwarded to the owning shards in batches (`engine::runtime::Node`).
+//! with SO_REUSEPORT, so the kernel spreads connections over them. Each connection pipelines
+//! requests; each request is split by partition and forwarded to the owning shards in batches
+//! (`engine::runtime::Node`).
 //!
 //! Limits: requests in flight per connection, bytes in flight per core, connections per core.
 //! Beyond a limit the server stops reading from that socket (TCP pushes back on the client).
