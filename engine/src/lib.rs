@@ -15,6 +15,7 @@
 
 pub mod account_table;
 pub mod audit;
+pub mod background;
 pub mod command;
 pub mod digest;
 pub mod event;

@@ -275,6 +275,7 @@ fn prefault_thread() -> Option<&'static SyncSender<Job>> {
         std::thread::Builder::new()
             .name("prefault".into())
             .spawn(move || {
+                crate::background::become_background_thread();
                 for job in queue {
                     match job {
                         Job::Populate(range) => {
@@ -373,5 +374,50 @@ mod tests {
         assert!(v.is_empty());
         v.extend(0..(1u64 << 18));
         assert_eq!(v.iter().sum::<u64>(), (1u64 << 18) * ((1u64 << 18) - 1) / 2);
+    }
+
+    #[test]
+    fn the_prefault_thread_is_a_background_thread() {
+        let made = vec_in_background::<u64>(1 << 10).expect("a prefault thread");
+        made.recv().expect("the prefault thread makes the vec");
+        let field = |status: &str, key: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .map(|value| value.trim().to_string())
+        };
+        let process = std::fs::read_to_string("/proc/self/status").expect("own status");
+        let mut seen = false;
+        for task in std::fs::read_dir("/proc/self/task")
+            .expect("own tasks")
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() != "prefault" {
+                continue;
+            }
+            seen = true;
+            let stat = std::fs::read_to_string(task.path().join("stat")).expect("task stat");
+            // Field 41 is the scheduling policy; the fields after the command name start at 3.
+            let after_name = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+            let policy: i32 = after_name
+                .split(' ')
+                .nth(41 - 3)
+                .expect("policy")
+                .parse()
+                .expect("number");
+            assert_eq!(
+                policy,
+                libc::SCHED_IDLE,
+                "the prefault thread runs only when a CPU idles"
+            );
+            let status = std::fs::read_to_string(task.path().join("status")).expect("status");
+            assert_eq!(
+                field(&status, "Cpus_allowed_list:"),
+                field(&process, "Cpus_allowed_list:"),
+                "the prefault thread may run on every CPU of the process"
+            );
+        }
+        assert!(seen, "no thread named prefault");
     }
 }

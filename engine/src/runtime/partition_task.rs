@@ -618,6 +618,7 @@ impl PartitionTask {
         let spawned = std::thread::Builder::new()
             .name(format!("snapshot-p{}", self.state.partition()))
             .spawn(move || {
+                crate::background::become_background_thread();
                 let mut capture = capture;
                 let result =
                     write_snapshot(&dir, &mut capture, retention).map_err(|e| e.to_string());
