@@ -5,6 +5,7 @@
 //! runtime and durable log; `run` drives a walletd server over the network through the client
 //! library (started here with `--spawn`, or given with `--addr`).
 
+mod acked_ids;
 mod engine_mode;
 mod hgrm;
 mod machine;
