@@ -1,26 +1,35 @@
-//! Helper threads stay off the shards' cores and run only on CPU time the shards leave idle.
+//! Helper threads stay off the shards' cores; the prefault thread also runs only on CPU time
+//! the shards leave idle.
 //!
 //! A shard's thread is pinned to its core, and a thread inherits the CPU mask of the thread
 //! that starts it: the prefault thread, started by a shard on first use, and the snapshot
-//! threads would be pinned to that shard's core, sharing it with the shard while another core
+//! writers would be pinned to that shard's core, sharing it with the shard while another core
 //! sits idle. With equal priority the scheduler also lets a helper finish its slice first: a
 //! scheduler trace of an open-loop run at 500,000 transfers/s showed shard 0 woken with a
 //! request and waiting 5.1 ms while the prefault thread (zeroing pages in the kernel) kept
 //! core 0, and a network thread waiting 9.6 ms behind it.
 //!
-//! So a helper takes back the whole process's CPU mask (the main thread's: what walletd was
-//! started with, e.g. the housekeeping CPUs under `isolcpus=`) and lowers itself to
-//! `SCHED_IDLE`: it runs only when no ordinary thread wants that CPU, and an ordinary thread
-//! that wakes takes the CPU from it at once. Helpers are not starved on a machine with
-//! headroom (shards idle between groups); if they fall behind, memory faults lazily and a
-//! snapshot finishes later, which is slower, never wrong.
+//! So every helper takes back the whole process's CPU mask (the main thread's: what walletd
+//! was started with, e.g. the housekeeping CPUs under `isolcpus=`). The prefault thread also
+//! lowers itself to `SCHED_IDLE`: it runs only when no ordinary thread wants that CPU, and an
+//! ordinary thread that wakes takes the CPU from it at once. Its work is optional (memory it
+//! has not reached yet just faults lazily on the shard), so starving it is harmless. Snapshot
+//! writers keep normal priority: a follower may be waiting for the snapshot, and a saturated
+//! machine would never give a `SCHED_IDLE` thread the seconds a big snapshot takes.
 
-/// Makes the calling thread a background helper: the process's CPU mask, `SCHED_IDLE`.
-/// Best effort: what the kernel refuses is logged at debug level and left as it was.
-pub fn become_background_thread() {
+/// For a helper thread whose work must still finish under full load (snapshot writers): the
+/// process's CPU mask instead of the inherited pin. Best effort: a refusal is logged at debug
+/// level and the thread keeps its mask.
+pub fn leave_the_shard_core() {
     if let Err(e) = use_the_process_cpu_mask() {
-        tracing::debug!(error = %e, "a background thread kept its inherited CPU mask");
+        tracing::debug!(error = %e, "a helper thread kept its inherited CPU mask");
     }
+}
+
+/// For a helper thread whose work is optional (the prefault thread): the process's CPU mask
+/// and `SCHED_IDLE`. Best effort, as `leave_the_shard_core`.
+pub fn become_background_thread() {
+    leave_the_shard_core();
     if let Err(e) = lower_to_idle_priority() {
         tracing::debug!(error = %e, "a background thread kept its priority");
     }

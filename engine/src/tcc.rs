@@ -76,6 +76,17 @@ impl TccMessage {
     }
 }
 
+/// The first `items_max` messages of `queue` (all of them when fewer), in arrival order, as
+/// the body of one log entry; the rest stay queued for the next. A busy group can receive
+/// several peers' batches of messages, and an entry's events are numbered in
+/// `read_model::position::ORDINAL_BITS` bits, so the messages are cut into entries rather
+/// than logged as one.
+pub fn take_entry(queue: &mut Vec<TccMessage>, items_max: usize) -> Vec<TccMessage> {
+    assert!(items_max > 0, "an entry holds at least one message");
+    let rest = queue.split_off(queue.len().min(items_max));
+    std::mem::replace(queue, rest)
+}
+
 /// Phases of the source side's phase-status record.
 pub mod phase {
     /// A debited into its hold; waiting for the destination's Try.
@@ -147,5 +158,50 @@ impl ArchivedTccMessage {
             currency: self.currency.to_native(),
             user_data: self.user_data.to_native(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::BATCH_ITEMS_MAX;
+    use crate::read_model::position::ORDINAL_MAX;
+
+    fn message(n: u128) -> TccMessage {
+        TccMessage {
+            kind: kind::TRY,
+            code: 0,
+            source: 0,
+            id: n,
+            from: 1,
+            to: 2,
+            amount: 1,
+            currency: Currency::parse("EUR").expect("a currency code"),
+            user_data: 0,
+        }
+    }
+
+    #[test]
+    fn a_group_of_several_peers_batches_is_cut_into_entries_in_order() {
+        // Nine peers' full batches in one group: one entry would number past the ordinal.
+        let total = 9 * BATCH_ITEMS_MAX as u128 + 3;
+        assert!(total > ORDINAL_MAX as u128);
+        let mut queue: Vec<TccMessage> = (0..total).map(message).collect();
+        let mut entries = Vec::new();
+        while !queue.is_empty() {
+            entries.push(take_entry(&mut queue, BATCH_ITEMS_MAX));
+        }
+        assert_eq!(entries.len(), 10);
+        assert!(entries[..9].iter().all(|e| e.len() == BATCH_ITEMS_MAX));
+        assert_eq!(entries[9].len(), 3);
+        let ids: Vec<u128> = entries.iter().flatten().map(|m| m.id).collect();
+        assert_eq!(ids, (0..total).collect::<Vec<_>>(), "arrival order is kept");
+    }
+
+    #[test]
+    fn a_short_queue_is_one_entry() {
+        let mut queue: Vec<TccMessage> = (0..5).map(message).collect();
+        assert_eq!(take_entry(&mut queue, BATCH_ITEMS_MAX).len(), 5);
+        assert!(queue.is_empty());
     }
 }

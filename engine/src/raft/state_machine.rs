@@ -328,7 +328,7 @@ impl RaftSnapshotBuilder<WalletRaft> for SnapshotBuilder {
         // A full disk is waited out (openraft stops the partition's Raft on a failed build),
         // on the helper thread, beside everything else; a shutdown ends the wait.
         let handle = on_helper_thread("raft-snapshot", move || {
-            crate::background::become_background_thread();
+            crate::background::leave_the_shard_core();
             let mut capture = capture;
             let _dir = lock_dir(&dir_lock);
             while_disk_full(&give_up, crate::log::LogError::is_disk_full, || {

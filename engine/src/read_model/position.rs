@@ -2,10 +2,10 @@
 //!
 //! `position = entry_index << 16 | ordinal`, where `ordinal` is the event's place among the
 //! events of its log entry. An item emits at most one event and the writers keep entries
-//! below 65,535 items (`BATCH_ITEMS_MAX` in local mode, for client batches and the TC/C
-//! messages of a group alike; `entry_items_max` in Raft mode), so 16 bits are enough. Positions come from the log alone (entry
-//! index + the deterministic events of `apply_entry`), so they are the same after a restart
-//! and on every replica.
+//! below 65,535 items (`BATCH_ITEMS_MAX` in local mode, for client batches and, cut by
+//! `tcc::take_entry`, the TC/C messages of a group alike; `entry_items_max` in Raft mode), so
+//! 16 bits are enough. Positions come from the log alone (entry index + the deterministic
+//! events of `apply_entry`), so they are the same after a restart and on every replica.
 
 /// Bits of a position that hold the event's ordinal within its entry.
 pub const ORDINAL_BITS: u32 = 16;

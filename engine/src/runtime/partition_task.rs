@@ -21,7 +21,7 @@ use crate::read_model::{QueryError, ReadModel};
 use crate::result_code::ResultCode;
 use crate::snapshot::{write_snapshot, SnapshotCapture, SnapshotRetention, DAY_NS};
 use crate::state_machine::{ApplyOutput, PartitionState};
-use crate::tcc::TccMessage;
+use crate::tcc::{take_entry, TccMessage};
 use futures::channel::oneshot;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -227,12 +227,9 @@ impl PartitionTask {
                     other => reads.push(other),
                 }
             }
-            // Entries of at most BATCH_ITEMS_MAX messages each: an event's position carries its
-            // ordinal in 16 bits (read_model/position.rs), and one entry of everything a busy
-            // group received (nine peers' batches of 8190) would overflow it.
+            // Entries of at most BATCH_ITEMS_MAX messages each (`tcc::take_entry`).
             while !tcc_in.is_empty() {
-                let rest = tcc_in.split_off(tcc_in.len().min(BATCH_ITEMS_MAX));
-                let batch = CommandBatch::Tcc(std::mem::replace(&mut tcc_in, rest));
+                let batch = CommandBatch::Tcc(take_entry(&mut tcc_in, BATCH_ITEMS_MAX));
                 match self
                     .append(
                         &batch,
@@ -618,7 +615,7 @@ impl PartitionTask {
         let spawned = std::thread::Builder::new()
             .name(format!("snapshot-p{}", self.state.partition()))
             .spawn(move || {
-                crate::background::become_background_thread();
+                crate::background::leave_the_shard_core();
                 let mut capture = capture;
                 let result =
                     write_snapshot(&dir, &mut capture, retention).map_err(|e| e.to_string());

@@ -93,7 +93,7 @@ use crate::recovery::{log_dir, snapshot_dir};
 use crate::result_code::ResultCode;
 use crate::snapshot::{SnapshotRetention, DAY_NS};
 use crate::state_machine::PartitionState;
-use crate::tcc::{self, ArchivedTccMessage, TccMessage};
+use crate::tcc::{self, take_entry, ArchivedTccMessage, TccMessage};
 use futures::channel::oneshot;
 use openraft::error::{ClientWriteError, Fatal};
 use openraft::raft::ClientWriteResult;
@@ -550,10 +550,8 @@ impl RaftTask {
                     .await;
             }
             while !tcc_in.is_empty() {
-                let rest = tcc_in.split_off(tcc_in.len().min(self.entry_items_max));
-                let messages = std::mem::replace(&mut tcc_in, rest);
                 let forming = Forming {
-                    batch: CommandBatch::Tcc(messages),
+                    batch: CommandBatch::Tcc(take_entry(&mut tcc_in, self.entry_items_max)),
                     owners: Vec::new(),
                 };
                 self.propose(forming, &mut in_flight, &mut coordinator)
