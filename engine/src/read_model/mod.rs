@@ -18,6 +18,7 @@
 //! currency, `HISTORY_PAGE_MAX` entries per answer. Deterministic: answers never depend on
 //! hash-map order.
 
+mod accounts;
 mod history;
 pub mod position;
 mod query;
@@ -33,7 +34,7 @@ use crate::event::Event;
 use crate::model::{AccountId, Currency};
 use crate::partition::{partition_of, PartitionId};
 use crate::state_machine::PartitionState;
-use hashbrown::HashMap;
+use accounts::Accounts;
 use history::{AccountHistory, Point};
 use position::{end_of_entry, position};
 use ring::EventRing;
@@ -41,8 +42,8 @@ use ring::EventRing;
 /// Largest `history_per_account_max` a configuration may ask for.
 pub const HISTORY_PER_ACCOUNT_MAX: usize = 1 << 20;
 
-/// Events whose records are looked up ahead of their application (see `touch`).
-const TOUCH_WINDOW: usize = 16;
+/// Events whose records are fetched ahead of their application (see `apply`).
+const TOUCH_WINDOW: usize = 32;
 
 /// A history entry before `record` fills in the balances after it.
 fn entry(
@@ -98,11 +99,23 @@ pub struct Lag {
     pub ms: u64,
 }
 
+/// The accounts whose history an event changes (none, one or two).
+fn accounts_changed(event: &Event) -> impl Iterator<Item = AccountId> {
+    let (first, second) = match *event {
+        Event::TransferApplied(t) => (t.from, t.to),
+        Event::TccTried(t) => (t.from, 0),
+        Event::TccCredited { to, .. } => (to, 0),
+        Event::TccCancelled { from, .. } => (from, 0),
+        _ => (0, 0),
+    };
+    [first, second].into_iter().filter(|id| *id != 0)
+}
+
 pub struct ReadModel {
     partition: PartitionId,
     partition_count: u32,
     history_max: usize,
-    accounts: HashMap<AccountId, AccountHistory>,
+    accounts: Accounts,
     totals: Totals,
     /// The newest changes, for subscriptions.
     ring: EventRing,
@@ -119,7 +132,7 @@ impl ReadModel {
             partition,
             partition_count,
             history_max: history_max.max(1),
-            accounts: HashMap::new(),
+            accounts: Accounts::default(),
             totals: Totals::default(),
             ring: EventRing::new(0),
             last_index: 0,
@@ -170,11 +183,21 @@ impl ReadModel {
         // carry the time of the message that made them); the others (a settle carries its
         // transfer's older time) take the latest time seen in the entry.
         let mut clock = entry_timestamp;
-        // A window at a time: first touch what each event will write (the lookups of different
-        // events are independent, so their cache misses overlap), then apply them in order.
+        // A window at a time: first fetch what each event will write, in three passes whose
+        // loads are independent across events (so their cache misses overlap): the accounts'
+        // slots, their histories, the history entries the events will write. Then apply the
+        // events in order, from cache.
         for (w, window) in events.chunks(TOUCH_WINDOW).enumerate() {
-            for event in window {
-                self.touch(event);
+            for id in window.iter().flat_map(accounts_changed) {
+                self.accounts.prefetch_slot(id);
+            }
+            for id in window.iter().flat_map(accounts_changed) {
+                self.accounts.prefetch_history(id);
+            }
+            for id in window.iter().flat_map(accounts_changed) {
+                if let Some(account) = self.accounts.get(id) {
+                    account.touch();
+                }
             }
             for (i, event) in window.iter().enumerate() {
                 let at = position(entry_index, w * TOUCH_WINDOW + i);
@@ -191,22 +214,6 @@ impl ReadModel {
     /// (`PartitionState::skip_to`). Never moves back.
     pub(crate) fn skip_to(&mut self, entry_index: u64) {
         self.last_index = self.last_index.max(entry_index);
-    }
-
-    /// Loads the records an event will change (changes nothing).
-    fn touch(&self, event: &Event) {
-        let (first, second) = match *event {
-            Event::TransferApplied(t) => (t.from, t.to),
-            Event::TccTried(t) => (t.from, 0),
-            Event::TccCredited { to, .. } => (to, 0),
-            Event::TccCancelled { from, .. } => (from, 0),
-            _ => return,
-        };
-        for id in [first, second] {
-            if let Some(account) = self.accounts.get(&id) {
-                account.touch();
-            }
-        }
     }
 
     fn apply_event(&mut self, at: u64, clock: &mut u64, event: &Event) {
@@ -232,7 +239,7 @@ impl ReadModel {
                     at, *clock, kind, t.id, t.from, t.to, t.amount, t.currency,
                 ));
                 if local {
-                    if let Some(from) = self.accounts.get_mut(&t.from) {
+                    if let Some(from) = self.accounts.get_mut(t.from) {
                         from.balance -= amount;
                         from.record(
                             max,
@@ -240,7 +247,7 @@ impl ReadModel {
                             true,
                         );
                     }
-                    if let Some(to) = self.accounts.get_mut(&t.to) {
+                    if let Some(to) = self.accounts.get_mut(t.to) {
                         to.balance += amount;
                         to.record(
                             max,
@@ -250,7 +257,7 @@ impl ReadModel {
                     }
                 } else {
                     // The last step of a cross-partition transfer: the hold is released.
-                    if let Some(from) = self.accounts.get_mut(&t.from) {
+                    if let Some(from) = self.accounts.get_mut(t.from) {
                         from.held -= amount;
                         from.record(
                             max,
@@ -268,7 +275,7 @@ impl ReadModel {
                     at, *clock, kind, t.id, t.from, t.to, t.amount, t.currency,
                 ));
                 let amount = t.amount as i64;
-                if let Some(from) = self.accounts.get_mut(&t.from) {
+                if let Some(from) = self.accounts.get_mut(t.from) {
                     from.balance -= amount;
                     from.held += amount;
                     from.record(
@@ -288,7 +295,7 @@ impl ReadModel {
                 *clock = (*clock).max(timestamp);
                 let units = amount;
                 let amount = amount as i64;
-                if let Some(account) = self.accounts.get_mut(&to) {
+                if let Some(account) = self.accounts.get_mut(to) {
                     let kind = HistoryKind::TccCredit;
                     let c = change(at, *clock, kind, id, from, to, units, account.currency);
                     self.ring.push(c);
@@ -312,7 +319,7 @@ impl ReadModel {
                 *clock = (*clock).max(timestamp);
                 let units = amount;
                 let amount = amount as i64;
-                if let Some(account) = self.accounts.get_mut(&from) {
+                if let Some(account) = self.accounts.get_mut(from) {
                     let kind = HistoryKind::TccRefund;
                     let c = change(at, *clock, kind, id, from, to, units, account.currency);
                     self.ring.push(c);
@@ -395,7 +402,7 @@ impl ReadModel {
 
     /// Current `(balance, held)` of an account, as the read model sees it.
     pub fn balance(&self, account: AccountId) -> Option<(i64, i64)> {
-        self.accounts.get(&account).map(|a| (a.balance, a.held))
+        self.accounts.get(account).map(|a| (a.balance, a.held))
     }
 
     /// `(currency, sum of balance + held)` in currency order.
@@ -404,8 +411,6 @@ impl ReadModel {
     }
 
     fn account(&self, id: AccountId) -> Result<&AccountHistory, QueryError> {
-        self.accounts
-            .get(&id)
-            .ok_or(QueryError::AccountNotFound(id))
+        self.accounts.get(id).ok_or(QueryError::AccountNotFound(id))
     }
 }
