@@ -70,6 +70,7 @@ mod tests {
         let mut mask: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::cpu_set_t>();
         assert_eq!(unsafe { libc::sched_getaffinity(pid, size, &mut mask) }, 0);
+        // SAFETY: `cpu` < CPU_SETSIZE, inside the set.
         (0..libc::CPU_SETSIZE as usize)
             .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &mask) })
             .collect()
@@ -78,6 +79,7 @@ mod tests {
     fn pin_to(cpu: usize) {
         // SAFETY: as in `use_the_process_cpu_mask`.
         let mut mask: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `cpu` came from the process's own mask, inside the set.
         unsafe { libc::CPU_SET(cpu, &mut mask) };
         let size = std::mem::size_of::<libc::cpu_set_t>();
         assert_eq!(unsafe { libc::sched_setaffinity(0, size, &mask) }, 0);
@@ -85,6 +87,7 @@ mod tests {
 
     #[test]
     fn a_helper_started_by_a_pinned_thread_leaves_its_core_and_yields() {
+        // SAFETY: getpid has no preconditions.
         let process = cpu_mask(unsafe { libc::getpid() });
         let first = process[0];
         let (inherited, after, policy) = std::thread::spawn(move || {
@@ -93,6 +96,7 @@ mod tests {
             std::thread::spawn(|| {
                 let inherited = cpu_mask(0);
                 become_background_thread();
+                // SAFETY: pid 0 is the calling thread.
                 (inherited, cpu_mask(0), unsafe {
                     libc::sched_getscheduler(0)
                 })
