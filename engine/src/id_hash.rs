@@ -1,5 +1,5 @@
-//! Hashing, probing and prefetching shared by the prefetchable tables (`account_table`,
-//! `transfer_index`, `read_model::accounts`).
+//! Hashing and prefetching shared by the partition's prefetchable tables (`account_table`,
+//! `transfer_index`).
 
 /// A 64-bit hash of a 128-bit id whose top bits depend on every bit of the id (a folded
 /// multiply of the two halves, each mixed with the seed).
@@ -13,29 +13,6 @@ pub fn mix(id: u128, seed: u64) -> u64 {
     // A second round so that ids differing only in high bits still spread.
     let product = (folded as u128).wrapping_mul(K as u128);
     (product as u64) ^ ((product >> 64) as u64)
-}
-
-/// Linear probing from `home` over a power-of-two table whose empty slots have id 0 and from
-/// which nothing is ever removed: the slot holding `id`, or `None` at the first empty slot.
-/// Id 0 is never found.
-#[inline]
-pub fn probe<S>(slots: &[S], home: usize, id: u128, id_of: impl Fn(&S) -> u128) -> Option<usize> {
-    if id == 0 {
-        return None;
-    }
-    debug_assert!(slots.len().is_power_of_two());
-    let mask = slots.len() - 1;
-    let mut slot = home;
-    loop {
-        let occupant = id_of(&slots[slot]);
-        if occupant == id {
-            return Some(slot);
-        }
-        if occupant == 0 {
-            return None;
-        }
-        slot = (slot + 1) & mask;
-    }
 }
 
 /// One random seed per process, drawn from the standard library's hash-map keys.

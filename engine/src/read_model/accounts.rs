@@ -14,7 +14,7 @@
 //! are client-chosen). Nothing observable depends on the slot order: queries go by id.
 
 use super::history::AccountHistory;
-use crate::id_hash::{mix, prefetch_lines, probe, process_seed};
+use crate::id_hash::{mix, prefetch_lines, process_seed};
 use crate::model::AccountId;
 use crate::prefault::{self, Prefaulted, ZeroIsValid};
 use allocator_api2::vec::Vec as AllocVec;
@@ -112,7 +112,21 @@ impl Accounts {
     }
 
     fn find(&self, id: AccountId) -> Option<usize> {
-        probe(&self.slots, self.home(id), id, |slot| slot.id)
+        if id == 0 {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut slot = self.home(id);
+        loop {
+            let occupant = self.slots[slot].id;
+            if occupant == id {
+                return Some(slot);
+            }
+            if occupant == 0 {
+                return None;
+            }
+            slot = (slot + 1) & mask;
+        }
     }
 
     /// Puts `entry` in the first free slot from its home on (its id is not in the table).
