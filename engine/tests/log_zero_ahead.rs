@@ -6,7 +6,9 @@
 
 mod log_support;
 
-use log_support::{body_of, indexes, on_glommio, open_writer, terms};
+use engine::log::writer::{CHUNK_BYTES_DEFAULT, CHUNK_BYTES_REPLICATED};
+use engine::log::{find_tail, LogWriter, WriterOptions};
+use log_support::{body_of, indexes, on_glommio, terms};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -100,8 +102,28 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// A writer of `SEGMENT_BYTES` segments whose zero-ahead task writes `zero_chunk_bytes` at a
+/// time.
+async fn open_writer(dir: &Path, zero_chunk_bytes: u64) -> LogWriter {
+    let tail = find_tail(dir).unwrap();
+    let options = WriterOptions {
+        zero_chunk_bytes,
+        ..log_support::options(SEGMENT_BYTES)
+    };
+    LogWriter::open(dir, options, &tail).await.unwrap()
+}
+
 #[test]
 fn the_segment_ahead_of_the_records_gets_written_with_zeros() {
+    segment_ahead_gets_written_with_zeros(CHUNK_BYTES_DEFAULT);
+}
+
+#[test]
+fn the_segment_ahead_gets_zeroed_in_replicated_sized_chunks_too() {
+    segment_ahead_gets_written_with_zeros(CHUNK_BYTES_REPLICATED);
+}
+
+fn segment_ahead_gets_written_with_zeros(zero_chunk_bytes: u64) {
     let tmp = tempfile::tempdir().unwrap();
     if !has_unwritten_extents(tmp.path()) {
         eprintln!("skipped: not ext4 or XFS, or preallocated space is not unwritten here");
@@ -110,7 +132,7 @@ fn the_segment_ahead_of_the_records_gets_written_with_zeros() {
     let dir = tmp.path().join("log");
     let checked = dir.clone();
     on_glommio(move || async move {
-        let mut writer = open_writer(&dir, SEGMENT_BYTES).await;
+        let mut writer = open_writer(&dir, zero_chunk_bytes).await;
         log_support::append_flushed(&mut writer, 200, 1).await;
         let segment = segment_files(&dir).pop().expect("a segment");
         // The task runs beside the writer: wait for it to get through the whole segment.
@@ -132,6 +154,15 @@ fn the_segment_ahead_of_the_records_gets_written_with_zeros() {
 /// whatever the zeroing did meanwhile, and nothing follows the last one.
 #[test]
 fn zeroing_never_touches_a_record() {
+    zeroing_never_touches_a_record_with(CHUNK_BYTES_DEFAULT);
+}
+
+#[test]
+fn zeroing_in_replicated_sized_chunks_never_touches_a_record() {
+    zeroing_never_touches_a_record_with(CHUNK_BYTES_REPLICATED);
+}
+
+fn zeroing_never_touches_a_record_with(zero_chunk_bytes: u64) {
     let seed = seed();
     eprintln!("seed {seed} (ZERO_AHEAD_SEED reruns it)");
     let tmp = tempfile::tempdir().unwrap();
@@ -146,7 +177,7 @@ fn zeroing_never_touches_a_record() {
             rng ^= rng >> 27;
             rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound
         };
-        let mut writer = open_writer(&dir, SEGMENT_BYTES).await;
+        let mut writer = open_writer(&dir, zero_chunk_bytes).await;
         for round in 0..120 {
             // 1 to ~4,000 records of 100-999 bytes: up to the flush group's 2 MiB.
             let count = 1 + next(4_000);

@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 mod purge;
 mod zero_ahead;
 
-pub use zero_ahead::zeroes_ahead;
 use zero_ahead::ZeroAhead;
+pub use zero_ahead::{zeroes_ahead, CHUNK_BYTES_DEFAULT, CHUNK_BYTES_REPLICATED};
 
 /// O_DIRECT writes are whole, aligned blocks.
 const BLOCK_BYTES: u64 = 4096;
@@ -58,6 +58,9 @@ pub struct WriterOptions {
     /// snapshots sets it; `LogWriter::set_history_from_index` moves it). `u64::MAX`: a purge
     /// deletes every segment it covers.
     pub history_from_index: u64,
+    /// Bytes per write of the zero-ahead task (`writer/zero_ahead.rs`): `CHUNK_BYTES_DEFAULT`,
+    /// or `CHUNK_BYTES_REPLICATED` for a replica of a Raft group with peers.
+    pub zero_chunk_bytes: u64,
 }
 
 impl Default for WriterOptions {
@@ -67,6 +70,7 @@ impl Default for WriterOptions {
             pending_bytes_max: 32 << 20,
             faults: None,
             history_from_index: u64::MAX,
+            zero_chunk_bytes: CHUNK_BYTES_DEFAULT,
         }
     }
 }
@@ -165,6 +169,7 @@ impl LogWriter {
                 last.path.clone(),
                 tail.end_offset,
                 writer.options.segment_bytes,
+                writer.options.zero_chunk_bytes,
             );
         }
         Ok(writer)
@@ -438,7 +443,12 @@ impl LogWriter {
             .await
             .map_err(|e| LogError::glommio(&path, e))?;
         sync_dir(&self.dir)?;
-        self.zero_ahead = ZeroAhead::start(path.clone(), 0, self.options.segment_bytes);
+        self.zero_ahead = ZeroAhead::start(
+            path.clone(),
+            0,
+            self.options.segment_bytes,
+            self.options.zero_chunk_bytes,
+        );
         self.segments.push(SegmentInfo { first_index, path });
         self.active = Some(file);
         self.active_end = 0;

@@ -300,6 +300,11 @@ impl RaftTask {
             segment_bytes: config.segment_bytes,
             pending_bytes_max: (config.segment_bytes / 4).min(32 << 20) as usize,
             faults: config.faults.clone(),
+            zero_chunk_bytes: if config.multi_node {
+                crate::log::writer::CHUNK_BYTES_REPLICATED
+            } else {
+                crate::log::writer::CHUNK_BYTES_DEFAULT
+            },
             ..WriterOptions::default()
         };
         let entry_items_max = entry_items_max(options.pending_bytes_max, config.group_items_max);

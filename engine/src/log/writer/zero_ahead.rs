@@ -11,7 +11,7 @@
 //! by this task 2.1 ms; at 500,000/s the bench's batch p50 went from 4.7 to 3.1-3.5 ms.
 //!
 //! So a background task keeps the blocks just ahead of the writer written with zeros (up to
-//! `AHEAD_BYTES` past the writer's end, `CHUNK_BYTES` per write): the record writes that follow
+//! `AHEAD_BYTES` past the writer's end, `WriterOptions::zero_chunk_bytes` per write): the record writes that follow
 //! are plain overwrites, issued inline and needing no metadata. The contents do not change (the
 //! blocks read as zeros before and after), so a crash at any point leaves the same log, and the
 //! task may fail or stop at any time without harm: it only costs speed.
@@ -29,8 +29,17 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-/// Bytes zeroed by one write of the task.
-const CHUNK_BYTES: u64 = 2 << 20;
+/// Bytes zeroed by one write of the task, unless the writer's options say otherwise
+/// (`WriterOptions::zero_chunk_bytes`): a few local group commits' worth.
+pub const CHUNK_BYTES_DEFAULT: u64 = 2 << 20;
+
+/// A chunk for writers whose records are single client batches replicated to nodes that may
+/// share the disk (Raft with peers): a zero write about the size of one record write beside
+/// it, not six times it. The replicas of a partition write byte-identical logs and so reach a
+/// chunk boundary together: with 2 MiB chunks, every sixth record of a loopback cluster's six
+/// writers met 12 MiB of zeros on the one disk and took 8-21 ms instead of ~1
+/// (docs/BENCHMARKS.md, sixteenth session).
+pub const CHUNK_BYTES_REPLICATED: u64 = 512 << 10;
 
 /// How far past the writer's end the task keeps zeros written: more than a typical group
 /// commit's write (0.1-4 MiB), little enough that starting a segment costs little I/O.
@@ -51,6 +60,8 @@ struct Shared {
     /// The range the task's write in flight covers.
     in_flight: Cell<Option<(u64, u64)>>,
     segment_bytes: u64,
+    /// Bytes per zero write.
+    chunk_bytes: u64,
     stop: Cell<bool>,
     /// The task, waiting for the writer to move on (or to stop).
     task_waker: RefCell<Option<Waker>>,
@@ -62,7 +73,14 @@ impl ZeroAhead {
     /// Starts zeroing `path` (a segment of `segment_bytes`) from `writer_end` on. Must run on a
     /// glommio executor (the writer's). `None` on file systems where zeros would not help or
     /// would hurt (`zeroes_ahead`).
-    pub(super) fn start(path: PathBuf, writer_end: u64, segment_bytes: u64) -> Option<ZeroAhead> {
+    /// `chunk_bytes` (a positive multiple of the block size) per zero write.
+    pub(super) fn start(
+        path: PathBuf,
+        writer_end: u64,
+        segment_bytes: u64,
+        chunk_bytes: u64,
+    ) -> Option<ZeroAhead> {
+        assert!(chunk_bytes > 0 && chunk_bytes.is_multiple_of(super::BLOCK_BYTES));
         if !zeroes_ahead(&path) {
             return None;
         }
@@ -72,6 +90,7 @@ impl ZeroAhead {
             zeroed_end: Cell::new(writer_end),
             in_flight: Cell::new(None),
             segment_bytes,
+            chunk_bytes,
             stop: Cell::new(false),
             task_waker: RefCell::new(None),
             writer_waker: RefCell::new(None),
@@ -164,7 +183,7 @@ impl Shared {
     fn next_chunk(&self) -> Option<(u64, u64)> {
         let from = self.zeroed_end.get().max(self.writer_end.get());
         let wanted_end = (self.writer_end.get() + AHEAD_BYTES).min(self.segment_bytes);
-        (from < wanted_end).then(|| (from, (from + CHUNK_BYTES).min(self.segment_bytes)))
+        (from < wanted_end).then(|| (from, (from + self.chunk_bytes).min(self.segment_bytes)))
     }
 }
 
@@ -189,7 +208,7 @@ async fn zero_segment(path: PathBuf, shared: Rc<Shared>) {
         }
     };
     // One buffer of zeros for every chunk: the device reads it, nothing writes it again.
-    let mut zeros = file.alloc_dma_buffer(CHUNK_BYTES as usize);
+    let mut zeros = file.alloc_dma_buffer(shared.chunk_bytes as usize);
     zeros.as_bytes_mut().fill(0);
     let zeros = Rc::new(zeros);
     loop {
