@@ -67,7 +67,7 @@ pub struct EngineConfig {
     /// that a loaded machine's scheduling delays do not depose a healthy leader.
     pub election_timeout_ms: u64,
     /// Raft mode: how long a follower waits before applying newly committed command entries
-    /// (`raft::state_machine`, `apply_delay`). No client waits for a follower's apply, but the
+    /// (`raft::state_machine`, `pause_before_apply`). No client waits for a follower's apply, but the
     /// leader's apply does hold a client's answer, and when nodes share CPUs (a loopback
     /// cluster, containers on one host) the followers' applies would otherwise start the very
     /// moment the leader's does. 0: apply at once.

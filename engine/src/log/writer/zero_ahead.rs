@@ -11,8 +11,8 @@
 //! by this task 2.1 ms; at 500,000/s the bench's batch p50 went from 4.7 to 3.1-3.5 ms.
 //!
 //! So a background task keeps the blocks just ahead of the writer written with zeros (up to
-//! `AHEAD_BYTES` past the writer's end, `WriterOptions::zero_chunk_bytes` per write): the record writes that follow
-//! are plain overwrites, issued inline and needing no metadata. The contents do not change (the
+//! `AHEAD_BYTES` past the writer's end, `WriterOptions::zero_chunk_bytes` per write): the
+//! record writes that follow are plain overwrites, issued inline and needing no metadata. The contents do not change (the
 //! blocks read as zeros before and after), so a crash at any point leaves the same log, and the
 //! task may fail or stop at any time without harm: it only costs speed.
 //!
