@@ -12,9 +12,10 @@
 //!
 //! So a background task keeps the blocks just ahead of the writer written with zeros (up to
 //! `AHEAD_BYTES` past the writer's end, `WriterOptions::zero_chunk_bytes` per write): the
-//! record writes that follow are plain overwrites, issued inline and needing no metadata. The contents do not change (the
-//! blocks read as zeros before and after), so a crash at any point leaves the same log, and the
-//! task may fail or stop at any time without harm: it only costs speed.
+//! record writes that follow are plain overwrites, issued inline and needing no metadata. The
+//! contents do not change (the blocks read as zeros before and after), so a crash at any point
+//! leaves the same log, and the task may fail or stop at any time without harm: it only costs
+//! speed.
 //!
 //! **It never writes where records are.** The writer announces every write before issuing it
 //! (`before_write`): the end of that write bounds where records are or will be, and the task
