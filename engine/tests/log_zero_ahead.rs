@@ -104,7 +104,7 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
 
 /// A writer of `SEGMENT_BYTES` segments whose zero-ahead task writes `zero_chunk_bytes` at a
 /// time.
-async fn open_writer(dir: &Path, zero_chunk_bytes: u64) -> LogWriter {
+async fn open_writer_zeroing_by(dir: &Path, zero_chunk_bytes: u64) -> LogWriter {
     let tail = find_tail(dir).unwrap();
     let options = WriterOptions {
         zero_chunk_bytes,
@@ -132,7 +132,7 @@ fn segment_ahead_gets_written_with_zeros(zero_chunk_bytes: u64) {
     let dir = tmp.path().join("log");
     let checked = dir.clone();
     on_glommio(move || async move {
-        let mut writer = open_writer(&dir, zero_chunk_bytes).await;
+        let mut writer = open_writer_zeroing_by(&dir, zero_chunk_bytes).await;
         log_support::append_flushed(&mut writer, 200, 1).await;
         let segment = segment_files(&dir).pop().expect("a segment");
         // The task runs beside the writer: wait for it to get through the whole segment.
@@ -177,7 +177,7 @@ fn zeroing_never_touches_a_record_with(zero_chunk_bytes: u64) {
             rng ^= rng >> 27;
             rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound
         };
-        let mut writer = open_writer(&dir, zero_chunk_bytes).await;
+        let mut writer = open_writer_zeroing_by(&dir, zero_chunk_bytes).await;
         for round in 0..120 {
             // 1 to ~4,000 records of 100-999 bytes: up to the flush group's 2 MiB.
             let count = 1 + next(4_000);

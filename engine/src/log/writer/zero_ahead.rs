@@ -31,7 +31,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 /// Bytes zeroed by one write of the task, unless the writer's options say otherwise
-/// (`WriterOptions::zero_chunk_bytes`): a few local group commits' worth.
+/// (`WriterOptions::zero_chunk_bytes`): about one large local group commit's write.
 pub const CHUNK_BYTES_DEFAULT: u64 = 2 << 20;
 
 /// A chunk for writers whose records are single client batches replicated to nodes that may
