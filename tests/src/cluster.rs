@@ -172,6 +172,48 @@ impl TestCluster {
         Some(dir.join(format!("node{}.log", self.specs[i].node_id)))
     }
 
+    /// How far node `i`'s Raft logs reach: the largest offset past the last non-zero byte of
+    /// any partition's log segment (the writer zeroes ahead of its records, so what follows
+    /// the records reads as zeros). For a file size limit that the log's next appends stay
+    /// under.
+    pub fn log_end_bytes(&self, i: usize) -> u64 {
+        let mut end = 0;
+        let partitions = std::fs::read_dir(&self.specs[i].data_dir).expect("the node's data dir");
+        for partition in partitions.flatten() {
+            let Ok(files) = std::fs::read_dir(partition.path().join("log")) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let path = file.path();
+                if path.extension().is_some_and(|e| e == "wlog") {
+                    end = end.max(data_end_bytes(&path));
+                }
+            }
+        }
+        end
+    }
+
+    /// The size of node `i`'s newest snapshot of the partition whose newest is smallest
+    /// (`None` while some partition has none): what the node would send a follower at least.
+    pub fn newest_snapshot_bytes(&self, i: usize) -> Option<u64> {
+        let partitions = std::fs::read_dir(&self.specs[i].data_dir).ok()?;
+        let mut smallest: Option<u64> = None;
+        for partition in partitions.flatten() {
+            let Ok(files) = std::fs::read_dir(partition.path().join("snapshots")) else {
+                continue;
+            };
+            // Named by the log index they cover, zero-padded: the greatest name is the newest.
+            let newest = files
+                .flatten()
+                .map(|f| f.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "wsnap"))
+                .max()?;
+            let bytes = std::fs::metadata(&newest).ok()?.len();
+            smallest = Some(smallest.map_or(bytes, |s| s.min(bytes)));
+        }
+        smallest
+    }
+
     /// Waits until node `i`'s log (the cluster must keep logs) contains `text`, calling
     /// `between` between looks; panics after `timeout`.
     pub fn wait_for_log(&self, i: usize, text: &str, timeout: Duration, mut between: impl FnMut()) {
@@ -413,5 +455,27 @@ impl TestCluster {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+/// The offset just past the last non-zero byte of `path`, reading 1 MiB at a time and
+/// stopping at the first all-zero chunk (a log segment is zeroed ahead of its records, and no
+/// record holds a MiB of zeros).
+fn data_end_bytes(path: &Path) -> u64 {
+    use std::io::Read;
+    const CHUNK_BYTES: usize = 1 << 20;
+    let mut file = std::fs::File::open(path).expect("a log segment");
+    let mut chunk = vec![0u8; CHUNK_BYTES];
+    let (mut offset, mut end) = (0u64, 0u64);
+    loop {
+        let n = file.read(&mut chunk).expect("read a log segment");
+        if n == 0 {
+            return end;
+        }
+        match chunk[..n].iter().rposition(|b| *b != 0) {
+            Some(last) => end = offset + last as u64 + 1,
+            None => return end,
+        }
+        offset += n as u64;
     }
 }

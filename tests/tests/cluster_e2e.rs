@@ -403,9 +403,9 @@ fn a_leader_killed_under_load_is_replaced_and_catches_up_by_snapshot() {
     assert_eq!(cluster.converged_digest(Duration::from_secs(30)), digest);
 }
 
-/// A follower's file size limit while its disk is "full": above what its log segments
-/// reached so far (their appends go on), below the snapshot it will need.
-const FULL_DISK_FILE_SIZE_BYTES: u64 = 1 << 20;
+/// How far above the end of its log a "full" follower's file size limit lies: room for the
+/// entries its leaders sent before it was frozen, which it still appends once it resumes.
+const FULL_DISK_HEADROOM_BYTES: u64 = 4 << 20;
 
 #[test]
 fn a_follower_with_a_full_disk_catches_up_by_snapshot_once_space_returns() {
@@ -434,8 +434,31 @@ fn a_follower_with_a_full_disk_catches_up_by_snapshot_once_space_returns() {
         - 1;
     let pid = cluster.nodes[victim].as_ref().expect("running").pid();
     assert!(cluster.pause(victim));
-    walletd_tests::set_file_size_limit(pid, Some(FULL_DISK_FILE_SIZE_BYTES)).expect("prlimit");
     running.wait_batches(300);
+    // The "full disk": a file size limit above where its log ends (0.6 to 3.3 MB seen at this
+    // point), so that the entries still on their way to it fit: a follower whose append waits
+    // for space answers nothing, snapshots included, and the refused transfer this test waits
+    // for would never come. And below the snapshots the leaders have (the one they send is
+    // at least as big): more load until they are (a snapshot under the limit would install).
+    let limit = cluster.log_end_bytes(victim) + FULL_DISK_HEADROOM_BYTES;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let snapshot = (0..3)
+            .filter(|i| *i != victim)
+            .filter_map(|i| cluster.newest_snapshot_bytes(i))
+            .min()
+            .unwrap_or(0);
+        if snapshot > limit {
+            eprintln!("file size limit {limit} bytes, the leaders' snapshots {snapshot} and up");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leaders' snapshots stayed at {snapshot} bytes, the limit is {limit}"
+        );
+        running.wait_batches(20);
+    }
+    walletd_tests::set_file_size_limit(pid, Some(limit)).expect("prlimit");
     assert!(cluster.resume(victim));
     let started = Instant::now();
 
