@@ -41,6 +41,12 @@ fn free_port_run(count: usize) -> Result<u16, String> {
     Err("no run of free loopback ports for the node link".into())
 }
 
+/// The nodes of a loopback cluster share the machine's CPUs: their followers apply this long
+/// after a commit, so that the leader's apply, which holds the answers, runs first
+/// (`follower_apply_delay_us`; measured in docs/BENCHMARKS.md, "Followers apply after the
+/// leader").
+const FOLLOWER_APPLY_DELAY_US: u64 = 3_000;
+
 impl SpawnedCluster {
     /// Starts `count` nodes and initializes the cluster; returns once every partition has a
     /// leader.
@@ -71,7 +77,7 @@ impl SpawnedCluster {
             // a slow run can be looked at while it runs.
             eprintln!("  node {node_id}: clients {client}, metrics http://{metrics}/metrics");
             let mut text = format!(
-                "node_id = {node_id}\npeer_listen = \"127.0.0.1:{peer}\"\npeer_token_file = \"{}\"\nmetrics_listen = \"{metrics}\"\n",
+                "node_id = {node_id}\npeer_listen = \"127.0.0.1:{peer}\"\npeer_token_file = \"{}\"\nmetrics_listen = \"{metrics}\"\nfollower_apply_delay_us = {FOLLOWER_APPLY_DELAY_US}\n",
                 token.display()
             );
             for (other, other_client, other_peer, _) in nodes.iter().filter(|n| n.0 != *node_id) {

@@ -142,6 +142,8 @@ struct FileConfig {
     peers: Option<Vec<PeerEntry>>,
     /// Raft election timeout of a cluster of several nodes (ms; heartbeats 5x as often).
     election_timeout_ms: Option<u64>,
+    /// How long a follower waits before applying newly committed commands (µs; 0: at once).
+    follower_apply_delay_us: Option<u64>,
     /// Lets `wallet cluster isolate/heal` cut this node's link (tests and chaos runs only).
     fault_injection: Option<bool>,
 }
@@ -363,6 +365,9 @@ fn run(args: Args) -> Result<(), String> {
     engine.multi_node = cluster.is_some();
     if let Some(v) = file.election_timeout_ms {
         engine.election_timeout_ms = v;
+    }
+    if let Some(v) = file.follower_apply_delay_us {
+        engine.follower_apply_delay_us = v;
     }
     // Daily snapshots and the read model work in both modes.
     engine.read_model_history_per_account = args

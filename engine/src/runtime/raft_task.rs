@@ -171,6 +171,10 @@ pub struct RaftTask {
     partition: PartitionId,
     /// Part of a cluster of several nodes (`EngineConfig::multi_node`).
     multi_node: bool,
+    /// Whether this node leads the partition, as of the last `lead_changes`; shared with the
+    /// state machine, whose applies wait a little while it follows
+    /// (`EngineConfig::follower_apply_delay_us`).
+    leading_now: Rc<Cell<bool>>,
     /// Whether the log waits for disk space (shared with the log store inside openraft).
     space: Rc<DiskSpace>,
     forward_tcc: ForwardTcc,
@@ -291,6 +295,7 @@ impl RaftTask {
         cluster: Rc<C>,
     ) -> Result<RaftTask, StartError> {
         let fail = |reason: String| StartError::Recovery { partition, reason };
+        let leading_now = Rc::new(Cell::new(false));
         let options = WriterOptions {
             segment_bytes: config.segment_bytes,
             pending_bytes_max: (config.segment_bytes / 4).min(32 << 20) as usize,
@@ -334,6 +339,15 @@ impl RaftTask {
         .with_submit_turn()
         .with_timing(timing.clone())
         .with_deferred_read_model()
+        .with_follower_apply_delay(
+            // A one-voter cluster has no followers (and replays its log at start unhurried).
+            if config.multi_node {
+                Duration::from_micros(config.follower_apply_delay_us)
+            } else {
+                Duration::ZERO
+            },
+            leading_now.clone(),
+        )
         .with_give_up(space.give_up_flag());
         let state = sm.state();
         let read = sm.read_side();
@@ -403,6 +417,7 @@ impl RaftTask {
         };
         let last_snapshot_day = state.borrow().last_timestamp() / DAY_NS;
         Ok(RaftTask {
+            leading_now,
             raft,
             node_id,
             partition,
@@ -631,6 +646,7 @@ impl RaftTask {
         in_flight: &mut VecDeque<InFlight>,
     ) {
         let now_leading = self.is_leader();
+        self.leading_now.set(now_leading);
         if now_leading && !*leading {
             let redrive = {
                 let state = self.state.borrow();
