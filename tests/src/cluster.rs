@@ -172,25 +172,22 @@ impl TestCluster {
         Some(dir.join(format!("node{}.log", self.specs[i].node_id)))
     }
 
-    /// How far node `i`'s Raft logs reach: the largest offset past the last non-zero byte of
-    /// any partition's log segment (the writer zeroes ahead of its records, so what follows
-    /// the records reads as zeros). For a file size limit that the log's next appends stay
-    /// under.
+    /// How far node `i`'s Raft logs reach: the greatest end of the last valid record in any
+    /// partition's newest segment (`engine::log::find_tail`, which reads and changes nothing).
+    /// For a file size limit that the log's next appends stay under.
     pub fn log_end_bytes(&self, i: usize) -> u64 {
-        let mut end = 0;
         let partitions = std::fs::read_dir(&self.specs[i].data_dir).expect("the node's data dir");
-        for partition in partitions.flatten() {
-            let Ok(files) = std::fs::read_dir(partition.path().join("log")) else {
-                continue;
-            };
-            for file in files.flatten() {
-                let path = file.path();
-                if path.extension().is_some_and(|e| e == "wlog") {
-                    end = end.max(data_end_bytes(&path));
-                }
-            }
-        }
-        end
+        partitions
+            .flatten()
+            .map(|p| p.path().join("log"))
+            .filter(|log| log.is_dir())
+            .map(|log| {
+                engine::log::find_tail(&log)
+                    .unwrap_or_else(|e| panic!("{}: {e}", log.display()))
+                    .end_offset
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// The size of node `i`'s newest snapshot of the partition whose newest is smallest
@@ -455,27 +452,5 @@ impl TestCluster {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-    }
-}
-
-/// The offset just past the last non-zero byte of `path`, reading 1 MiB at a time and
-/// stopping at the first all-zero chunk (a log segment is zeroed ahead of its records, and no
-/// record holds a MiB of zeros).
-fn data_end_bytes(path: &Path) -> u64 {
-    use std::io::Read;
-    const CHUNK_BYTES: usize = 1 << 20;
-    let mut file = std::fs::File::open(path).expect("a log segment");
-    let mut chunk = vec![0u8; CHUNK_BYTES];
-    let (mut offset, mut end) = (0u64, 0u64);
-    loop {
-        let n = file.read(&mut chunk).expect("read a log segment");
-        if n == 0 {
-            return end;
-        }
-        match chunk[..n].iter().rposition(|b| *b != 0) {
-            Some(last) => end = offset + last as u64 + 1,
-            None => return end,
-        }
-        offset += n as u64;
     }
 }
