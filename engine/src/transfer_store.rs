@@ -330,7 +330,20 @@ mod tests {
 
     #[test]
     fn a_vec_made_in_the_background_is_empty_with_the_asked_capacity() {
-        let made = prefault::vec_in_background::<u64>(1 << 20).expect("a prefault thread");
+        // The other tests of this binary queue prefault jobs on the same thread, which runs at
+        // SCHED_IDLE: its queue may be full for a while (then the job is refused, `None`, as
+        // documented). Ask again until it takes the job; it must within 10 s.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let made = loop {
+            if let Some(made) = prefault::vec_in_background::<u64>(1 << 20) {
+                break made;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the prefault thread refused the job for 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
         let vec = made
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("made");
