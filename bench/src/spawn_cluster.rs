@@ -2,10 +2,11 @@
 //! config file naming the others ([[peers]]), initialized with `cluster init`; every process
 //! is stopped (and its directory removed) when the guard is dropped.
 
-use crate::spawn::{free_port, temp_dir_here, Walletd};
+use crate::spawn::{temp_dir_here, Walletd};
 use net::cluster_admin::{Action, ClusterChange, Outcome};
 use net::partition_map::PartitionMap;
 use net::{Client, ClientConfig};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,19 +27,43 @@ impl Drop for SpawnedCluster {
     }
 }
 
-/// `cores.len()` consecutive free ports (a node's link listens on one port per core).
-fn free_port_run(count: usize) -> Result<u16, String> {
-    for _ in 0..100 {
-        let base = free_port()?;
-        let all_free = (1..count as u16).all(|i| {
-            base.checked_add(i)
-                .is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        });
-        if all_free {
-            return Ok(base);
-        }
+/// Loopback ports for the nodes of one cluster, each held bound until every one is picked:
+/// the kernel hands a released port out again, so ports picked one by one and released could
+/// repeat (seen: a node's client port inside another node's run of link ports, and `cluster
+/// init` refused by the link listening there).
+#[derive(Default)]
+struct PortPicker {
+    held: Vec<TcpListener>,
+}
+
+impl PortPicker {
+    /// A free port, not handed out again by this picker.
+    fn one(&mut self) -> Result<u16, String> {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free loopback port: {e}"))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        self.held.push(listener);
+        Ok(port)
     }
-    Err("no run of free loopback ports for the node link".into())
+
+    /// `count` consecutive free ports (a node's link listens on one port per core); returns
+    /// the first.
+    fn run(&mut self, count: usize) -> Result<u16, String> {
+        for _ in 0..100 {
+            let base = self.one()?;
+            let rest: Vec<TcpListener> = (1..count as u16)
+                .map_while(|i| {
+                    let port = base.checked_add(i)?;
+                    TcpListener::bind(("127.0.0.1", port)).ok()
+                })
+                .collect();
+            if rest.len() + 1 == count {
+                self.held.extend(rest);
+                return Ok(base);
+            }
+        }
+        Err("no run of free loopback ports for the node link".into())
+    }
 }
 
 /// The nodes of a loopback cluster share the machine's CPUs: their followers apply this long
@@ -66,12 +91,15 @@ impl SpawnedCluster {
         std::fs::write(&token, format!("bench-{}\n", std::process::id()))
             .map_err(|e| format!("{}: {e}", token.display()))?;
         let mut nodes = Vec::new();
+        let mut ports = PortPicker::default();
         for node_id in 1..=count {
-            let client = format!("127.0.0.1:{}", free_port()?);
-            let peer = free_port_run(cores.len())?;
-            let metrics = format!("127.0.0.1:{}", free_port()?);
+            let client = format!("127.0.0.1:{}", ports.one()?);
+            let peer = ports.run(cores.len())?;
+            let metrics = format!("127.0.0.1:{}", ports.one()?);
             nodes.push((node_id, client, peer, metrics));
         }
+        // Released just before the nodes start, for them to bind.
+        drop(ports);
         for (node_id, client, peer, metrics) in &nodes {
             // Each node's metrics (Prometheus text at /metrics) are printed, so the stages of
             // a slow run can be looked at while it runs.
@@ -136,5 +164,30 @@ impl SpawnedCluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PortPicker;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn a_picker_never_hands_out_a_port_twice() {
+        let mut picker = PortPicker::default();
+        let mut seen = BTreeSet::new();
+        for _ in 0..5 {
+            assert!(seen.insert(picker.one().unwrap()));
+            let base = picker.run(4).unwrap();
+            for port in base..base + 4 {
+                assert!(seen.insert(port), "port {port} handed out twice");
+            }
+            assert!(seen.insert(picker.one().unwrap()));
+        }
+        // Still held: binding any of them fails until the picker is dropped.
+        let first = *seen.first().unwrap();
+        assert!(std::net::TcpListener::bind(("127.0.0.1", first)).is_err());
+        drop(picker);
+        assert!(std::net::TcpListener::bind(("127.0.0.1", first)).is_ok());
     }
 }
