@@ -198,10 +198,14 @@ impl Running {
 /// Sends `transfers` until each has a final answer (at most 30 s), recording it in `load`.
 fn send_until_decided(client: &ClusterClient, mut left: Vec<NewTransfer>, load: &mut Load) {
     let deadline = Instant::now() + Duration::from_secs(30);
+    // The answers that left the last round's transfers undecided (or the error), for the
+    // message if they never get decided.
+    let mut last_answers = String::new();
     while !left.is_empty() {
         match client.create_transfers(&left) {
             Ok(codes) => {
                 let mut again = Vec::new();
+                let mut again_codes = Vec::new();
                 for (t, c) in left.iter().zip(codes) {
                     match c {
                         ResultCode::Ok => {
@@ -210,19 +214,28 @@ fn send_until_decided(client: &ClusterClient, mut left: Vec<NewTransfer>, load: 
                         ResultCode::Exists => {
                             load.existing.insert(t.id);
                         }
-                        c if retry_later(c) => again.push(*t),
+                        c if retry_later(c) => {
+                            again.push(*t);
+                            again_codes.push(c);
+                        }
                         ResultCode::TccTimeout => load.refused += 1,
                         c => panic!("transfer {:#x}: unexpected {c:?}", t.id),
                     }
                 }
+                again_codes.truncate(8);
+                last_answers = format!("{again_codes:?}");
                 left = again;
             }
-            Err(_) => load.errors += 1,
+            Err(e) => {
+                last_answers = e.to_string();
+                load.errors += 1;
+            }
         }
         assert!(
-            Instant::now() < deadline,
-            "{} transfers undecided after 30 s",
-            left.len()
+            left.is_empty() || Instant::now() < deadline,
+            "{} transfers undecided after 30 s (the first {:#x}; the last answers: {last_answers})",
+            left.len(),
+            left[0].id
         );
         if !left.is_empty() {
             std::thread::sleep(Duration::from_millis(100));
