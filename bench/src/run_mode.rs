@@ -100,6 +100,11 @@ pub struct RunArgs {
     /// --spawn: the walletd binary [default: the one next to this executable].
     #[arg(long, conflicts_with = "addr")]
     walletd: Option<PathBuf>,
+    /// --spawn --nodes 3|5: each node's `follower_apply_delay_us` (its followers apply this
+    /// long after a commit, so that the leader's apply runs first on the shared CPUs; 0: at
+    /// once, as a node on a machine of its own would).
+    #[arg(long, default_value_t = crate::spawn_cluster::FOLLOWER_APPLY_DELAY_US_DEFAULT)]
+    follower_apply_delay_us: u64,
     /// --spawn: one more argument for walletd (repeatable), e.g.
     /// `--walletd-arg=--read-model-history-per-account=0`.
     #[arg(long, conflicts_with = "addr", allow_hyphen_values = true)]
@@ -242,6 +247,7 @@ pub fn run(mut args: RunArgs) -> Result<(), String> {
                 u64::from(args.nodes),
                 &cores,
                 partitions,
+                args.follower_apply_delay_us,
                 &args.walletd_arg,
             )?;
             started.wait_for_leaders()?;

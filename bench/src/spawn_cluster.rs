@@ -66,20 +66,21 @@ impl PortPicker {
     }
 }
 
-/// The nodes of a loopback cluster share the machine's CPUs: their followers apply this long
-/// after a commit, so that the leader's apply, which holds the answers, runs first
-/// (`follower_apply_delay_us`; measured in docs/BENCHMARKS.md, "Followers apply after the
-/// leader").
-const FOLLOWER_APPLY_DELAY_US: u64 = 3_000;
+/// The nodes of a loopback cluster share the machine's CPUs: by default their followers apply
+/// this long after a commit, so that the leader's apply, which holds the answers, runs first
+/// (`follower_apply_delay_us`, `wallet-bench run --follower-apply-delay-us`; measured in
+/// docs/BENCHMARKS.md, "Followers apply after the leader").
+pub const FOLLOWER_APPLY_DELAY_US_DEFAULT: u64 = 3_000;
 
 impl SpawnedCluster {
-    /// Starts `count` nodes and initializes the cluster; returns once every partition has a
-    /// leader.
+    /// Starts `count` nodes, their followers applying `follower_apply_delay_us` after each
+    /// commit, and initializes the cluster; returns once every partition has a leader.
     pub fn start(
         binary: &Path,
         count: u64,
         cores: &[usize],
         partitions: u32,
+        follower_apply_delay_us: u64,
         extra_args: &[String],
     ) -> Result<SpawnedCluster, String> {
         let dir = temp_dir_here()?;
@@ -105,7 +106,7 @@ impl SpawnedCluster {
             // a slow run can be looked at while it runs.
             eprintln!("  node {node_id}: clients {client}, metrics http://{metrics}/metrics");
             let mut text = format!(
-                "node_id = {node_id}\npeer_listen = \"127.0.0.1:{peer}\"\npeer_token_file = \"{}\"\nmetrics_listen = \"{metrics}\"\nfollower_apply_delay_us = {FOLLOWER_APPLY_DELAY_US}\n",
+                "node_id = {node_id}\npeer_listen = \"127.0.0.1:{peer}\"\npeer_token_file = \"{}\"\nmetrics_listen = \"{metrics}\"\nfollower_apply_delay_us = {follower_apply_delay_us}\n",
                 token.display()
             );
             for (other, other_client, other_peer, _) in nodes.iter().filter(|n| n.0 != *node_id) {
