@@ -198,11 +198,10 @@ impl Running {
 /// Sends `transfers` until each has a final answer (at most 30 s), recording it in `load`.
 fn send_until_decided(client: &ClusterClient, mut left: Vec<NewTransfer>, load: &mut Load) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    // The answers that left the last round's transfers undecided (or the error), for the
-    // message if they never get decided.
-    let mut last_answers = String::new();
     while !left.is_empty() {
-        match client.create_transfers(&left) {
+        // The answers that left this round's transfers undecided (or the error), for the
+        // message if they never get decided.
+        let last_answers = match client.create_transfers(&left) {
             Ok(codes) => {
                 let mut again = Vec::new();
                 let mut again_codes = Vec::new();
@@ -223,14 +222,14 @@ fn send_until_decided(client: &ClusterClient, mut left: Vec<NewTransfer>, load: 
                     }
                 }
                 again_codes.truncate(8);
-                last_answers = format!("{again_codes:?}");
                 left = again;
+                format!("{again_codes:?}")
             }
             Err(e) => {
-                last_answers = e.to_string();
                 load.errors += 1;
+                e.to_string()
             }
-        }
+        };
         assert!(
             left.is_empty() || Instant::now() < deadline,
             "{} transfers undecided after 30 s (the first {:#x}; the last answers: {last_answers})",
