@@ -103,7 +103,7 @@ pub struct RunArgs {
     /// --spawn --nodes 3|5: each node's `follower_apply_delay_us` (its followers apply this
     /// long after a commit, so that the leader's apply runs first on the shared CPUs; 0: at
     /// once, as a node on a machine of its own would).
-    #[arg(long, default_value_t = crate::spawn_cluster::FOLLOWER_APPLY_DELAY_US_DEFAULT)]
+    #[arg(long, default_value_t = crate::spawn_cluster::LOOPBACK_FOLLOWER_APPLY_DELAY_US)]
     follower_apply_delay_us: u64,
     /// --spawn: one more argument for walletd (repeatable), e.g.
     /// `--walletd-arg=--read-model-history-per-account=0`.

@@ -70,7 +70,7 @@ impl PortPicker {
 /// this long after a commit, so that the leader's apply, which holds the answers, runs first
 /// (`follower_apply_delay_us`, `wallet-bench run --follower-apply-delay-us`; measured in
 /// docs/BENCHMARKS.md, "Followers apply after the leader").
-pub const FOLLOWER_APPLY_DELAY_US_DEFAULT: u64 = 3_000;
+pub const LOOPBACK_FOLLOWER_APPLY_DELAY_US: u64 = 3_000;
 
 impl SpawnedCluster {
     /// Starts `count` nodes, their followers applying `follower_apply_delay_us` after each
