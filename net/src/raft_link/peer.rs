@@ -13,7 +13,7 @@
 //!   heartbeats of all partitions that fire together share one write.
 //! - **Matching.** Every request gets a `msg_id` unique on this link; the reply reader hands a
 //!   reply to the caller registered under its id. A caller that gives up (timeout) removes its
-//!   entry (`PendingGuard`), so an unanswered peer cannot grow the map; the pump skips queued
+//!   entry (its `ReplyTicket` is dropped), so an unanswered peer cannot grow the map; the pump skips queued
 //!   messages nobody waits for any more.
 //! - **Failures.** A connection that breaks fails everything pending at once as unreachable
 //!   (openraft retries). A failed connect starts a backoff (`reconnect_backoff_*_ms`, doubling);
@@ -141,13 +141,28 @@ impl Shared {
     }
 }
 
-/// Removes a call's pending entry when the call ends, however it ends.
-struct PendingGuard<'a> {
-    shared: &'a Shared,
+/// A request handed to the link: its reply, once the peer sends it. Dropping the ticket
+/// forgets the request (its pending entry goes, so an unanswered peer cannot grow the map; a
+/// reply that comes later is dropped, and a request still queued is not written).
+///
+/// A caller that gives up on waiting may keep the ticket instead, and wait again later:
+/// `LinkNetwork` does so for an AppendEntries that openraft timed out (`network.rs`).
+pub struct ReplyTicket {
+    shared: Rc<Shared>,
     msg_id: u64,
+    rx: oneshot::Receiver<Result<LinkReply, CallError>>,
 }
 
-impl Drop for PendingGuard<'_> {
+impl ReplyTicket {
+    /// Waits for the reply. Cancel-safe: dropping the future keeps the ticket usable.
+    pub async fn reply(&mut self) -> Result<LinkReply, CallError> {
+        (&mut self.rx)
+            .await
+            .map_err(|_| CallError::Unreachable("the link dropped the request".into()))?
+    }
+}
+
+impl Drop for ReplyTicket {
     fn drop(&mut self) {
         self.shared.pending.borrow_mut().remove(&self.msg_id);
     }
@@ -196,7 +211,27 @@ impl PeerLink {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<LinkReply, CallError> {
-        let shared = &*self.shared;
+        let exchange = async {
+            let mut ticket = self.send(partition, kind, body).await?;
+            ticket.reply().await
+        };
+        let timer = pin!(glommio::timer::sleep(timeout));
+        match futures::future::select(pin!(exchange), timer).await {
+            Either::Left((result, _)) => result,
+            Either::Right(_) => Err(CallError::Timeout),
+        }
+    }
+
+    /// Queues one request of `partition` (waiting for room in the outbox, `OUTBOX_*_MAX`) and
+    /// returns the ticket its reply will come on. Fails at once while the peer is cut off by
+    /// the filter, in reconnect backoff, or has `PENDING_REPLIES_MAX` requests unanswered.
+    pub async fn send(
+        &self,
+        partition: u32,
+        kind: u8,
+        body: Vec<u8>,
+    ) -> Result<ReplyTicket, CallError> {
+        let shared = &self.shared;
         if shared
             .config
             .filter
@@ -225,33 +260,30 @@ impl PeerLink {
             .pending
             .borrow_mut()
             .insert(msg_id, Pending { tx, connection: 0 });
-        let _guard = PendingGuard { shared, msg_id };
-        let exchange = async move {
-            let units = (body.len() as u64).clamp(1, OUTBOX_BYTES_MAX);
-            let bytes = shared
-                .outbox_bytes
-                .acquire_static_permit(units)
-                .await
-                .map_err(|_| CallError::Unreachable("the link is shut down".into()))?;
-            let message = Outgoing {
-                msg_id,
-                partition,
-                kind,
-                body,
-                _bytes: bytes,
-            };
-            self.outbox
-                .send_async(message)
-                .await
-                .map_err(|_| CallError::Unreachable("the link is shut down".into()))?;
-            rx.await
-                .map_err(|_| CallError::Unreachable("the link dropped the request".into()))?
+        // From here on, however this future ends, the ticket's drop removes the entry.
+        let ticket = ReplyTicket {
+            shared: shared.clone(),
+            msg_id,
+            rx,
         };
-        let timer = pin!(glommio::timer::sleep(timeout));
-        match futures::future::select(pin!(exchange), timer).await {
-            Either::Left((result, _)) => result,
-            Either::Right(_) => Err(CallError::Timeout),
-        }
+        let units = (body.len() as u64).clamp(1, OUTBOX_BYTES_MAX);
+        let bytes = shared
+            .outbox_bytes
+            .acquire_static_permit(units)
+            .await
+            .map_err(|_| CallError::Unreachable("the link is shut down".into()))?;
+        let message = Outgoing {
+            msg_id,
+            partition,
+            kind,
+            body,
+            _bytes: bytes,
+        };
+        self.outbox
+            .send_async(message)
+            .await
+            .map_err(|_| CallError::Unreachable("the link is shut down".into()))?;
+        Ok(ticket)
     }
 }
 
