@@ -1677,3 +1677,232 @@ mod tls {
         });
     }
 }
+
+/// 9. An AppendEntries that openraft timed out (0.9 bounds each by the heartbeat interval) and
+///    retried: the retry waits for the first copy's reply instead of sending the entries again;
+///    a heartbeat passes by meanwhile; a reply that never comes is waited for by at most
+///    `APPEND_RETRIES_ON_EARLIER_COPY_MAX` retries, then the entries go out again.
+mod retries {
+    use super::on_glommio;
+    use super::TOKEN;
+    use bytes::BytesMut;
+    use engine::raft::{NodeAddr, WalletRaft};
+    use futures::io::{AsyncReadExt, AsyncWriteExt};
+    use net::codec::{self, HandshakeReply};
+    use net::frame::{self, flags, FrameHeader, HEADER_BYTES};
+    use net::operation::Operation;
+    use net::raft_link::limits::APPEND_RETRIES_ON_EARLIER_COPY_MAX;
+    use net::raft_link::message::{LinkReply, LinkRequest};
+    use net::raft_link::{
+        decode_batch, encode_batch, Envelope, LinkConfig, LinkNetwork, RaftLink, RaftRegistry,
+    };
+    use openraft::error::RPCError;
+    use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+    use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    /// Each AppendEntries the fake follower read: its prev index and its entries' indexes.
+    type Seen = Rc<RefCell<Vec<(Option<u64>, Vec<u64>)>>>;
+
+    const SHORT: Duration = Duration::from_millis(100);
+    const LONG: Duration = Duration::from_secs(5);
+
+    fn log_id(index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// An AppendEntries of leader 1 in term 1 after `prev`, with blank entries `indexes`.
+    fn append(
+        prev: Option<u64>,
+        indexes: impl IntoIterator<Item = u64>,
+    ) -> AppendEntriesRequest<WalletRaft> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: prev.map(log_id),
+            leader_commit: None,
+            entries: indexes
+                .into_iter()
+                .map(|i| Entry {
+                    log_id: log_id(i),
+                    payload: EntryPayload::Blank,
+                })
+                .collect(),
+        }
+    }
+
+    async fn read_frame(stream: &mut (impl AsyncReadExt + Unpin)) -> (FrameHeader, Vec<u8>) {
+        let mut header = [0u8; HEADER_BYTES];
+        stream.read_exact(&mut header).await.unwrap();
+        let header = FrameHeader::decode(&header).unwrap();
+        let mut body = vec![0u8; header.body_len as usize];
+        stream.read_exact(&mut body).await.unwrap();
+        (header, body)
+    }
+
+    /// Node 2, faked: accepts the link's handshake, records every AppendEntries and answers
+    /// `Success`, except the first, whose reply it holds back `first_reply_delay` (`None`:
+    /// forever).
+    async fn fake_follower(
+        listener: glommio::net::TcpListener,
+        seen: Seen,
+        first_reply_delay: Option<Duration>,
+    ) {
+        let mut stream = listener.accept().await.unwrap();
+        let (hello, _) = read_frame(&mut stream).await;
+        let mut out = BytesMut::new();
+        frame::encode_frame_with(
+            &mut out,
+            Operation::Handshake as u8,
+            flags::REPLY,
+            hello.request_id,
+            |b| {
+                codec::encode_handshake_reply(
+                    b,
+                    &HandshakeReply {
+                        partitions: 0,
+                        cluster_id: 0,
+                        node_id: 2,
+                    },
+                )
+            },
+        );
+        stream.write_all(&out).await.unwrap();
+        let (mut reader, mut writer) = stream.split();
+        let (replies, to_write) = flume::unbounded::<Vec<u8>>();
+        glommio::spawn_local(async move {
+            while let Ok(frame) = to_write.recv_async().await {
+                writer.write_all(&frame).await.unwrap();
+            }
+        })
+        .detach();
+        loop {
+            let (_, body) = read_frame(&mut reader).await;
+            let batch = decode_batch(&body).unwrap();
+            for m in batch.messages {
+                let LinkRequest::AppendEntries(rpc) = LinkRequest::decode(m.kind, m.body).unwrap()
+                else {
+                    panic!("only AppendEntries are sent here");
+                };
+                let first = seen.borrow().is_empty();
+                seen.borrow_mut().push((
+                    rpc.prev_log_id.map(|l| l.index),
+                    rpc.entries.iter().map(|e| e.log_id.index).collect(),
+                ));
+                let reply = LinkReply::AppendEntries(AppendEntriesResponse::Success);
+                let mut reply_body = Vec::new();
+                reply.encode(&mut reply_body);
+                let envelope = Envelope {
+                    partition: m.partition,
+                    kind: reply.kind(),
+                    msg_id: m.msg_id,
+                    body: &reply_body,
+                };
+                let mut out = BytesMut::new();
+                frame::encode_frame_with(
+                    &mut out,
+                    Operation::RaftBatch as u8,
+                    flags::REPLY,
+                    1,
+                    |b| encode_batch(b, 2, 1, &[envelope]),
+                );
+                let (frame, replies) = (out.to_vec(), replies.clone());
+                match (first, first_reply_delay) {
+                    (false, _) => replies.send(frame).unwrap(),
+                    (true, None) => {}
+                    (true, Some(delay)) => {
+                        glommio::spawn_local(async move {
+                            glommio::timer::sleep(delay).await;
+                            let _ = replies.send(frame);
+                        })
+                        .detach();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sending node 1's link and its network to the fake follower.
+    async fn sender(seen: &Seen, first_reply_delay: Option<Duration>) -> (RaftLink, LinkNetwork) {
+        let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = NodeAddr {
+            raft_addr: listener.local_addr().unwrap().to_string(),
+            client_addr: String::new(),
+        };
+        glommio::spawn_local(fake_follower(listener, seen.clone(), first_reply_delay)).detach();
+        let config = LinkConfig::new(1, "127.0.0.1:0".parse().unwrap(), TOKEN.to_vec());
+        let link = RaftLink::start(config, RaftRegistry::new()).unwrap();
+        let network = link.network(0).new_client(2, &addr).await;
+        (link, network)
+    }
+
+    #[test]
+    fn a_retry_is_answered_by_the_first_copys_reply_and_its_entries_are_not_sent_again() {
+        on_glommio(|| async {
+            let seen = Seen::default();
+            let (link, mut network) = sender(&seen, Some(Duration::from_millis(400))).await;
+            let first = network.append_entries(append(Some(0), 1..=3), RPCOption::new(SHORT));
+            assert!(matches!(first.await, Err(RPCError::Timeout(_))));
+            // A heartbeat is not held up by the unanswered copy.
+            let heartbeat = network.append_entries(append(Some(0), []), RPCOption::new(LONG));
+            assert_eq!(heartbeat.await.unwrap(), AppendEntriesResponse::Success);
+            // The retry reaches further than the first copy: it is told how far that one got.
+            let retry = network.append_entries(append(Some(0), 1..=5), RPCOption::new(LONG));
+            assert_eq!(
+                retry.await.unwrap(),
+                AppendEntriesResponse::PartialSuccess(Some(log_id(3)))
+            );
+            let rest = network.append_entries(append(Some(3), 4..=5), RPCOption::new(LONG));
+            assert_eq!(rest.await.unwrap(), AppendEntriesResponse::Success);
+            assert_eq!(
+                *seen.borrow(),
+                vec![
+                    (Some(0), vec![1, 2, 3]),
+                    (Some(0), vec![]),
+                    (Some(3), vec![4, 5])
+                ],
+                "every entry sent once"
+            );
+            let stats = link.stats();
+            assert_eq!(
+                (
+                    stats.appends_retried_unanswered,
+                    stats.appends_answered_by_earlier
+                ),
+                (1, 1)
+            );
+            link.shutdown();
+        });
+    }
+
+    #[test]
+    fn a_reply_that_never_comes_is_waited_for_only_so_many_retries() {
+        on_glommio(|| async {
+            let seen = Seen::default();
+            let (link, mut network) = sender(&seen, None).await;
+            for _ in 0..=APPEND_RETRIES_ON_EARLIER_COPY_MAX {
+                let call = network.append_entries(append(Some(0), 1..=3), RPCOption::new(SHORT));
+                assert!(matches!(call.await, Err(RPCError::Timeout(_))));
+            }
+            assert_eq!(seen.borrow().len(), 1, "the retries waited, none was sent");
+            let last = network.append_entries(append(Some(0), 1..=3), RPCOption::new(LONG));
+            assert_eq!(last.await.unwrap(), AppendEntriesResponse::Success);
+            assert_eq!(
+                *seen.borrow(),
+                vec![(Some(0), vec![1, 2, 3]), (Some(0), vec![1, 2, 3])]
+            );
+            let stats = link.stats();
+            let retries = u64::from(APPEND_RETRIES_ON_EARLIER_COPY_MAX) + 1;
+            assert_eq!(
+                (
+                    stats.appends_retried_unanswered,
+                    stats.appends_answered_by_earlier
+                ),
+                (retries, 0)
+            );
+            link.shutdown();
+        });
+    }
+}

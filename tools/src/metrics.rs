@@ -303,6 +303,19 @@ fn link_metrics(out: &mut String, stats: LinkStats) {
             "Connects to peers that failed (refused, timed out, handshake refused).",
             stats.connect_failures,
         ),
+        (
+            "walletd_link_appends_retried_unanswered_total",
+            "counter",
+            "AppendEntries with entries retried by openraft after its timeout while the first \
+             copy was still unanswered (a follower or the link behind by a heartbeat interval).",
+            stats.appends_retried_unanswered,
+        ),
+        (
+            "walletd_link_appends_answered_by_earlier_total",
+            "counter",
+            "Of those retries, the ones answered by the first copy's reply: entries not sent twice.",
+            stats.appends_answered_by_earlier,
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");

@@ -46,6 +46,11 @@ pub const OUTBOX_BYTES_MAX: u64 = 64 << 20;
 /// Requests a sender may have written to one peer and not yet seen answered. Beyond it an
 /// RPC fails at once as unreachable (the peer is not keeping up; openraft backs off).
 pub const PENDING_REPLIES_MAX: usize = 4096;
+/// Retries of a timed-out AppendEntries that wait for the first copy's reply instead of
+/// sending its entries again (`network.rs`, "Retries after a timeout"); the retry after them
+/// goes out in full. A reply that never comes (a link filter cutting replies, a stuck
+/// receiver) thus delays a follower by at most this many RPC timeouts.
+pub const APPEND_RETRIES_ON_EARLIER_COPY_MAX: u32 = 4;
 /// Requests a receiving connection handles at once; beyond it the connection stops reading
 /// (TCP pushes back on the sender).
 pub const MESSAGES_IN_FLIGHT_PER_CONNECTION_MAX: u64 = 1024;

@@ -17,6 +17,24 @@
 //! | a reply that does not decode or fit            | `Network` (retried at once)      |
 //! | an AppendEntries over `MESSAGE_BYTES_MAX` bytes or `ENTRIES_PER_APPEND_MAX` entries | `PayloadTooLarge` (openraft sends fewer) |
 //!
+//! **Retries after a timeout.** openraft 0.9 bounds every AppendEntries by the heartbeat
+//! interval (`replication/mod.rs`: `C::timeout(heartbeat_interval, ..)`), drops the call when
+//! it passes, and at once sends the whole unacknowledged range again. On a follower that is a
+//! heartbeat interval behind, the first copy is still queued on the link (or in the follower's
+//! socket), so each retry queues the same megabytes again and the follower falls further
+//! behind: one-partition runs stalled for up to a second this way (BENCHMARKS, eighteenth
+//! session). So an AppendEntries with entries keeps its `ReplyTicket` here when openraft gives
+//! up on it (`unanswered`), and the next AppendEntries with the same vote and `prev_log_id` (a
+//! retry) first waits, within its own time, for *that* reply: a success answers the retry
+//! (`Success` when the first copy reached as far, else `PartialSuccess(last entry of the first
+//! copy)`, and openraft sends only what follows), a conflict or a higher vote answers it as
+//! well (both are about `prev_log_id` and the vote, which the two share), and a failure sends
+//! the retry in full, as does the retry after `APPEND_RETRIES_ON_EARLIER_COPY_MAX` have waited
+//! (a reply may never come: a link filter drops it). Requests without entries (heartbeats)
+//! pass the unanswered one by; any other request drops it (its reply no longer matters). The follower thus gets each entry
+//! once; openraft's leader clock for that target is set at the retry's send time instead of
+//! the first copy's, which openraft 0.9 uses only for its metrics (`millis_since_quorum_ack`).
+//!
 //! **Snapshots** (`full_snapshot`, feature `generic-snapshot-data`): the snapshot is a file
 //! (`SnapshotHandle::path`); it is streamed in chunks of `snapshot_chunk_bytes`, each
 //! acknowledged before the next is sent (so one chunk per transfer is in flight, and a slow
@@ -32,11 +50,15 @@
 //! follower whose disk is full would otherwise get it hundreds of times a second (each time a
 //! file created, written, failed and deleted, and a warning in its log).
 
-use super::limits::{ENTRIES_PER_APPEND_MAX, MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
+use super::limits::{
+    APPEND_RETRIES_ON_EARLIER_COPY_MAX, ENTRIES_PER_APPEND_MAX, MESSAGE_BYTES_MAX,
+    SNAPSHOT_CHUNK_BYTES_MAX,
+};
 use super::message::{
     Failure, FailureCode, LinkReply, LinkRequest, SnapshotChunk, SnapshotInstall,
 };
-use super::peer::{CallError, PeerLink};
+use super::peer::{CallError, PeerLink, ReplyTicket};
+use super::stats::LinkCounters;
 use super::LinkShared;
 use bytes::Bytes;
 use engine::raft::{NodeAddr, WalletRaft};
@@ -51,11 +73,12 @@ use openraft::raft::{
     SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::storage::Snapshot;
-use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError, Vote};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, LogId, RaftLogId, StorageIOError, Vote};
 use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 type RpcError = RPCError<u64, NodeAddr, RaftError<u64>>;
@@ -73,6 +96,8 @@ impl RaftNetworkFactory<WalletRaft> for LinkNetworkFactory {
     async fn new_client(&mut self, target: u64, node: &NodeAddr) -> LinkNetwork {
         LinkNetwork {
             peer: self.link.peer(target, &node.raft_addr),
+            counters: self.link.counters.clone(),
+            unanswered: None,
             node_id: self.link.config.node_id,
             target,
             partition: self.partition,
@@ -93,12 +118,38 @@ impl RaftNetworkFactory<WalletRaft> for LinkNetworkFactory {
 /// One partition's Raft talking to one target node.
 pub struct LinkNetwork {
     peer: Rc<PeerLink>,
+    counters: Arc<LinkCounters>,
+    /// The last AppendEntries with entries that openraft stopped waiting for before its reply
+    /// came (module docs, "Retries after a timeout"). At most one: it holds one pending reply.
+    unanswered: Option<UnansweredAppend>,
     node_id: u64,
     target: u64,
     partition: u32,
     config_backoff_ms: (u64, u64),
     install_timeout: Duration,
     chunk_bytes: usize,
+}
+
+/// An AppendEntries still on its way (or being answered) whose caller gave up.
+struct UnansweredAppend {
+    vote: Vote<u64>,
+    prev_log_id: Option<LogId<u64>>,
+    /// Its last entry's id: how far a success reaches.
+    last_log_id: LogId<u64>,
+    ticket: ReplyTicket,
+    /// Retries that waited for this reply so far (`APPEND_RETRIES_ON_EARLIER_COPY_MAX`).
+    retries_waited: u32,
+}
+
+/// `f`, unless the timer `deadline` fires first (then `CallError::Timeout`).
+async fn within<T>(
+    deadline: Pin<&mut glommio::timer::Timer>,
+    f: impl Future<Output = Result<T, CallError>>,
+) -> Result<T, CallError> {
+    match futures::future::select(pin!(f), deadline).await {
+        futures::future::Either::Left((result, _)) => result,
+        futures::future::Either::Right(_) => Err(CallError::Timeout),
+    }
 }
 
 /// What a failed call means to openraft, before it is put in the error type of the method.
@@ -181,6 +232,65 @@ impl LinkNetwork {
             .await
     }
 
+    /// The answer to `rpc` that an earlier, unanswered AppendEntries gives, if it is a retry
+    /// of it (module docs, "Retries after a timeout"); `None`: send `rpc` itself. Waits for
+    /// that reply until `deadline` (then `Timeout`, and the earlier request stays kept).
+    async fn answer_from_unanswered(
+        &mut self,
+        rpc: &AppendEntriesRequest<WalletRaft>,
+        deadline: Pin<&mut glommio::timer::Timer>,
+    ) -> Result<Option<AppendEntriesResponse<u64>>, CallError> {
+        let Some(rpc_last) = rpc.entries.last().map(|e| *e.get_log_id()) else {
+            return Ok(None); // a heartbeat: it passes by
+        };
+        let Some(earlier) = self.unanswered.as_mut() else {
+            return Ok(None);
+        };
+        // The same leader's log from the same point: the two agree wherever both reach
+        // (Raft's log matching); the check on the shared last id is a cheap guard of that.
+        let agrees = rpc
+            .entries
+            .iter()
+            .find(|e| e.get_log_id().index == earlier.last_log_id.index)
+            .is_none_or(|e| *e.get_log_id() == earlier.last_log_id);
+        let retry = earlier.vote == rpc.vote && earlier.prev_log_id == rpc.prev_log_id && agrees;
+        if retry {
+            self.counters.append_retried_unanswered();
+        }
+        if !retry || earlier.retries_waited >= APPEND_RETRIES_ON_EARLIER_COPY_MAX {
+            self.unanswered = None;
+            return Ok(None);
+        }
+        earlier.retries_waited += 1;
+        let reply = within(deadline, earlier.ticket.reply()).await;
+        if reply == Err(CallError::Timeout) {
+            return Err(CallError::Timeout);
+        }
+        let earlier_last = earlier.last_log_id;
+        self.unanswered = None;
+        let reached = |matching: Option<LogId<u64>>| match matching {
+            Some(m) if m.index < rpc_last.index => AppendEntriesResponse::PartialSuccess(Some(m)),
+            _ => AppendEntriesResponse::Success,
+        };
+        let answer = match reply {
+            Ok(LinkReply::AppendEntries(AppendEntriesResponse::Success)) => {
+                reached(Some(earlier_last))
+            }
+            Ok(LinkReply::AppendEntries(AppendEntriesResponse::PartialSuccess(matching))) => {
+                match matching {
+                    None => return Ok(None), // nothing matched: send the retry itself
+                    m @ Some(_) => reached(m),
+                }
+            }
+            Ok(LinkReply::AppendEntries(r @ AppendEntriesResponse::Conflict))
+            | Ok(LinkReply::AppendEntries(r @ AppendEntriesResponse::HigherVote(_))) => r,
+            // A failure or an odd reply: the retry goes out in full.
+            _ => return Ok(None),
+        };
+        self.counters.append_answered_by_earlier();
+        Ok(Some(answer))
+    }
+
     /// Waits `reconnect_backoff_max_ms` after the receiver refused a snapshot transfer
     /// (module docs), or until the replication closes.
     async fn pause_after_refusal(
@@ -202,6 +312,13 @@ impl RaftNetwork<WalletRaft> for LinkNetwork {
         rpc: AppendEntriesRequest<WalletRaft>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcError> {
+        let timeout = option.hard_ttl();
+        let mut deadline = pin!(glommio::timer::Timer::new(timeout));
+        match self.answer_from_unanswered(&rpc, deadline.as_mut()).await {
+            Ok(Some(answer)) => return Ok(answer),
+            Ok(None) => {}
+            Err(e) => return Err(self.rpc_error(RPCTypes::AppendEntries, timeout, e)),
+        }
         let entries = rpc.entries.len() as u64;
         if rpc.entries.len() > ENTRIES_PER_APPEND_MAX {
             // Only with `max_payload_entries` set above the link's limit.
@@ -209,6 +326,8 @@ impl RaftNetwork<WalletRaft> for LinkNetwork {
                 PayloadTooLarge::new_entries_hint(ENTRIES_PER_APPEND_MAX as u64),
             ));
         }
+        let (vote, prev_log_id) = (rpc.vote, rpc.prev_log_id);
+        let last_log_id = rpc.entries.last().map(|e| *e.get_log_id());
         let request = LinkRequest::AppendEntries(rpc);
         let mut body = Vec::new();
         request.encode(&mut body);
@@ -218,11 +337,30 @@ impl RaftNetwork<WalletRaft> for LinkNetwork {
                 PayloadTooLarge::new_entries_hint((entries / 2).max(1)),
             ));
         }
-        let timeout = option.hard_ttl();
-        let reply = self
-            .peer
-            .call(self.partition, request.kind(), body, timeout)
-            .await;
+        let sent = within(
+            deadline.as_mut(),
+            self.peer.send(self.partition, request.kind(), body),
+        )
+        .await;
+        let reply = match (sent, last_log_id) {
+            (Err(e), _) => Err(e),
+            (Ok(mut ticket), None) => within(deadline.as_mut(), ticket.reply()).await,
+            (Ok(ticket), Some(last_log_id)) => {
+                // Kept where a dropped call leaves it (module docs).
+                let unanswered = self.unanswered.insert(UnansweredAppend {
+                    vote,
+                    prev_log_id,
+                    last_log_id,
+                    ticket,
+                    retries_waited: 0,
+                });
+                let reply = within(deadline.as_mut(), unanswered.ticket.reply()).await;
+                if reply != Err(CallError::Timeout) {
+                    self.unanswered = None;
+                }
+                reply
+            }
+        };
         match reply {
             Ok(LinkReply::AppendEntries(r)) => Ok(r),
             Ok(LinkReply::Failure(f)) => {

@@ -18,6 +18,12 @@ pub struct LinkStats {
     pub connects: u64,
     /// Connect attempts that failed (refused, timed out, handshake refused).
     pub connect_failures: u64,
+    /// AppendEntries with entries that openraft gave up waiting for (its timeout is the
+    /// heartbeat interval) and retried while the first one was still unanswered.
+    pub appends_retried_unanswered: u64,
+    /// Of those retries, the ones answered by the first request's reply, so that its entries
+    /// were not sent again (`network.rs`, "Retries after a timeout").
+    pub appends_answered_by_earlier: u64,
 }
 
 /// The live counters, shared by every core's link of a node (`LinkConfig::counters`: each
@@ -30,6 +36,8 @@ pub struct LinkCounters {
     messages_per_frame_max: AtomicU64,
     connects: AtomicU64,
     connect_failures: AtomicU64,
+    appends_retried_unanswered: AtomicU64,
+    appends_answered_by_earlier: AtomicU64,
 }
 
 impl LinkCounters {
@@ -49,6 +57,16 @@ impl LinkCounters {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn append_retried_unanswered(&self) {
+        self.appends_retried_unanswered
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn append_answered_by_earlier(&self) {
+        self.appends_answered_by_earlier
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters now (each read on its own: a snapshot taken under load may be a frame
     /// apart between fields).
     pub fn snapshot(&self) -> LinkStats {
@@ -58,6 +76,8 @@ impl LinkCounters {
             messages_per_frame_max: self.messages_per_frame_max.load(Ordering::Relaxed),
             connects: self.connects.load(Ordering::Relaxed),
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
+            appends_retried_unanswered: self.appends_retried_unanswered.load(Ordering::Relaxed),
+            appends_answered_by_earlier: self.appends_answered_by_earlier.load(Ordering::Relaxed),
         }
     }
 }
