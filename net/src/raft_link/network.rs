@@ -21,17 +21,17 @@
 //! interval (`replication/mod.rs`: `C::timeout(heartbeat_interval, ..)`), drops the call when
 //! it passes, and at once sends the whole unacknowledged range again. On a follower that is a
 //! heartbeat interval behind, the first copy is still queued on the link (or in the follower's
-//! socket), so each retry queues the same megabytes again and the follower falls further
-//! behind: one-partition runs stalled for up to a second this way (BENCHMARKS, eighteenth
-//! session). So an AppendEntries with entries keeps its `ReplyTicket` here when openraft gives
-//! up on it (`unanswered`), and the next AppendEntries with the same vote and `prev_log_id` (a
-//! retry) first waits, within its own time, for *that* reply: a success answers the retry
-//! (`Success` when the first copy reached as far, else `PartialSuccess(last entry of the first
-//! copy)`, and openraft sends only what follows), a conflict or a higher vote answers it as
-//! well (both are about `prev_log_id` and the vote, which the two share), and a failure sends
-//! the retry in full, as does the retry after `APPEND_RETRIES_ON_EARLIER_COPY_MAX` have waited
-//! (a reply may never come: a link filter drops it). Requests without entries (heartbeats)
-//! pass the unanswered one by; any other request drops it (its reply no longer matters). The follower thus gets each entry
+//! socket), so each retry adds the same megabytes to what the follower must read before it can
+//! catch up (BENCHMARKS, eighteenth and nineteenth sessions). So an AppendEntries with entries
+//! keeps its `ReplyTicket` here when openraft gives up on it (`unanswered`), and the next
+//! AppendEntries with the same vote and `prev_log_id` (a retry) first waits, within its own
+//! time, for *that* reply: a success answers the retry (`Success` when the first copy reached
+//! as far, else `PartialSuccess(last entry of the first copy)`, and openraft sends only what
+//! follows), a conflict or a higher vote answers it as well (both are about `prev_log_id` and
+//! the vote, which the two share), and a failure sends the retry in full, as does the retry
+//! after `APPEND_RETRIES_ON_EARLIER_COPY_MAX` have waited (a reply may never come: a link
+//! filter drops it). Requests without entries (heartbeats) pass the unanswered one by; any
+//! other request drops it (its reply no longer matters). The follower thus gets each entry
 //! once; openraft's leader clock for that target is set at the retry's send time instead of
 //! the first copy's, which openraft 0.9 uses only for its metrics (`millis_since_quorum_ack`).
 //!
@@ -57,7 +57,7 @@ use super::limits::{
 use super::message::{
     Failure, FailureCode, LinkReply, LinkRequest, SnapshotChunk, SnapshotInstall,
 };
-use super::peer::{CallError, PeerLink, ReplyTicket};
+use super::peer::{within, CallError, PeerLink, ReplyTicket};
 use super::stats::LinkCounters;
 use super::LinkShared;
 use bytes::Bytes;
@@ -139,17 +139,6 @@ struct UnansweredAppend {
     ticket: ReplyTicket,
     /// Retries that waited for this reply so far (`APPEND_RETRIES_ON_EARLIER_COPY_MAX`).
     retries_waited: u32,
-}
-
-/// `f`, unless the timer `deadline` fires first (then `CallError::Timeout`).
-async fn within<T>(
-    deadline: Pin<&mut glommio::timer::Timer>,
-    f: impl Future<Output = Result<T, CallError>>,
-) -> Result<T, CallError> {
-    match futures::future::select(pin!(f), deadline).await {
-        futures::future::Either::Left((result, _)) => result,
-        futures::future::Either::Right(_) => Err(CallError::Timeout),
-    }
 }
 
 /// What a failed call means to openraft, before it is put in the error type of the method.

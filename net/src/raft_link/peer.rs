@@ -12,9 +12,9 @@
 //!   (up to `BATCH_BODY_BYTES_TARGET`, `MESSAGES_PER_FRAME_MAX`) into the same frame: the
 //!   heartbeats of all partitions that fire together share one write.
 //! - **Matching.** Every request gets a `msg_id` unique on this link; the reply reader hands a
-//!   reply to the caller registered under its id. A caller that gives up (timeout) removes its
-//!   entry (its `ReplyTicket` is dropped), so an unanswered peer cannot grow the map; the pump skips queued
-//!   messages nobody waits for any more.
+//!   reply to the caller registered under its id. A caller that gives up (timeout) drops its
+//!   `ReplyTicket`, which removes its entry, so an unanswered peer cannot grow the map; the
+//!   pump skips queued messages nobody waits for any more.
 //! - **Failures.** A connection that breaks fails everything pending at once as unreachable
 //!   (openraft retries). A failed connect starts a backoff (`reconnect_backoff_*_ms`, doubling);
 //!   until it ends, calls fail at once instead of queueing behind a dead peer.
@@ -44,7 +44,8 @@ use futures_rustls::client::TlsStream;
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::pin::pin;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -215,11 +216,7 @@ impl PeerLink {
             let mut ticket = self.send(partition, kind, body).await?;
             ticket.reply().await
         };
-        let timer = pin!(glommio::timer::sleep(timeout));
-        match futures::future::select(pin!(exchange), timer).await {
-            Either::Left((result, _)) => result,
-            Either::Right(_) => Err(CallError::Timeout),
-        }
+        within(pin!(glommio::timer::Timer::new(timeout)), exchange).await
     }
 
     /// Queues one request of `partition` (waiting for room in the outbox, `OUTBOX_*_MAX`) and
@@ -284,6 +281,18 @@ impl PeerLink {
             .await
             .map_err(|_| CallError::Unreachable("the link is shut down".into()))?;
         Ok(ticket)
+    }
+}
+
+/// `f`, unless the timer `deadline` fires first (then `CallError::Timeout`). A caller that
+/// waits in steps (`LinkNetwork::append_entries`) passes one deadline to each.
+pub(super) async fn within<T>(
+    deadline: Pin<&mut glommio::timer::Timer>,
+    f: impl Future<Output = Result<T, CallError>>,
+) -> Result<T, CallError> {
+    match futures::future::select(pin!(f), deadline).await {
+        Either::Left((result, _)) => result,
+        Either::Right(_) => Err(CallError::Timeout),
     }
 }
 
