@@ -193,10 +193,16 @@ impl Drop for Walletd {
 
 /// A port the kernel just gave out; there is a small window for someone else to take it.
 pub fn free_port() -> Result<u16, String> {
+    bind_free_port().map(|(_, port)| port)
+}
+
+/// A listener on a free loopback port, and the port: as long as the listener is held, the
+/// kernel hands the port to nobody else (`spawn_cluster::PortPicker`).
+pub fn bind_free_port() -> Result<(std::net::TcpListener, u16), String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| format!("no free loopback port: {e}"))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-    Ok(port)
+    Ok((listener, port))
 }
 
 pub fn temp_dir_here() -> Result<PathBuf, String> {

@@ -2,7 +2,7 @@
 //! config file naming the others ([[peers]]), initialized with `cluster init`; every process
 //! is stopped (and its directory removed) when the guard is dropped.
 
-use crate::spawn::{temp_dir_here, Walletd};
+use crate::spawn::{bind_free_port, temp_dir_here, Walletd};
 use net::cluster_admin::{Action, ClusterChange, Outcome};
 use net::partition_map::PartitionMap;
 use net::{Client, ClientConfig};
@@ -39,9 +39,7 @@ struct PortPicker {
 impl PortPicker {
     /// A free port, not handed out again by this picker.
     fn one(&mut self) -> Result<u16, String> {
-        let listener =
-            TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free loopback port: {e}"))?;
-        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let (listener, port) = bind_free_port()?;
         self.held.push(listener);
         Ok(port)
     }
