@@ -13,7 +13,7 @@
 //! process (ids are client-chosen; a fixed hash would let a client pile ids into one run).
 //! Nothing observable depends on the slot order: every output sorts by id or sums.
 
-use crate::id_hash::{mix, prefetch_lines, process_seed};
+use crate::id_hash::{mix, prefetch_lines, probe, process_seed};
 use crate::model::{is_valid_id, Account, AccountId};
 use crate::prefault::{self, Prefaulted, ZeroIsValid};
 use allocator_api2::vec::Vec as AllocVec;
@@ -136,18 +136,9 @@ impl AccountTable {
         if id == 0 {
             return None;
         }
-        let mask = self.slots.len() - 1;
-        let mut slot = self.home(id);
-        loop {
-            let occupant = self.slots[slot].id;
-            if occupant == id {
-                return Some(slot);
-            }
-            if occupant == 0 {
-                return None;
-            }
-            slot = (slot + 1) & mask;
-        }
+        probe(self.slots.len(), self.home(id), id, |slot| {
+            self.slots[slot].id
+        })
     }
 
     #[inline]

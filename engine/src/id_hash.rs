@@ -1,5 +1,5 @@
-//! Hashing and prefetching shared by the partition's prefetchable tables (`account_table`,
-//! `transfer_index`).
+//! Hashing, probing and prefetching shared by the partition's prefetchable tables
+//! (`account_table`, `transfer_index`, the read model's `accounts`).
 
 /// A 64-bit hash of a 128-bit id whose top bits depend on every bit of the id (a folded
 /// multiply of the two halves, each mixed with the seed).
@@ -13,6 +13,28 @@ pub fn mix(id: u128, seed: u64) -> u64 {
     // A second round so that ids differing only in high bits still spread.
     let product = (folded as u128).wrapping_mul(K as u128);
     (product as u64) ^ ((product >> 64) as u64)
+}
+
+/// Linear probing as the account tables do it (`account_table`, `read_model::accounts`): from
+/// slot `home` of a table of `slots` slots (a power of two) in which slot `i` holds the id
+/// `id_at(i)` (0: empty), the slot that holds `id`, or `None` at the first empty slot. The
+/// table always has an empty slot (its load factor is below 1), so the probe ends.
+#[inline]
+pub fn probe(slots: usize, home: usize, id: u128, id_at: impl Fn(usize) -> u128) -> Option<usize> {
+    debug_assert!(slots.is_power_of_two() && home < slots);
+    debug_assert_ne!(id, 0, "0 marks an empty slot");
+    let mask = slots - 1;
+    let mut slot = home;
+    loop {
+        let occupant = id_at(slot);
+        if occupant == id {
+            return Some(slot);
+        }
+        if occupant == 0 {
+            return None;
+        }
+        slot = (slot + 1) & mask;
+    }
 }
 
 /// One random seed per process, drawn from the standard library's hash-map keys.
@@ -48,7 +70,24 @@ fn line_offsets(bytes: usize) -> impl Iterator<Item = usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::line_offsets;
+    use super::{line_offsets, probe};
+
+    #[test]
+    fn a_probe_wraps_around_and_stops_at_the_first_empty_slot() {
+        // Slots 6, 7, 0 hold a run that started at home 6; slot 1 is empty.
+        let table: [u128; 8] = [30, 0, 5, 0, 0, 0, 10, 20];
+        let at = |i: usize| table[i];
+        assert_eq!(probe(8, 6, 10, at), Some(6));
+        assert_eq!(probe(8, 6, 20, at), Some(7));
+        assert_eq!(probe(8, 6, 30, at), Some(0), "found past the wrap");
+        assert_eq!(probe(8, 6, 40, at), None, "the run ends at slot 1");
+        assert_eq!(probe(8, 2, 5, at), Some(2));
+        assert_eq!(
+            probe(8, 3, 5, at),
+            None,
+            "an empty home slot ends the probe at once"
+        );
+    }
 
     #[test]
     fn line_offsets_touch_every_line_of_the_range() {

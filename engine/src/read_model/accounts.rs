@@ -14,7 +14,7 @@
 //! are client-chosen). Nothing observable depends on the slot order: queries go by id.
 
 use super::history::AccountHistory;
-use crate::id_hash::{mix, prefetch_lines, process_seed};
+use crate::id_hash::{mix, prefetch_lines, probe, process_seed};
 use crate::model::AccountId;
 use crate::prefault::{self, Prefaulted, ZeroIsValid};
 use allocator_api2::vec::Vec as AllocVec;
@@ -115,18 +115,9 @@ impl Accounts {
         if id == 0 {
             return None;
         }
-        let mask = self.slots.len() - 1;
-        let mut slot = self.home(id);
-        loop {
-            let occupant = self.slots[slot].id;
-            if occupant == id {
-                return Some(slot);
-            }
-            if occupant == 0 {
-                return None;
-            }
-            slot = (slot + 1) & mask;
-        }
+        probe(self.slots.len(), self.home(id), id, |slot| {
+            self.slots[slot].id
+        })
     }
 
     /// Puts `entry` in the first free slot from its home on (its id is not in the table).
