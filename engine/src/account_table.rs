@@ -100,18 +100,19 @@ impl AccountTable {
         if (self.len + 1) * LOAD_DENOMINATOR > self.slots.len() * LOAD_NUMERATOR {
             self.grow();
         }
-        let mask = self.slots.len() - 1;
-        let mut slot = self.home(account.id);
-        loop {
-            let occupant = self.slots[slot].id;
-            assert_ne!(occupant, account.id, "an account is inserted once");
-            if occupant == 0 {
-                self.slots[slot] = account;
-                self.len += 1;
-                return;
-            }
-            slot = (slot + 1) & mask;
-        }
+        let Err(empty) = self.probe(account.id) else {
+            panic!("an account is inserted once");
+        };
+        self.slots[empty] = account;
+        self.len += 1;
+    }
+
+    /// `id`'s slot, or the empty slot where it would go (`id_hash::probe`).
+    #[inline]
+    fn probe(&self, id: AccountId) -> Result<usize, usize> {
+        probe(self.slots.len(), self.home(id), id, |slot| {
+            self.slots[slot].id
+        })
     }
 
     /// Every account, in no particular order.
@@ -136,9 +137,7 @@ impl AccountTable {
         if id == 0 {
             return None;
         }
-        probe(self.slots.len(), self.home(id), id, |slot| {
-            self.slots[slot].id
-        })
+        self.probe(id).ok()
     }
 
     #[inline]

@@ -17,10 +17,16 @@ pub fn mix(id: u128, seed: u64) -> u64 {
 
 /// Linear probing as the account tables do it (`account_table`, `read_model::accounts`): from
 /// slot `home` of a table of `slots` slots (a power of two) in which slot `i` holds the id
-/// `id_at(i)` (0: empty), the slot that holds `id`, or `None` at the first empty slot. The
-/// table always has an empty slot (its load factor is below 1), so the probe ends.
+/// `id_at(i)` (0: empty), `Ok(the slot that holds id)`, or `Err(the first empty slot)`, where
+/// an insert puts it (as `binary_search` answers). The table always has an empty slot (its
+/// load factor is below 1), so the probe ends.
 #[inline]
-pub fn probe(slots: usize, home: usize, id: u128, id_at: impl Fn(usize) -> u128) -> Option<usize> {
+pub fn probe(
+    slots: usize,
+    home: usize,
+    id: u128,
+    id_at: impl Fn(usize) -> u128,
+) -> Result<usize, usize> {
     debug_assert!(slots.is_power_of_two() && home < slots);
     debug_assert_ne!(id, 0, "0 marks an empty slot");
     let mask = slots - 1;
@@ -28,10 +34,10 @@ pub fn probe(slots: usize, home: usize, id: u128, id_at: impl Fn(usize) -> u128)
     loop {
         let occupant = id_at(slot);
         if occupant == id {
-            return Some(slot);
+            return Ok(slot);
         }
         if occupant == 0 {
-            return None;
+            return Err(slot);
         }
         slot = (slot + 1) & mask;
     }
@@ -77,14 +83,18 @@ mod tests {
         // Slots 6, 7, 0 hold a run that started at home 6; slot 1 is empty.
         let table: [u128; 8] = [30, 0, 5, 0, 0, 0, 10, 20];
         let at = |i: usize| table[i];
-        assert_eq!(probe(8, 6, 10, at), Some(6));
-        assert_eq!(probe(8, 6, 20, at), Some(7));
-        assert_eq!(probe(8, 6, 30, at), Some(0), "found past the wrap");
-        assert_eq!(probe(8, 6, 40, at), None, "the run ends at slot 1");
-        assert_eq!(probe(8, 2, 5, at), Some(2));
+        assert_eq!(probe(8, 6, 10, at), Ok(6));
+        assert_eq!(probe(8, 6, 20, at), Ok(7));
+        assert_eq!(probe(8, 6, 30, at), Ok(0), "found past the wrap");
+        assert_eq!(
+            probe(8, 6, 40, at),
+            Err(1),
+            "the run ends at slot 1: the place for 40"
+        );
+        assert_eq!(probe(8, 2, 5, at), Ok(2));
         assert_eq!(
             probe(8, 3, 5, at),
-            None,
+            Err(3),
             "an empty home slot ends the probe at once"
         );
     }

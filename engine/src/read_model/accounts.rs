@@ -115,19 +115,23 @@ impl Accounts {
         if id == 0 {
             return None;
         }
-        probe(self.slots.len(), self.home(id), id, |slot| {
-            self.slots[slot].id
-        })
+        self.probe(id).ok()
     }
 
     /// Puts `entry` in the first free slot from its home on (its id is not in the table).
     fn place(&mut self, entry: Slot) {
-        let mask = self.slots.len() - 1;
-        let mut slot = self.home(entry.id);
-        while self.slots[slot].id != 0 {
-            slot = (slot + 1) & mask;
-        }
-        self.slots[slot] = entry;
+        let Err(empty) = self.probe(entry.id) else {
+            panic!("an account is placed once");
+        };
+        self.slots[empty] = entry;
+    }
+
+    /// `id`'s slot, or the empty slot where it would go (`id_hash::probe`).
+    #[inline]
+    fn probe(&self, id: AccountId) -> Result<usize, usize> {
+        probe(self.slots.len(), self.home(id), id, |slot| {
+            self.slots[slot].id
+        })
     }
 
     #[inline]
